@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each creates/refreshes the local virtual environment .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+LLMFAB := $(VENV)/bin/llmfab
+DEMO_MODEL := tests/fixtures/llama_ts_op14.onnx
+
+.PHONY: demo test test-fast install clean-venv fixtures
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Re-install when pyproject.toml changes (stamp files).
+$(VENV)/.installed-base: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	$(PY) examples/demo.py
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not sim and not synth"
+
+# Regenerate tests/fixtures (needs the export extra: torch 2.13.0 CPU, transformers 5).
+fixtures: $(VENV)/bin/python
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[export,test]'
+	$(PY) examples/export_tiny.py --out tests/fixtures
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,14 @@
+"""llmfab.ir: dtypes, tensor types, the op set, Graph, verifier, printer and reference interpreter."""
+from .dtypes import DType
+from .graph import Graph, Node
+from .interpret import InterpreterError, run
+from .ops import (LLM_OPS, STRUCTURAL_OPS, AttentionAttrs, AxisAttrs, CastAttrs, ConstAttrs,
+                  GeluApprox, GeluAttrs, InputAttrs, InputRole, LinearAttrs, LinearRole, NoAttrs,
+                  NormAttrs, OpKind, PermAttrs, ReduceAttrs, RopeAttrs, RopeStyle, ShapeAttrs,
+                  SliceAttrs, infer_type)
+from .printer import print_graph
+from .tensor_data import AbsentData, ArrayData, LazyData, TensorData, TransposedData, WeightDataMissing
+from .types import TensorType
+from .verify import IRVerifyError, verify
+
+__all__ = [n for n in dir() if not n.startswith("_")]

@@ -1,0 +1,100 @@
+"""`llmfab` command line: inspect and interpret models (more stages join as they land)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, so a failure leaves `path` untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_inspect(args) -> int:
+    from llmfab.flow import leftover_primitives, load_model
+    from llmfab.passes.summary import format_summary, summarize
+
+    g = load_model(args.model, seq_len=args.seq_len, past_len=args.past_len)
+    s = summarize(g)
+    left = leftover_primitives(g)
+    if args.json:
+        out = s.to_json()
+        out["unfused"] = left
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        print(format_summary(s), end="")
+        if args.print_ir:
+            from llmfab.ir import print_graph
+            print(print_graph(g, skip_consts=True), end="")
+        if left:
+            print(f"warning: {len(left)} ops were not fused into LLM-level ops: {', '.join(left[:8])}")
+    return 0
+
+
+def cmd_interpret(args) -> int:
+    from llmfab.flow import FlowError, interpret, load_model, parse_tokens
+
+    tokens = parse_tokens(args.tokens)
+    if not str(args.model).endswith(".onnx"):
+        raise FlowError(f"{args.model}: interpret needs an .onnx model with weights")
+    g = load_model(args.model, seq_len=tokens.shape[1])
+    outs = interpret(g, tokens)
+    name = "logits" if "logits" in outs else next(iter(outs))
+    logits = np.asarray(outs[name], dtype=np.float32)
+    _write_atomic(Path(args.out), lambda f: np.save(f, logits))
+    print(f"wrote {args.out}: {name} {list(logits.shape)} float32 "
+          f"(argmax of last position: {int(logits[0, -1].argmax())})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("inspect", help="summarise the fused graph of a model")
+    i.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
+    i.add_argument("--seq-len", type=int, default=None, help="sequence length to bind (default: 16)")
+    i.add_argument("--past-len", type=int, default=0, help="tokens already in the KV cache (default 0)")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--print-ir", action="store_true", help="also print the fused graph")
+    i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("interpret", help="run the reference interpreter on token ids")
+    r.add_argument("model", help="an .onnx file")
+    r.add_argument("--tokens", required=True, help='token ids, e.g. "1 2 3"')
+    r.add_argument("--out", required=True, help="where to write the logits (.npy, [1, seq, vocab])")
+    r.set_defaults(func=cmd_interpret)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one clear line, never a traceback (LLMFAB_DEBUG=1 shows it)
+        if os.environ.get("LLMFAB_DEBUG"):
+            raise
+        known = isinstance(e, (ValueError, OSError, RuntimeError, KeyError))
+        prefix = "error" if known else f"internal error ({type(e).__name__})"
+        print(f"llmfab: {prefix}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

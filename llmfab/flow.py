@@ -1,0 +1,67 @@
+"""The compile flow's front half: any model source -> verified, fused LLM-level graph."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from llmfab.frontend import ImportOptions, import_onnx
+from llmfab.ir import Graph, InputRole, OpKind, run, verify
+from llmfab.passes import FUSION_PIPELINE, PASSES, parse_pipeline, run_pipeline
+
+
+class FlowError(ValueError):
+    pass
+
+
+def load_model(source: str, *, seq_len: int | None = None, past_len: int = 0, batch: int = 1) -> Graph:
+    """An .onnx file, a Hugging Face config.json or a preset name -> fused graph."""
+    from llmfab.frontend.config import PRESETS, load_config, load_preset
+
+    p = Path(source)
+    if p.suffix == ".onnx" or p.is_file() and p.suffix != ".json":
+        g = import_onnx(p, ImportOptions(seq_len=seq_len, past_len=past_len, batch=batch))
+        run_pipeline(g, parse_pipeline(FUSION_PIPELINE, PASSES))
+        verify(g)
+        return g
+    kw = dict(seq_len=seq_len or 16, past_len=past_len, batch=batch)
+    if p.suffix == ".json" or p.is_file():
+        return load_config(p, **kw)
+    if source in PRESETS:
+        return load_preset(source, **kw)
+    raise FlowError(f"{source}: not an .onnx file, a config.json or a preset "
+                    f"(presets: {', '.join(sorted(PRESETS))})")
+
+
+def leftover_primitives(g: Graph) -> list[str]:
+    """Nodes fusion could not lift to LLM-level ops (empty for the supported families)."""
+    from llmfab.ir import LLM_OPS, STRUCTURAL_OPS
+    return [f"{n.name} ({n.op})" for n in g.nodes() if n.op not in LLM_OPS | STRUCTURAL_OPS]
+
+
+def parse_tokens(text: str) -> np.ndarray:
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise FlowError("--tokens is empty; give token ids like \"1 2 3\"")
+    try:
+        ids = [int(t) for t in parts]
+    except ValueError:
+        raise FlowError(f"--tokens must be integers separated by spaces, not {text!r}") from None
+    return np.array([ids], dtype=np.int64)
+
+
+def interpret(g: Graph, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """Run the reference interpreter on token ids [1, S]; KV-cache inputs start empty."""
+    feeds = {}
+    for n in g.inputs():
+        if n.attrs.role is InputRole.TOKENS:
+            for emb in (u for u in g.users(n.name) if u.op is OpKind.EMBEDDING):
+                vocab = g.node(emb.inputs[0]).type.shape[0]
+                if tokens.min() < 0 or tokens.max() >= vocab:
+                    raise FlowError(f"token ids must be in [0, {vocab}), got {tokens.min()}..{tokens.max()}")
+            feeds[n.name] = tokens
+        elif n.attrs.role in (InputRole.PAST_KEY, InputRole.PAST_VALUE):
+            feeds[n.name] = np.zeros(n.type.shape, n.type.dtype.numpy)
+        else:
+            raise FlowError(f"graph input {n.name!r} ({n.attrs.role.value}) has no value to feed")
+    return run(g, feeds)

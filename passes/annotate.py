@@ -1,0 +1,117 @@
+"""Name what the fused graph computes: the LM head, each Linear's role, each op's layer.
+
+Roles come from structure, not names (TorchScript exports rename weights `onnx::MatMul_123`):
+a Linear feeding attention's q/k/v is q/k/v_proj (qkv_proj if it feeds all three), the Linear
+reading attention's output is o_proj, an MLP Linear feeding the activation is gate or fc1, the
+one multiplied with the activation is up, the one after it down or fc2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace as dc_replace
+from typing import ClassVar
+
+import networkx as nx
+import numpy as np
+
+from llmfab.ir import Graph, LinearRole, OpKind
+
+from .pass_base import Pass
+
+PASS_THROUGH = {OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.SLICE, OpKind.CONCAT, OpKind.ROPE,
+                OpKind.GATHER, OpKind.CAST}
+ACTIVATIONS = {OpKind.SILU, OpKind.GELU, OpKind.RELU}
+
+
+def _sources(g: Graph, name: str, want: set[OpKind]) -> set[str]:
+    """Nodes of kinds `want` reached upward from `name` through structural ops only."""
+    out, stack, seen = set(), [name], set()
+    while stack:
+        n = g.node(stack.pop())
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.op in want:
+            out.add(n.name)
+        elif n.op in PASS_THROUGH:
+            stack.extend(i for i in n.inputs[:1] if n.op is not OpKind.CONCAT)
+            if n.op is OpKind.CONCAT:
+                stack.extend(n.inputs)
+    return out
+
+
+def _set(g: Graph, name: str, **changes):
+    n = g.node(name)
+    g.set_node(dc_replace(n, attrs=dc_replace(n.attrs, **changes)))
+
+
+@dataclass(frozen=True)
+class Annotate(Pass):
+    name: ClassVar[str] = "annotate"
+
+    def apply(self, g: Graph) -> None:
+        nodes = g.nodes()
+        attn = [n.name for n in nodes if n.op is OpKind.ATTENTION]
+        linear = {OpKind.LINEAR, OpKind.LMHEAD}
+        # LM head: the Linear that (through structural ops) produces the logits output.
+        outs = dict(g.outputs)
+        logits = outs.get("logits", g.outputs[0][1] if g.outputs else None)
+        for lm in sorted(_sources(g, logits, linear)) if logits else []:
+            n = g.node(lm)
+            if n.op is OpKind.LINEAR:
+                new = g.add_op(g.unique_name("lm_head"), OpKind.LMHEAD, n.inputs,
+                               dc_replace(n.attrs, role=LinearRole.LM_HEAD), origin=n.origin)
+                g.replace_all_uses(lm, new.name)
+                g.eliminate_dead_code()
+        self._tie_lm_head(g)
+        # Layer index of every node: how many attentions precede it.
+        after = {a: nx.descendants(g._g, a) for a in attn}
+        def layer_of(name: str) -> int:
+            return sum(name in d for d in after.values())
+        for i, a in enumerate(attn):
+            _set(g, a, layer=i)
+            q, k, v = g.node(a).inputs[:3]
+            srcs = [_sources(g, x, linear) for x in (q, k, v)]
+            for role, s in zip((LinearRole.Q, LinearRole.K, LinearRole.V), srcs):
+                for lin in s:
+                    _set(g, lin, role=LinearRole.QKV if all(lin in t for t in srcs) else role, layer=i)
+        for n in g.nodes():
+            if n.op is OpKind.LINEAR and n.attrs.role is LinearRole.UNKNOWN:
+                self._mlp_role(g, n, attn, layer_of(n.name) - 1)
+            elif n.op in (OpKind.RMSNORM, OpKind.LAYERNORM):
+                feeds_attn = any(a in nx.descendants(g._g, n.name) for a in attn[layer_of(n.name):][:1])
+                feeds_head = any(u.op is OpKind.LMHEAD for u in g.users(n.name))
+                layer = None if feeds_head else layer_of(n.name) - (0 if feeds_attn else 1)
+                _set(g, n.name, layer=layer)
+        g.meta.setdefault("num_layers", len(attn))
+
+    def _tie_lm_head(self, g: Graph) -> None:
+        """Exporters store a tied LM head as a second copy of the embedding table: share it."""
+        tables = [g.node(n.inputs[0]) for n in g.nodes() if n.op is OpKind.EMBEDDING]
+        for head in [n for n in g.nodes() if n.op is OpKind.LMHEAD]:
+            w = g.node(head.inputs[1])
+            for t in tables:
+                if t.name != w.name and t.type.shape == w.type.shape and t.data.has_values \
+                        and w.data.has_values and np.array_equal(t.data.numpy(), w.data.numpy()):
+                    g.set_node(dc_replace(head, inputs=(head.inputs[0], t.name, *head.inputs[2:])))
+                    g.eliminate_dead_code()
+                    break
+
+    def _mlp_role(self, g: Graph, n, attn: list[str], layer: int) -> None:
+        x = g.node(n.inputs[0])
+        from_attn = _sources(g, x.name, {OpKind.ATTENTION})
+        if from_attn:
+            role = LinearRole.O
+        elif x.op in ACTIVATIONS:
+            role = LinearRole.FC2
+        elif x.op is OpKind.MUL and any(g.node(i).op in ACTIVATIONS for i in x.inputs):
+            role = LinearRole.DOWN
+        else:
+            users = g.users(n.name)
+            if any(u.op in ACTIVATIONS for u in users):
+                gated = any(w.op is OpKind.MUL for u in users if u.op in ACTIVATIONS for w in g.users(u.name))
+                role = LinearRole.GATE if gated else LinearRole.FC1
+            elif any(u.op is OpKind.MUL and any(g.node(i).op in ACTIVATIONS for i in u.inputs) for u in users):
+                role = LinearRole.UP
+            else:
+                role = LinearRole.UNKNOWN
+        _set(g, n.name, role=role, layer=layer if layer >= 0 else None)

@@ -1,0 +1,149 @@
+"""Scaled dot-product attention with causal masking and grouped-query heads.
+
+    softmax(scale * (q @ k^T) + mask) @ v   ->   Attention(q, k, v){num_heads, num_kv_heads, scale, causal}
+
+q is [B, H, S, D]; k and v are [B, Hkv, T, D] (T = past + S), before HF's `repeat_kv`
+(reshape(expand(unsqueeze(k)))) which this pass strips so the op sees the real KV heads.
+Scalar scales anywhere on the q, k or score path are multiplied into `scale`. The additive mask,
+folded to a constant at import, becomes `causal=True` when it is exactly the causal pattern;
+any other constant mask is kept as a fourth input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from llmfab.ir import ArrayData, AttentionAttrs, Graph, OpKind, PermAttrs
+
+from .pass_base import Pass
+from .patterns import find_or_add, replace, split_const
+
+MASKED = -1e4  # a mask entry at or below this removes the score (HF uses finfo.min or -inf)
+
+
+def _peel_scale(g: Graph, name: str) -> tuple[str, float]:
+    """Strip scalar multiplications/divisions: returns (source, product of the scales)."""
+    scale = 1.0
+    while True:
+        n = g.node(name)
+        if n.op in (OpKind.MUL, OpKind.DIV) and (sc := split_const(g, n)) is not None:
+            src, c = sc
+            if n.op is OpKind.DIV and n.inputs[1] != src:
+                scale /= c
+            elif n.op is OpKind.MUL:
+                scale *= c
+            else:
+                return name, scale
+            name = src
+        else:
+            return name, scale
+
+
+def _strip_repeat_kv(g: Graph, name: str) -> str:
+    """k if `name` is reshape(expand(reshape(k, [B,Hkv,1,T,D]), [B,Hkv,r,T,D]), [B,Hkv*r,T,D])."""
+    r = g.node(name)
+    if r.op is not OpKind.RESHAPE or r.type.rank != 4:
+        return name
+    e = g.node(r.inputs[0])
+    if e.op is not OpKind.EXPAND or e.type.rank != 5:
+        return name
+    u = g.node(e.inputs[0])
+    if u.op is not OpKind.RESHAPE:
+        return name
+    k = g.node(u.inputs[0])
+    B, Hkv, T, D = k.type.shape if k.type.rank == 4 else (None,) * 4
+    if k.type.rank == 4 and u.type.shape == (B, Hkv, 1, T, D) and e.type.shape[:2] == (B, Hkv) \
+            and e.type.shape[3:] == (T, D) and r.type.shape == (B, Hkv * e.type.shape[2], T, D):
+        return k.name
+    return name
+
+
+def _key_from_transposed(g: Graph, name: str) -> str | None:
+    """k if `name` is k with its last two axes swapped (adding a transpose node if needed)."""
+    n = g.node(name)
+    if n.op is not OpKind.TRANSPOSE:
+        return None
+    perm = list(n.attrs.perm)
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    if perm == list(range(len(perm))):
+        return n.inputs[0]
+    return find_or_add(g, name + ".k", OpKind.TRANSPOSE, [n.inputs[0]], PermAttrs(tuple(perm)))
+
+
+def _mask_kind(mask: np.ndarray, S: int, T: int) -> str:
+    """'causal', 'none' or 'general' for an additive mask broadcastable to [.., S, T]."""
+    m = np.broadcast_to(mask, mask.shape[:-2] + (S, T)).reshape(-1, S, T)
+    if not (m == m[0]).all():
+        return "general"
+    m = m[0]
+    allowed = np.arange(T)[None, :] <= np.arange(S)[:, None] + (T - S)
+    if (m[allowed] == 0).all() and (m[~allowed] <= MASKED).all():
+        return "causal"  # (checked first: with one query the causal mask is all zeros)
+    return "none" if (m == 0).all() else "general"
+
+
+@dataclass(frozen=True)
+class FuseAttention(Pass):
+    name: ClassVar[str] = "fuse-attention"
+
+    def apply(self, g: Graph) -> None:
+        for sm in g.nodes():
+            if sm.name in g and sm.op is OpKind.SOFTMAX and sm.attrs.axis == sm.type.rank - 1 and sm.type.rank == 4:
+                self._fuse(g, sm)
+        g.eliminate_dead_code()
+
+    def _fuse(self, g: Graph, sm) -> None:
+        users = g.users(sm.name)
+        if len(users) != 1 or users[0].op is not OpKind.MATMUL or users[0].inputs[0] != sm.name:
+            return
+        pv = users[0]
+        scores, mask = sm.inputs[0], None
+        n = g.node(scores)
+        if n.op is OpKind.ADD:
+            for s_, m_ in (n.inputs, n.inputs[::-1]):
+                if (mv := g.const_value(m_)) is not None and mv.ndim >= 2:
+                    scores, mask = s_, mv
+                    break
+            else:
+                return
+        elif n.op is OpKind.WHERE:
+            cond, a, b = n.inputs
+            cv = g.const_value(cond)
+            if cv is None:
+                return
+            if (fill := g.const_value(b)) is not None and fill.size == 1 and float(fill.ravel()[0]) <= MASKED:
+                scores, mask = a, np.where(cv, np.float32(0), np.float32(-np.inf))
+            elif (fill := g.const_value(a)) is not None and fill.size == 1 and float(fill.ravel()[0]) <= MASKED:
+                scores, mask = b, np.where(cv, np.float32(-np.inf), np.float32(0))
+            else:
+                return
+        mm_name, scale = _peel_scale(g, scores)
+        mm = g.node(mm_name)
+        if mm.op is not OpKind.MATMUL:
+            return
+        q, qs = _peel_scale(g, mm.inputs[0])
+        kt, ks = _peel_scale(g, mm.inputs[1])
+        k = _key_from_transposed(g, kt)
+        if k is None:
+            return
+        k, ks2 = _peel_scale(g, k)
+        q, k, v = q, _strip_repeat_kv(g, k), _strip_repeat_kv(g, pv.inputs[1])
+        qt, kt_, vt = (g.node(x).type for x in (q, k, v))
+        if qt.rank != 4 or kt_.rank != 4 or vt.rank != 4:
+            return
+        B, H, S, D = qt.shape
+        Hkv, T = kt_.shape[1], kt_.shape[2]
+        if Hkv == 0 or H % Hkv or vt.shape[:3] != (B, Hkv, T) or kt_.shape != (B, Hkv, T, D):
+            return
+        causal, inputs = False, [q, k, v]
+        if mask is not None:
+            kind = _mask_kind(mask, S, T)
+            if kind == "causal":
+                causal = True
+            elif kind == "general":
+                m = g.add_const(g.unique_name(sm.name + ".mask"), ArrayData(mask.astype(np.float32)))
+                inputs.append(m.name)
+        attrs = AttentionAttrs(num_heads=H, num_kv_heads=Hkv, scale=float(scale * qs * ks * ks2), causal=causal)
+        replace(g, pv.name, OpKind.ATTENTION, inputs, attrs)

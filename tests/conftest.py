@@ -1,0 +1,64 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def manifest() -> list[dict]:
+    return json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]
+
+
+def fixture_ids(pred=lambda f: True) -> list[str]:
+    return [f["file"] for f in manifest() if pred(f)]
+
+
+def fixture_entry(file: str) -> dict:
+    return next(f for f in manifest() if f["file"] == file)
+
+
+def ort_run(path, feeds: dict) -> dict:
+    """onnxruntime, the golden model, on the same ONNX file."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def ort_feeds(path, ids: np.ndarray, past: dict | None = None, past_len: int = 0) -> dict:
+    """Feeds for an exported decoder: ids, all-ones mask, positions, and the past KV values."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    B, S = ids.shape
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.name == "input_ids":
+            feeds[i.name] = ids.astype(np.int64)
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones((B, past_len + S), np.int64)
+        elif i.name == "position_ids":
+            feeds[i.name] = np.arange(past_len, past_len + S, dtype=np.int64)[None].repeat(B, 0)
+        elif past is not None and i.name in past:
+            feeds[i.name] = past[i.name]
+        else:
+            raise KeyError(f"no feed for {i.name}")
+    return feeds
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+@pytest.fixture
+def tmp_fixture_copy(tmp_path):
+    def copy(name: str) -> Path:
+        src = FIXTURES / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name)
+        else:
+            shutil.copy(src, tmp_path / name)
+        return tmp_path / name
+    return copy

@@ -1,0 +1,151 @@
+"""Every fixture, imported and fused, computes what onnxruntime computes on the same file."""
+import collections
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, fixture_entry, fixture_ids, ort_feeds, ort_run, rel_err
+from llmfab.flow import interpret, leftover_primitives, load_model
+from llmfab.frontend.config import load_config
+from llmfab.ir import InputRole, LinearRole, OpKind, print_graph, run, verify
+from llmfab.passes.summary import summarize
+
+TOL = 1e-4  # max |diff| / max |ref| on logits (the issue's bound)
+
+
+def _path(file):
+    return FIXTURES / file
+
+
+def _seq_lens(entry):
+    if not entry["dynamic_seq"]:
+        return [entry["static_seq"]]
+    return [1, 6, 13]
+
+
+CASES = [(f, s) for f in fixture_ids() for s in _seq_lens(fixture_entry(f))]
+
+
+@pytest.mark.parametrize("file,seq", CASES)
+def test_logits_match_onnxruntime(file, seq):
+    g = load_model(str(_path(file)), seq_len=seq)
+    verify(g, fused=True)
+    vocab = fixture_entry(file)["config"]["vocab"]
+    ids = np.random.default_rng(seq).integers(0, vocab, (1, seq))
+    ours = interpret(g, ids)["logits"]
+    past = None
+    if fixture_entry(file)["has_kv_cache"]:
+        past = {n.name: np.zeros(n.type.shape, np.float32) for n in g.inputs()
+                if n.attrs.role in (InputRole.PAST_KEY, InputRole.PAST_VALUE)}
+    ref = ort_run(_path(file), ort_feeds(_path(file), ids, past))["logits"]
+    assert ours.shape == ref.shape == (1, seq, vocab)
+    assert rel_err(ours, ref) < TOL
+
+
+EXPECTED = {  # per decoder layer, plus the ops outside the layers
+    "llama": dict(layer={"rms_norm": 2, "linear": 7, "rope": 2, "attention": 1, "silu": 1, "mul": 1, "add": 2},
+                  extra={"rms_norm": 1, "embedding": 1, "lm_head": 1}),
+    "gpt2": dict(layer={"layer_norm": 2, "linear": 4, "attention": 1, "gelu": 1, "add": 2},
+                 extra={"layer_norm": 1, "embedding": 2, "lm_head": 1, "add": 1}),
+    "opt": dict(layer={"layer_norm": 2, "linear": 6, "attention": 1, "relu": 1, "add": 2},
+                extra={"layer_norm": 1, "embedding": 2, "lm_head": 1, "add": 1}),
+}
+EXPECTED["qwen2"] = EXPECTED["mistral"] = EXPECTED["llama"]
+
+
+@pytest.mark.parametrize("file", fixture_ids())
+def test_fused_graph_has_llm_ops(file):
+    entry = fixture_entry(file)
+    g = load_model(str(_path(file)), seq_len=entry["static_seq"] or 8)
+    assert leftover_primitives(g) == []
+    counts = collections.Counter(n.op.value for n in g.nodes())
+    L = entry["config"]["num_layers"]
+    exp = EXPECTED[entry["family"]]
+    for op in set(exp["layer"]) | set(exp["extra"]):
+        assert counts[op] == L * exp["layer"].get(op, 0) + exp["extra"].get(op, 0), op
+    for op in ("softmax", "matmul", "pow", "sigmoid", "reduce_mean", "sub", "div", "where", "expand"):
+        assert counts[op] == 0, op
+    cfg = entry["config"]
+    for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
+        assert a.attrs.causal
+        assert (a.attrs.num_heads, a.attrs.num_kv_heads) == (cfg["heads"], cfg["kv_heads"] or cfg["heads"])
+        assert a.attrs.scale == pytest.approx(cfg["head_dim"] ** -0.5, rel=1e-6)
+        assert len(a.inputs) == 3  # the causal mask became an attribute
+    roles = collections.Counter(n.attrs.role for n in g.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD))
+    assert roles[LinearRole.UNKNOWN] == 0
+    assert roles[LinearRole.LM_HEAD] == 1
+    layers = sorted({n.attrs.layer for n in g.nodes() if n.op is OpKind.LINEAR})
+    assert layers == list(range(L))
+
+
+def _hf_config(entry) -> dict:
+    c = entry["config"]
+    fam = c["model_type"]
+    if fam == "gpt2":
+        return dict(model_type="gpt2", n_layer=c["num_layers"], n_embd=c["hidden"], n_head=c["heads"],
+                    vocab_size=c["vocab"], n_positions=c["max_position_embeddings"], n_inner=c["intermediate"],
+                    layer_norm_epsilon=c["layer_norm_eps"], activation_function=c["activation"])
+    if fam == "opt":
+        return dict(model_type="opt", num_hidden_layers=c["num_layers"], hidden_size=c["hidden"],
+                    num_attention_heads=c["heads"], vocab_size=c["vocab"], ffn_dim=c["intermediate"],
+                    max_position_embeddings=c["max_position_embeddings"], word_embed_proj_dim=c["hidden"],
+                    activation_function=c["activation"])
+    return dict(model_type=fam, num_hidden_layers=c["num_layers"], hidden_size=c["hidden"],
+                num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"], vocab_size=c["vocab"],
+                intermediate_size=c["intermediate"], rms_norm_eps=c["rms_norm_eps"],
+                rope_theta=c["rope_theta"], tie_word_embeddings=c["tie_word_embeddings"],
+                max_position_embeddings=c["max_position_embeddings"])
+
+
+@pytest.mark.parametrize("file", fixture_ids(lambda f: not f["has_kv_cache"]))
+def test_same_graph_as_config_only_import(file):
+    """ONNX import + fusion and the config-only builder give one canonical graph shape."""
+    entry = fixture_entry(file)
+    seq = entry["static_seq"] or 7
+    a = load_model(str(_path(file)), seq_len=seq)
+    b = load_config(_hf_config(entry), seq_len=seq)
+    count = lambda g: collections.Counter((n.op, n.type.shape) for n in g.nodes() if n.op is not OpKind.CONST)
+    assert count(a) == count(b)
+    sa, sb = summarize(a), summarize(b)
+    assert sa.parameters == sb.parameters  # tied LM heads are shared, not counted twice
+    assert sa.ops == sb.ops
+
+
+@pytest.mark.parametrize("file", fixture_ids(lambda f: f["has_kv_cache"]))
+@pytest.mark.parametrize("seq,past", [(3, 4), (1, 9)])
+def test_kv_cache_exports(file, seq, past):
+    g = load_model(str(_path(file)), seq_len=seq, past_len=past)
+    roles = collections.Counter(n.attrs.role for n in g.inputs())
+    L = fixture_entry(file)["config"]["num_layers"]
+    assert roles == {InputRole.TOKENS: 1, InputRole.PAST_KEY: L, InputRole.PAST_VALUE: L}
+    rng = np.random.default_rng(seq * 100 + past)
+    vocab = fixture_entry(file)["config"]["vocab"]
+    feeds = {"input_ids": rng.integers(0, vocab, (1, seq))}
+    for n in g.inputs():
+        if n.attrs.role is not InputRole.TOKENS:
+            feeds[n.name] = rng.standard_normal(n.type.shape).astype(np.float32)
+    ours = run(g, feeds)
+    ref = ort_run(_path(file), ort_feeds(_path(file), feeds["input_ids"],
+                                         {k: v for k, v in feeds.items() if k != "input_ids"}, past))
+    assert set(ours) == set(ref)  # logits and every present.N.key/value
+    for k in ref:
+        assert ours[k].shape == ref[k].shape
+        assert rel_err(ours[k], ref[k]) < TOL, k
+    for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
+        assert a.attrs.causal and g.node(a.inputs[1]).type.shape[2] == past + seq
+
+
+def test_external_data_is_memory_mapped():
+    g = load_model(str(FIXTURES / "llama_dynamo_extdata" / "model.onnx"), seq_len=4)
+    big = [n for n in g.nodes() if n.op is OpKind.CONST and n.attrs.weight and n.type.numel > 512]
+    assert big
+    a = big[0].data.numpy()
+    base = a
+    while getattr(base, "base", None) is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert isinstance(base, np.memmap)
+
+
+def test_import_is_deterministic():
+    f = str(_path(fixture_ids(lambda f: f["family"] == "gpt2")[0]))
+    assert print_graph(load_model(f, seq_len=5)) == print_graph(load_model(f, seq_len=5))
