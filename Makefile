@@ -24,7 +24,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
 
 install: $(VENV)/.installed-base
 
-demo: $(VENV)/.installed-base
+demo: $(VENV)/.installed-test
 	$(PY) examples/demo.py
 
 test: $(VENV)/.installed-test

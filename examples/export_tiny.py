@@ -406,6 +406,8 @@ def verify(v: Variant, model, cfg_sum, path: str, info) -> list[dict[str, Any]]:
     assert sess_out == outs, (sess_out, outs)
     if info["dynamic_seq"]:
         cases = [(2, 5, 3), (1, 9, 6), (3, 1, 7), (1, 1, 1)]
+        if v.kv_cache:
+            cases.append((2, 4, 0))  # prefill through the cache graph with an empty past
         if not info["dynamic_batch"]:
             cases = [(EXPORT_BATCH, s_, p_) for _, s_, p_ in cases]
     else:

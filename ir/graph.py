@@ -144,6 +144,25 @@ class Graph:
             self._g.add_edge(i, node.name)
         self._g.nodes[node.name]["node"] = node
 
+    def rename(self, old: str, new: str):
+        """Give node `old` the name `new`, updating its users and the graph outputs."""
+        if old == new:
+            return
+        if new in self._g:
+            raise ValueError(f"graph {self.name!r} already has a node named {new!r}")
+        n = self.node(old)
+        seq = self._g.nodes[old]["seq"]
+        users = [u.name for u in self.users(old)]
+        self._g.add_node(new, node=replace(n, name=new), seq=seq)
+        for i in set(n.inputs):
+            self._g.add_edge(i, new)
+        for u in users:
+            un = self._g.nodes[u]["node"]
+            self._g.nodes[u]["node"] = replace(un, inputs=tuple(new if i == old else i for i in un.inputs))
+            self._g.add_edge(new, u)
+        self._g.remove_node(old)
+        self.outputs = [(o, new if x == old else x) for o, x in self.outputs]
+
     def remove(self, name: str):
         if any(True for _ in self._g.successors(name)) or name in self.output_names():
             raise ValueError(f"cannot remove {name!r}: it is still used")

@@ -14,7 +14,7 @@ def _fmt(v) -> str:
     if isinstance(v, Enum):
         return str(v.value)
     if isinstance(v, float):
-        return repr(float(np.float32(v))) if v == v else "nan"
+        return str(np.float32(v))  # shortest text that round-trips the float32 value
     if isinstance(v, tuple):
         return "[" + ",".join(_fmt(x) for x in v) + "]"
     return str(v)

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `llmfab inspect ... | head`
+        sys.stderr.close()
+        return 0
     except Exception as e:  # one clear line, never a traceback (LLMFAB_DEBUG=1 shows it)
         if os.environ.get("LLMFAB_DEBUG"):
             raise

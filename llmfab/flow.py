@@ -26,11 +26,14 @@ def load_model(source: str, *, seq_len: int | None = None, past_len: int = 0, ba
         return g
     kw = dict(seq_len=seq_len or 16, past_len=past_len, batch=batch)
     if p.suffix == ".json" or p.is_file():
-        return load_config(p, **kw)
-    if source in PRESETS:
-        return load_preset(source, **kw)
-    raise FlowError(f"{source}: not an .onnx file, a config.json or a preset "
-                    f"(presets: {', '.join(sorted(PRESETS))})")
+        g = load_config(p, **kw)
+    elif source in PRESETS:
+        g = load_preset(source, **kw)
+    else:
+        raise FlowError(f"{source}: not an .onnx file, a config.json or a preset "
+                        f"(presets: {', '.join(sorted(PRESETS))})")
+    run_pipeline(g, parse_pipeline("canonical-names", PASSES))  # the same names as ONNX imports
+    return g
 
 
 def leftover_primitives(g: Graph) -> list[str]:

@@ -1,5 +1,6 @@
 """llmfab.passes: graph rewrites and analyses, each a small named pass in one explicit registry."""
 from .annotate import Annotate
+from .canonical_names import CanonicalNames
 from .cleanup import Cleanup
 from .fuse_activation import FuseActivation
 from .fuse_attention import FuseAttention
@@ -9,11 +10,12 @@ from .fuse_rope import FuseRope
 from .pass_base import Pass, PassError, parse_pipeline, run_pipeline
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
-    FuseLinear, Cleanup, FuseNorm, FuseActivation, FuseRope, FuseAttention, Annotate,
+    FuseLinear, Cleanup, FuseNorm, FuseActivation, FuseRope, FuseAttention, Annotate, CanonicalNames,
 )}
 
 # ONNX import -> LLM-level graph. Order matters: biases join Linears before activations are
 # probed, RoPE is found before attention peels its inputs, roles are named last.
-FUSION_PIPELINE = "fuse-linear,cleanup,fuse-norm,fuse-activation,fuse-rope,fuse-attention,cleanup,annotate"
+FUSION_PIPELINE = ("fuse-linear,cleanup,fuse-norm,fuse-activation,fuse-rope,fuse-attention,cleanup,"
+                   "annotate,canonical-names")
 
 __all__ = ["PASSES", "FUSION_PIPELINE", "Pass", "PassError", "parse_pipeline", "run_pipeline"]

@@ -78,9 +78,13 @@ class Annotate(Pass):
             if n.op is OpKind.LINEAR and n.attrs.role is LinearRole.UNKNOWN:
                 self._mlp_role(g, n, attn, layer_of(n.name) - 1)
             elif n.op in (OpKind.RMSNORM, OpKind.LAYERNORM):
-                feeds_attn = any(a in nx.descendants(g._g, n.name) for a in attn[layer_of(n.name):][:1])
-                feeds_head = any(u.op is OpKind.LMHEAD for u in g.users(n.name))
-                layer = None if feeds_head else layer_of(n.name) - (0 if feeds_attn else 1)
+                # The norm in front of attention i feeds its q/k/v projections and follows i
+                # attentions; the one in front of the MLP follows i + 1; the final one feeds the head.
+                qkv = {LinearRole.Q, LinearRole.K, LinearRole.V, LinearRole.QKV}
+                users = g.users(n.name)
+                feeds_qkv = any(u.op is OpKind.LINEAR and u.attrs.role in qkv for u in users)
+                feeds_head = any(u.op is OpKind.LMHEAD for u in users)
+                layer = None if feeds_head else layer_of(n.name) - (0 if feeds_qkv else 1)
                 _set(g, n.name, layer=layer)
         g.meta.setdefault("num_layers", len(attn))
 

@@ -145,5 +145,8 @@ class FuseAttention(Pass):
             elif kind == "general":
                 m = g.add_const(g.unique_name(sm.name + ".mask"), ArrayData(mask.astype(np.float32)))
                 inputs.append(m.name)
-        attrs = AttentionAttrs(num_heads=H, num_kv_heads=Hkv, scale=float(scale * qs * ks * ks2), causal=causal)
+        scale = float(scale * qs * ks * ks2)
+        if abs(scale * D ** 0.5 - 1) < 1e-6:  # exporters split 1/sqrt(D) into two float32 roots
+            scale = D ** -0.5
+        attrs = AttentionAttrs(num_heads=H, num_kv_heads=Hkv, scale=scale, causal=causal)
         replace(g, pv.name, OpKind.ATTENTION, inputs, attrs)

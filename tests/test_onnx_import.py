@@ -149,3 +149,16 @@ def test_external_data_is_memory_mapped():
 def test_import_is_deterministic():
     f = str(_path(fixture_ids(lambda f: f["family"] == "gpt2")[0]))
     assert print_graph(load_model(f, seq_len=5)) == print_graph(load_model(f, seq_len=5))
+
+
+@pytest.mark.parametrize("file", fixture_ids())
+def test_same_text_as_config_only_import(file):
+    """Apart from constants, the fused ONNX graph prints exactly like the config-only graph."""
+    from llmfab.passes import PASSES, parse_pipeline, run_pipeline
+    entry = fixture_entry(file)
+    past = 3 if entry["has_kv_cache"] else 0
+    a = load_model(str(_path(file)), seq_len=5, past_len=past)
+    b = load_config(_hf_config(entry), seq_len=5, past_len=past)
+    run_pipeline(b, parse_pipeline("canonical-names", PASSES))
+    lines = lambda g: sorted(l for l in print_graph(g, skip_consts=True).splitlines()[1:-2])
+    assert lines(a) == lines(b)

@@ -1,0 +1,73 @@
+"""The `llmfab` command as a user runs it (a real subprocess, real files)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, fixture_entry, fixture_ids, ort_feeds, ort_run, rel_err
+from llmfab.frontend.config import PRESETS, PRESET_DIR
+
+
+def llmfab(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_inspect_llama2_7b_preset_json():
+    out = json.loads(llmfab("inspect", "llama2-7b", "--json").stdout)
+    assert abs(out["parameters"] - 6.74e9) / 6.74e9 < 0.005
+    assert out["parameters"] == 6_738_415_616
+    assert out["layers"] == 32
+    assert out["ops"]["attention"] == 32 and out["ops"]["linear"] == 224 and out["ops"]["lm_head"] == 1
+    assert out["weight_bytes"] == 2 * 6_738_415_616  # fp16
+    assert out["unfused"] == []
+
+
+def test_inspect_text_summary():
+    text = llmfab("inspect", "mistral-7b").stdout
+    assert "7.24 B" in text and "attention" in text and "warning" not in text
+
+
+def test_inspect_config_json_path(tmp_path):
+    cfg = tmp_path / "config.json"
+    shutil.copy(PRESET_DIR / PRESETS["qwen2-7b"], cfg)
+    out = json.loads(llmfab("inspect", cfg, "--json", "--seq-len", "4").stdout)
+    assert out["parameters"] == 7_615_616_512 and out["seq_len"] == 4
+
+
+@pytest.mark.parametrize("file", fixture_ids(lambda f: f["family"] in ("llama", "gpt2") and not f["has_kv_cache"]
+                                             and f["dynamic_seq"])[:2])
+def test_inspect_onnx_json(file):
+    out = json.loads(llmfab("inspect", FIXTURES / file, "--json", "--seq-len", "5").stdout)
+    cfg = fixture_entry(file)["config"]
+    assert out["layers"] == cfg["num_layers"] and out["ops"]["attention"] == cfg["num_layers"]
+    assert out["unfused"] == [] and out["weight_bytes"] == 4 * out["parameters"]
+
+
+@pytest.mark.parametrize("file", fixture_ids(lambda f: not f["has_kv_cache"] and f["dynamic_seq"]))
+def test_interpret_writes_logits_matching_onnxruntime(tmp_path, file):
+    tokens = [3, 1, 4, 1, 5, 9, 2]
+    out = tmp_path / "logits.npy"
+    p = llmfab("interpret", FIXTURES / file, "--tokens", " ".join(map(str, tokens)), "--out", out)
+    assert "wrote" in p.stdout
+    logits = np.load(out)
+    vocab = fixture_entry(file)["config"]["vocab"]
+    assert logits.shape == (1, len(tokens), vocab) and logits.dtype == np.float32
+    ids = np.array([tokens])
+    ref = ort_run(FIXTURES / file, ort_feeds(FIXTURES / file, ids))["logits"]
+    assert rel_err(logits, ref) < 1e-4
+
+
+def test_failed_interpret_keeps_previous_output(tmp_path):
+    file = FIXTURES / fixture_ids(lambda f: f["family"] == "llama" and f["dynamic_seq"])[0]
+    out = tmp_path / "logits.npy"
+    llmfab("interpret", file, "--tokens", "1 2", "--out", out)
+    before = out.read_bytes()
+    p = llmfab("interpret", file, "--tokens", "1 100000", "--out", out, check=False)
+    assert p.returncode == 2 and out.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
