@@ -23,6 +23,9 @@ from .onnx_loader import ModelError, initializer_data, ir_dtype, load_onnx
 DEFAULT_SEQ_LEN = 16
 MIN_OPSET, MAX_OPSET = 14, 20
 
+# Scalar inputs some exports keep from the model's signature, bound to the model's own default.
+SCALAR_DEFAULTS = {"logits_to_keep": 0, "num_logits_to_keep": 0}  # 0 = logits for every position
+
 _PAST_RE = re.compile(r"past[._a-z]*?\.?(\d+)\.?(key|value)$|past_(key|value)[._]?(\d+)$")
 
 
@@ -179,6 +182,9 @@ def _bind_inputs(ctx: ImportContext, proto: onnx.ModelProto, opts: ImportOptions
                 raise ModelError(f"{where}: a past key/value input must be [batch, kv_heads, past, head_dim] "
                                  f"with static kv_heads and head_dim")
             want = [B, dims[1].dim_value, P, dims[3].dim_value]
+        if want is None and vi.name in SCALAR_DEFAULTS and not dims:
+            names[vi.name] = ctx.graph.add_const(vi.name, ArrayData(np.array(SCALAR_DEFAULTS[vi.name], dtype.numpy))).name
+            continue
         if want is None:
             raise ModelError(f"{where}: unknown model input; llmfab binds input_ids, attention_mask, "
                              "position_ids, cache_position and past key/value inputs")

@@ -136,11 +136,12 @@ class Graph:
     def set_node(self, node: Node):
         """Replace a node in place (same name); its inputs may change."""
         old = self.node(node.name)
+        for i in node.inputs:  # check before touching anything, so a rejected edit changes nothing
+            if i not in self._g:
+                raise ValueError(f"node {node.name!r} uses unknown value {i!r}")
         for i in set(old.inputs):
             self._g.remove_edge(i, node.name)
         for i in node.inputs:
-            if i not in self._g:
-                raise ValueError(f"node {node.name!r} uses unknown value {i!r}")
             self._g.add_edge(i, node.name)
         self._g.nodes[node.name]["node"] = node
 

@@ -84,6 +84,12 @@ def attention(q, k, v, mask, a):
     return softmax(s, -1) @ v
 
 
+def _int_div(x, y):
+    """Integer division truncating toward zero, as ONNX Div (numpy's // floors)."""
+    q = np.abs(x) // np.abs(y)
+    return np.where((x < 0) != (y < 0), -q, q).astype(np.result_type(x, y))
+
+
 def _slice(x, a):
     idx = [slice(None)] * x.ndim
     for st, en, ax, sp in zip(a.starts, a.ends, a.axes, a.steps):
@@ -112,7 +118,7 @@ KERNELS: dict[OpKind, Callable] = {
     OpKind.ADD: lambda a, x, y: x + y,
     OpKind.MUL: lambda a, x, y: x * y,
     OpKind.SUB: lambda a, x, y: x - y,
-    OpKind.DIV: lambda a, x, y: (x // y) if x.dtype.kind in "iu" else x / y,
+    OpKind.DIV: lambda a, x, y: _int_div(x, y) if x.dtype.kind in "iu" else x / y,
     OpKind.POW: lambda a, x, y: np.power(x, y),
     OpKind.MAX: lambda a, x, y: np.maximum(x, y),
     OpKind.MIN: lambda a, x, y: np.minimum(x, y),

@@ -43,9 +43,8 @@ def _cone(g: Graph, root: str) -> tuple[str, list[str]] | None:
             continue
         interior.add(name)
         for i in n.inputs:
-            v = g.const_value(i)
-            if v is not None and v.size == 1:
-                continue
+            if g.node(i).type.numel == 1 and g.const_value(i) is not None:
+                continue  # a scalar constant
             stack.append(i)
     if len(leaves) != 1:
         return None

@@ -8,8 +8,10 @@ from llmfab.ir import Graph, Node, OpKind
 
 def scalar(g: Graph, name: str) -> float | None:
     """The value of `name` if it is a constant holding a single number (any shape of size 1)."""
+    if g.node(name).type.numel != 1:  # decide from the type: never read a large weight here
+        return None
     v = g.const_value(name)
-    if v is None or v.size != 1:
+    if v is None:
         return None
     return float(np.ravel(v)[0])
 
