@@ -76,7 +76,8 @@ class FuseActivation(Pass):
             if n.name not in g or n.op not in ELEMENTWISE or n.type.dtype.is_int:
                 continue
             cone = _cone(g, n.name)
-            if cone is None or len(cone[1]) < 2 and n.op not in (OpKind.RELU,):
+            # one-node cones: only max(x, 0) (ReLU spelt with Max) can be a different activation
+            if cone is None or len(cone[1]) < 2 and n.op not in (OpKind.MAX, OpKind.MIN):
                 continue
             x, order = cone
             y = _probe(g, x, order)

@@ -44,12 +44,16 @@ class FuseLinear(Pass):
                 ln = g.node(lin)
                 if ln.op is not OpKind.LINEAR or len(ln.inputs) != 2 or sole_user(g, lin) is None:
                     continue
-                bv = g.const_value(b)
                 N = ln.type.shape[-1]
-                if bv is None or bv.size != N or bv.shape[-1] != N:
+                bt = g.node(b).type
+                # a [N]-sized constant that broadcasts without changing the result's shape
+                if bt.numel != N or not bt.shape or bt.shape[-1] != N or n.type.shape != ln.type.shape:
                     continue
-                bias = g.add_const(g.unique_name(b + ".bias" if bv.ndim != 1 else b),
-                                   ArrayData(np.ascontiguousarray(bv.reshape(N))) if bv.ndim != 1
-                                   else g.node(b).data, weight=True)
-                replace(g, n.name, OpKind.LINEAR, [*ln.inputs, bias.name], ln.attrs)
+                bv = g.const_value(b)
+                if bv is None:
+                    continue
+                bias = b if bt.rank == 1 and g.node(b).attrs.weight else g.add_const(
+                    g.unique_name(b + ".bias"), ArrayData(np.ascontiguousarray(bv.reshape(N))), weight=True).name
+                replace(g, n.name, OpKind.LINEAR, [*ln.inputs, bias], ln.attrs)
                 break
+        g.eliminate_dead_code()

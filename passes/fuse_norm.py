@@ -53,16 +53,22 @@ def _normalized(g: Graph, var: str, x: str) -> tuple[str, float] | None:
 def _affine(g: Graph, y: str, dim: int, bias: bool) -> tuple[str, str | None, str | None]:
     """Absorb a following `* w` (and `+ b`) with [dim]-sized constants: (result, w, b)."""
     w = b = None
+
+    def param_of(u) -> str | None:
+        """The other operand of `u` if it is a [dim] constant that leaves y's shape unchanged."""
+        other = other_input(u, y)
+        if other is None or u.type.shape != g.node(y).type.shape:
+            return None
+        t = g.node(other).type
+        ok = t.numel == dim and t.shape and t.shape[-1] == dim and g.const_value(other) is not None
+        return other if ok else None
+
     u = sole_user(g, y)
-    if u is not None and u.op is OpKind.MUL:
-        wv = g.const_value(other := other_input(u, y) or "")
-        if wv is not None and wv.size == dim and wv.shape[-1] == dim:
-            y, w = u.name, other
-            u = sole_user(g, y)
-    if bias and u is not None and u.op is OpKind.ADD:
-        bv = g.const_value(other := other_input(u, y) or "")
-        if bv is not None and bv.size == dim and bv.shape[-1] == dim:
-            y, b = u.name, other
+    if u is not None and u.op is OpKind.MUL and (w := param_of(u)) is not None:
+        y = u.name
+        u = sole_user(g, y)
+    if bias and u is not None and u.op is OpKind.ADD and (b := param_of(u)) is not None:
+        y = u.name
     return y, w, b
 
 

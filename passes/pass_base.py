@@ -34,10 +34,19 @@ class Pass:
                 raise PassError(f"pass {cls.name!r} has no option {k!r}; options: {sorted(fields) or 'none'}")
             typ = fields[k].type if not isinstance(fields[k].type, str) else eval_type(fields[k].type)
             try:
-                kwargs[k] = (v.lower() in ("1", "true", "yes")) if typ is bool else typ(v)
+                kwargs[k] = _parse_bool(v) if typ is bool else typ(v)
             except ValueError:
                 raise PassError(f"pass {cls.name!r}: option {k}={v!r} must be {typ.__name__}") from None
         return cls(**kwargs)
+
+
+def _parse_bool(v: str) -> bool:
+    low = v.lower()
+    if low in ("1", "true", "yes"):
+        return True
+    if low in ("0", "false", "no"):
+        return False
+    raise ValueError(v)
 
 
 def eval_type(name: str) -> type:
