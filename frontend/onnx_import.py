@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from llmfab.ir import (ArrayData, ConstAttrs, DType, Graph, InputAttrs, InputRole, OpKind,
-                       TensorType, TransposedData, infer_type)
+from llmfab.ir import (ArrayData, ConstAttrs, Graph, InputAttrs, InputRole, Node, OpKind,
+                       TensorType, TransposedData)
 from llmfab.ir.interpret import evaluate
-from llmfab.ir.ops import TypeInferenceError
+from llmfab.ir.ops import TypeInferenceError, attrs_type
 
 from .onnx_loader import ModelError, initializer_data, ir_dtype, load_onnx
 
@@ -116,7 +116,6 @@ class ImportContext:
                 d = nodes[0].data
                 data = d.base if isinstance(d, TransposedData) else TransposedData(d)
                 return g.add(_const_node(self._fresh(suffix), data, True)).name
-            from llmfab.ir.ops import attrs_type
             val = evaluate(op, attrs if attrs is not None else attrs_type(op)(),
                            [n.data.numpy() for n in nodes])
             name = self._fresh(suffix)
@@ -141,7 +140,6 @@ def _canon(val: np.ndarray) -> np.ndarray:
 
 
 def _const_node(name, data, weight):
-    from llmfab.ir import Node
     return Node(name, OpKind.CONST, (), ConstAttrs(data, weight), TensorType(data.dtype, data.shape))
 
 

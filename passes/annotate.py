@@ -32,10 +32,8 @@ def _sources(g: Graph, name: str, want: set[OpKind]) -> set[str]:
         seen.add(n.name)
         if n.op in want:
             out.add(n.name)
-        elif n.op in PASS_THROUGH:
-            stack.extend(i for i in n.inputs[:1] if n.op is not OpKind.CONCAT)
-            if n.op is OpKind.CONCAT:
-                stack.extend(n.inputs)
+        elif n.op in PASS_THROUGH:  # data flows through input 0 (all inputs of a concat)
+            stack.extend(n.inputs if n.op is OpKind.CONCAT else n.inputs[:1])
     return out
 
 

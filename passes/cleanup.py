@@ -100,4 +100,3 @@ def _batched_transpose(g: Graph, n, t) -> None:
     replace(g, n.name, OpKind.TRANSPOSE, [src], PermAttrs(perm))
 
 
-__all__ = ["Cleanup"]

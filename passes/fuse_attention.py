@@ -129,7 +129,7 @@ class FuseAttention(Pass):
         if k is None:
             return
         k, ks2 = _peel_scale(g, k)
-        q, k, v = q, _strip_repeat_kv(g, k), _strip_repeat_kv(g, pv.inputs[1])
+        k, v = _strip_repeat_kv(g, k), _strip_repeat_kv(g, pv.inputs[1])
         qt, kt_, vt = (g.node(x).type for x in (q, k, v))
         if qt.rank != 4 or kt_.rank != 4 or vt.rank != 4:
             return

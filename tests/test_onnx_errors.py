@@ -190,3 +190,27 @@ def test_cli_prints_one_line_no_traceback(tmp_path, argv, pattern):
     assert len(lines) == 1 and "Traceback" not in p.stderr
     assert re.fullmatch(pattern, lines[0]), lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name,role,layer", [
+    ("input_ids", "tokens", None), ("attention_mask", "attention_mask", None),
+    ("position_ids", "positions", None), ("cache_position", "positions", None),
+    ("past_key_values.0.key", "past_key", 0), ("past_key_values.11.value", "past_value", 11),
+    ("past.3.key", "past_key", 3), ("past_key_5", "past_key", 5), ("past_value.7", "past_value", 7),
+    ("pixel_values", "other", None),
+])
+def test_input_roles(name, role, layer):
+    from llmfab.frontend import input_role
+    r, l = input_role(name)
+    assert (r.value, l) == (role, layer)
+
+
+def test_logits_to_keep_scalar_input_is_bound_to_all_positions(tmp_path):
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    g = helper.make_graph([helper.make_node("Gather", ["table", "input_ids"], ["logits"], name="embed")], "g",
+                          [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "s"]),
+                           helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", "d"])], [table])
+    path = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "k.onnx")
+    graph = import_onnx(path, ImportOptions(seq_len=2))
+    assert [n.name for n in graph.inputs()] == ["input_ids"]
