@@ -49,6 +49,7 @@ from transformers.cache_utils import DynamicLayer
 SEED = 1234
 MAX_IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 writes 14
 ATOL = 1e-4
+ATOL_FP16 = 2e-3  # fp16 exports: onnxruntime and PyTorch both compute in half precision
 ATTN_IMPL = "sdpa"
 
 # Example shapes used at export time. Batch 2 (not 1) so torch.export does not
@@ -230,6 +231,7 @@ class Variant:
     kv_cache: bool = False
     ext_data: bool = False
     keep_node_metadata: bool = False  # dynamo only
+    fp16: bool = False  # export the model in half precision (model.half())
 
     @property
     def name(self) -> str:
@@ -238,6 +240,8 @@ class Variant:
             base += "_kvcache"
         if self.ext_data:
             base += "_extdata"
+        if self.fp16:
+            base += "_fp16"
         return base
 
     def relpath(self) -> str:
@@ -259,6 +263,8 @@ def variants() -> list[Variant]:
         vs.append(Variant(fam, "ts", 14, kv_cache=True))
         vs.append(Variant(fam, "dynamo", 18, kv_cache=True))
     vs.append(Variant("llama", "dynamo", 18, ext_data=True))
+    vs.append(Variant("llama", "ts", 14, fp16=True))
+    vs.append(Variant("gpt2", "dynamo", 18, fp16=True))
     return vs
 
 
@@ -488,6 +494,10 @@ def main(argv=None) -> int:
             models[v.family] = build_model(v.family)
             cfgs[v.family] = config_summary(v.family, models[v.family].config)
         model, cs = models[v.family], cfgs[v.family]
+        if v.fp16:  # the same weights, rounded to half precision
+            import copy
+            model = copy.deepcopy(model).half()
+        atol = ATOL_FP16 if v.fp16 else ATOL
         path = os.path.join(out, v.relpath())
         print(f"exporting {v.relpath()} ...", flush=True)
         try:
@@ -507,7 +517,7 @@ def main(argv=None) -> int:
             res = [{"batch": -1, "seq": -1, "past": -1, "logits_diff": float("inf"),
                     "max_diff_all_outputs": float("inf"), "error": f"{type(e).__name__}: {e}"}]
             print(f"  VERIFY ERROR: {type(e).__name__}: {str(e)[:500]}")
-        ok = all(r["max_diff_all_outputs"] < ATOL for r in res)
+        ok = all(r["max_diff_all_outputs"] < atol for r in res)
         if not ok:
             bad.append(v.relpath())
         proto = onnx.load(path, load_external_data=False)
@@ -527,7 +537,7 @@ def main(argv=None) -> int:
             "example_past_seq": EXPORT_PAST if v.kv_cache else None,
             "attn_implementation": ATTN_IMPL,
             "node_metadata_props": v.keep_node_metadata if v.exporter == "dynamo" else False,
-            "dtype": "float32",
+            "dtype": "float16" if v.fp16 else "float32",
             "size_bytes": size,
             "config": cs,
             "inputs": [value_info(i) for i in proto.graph.input],
@@ -535,13 +545,13 @@ def main(argv=None) -> int:
             "num_nodes": len(proto.graph.node),
             "num_functions": len(proto.functions),
             "op_counts": op_counts(proto),
-            "verification": {"atol": ATOL, "ok": ok, "cases": res},
+            "verification": {"atol": atol, "ok": ok, "cases": res},
             "notes": info["notes"],
         }
         entries.append(entry)
         for r in res:
             rows.append((v.relpath(), size, r["batch"], r["seq"], r["past"], r["logits_diff"],
-                         r["max_diff_all_outputs"], "ok" if r["max_diff_all_outputs"] < ATOL else "FAIL"))
+                         r["max_diff_all_outputs"], "ok" if r["max_diff_all_outputs"] < atol else "FAIL"))
 
     manifest = {
         "generator": "examples/export_tiny.py",

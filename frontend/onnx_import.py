@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from llmfab.ir import (ArrayData, ConstAttrs, Graph, InputAttrs, InputRole, Node, OpKind,
+from llmfab.ir import (ArrayData, ConstAttrs, DType, Graph, InputAttrs, InputRole, Node, OpKind,
                        TensorType, TransposedData)
 from llmfab.ir.interpret import evaluate
 from llmfab.ir.ops import TypeInferenceError, attrs_type
@@ -198,6 +198,8 @@ def _bind_inputs(ctx: ImportContext, proto: onnx.ModelProto, opts: ImportOptions
             pos = np.broadcast_to(np.arange(P, P + S, dtype=dtype.numpy), want).copy()
             names[vi.name] = ctx.graph.add_const(vi.name, ArrayData(pos)).name
         else:
+            if dtype.is_float:  # fp16 KV caches: float activations are fp32 in the IR
+                dtype = DType.FP32
             names[vi.name] = ctx.graph.add_input(vi.name, TensorType(dtype, tuple(want)),
                                                  InputAttrs(role, layer)).name
     ctx.graph.meta.update(batch=B, seq_len=S, past_len=P)

@@ -238,7 +238,9 @@ def IsNaN(ctx, x):
 def _binary(op: OpKind) -> Callable:
     def handler(ctx, a, b):
         ta, tb = ctx.type(a).dtype, ctx.type(b).dtype
-        if ta != tb:  # scalar constants exported as another float width
+        # Mixed float widths are fine (fp32 activations, fp16 weights); other mismatches are
+        # constants spelt in another type (Pow(x, int 2)), converted to the other operand's type.
+        if ta != tb and not (ta.is_float and tb.is_float):
             if ctx.value(b) is not None and ta.is_float == tb.is_float:
                 b = ctx.constant(ctx.value(b).astype(ta.numpy))
             elif ctx.value(a) is not None and ta.is_float == tb.is_float:

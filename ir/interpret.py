@@ -103,7 +103,7 @@ def _linear(a, x, w, b=None):
 
 
 KERNELS: dict[OpKind, Callable] = {
-    OpKind.EMBEDDING: lambda a, t, ids: t[ids],
+    OpKind.EMBEDDING: lambda a, t, ids: t[ids],  # (fp16 tables arrive widened by evaluate)
     OpKind.LINEAR: _linear,
     OpKind.LMHEAD: _linear,
     OpKind.MATMUL: lambda a, x, y: x @ y,
@@ -138,7 +138,7 @@ KERNELS: dict[OpKind, Callable] = {
     OpKind.TRANSPOSE: lambda a, x: np.transpose(x, a.perm),
     OpKind.CONCAT: lambda a, *xs: np.concatenate(xs, axis=a.axis),
     OpKind.SLICE: lambda a, x: _slice(x, a),
-    OpKind.GATHER: lambda a, x, i: np.take(x, i, axis=a.axis),
+    OpKind.GATHER: lambda a, x, i: np.take(x, i, axis=a.axis),  # (fp16 tables arrive widened)
     OpKind.CAST: lambda a, x: x.astype(a.to.numpy),
 }
 

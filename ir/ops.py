@@ -254,6 +254,16 @@ def _norm_axis(axis: int, rank: int) -> int:
     return axis % max(rank, 1)
 
 
+def _common(a: TensorType, b: TensorType) -> DType:
+    """The result element type of a binary op: equal types, or fp32 for mixed float widths
+    (float activations are fp32 in the IR; an fp16/bf16 operand is a stored weight)."""
+    if a.dtype == b.dtype:
+        return a.dtype
+    if a.dtype.is_float and b.dtype.is_float:
+        return DType.FP32
+    raise TypeInferenceError(f"operand dtypes differ: {a} and {b}")
+
+
 def _float(t: TensorType, what: str):
     if not t.dtype.is_float:
         raise TypeInferenceError(f"{what} must be a float tensor, not {t}")
@@ -269,9 +279,7 @@ def infer_type(op: OpKind, attrs, ins: list[TensorType]) -> TensorType:
         return ins[0]
     if op in ELEMENTWISE_BINARY:
         a, b = ins
-        if a.dtype != b.dtype:
-            raise TypeInferenceError(f"operand dtypes differ: {a} and {b}")
-        return TensorType(a.dtype, _broadcast(a.shape, b.shape))
+        return TensorType(_common(a, b), _broadcast(a.shape, b.shape))
     match op:
         case OpKind.INPUT:
             raise TypeInferenceError("graph inputs carry their own type")
@@ -359,7 +367,8 @@ def infer_type(op: OpKind, attrs, ins: list[TensorType]) -> TensorType:
             ax = _norm_axis(attrs.axis, x.rank)
             if not idx.dtype.is_int:
                 raise TypeInferenceError(f"indices must be integer, not {idx}")
-            return x.with_shape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])
+            out = DType.FP32 if x.dtype.is_float else x.dtype  # rows of an fp16 table widen, as in embedding
+            return TensorType(out, x.shape[:ax] + idx.shape + x.shape[ax + 1:])
         case OpKind.CAST:
             return TensorType(attrs.to, ins[0].shape)
         case OpKind.REDUCE_MEAN | OpKind.REDUCE_SUM | OpKind.REDUCE_MAX:
@@ -370,7 +379,7 @@ def infer_type(op: OpKind, attrs, ins: list[TensorType]) -> TensorType:
             return x.with_shape(shape)
         case OpKind.WHERE:
             c, a, b = ins
-            if c.dtype != DType.BOOL or a.dtype != b.dtype:
-                raise TypeInferenceError(f"where needs bool condition and equal branch types, got {c}, {a}, {b}")
-            return TensorType(a.dtype, _broadcast(c.shape, a.shape, b.shape))
+            if c.dtype != DType.BOOL:
+                raise TypeInferenceError(f"where needs a bool condition, got {c}")
+            return TensorType(_common(a, b), _broadcast(c.shape, a.shape, b.shape))
     raise TypeInferenceError(f"no type rule for {op}")

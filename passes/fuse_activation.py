@@ -81,10 +81,15 @@ class FuseActivation(Pass):
                 continue
             x, order = cone
             y = _probe(g, x, order)
-            for op, attrs, ref in CANDIDATES:
-                r = ref(PROBE)
-                if np.allclose(y, r, rtol=1e-5, atol=1e-6):
-                    if not (len(order) == 1 and n.op is op):
-                        replace(g, n.name, op, [x], attrs)
-                    break
+            # Constants of an fp16 export are rounded to half precision: allow that much.
+            half = any(g.node(i).type.dtype.bits == 16 for o in order for i in g.node(o).inputs
+                       if g.node(i).op is OpKind.CONST)
+            rtol = 2e-3 if half else 1e-5
+            # relative error, absolute (rtol * 0.1) near zero
+            errors = [float(np.max(np.abs(y - ref(PROBE)) / (np.abs(ref(PROBE)) + 0.1)))
+                      for _, _, ref in CANDIDATES]
+            best = int(np.argmin(errors))  # the closest: erf and tanh GELU differ by ~2e-4
+            op, attrs, _ = CANDIDATES[best]
+            if errors[best] < rtol and not (len(order) == 1 and n.op is op):
+                replace(g, n.name, op, [x], attrs)
         g.eliminate_dead_code()

@@ -48,6 +48,12 @@ def ort_feeds(path, ids: np.ndarray, past: dict | None = None, past_len: int = 0
     return feeds
 
 
+def tolerance(entry: dict) -> float:
+    """Relative logits bound against onnxruntime: 1e-4 (the issue's bound) for float32 exports;
+    fp16 exports are compared at fp16 precision (onnxruntime computes in half, llmfab in fp32)."""
+    return 1e-4 if entry["dtype"] == "float32" else 2e-3
+
+
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours.astype(np.float64) - ref).max() / np.abs(ref).max())
 
