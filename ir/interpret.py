@@ -6,7 +6,7 @@ the PyTorch reference models, so logits track onnxruntime to ~1e-6 relative.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -155,11 +155,13 @@ def evaluate(op: OpKind, attrs, inputs: list[np.ndarray]) -> np.ndarray:
     return np.asarray(kernel(attrs, *ins))
 
 
-def run(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Execute `graph` on `feeds` (graph input name -> array); returns output name -> array."""
+def run(graph: Graph, feeds: Mapping[str, np.ndarray], keep: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """Execute `graph` on `feeds` (graph input name -> array); returns output name -> array,
+    plus the values of the nodes named in `keep` (e.g. a Linear's input, for calibration)."""
     nodes = graph.nodes()
     remaining = {n.name: len(graph.users(n.name)) for n in nodes}
-    keep = graph.output_names()
+    extra = list(keep)
+    keep = graph.output_names() | set(extra)
     env: dict[str, np.ndarray] = {}
     for node in nodes:
         if node.op is OpKind.INPUT:
@@ -182,4 +184,6 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             remaining[i] -= 1
             if remaining[i] == 0 and i not in keep:
                 env.pop(i, None)
-    return {out: env[n] for out, n in graph.outputs}
+    result = {out: env[n] for out, n in graph.outputs}
+    result.update({n: env[n] for n in extra})
+    return result

@@ -289,9 +289,9 @@ def infer_type(op: OpKind, attrs, ins: list[TensorType]) -> TensorType:
             table, ids = ins
             if table.rank != 2 or ids.dtype not in (DType.INT64, DType.INT32):
                 raise TypeInferenceError(f"needs a 2-D table and integer ids, got {table} and {ids}")
-            # Float activations are fp32 whatever the stored weight type (fp16/bf16 tables widen).
-            out = DType.FP32 if table.dtype.is_float else table.dtype
-            return TensorType(out, ids.shape + (table.shape[1],))
+            # Float activations are fp32 whatever the stored weight type (fp16 tables widen,
+            # quantized int tables dequantize).
+            return TensorType(DType.FP32, ids.shape + (table.shape[1],))
         case OpKind.LINEAR | OpKind.LMHEAD:
             x, w = ins[0], ins[1]
             if w.rank != 2 or x.rank < 1 or x.shape[-1] != w.shape[1]:

@@ -61,6 +61,21 @@ def cmd_interpret(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from llmfab.flow import load_model
+    from llmfab.passes.policy import load_policy
+    from llmfab.passes.quant_report import format_report, quantize_model
+
+    policy = load_policy(args.policy)
+    g = load_model(args.model, seq_len=args.seq_len or policy.calibration.seq_len)
+    _, report = quantize_model(g, policy, integer=not args.float_activations)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        print(format_report(report), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--print-ir", action="store_true", help="also print the fused graph")
     i.set_defaults(func=cmd_inspect)
+
+    q = sub.add_parser("quantize", help="quantize a model by a policy and measure the result")
+    q.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
+    q.add_argument("--policy", required=True, help="a policy YAML file or a bundled policy name "
+                   "(int8, int4-g128, int4-g128-gptq, w4-2of4, mixed-3.5)")
+    q.add_argument("--seq-len", type=int, default=None, help="tokens per calibration/evaluation stream "
+                   "(default: the policy's calibration seq_len)")
+    q.add_argument("--float-activations", action="store_true",
+                   help="measure logits with dequantized weights and float activations")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_quantize)
 
     r = sub.add_parser("interpret", help="run the reference interpreter on token ids")
     r.add_argument("model", help="an .onnx file")

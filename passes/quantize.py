@@ -1,0 +1,112 @@
+"""The quantize pass: every Linear / LM-head / Embedding weight becomes a `QuantizedWeight`.
+
+Schemes come from a policy (passes/policy.py). GPTQ and SparseGPT need the Hessian `2 X^T X` of
+each layer's inputs, which the reference interpreter produces on calibration token streams (the
+float model's activations; deterministic seed). Tied weights (one table used by the embedding and
+the LM head) are quantized once, with the LM head's plan: both read rows of the same [V, D] matrix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmfab.ir import ConstAttrs, Graph, InputRole, OpKind, TensorType, run
+from llmfab.ir.quant import QuantizedWeight
+
+from .policy import Policy, WeightPlan
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    const: str        # the weight's const node
+    user: str         # the op that reads it
+    role: str         # policy role
+    layer: int | None
+    shape: tuple[int, int]
+
+    @property
+    def label(self) -> str:
+        return self.user
+
+
+def weight_sites(g: Graph) -> list[WeightSite]:
+    """The matrix weights of a fused graph, one per const (an LM head wins over a tied embedding)."""
+    sites: dict[str, WeightSite] = {}
+    for n in g.nodes():
+        if n.op in (OpKind.LINEAR, OpKind.LMHEAD):
+            w = g.node(n.inputs[1])
+            sites[w.name] = WeightSite(w.name, n.name, n.attrs.role.value, n.attrs.layer, w.type.shape)
+        elif n.op is OpKind.EMBEDDING and g.node(n.inputs[0]).attrs.weight:
+            w = g.node(n.inputs[0])
+            sites.setdefault(w.name, WeightSite(w.name, n.name, "embedding", None, w.type.shape))
+    order = {n.name: i for i, n in enumerate(g.nodes())}
+    return sorted(sites.values(), key=lambda s: order[s.user])
+
+
+def token_streams(g: Graph, samples: int, seed: int) -> list[np.ndarray]:
+    """Deterministic random token streams shaped like the graph's token input."""
+    tok = next(n for n in g.inputs() if n.attrs.role is InputRole.TOKENS)
+    vocab = next(g.node(u.inputs[0]).type.shape[0] for u in g.users(tok.name) if u.op is OpKind.EMBEDDING)
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, tok.type.shape) for _ in range(samples)]
+
+
+def feeds_for(g: Graph, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    feeds = {}
+    for n in g.inputs():
+        feeds[n.name] = tokens if n.attrs.role is InputRole.TOKENS else np.zeros(n.type.shape, np.float32)
+    return feeds
+
+
+def layer_inputs(g: Graph, sites: list[WeightSite], streams: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Float inputs X [tokens, K] of every Linear/LM head site, over all streams."""
+    users = {s.user: g.node(s.user).inputs[0] for s in sites if g.node(s.user).op is not OpKind.EMBEDDING}
+    got: dict[str, list[np.ndarray]] = {u: [] for u in users}
+    for t in streams:
+        vals = run(g, feeds_for(g, t), keep=set(users.values()))
+        for u, x in users.items():
+            got[u].append(np.asarray(vals[x], np.float64).reshape(-1, vals[x].shape[-1]))
+    return {u: np.concatenate(v) for u, v in got.items()}
+
+
+def hessian(x: np.ndarray) -> np.ndarray:
+    return 2.0 * x.T @ x / max(len(x), 1)
+
+
+def quantize_weight(w: np.ndarray, plan: WeightPlan, h: np.ndarray | None, name: str) -> QuantizedWeight:
+    from .quant_methods import gptq, nm_mask_magnitude, rtn, sparsegpt
+
+    sch = plan.scheme
+    if h is None:  # no calibration inputs
+        plan = WeightPlan(sch, "rtn", "magnitude")
+    if sch.sparsity is not None and plan.sparsity_method == "sparsegpt":
+        return sparsegpt(w, h, sch, name=name)
+    mask = nm_mask_magnitude(w, *sch.sparsity) if sch.sparsity is not None else None
+    if plan.method == "gptq":
+        return gptq(w, h, sch, mask=mask, name=name)
+    return rtn(w, sch, mask=mask, name=name)
+
+
+def set_weight(g: Graph, const: str, qw: QuantizedWeight) -> None:
+    n = g.node(const)
+    g.set_node(dataclasses.replace(n, attrs=ConstAttrs(qw, True), type=TensorType(qw.dtype, qw.shape)))
+
+
+def quantize_graph(g: Graph, plans: dict[str, WeightPlan], inputs: dict[str, np.ndarray] | None) -> None:
+    """Replace each site's weight by its quantized form (in place). `inputs`: layer_inputs()."""
+    for site in weight_sites(g):
+        plan = plans[site.const]
+        node = g.node(site.const)
+        if not node.data.has_values:  # config-only: the format alone, for sizes
+            set_weight(g, site.const, QuantizedWeight(plan.scheme, site.shape, name=site.const))
+            continue
+        w = np.asarray(node.data.numpy(), np.float64)
+        # A table only an Embedding reads has no calibration inputs: it gets round-to-nearest.
+        h = hessian(inputs[site.user]) if plan.needs_calibration and site.user in inputs else None
+        set_weight(g, site.const, quantize_weight(w, plan, h, site.const))
+
+
+def plan_sites(g: Graph, policy: Policy) -> dict[str, WeightPlan]:
+    return {s.const: policy.plan(s.role, s.layer) for s in weight_sites(g)}
