@@ -6,6 +6,7 @@ subgraphs of real exporters vanish and only the model's dataflow reaches the fus
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +225,7 @@ def import_onnx(path, options: ImportOptions = ImportOptions()) -> Graph:
     names = _bind_inputs(ctx, proto, options, init_names)
     for t in proto.graph.initializer:
         data = initializer_data(loaded.path, t)
-        numel = int(np.prod(data.shape))
+        numel = math.prod(data.shape)
         # Float tensors are parameters (streamed from memory, counted, quantized later); small
         # integer tensors are shape constants and are read now so they can fold.
         weight = data.dtype.is_float and numel > 1

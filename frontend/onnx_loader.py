@@ -5,6 +5,7 @@ memory-mapped, so importing a multi-GB model costs little memory until values ar
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ def load_onnx(path: str | os.PathLike) -> LoadedModel:
         raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     if len(proto.graph.node) > MAX_NODES:
         raise ModelError(f"{path}: {len(proto.graph.node)} nodes is over the limit of {MAX_NODES}")
+    for node in proto.graph.node:  # tensors inside node attributes must be embedded
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL:
+                raise ModelError(f"{path}: node {node.name or node.op_type!r} attribute {a.name!r} keeps its "
+                                 "tensor in external data, which llmfab reads only for initializers")
     total = 0
     for t in proto.graph.initializer:  # confine external data before anything opens it
         if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -97,13 +103,31 @@ def _external_info(model_path: Path, t: onnx.TensorProto) -> tuple[Path, int, in
         raise ModelError(f"{model_path}: initializer {t.name!r}: external data file {loc!r} is missing")
     np_dtype = ONNX_DTYPES.get(t.data_type, (None,))[0]
     ir_dtype(t.data_type, f"{model_path}: initializer {t.name!r}")
-    expected = int(np.prod(t.dims, dtype=np.int64)) * np.dtype(np_dtype).itemsize
-    offset = int(info.get("offset", 0))
-    length = int(info.get("length", expected))
+    expected = numel(model_path, t) * np.dtype(np_dtype).itemsize
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", expected))
+    except ValueError:
+        raise ModelError(f"{model_path}: initializer {t.name!r}: external data offset/length must be "
+                         f"integers, not {info.get('offset')!r}/{info.get('length')!r}") from None
     if length != expected or offset < 0 or offset + length > target.stat().st_size:
         raise ModelError(f"{model_path}: initializer {t.name!r}: external data range "
                          f"[{offset}, {offset + length}) does not fit {loc!r} or shape {list(t.dims)}")
     return target, offset, length
+
+
+MAX_TENSOR_ELEMENTS = 1 << 40
+
+
+def numel(model_path: Path, t: onnx.TensorProto) -> int:
+    """Element count of an initializer, in Python ints (no int64 wrap-around), checked."""
+    if any(d < 0 for d in t.dims):
+        raise ModelError(f"{model_path}: initializer {t.name!r} has a negative dimension {list(t.dims)}")
+    n = math.prod(int(d) for d in t.dims)
+    if n > MAX_TENSOR_ELEMENTS:
+        raise ModelError(f"{model_path}: initializer {t.name!r} has {n} elements, over the limit of "
+                         f"{MAX_TENSOR_ELEMENTS}")
+    return n
 
 
 def initializer_data(model_path: Path, t: onnx.TensorProto) -> TensorData:
@@ -112,18 +136,19 @@ def initializer_data(model_path: Path, t: onnx.TensorProto) -> TensorData:
     dtype = ir_dtype(t.data_type, where)
     np_dtype = np.dtype(ONNX_DTYPES[t.data_type][0])
     shape = tuple(int(d) for d in t.dims)
+    count = numel(model_path, t)
     if t.data_location == onnx.TensorProto.EXTERNAL:
         file, offset, _ = _external_info(model_path, t)
 
         def load_external():
-            if int(np.prod(shape)) == 0:
+            if count == 0:
                 return np.zeros(shape, np_dtype)
             return _fix(np.memmap(file, dtype=np_dtype, mode="r", offset=offset, shape=shape))
         return LazyData(shape, dtype, load_external)
     if t.raw_data:
-        if len(t.raw_data) != int(np.prod(shape)) * np_dtype.itemsize:
+        if len(t.raw_data) != count * np_dtype.itemsize:
             raise ModelError(f"{where}: raw data has {len(t.raw_data)} bytes, expected "
-                             f"{int(np.prod(shape)) * np_dtype.itemsize} for shape {list(shape)}")
+                             f"{count * np_dtype.itemsize} for shape {list(shape)}")
         return LazyData(shape, dtype, lambda: _fix(np.frombuffer(t.raw_data, np_dtype).reshape(shape)))
     return LazyData(shape, dtype, lambda: _fix(numpy_helper.to_array(t)))
 

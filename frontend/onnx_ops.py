@@ -24,6 +24,8 @@ def attributes(node: onnx.NodeProto) -> dict:
     for a in node.attribute:
         v = helper.get_attribute_value(a)
         if a.type == onnx.AttributeProto.TENSOR:
+            if v.data_location == onnx.TensorProto.EXTERNAL:  # (also refused by the loader)
+                raise ValueError(f"attribute {a.name!r} keeps its tensor in external data")
             v = numpy_helper.to_array(v)
         elif isinstance(v, bytes):
             v = v.decode()
@@ -61,6 +63,8 @@ def Constant(ctx, value=None, value_float=None, value_floats=None, value_int=Non
 def Cast(ctx, x, to, saturate=None, round_mode=None):
     dst = ir_dtype(to, ctx.where())
     src = ctx.type(x).dtype
+    if to == onnx.TensorProto.UINT8 and ctx.value(x) is not None:  # wraps like ONNX, widened to int
+        return ctx.constant(ctx.value(x).astype(np.uint8).astype(np.int64), "")
     if dst == src:
         return x
     if ctx.value(x) is None:
@@ -149,11 +153,16 @@ def Transpose(ctx, x, perm=None):
 
 
 def Concat(ctx, *xs, axis):
+    ax = _axis(axis, ctx.type(xs[0]).rank)
     # Empty parts (a KV cache with no past tokens) contribute nothing.
-    xs = [x for x in xs if ctx.type(x).numel > 0] or [xs[0]]
-    if len(xs) == 1:
-        return xs[0]
-    return ctx.emit(OpKind.CONCAT, xs, AxisAttrs(_axis(axis, ctx.type(xs[0]).rank)))
+    parts = [x for x in xs if ctx.type(x).numel > 0]
+    if not parts:  # all empty: an empty constant of the concatenated shape
+        shape = list(ctx.type(xs[0]).shape)
+        shape[ax] = sum(ctx.type(x).shape[ax] for x in xs)
+        return ctx.constant(np.zeros(shape, ctx.type(xs[0]).dtype.numpy), "")
+    if len(parts) == 1:
+        return parts[0]
+    return ctx.emit(OpKind.CONCAT, parts, AxisAttrs(ax))
 
 
 def Slice(ctx, x, starts, ends, axes=None, steps=None):
@@ -241,7 +250,9 @@ def _binary(op: OpKind) -> Callable:
         # Mixed float widths are fine (fp32 activations, fp16 weights); other mismatches are
         # constants spelt in another type (Pow(x, int 2)), converted to the other operand's type.
         if ta != tb and not (ta.is_float and tb.is_float):
-            if ctx.value(b) is not None and ta.is_float == tb.is_float:
+            if op is OpKind.POW and ta.is_float and ctx.value(b) is not None:  # Pow(x, int 2)
+                b = ctx.constant(ctx.value(b).astype(np.float32))
+            elif ctx.value(b) is not None and ta.is_float == tb.is_float:
                 b = ctx.constant(ctx.value(b).astype(ta.numpy))
             elif ctx.value(a) is not None and ta.is_float == tb.is_float:
                 a = ctx.constant(ctx.value(a).astype(tb.numpy))
@@ -299,19 +310,19 @@ def Gemm(ctx, a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     data = wnode.data if transB else TransposedData(wnode.data)
     w = ctx.graph.add_const(ctx.graph.unique_name(wnode.name + ("" if transB else ".T")), data,
                             weight=True).name
-    ins = [a, w]
+    bias = None
     if c is not None:
         cv = ctx.value(c)
         n = ctx.graph.node(w).type.shape[0]
         if cv is None or cv.size not in (1, n):
             raise ctx.error(f"Gemm bias must be a constant of {n} values")
-        if beta != 1.0 or cv.shape != (n,):
-            c = ctx.constant(np.broadcast_to(cv * np.float32(beta), (n,)).astype(np.float32), "bias")
-        ins.append(c)
-    y = ctx.emit(OpKind.LINEAR, ins, LinearAttrs())
-    if alpha != 1.0:
-        y = ctx.emit(OpKind.MUL, [y, ctx.constant(np.float32(alpha), "alpha")])
-    return y
+        bias = c if beta == 1.0 and cv.shape == (n,) else ctx.constant(
+            np.broadcast_to(cv * np.float32(beta), (n,)).astype(np.float32), "bias")
+    if alpha == 1.0:  # alpha * A B + beta * C
+        return ctx.emit(OpKind.LINEAR, [a, w] + ([bias] if bias else []), LinearAttrs())
+    y = ctx.emit(OpKind.LINEAR, [a, w], LinearAttrs())
+    y = ctx.emit(OpKind.MUL, [y, ctx.constant(np.float32(alpha), "alpha")])
+    return ctx.emit(OpKind.ADD, [y, bias], suffix="bias") if bias else y
 
 
 def _reduce(op: OpKind):
@@ -362,9 +373,14 @@ def _cumsum(x, axis, exclusive=0, reverse=0):
 
 
 def _scatter_nd(data, indices, updates, reduction="none"):
+    combine = {"none": lambda old, new: new, "add": np.add, "mul": np.multiply,
+               "max": np.maximum, "min": np.minimum}
+    if reduction not in combine:
+        raise ValueError(f"ScatterND reduction {reduction!r} is not supported")
     out = np.array(data, copy=True)
     for idx in np.ndindex(indices.shape[:-1]):
-        out[tuple(indices[idx])] = updates[idx]
+        at = tuple(indices[idx])
+        out[at] = combine[reduction](out[at], updates[idx])
     return out
 
 
@@ -428,10 +444,21 @@ Log = _const_only(np.log)
 Sign = _const_only(np.sign)
 IsInf = _const_only(lambda x, detect_negative=1, detect_positive=1:
                     (np.isneginf(x) & bool(detect_negative)) | (np.isposinf(x) & bool(detect_positive)))
-ReduceMin = _const_only(lambda x, axes=None, keepdims=1, noop_with_empty_axes=0:
-                        np.min(x, axis=None if axes is None else tuple(np.ravel(axes)), keepdims=bool(keepdims)))
-ReduceProd = _const_only(lambda x, axes=None, keepdims=1, noop_with_empty_axes=0:
-                         np.prod(x, axis=None if axes is None else tuple(np.ravel(axes)), keepdims=bool(keepdims)))
+def _const_reduce(fn):
+    """A reduction used only on known values, with ReduceMean's axes rules (input or attribute)."""
+    def handler(ctx, x, axes=None, keepdims=1, noop_with_empty_axes=0):
+        ax = _axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
+        v = ctx.const(x, "data")
+        if not ax:
+            if noop_with_empty_axes:
+                return x
+            ax = list(range(v.ndim))
+        return ctx.constant(fn(v, axis=tuple(_axis(a, v.ndim) for a in ax), keepdims=bool(keepdims)), "")
+    return handler
+
+
+ReduceMin = _const_reduce(np.min)
+ReduceProd = _const_reduce(np.prod)
 
 
 HANDLERS: dict[str, Callable] = {

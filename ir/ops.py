@@ -328,8 +328,8 @@ def infer_type(op: OpKind, attrs, ins: list[TensorType]) -> TensorType:
                 raise TypeInferenceError(
                     f"q {q}, k {k}, v {v} do not fit num_heads={attrs.num_heads}, "
                     f"num_kv_heads={attrs.num_kv_heads}")
-            if len(ins) == 4:
-                _broadcast(ins[3].shape, (b, h, s, k.shape[2]))
+            if len(ins) == 4 and _broadcast(ins[3].shape, (b, h, s, k.shape[2])) != (b, h, s, k.shape[2]):
+                raise TypeInferenceError(f"mask {ins[3]} must broadcast to [{b},{h},{s},{k.shape[2]}]")
             return TensorType(q.dtype, (b, h, s, v.shape[3]))
         case OpKind.SOFTMAX:
             _norm_axis(attrs.axis, ins[0].rank)

@@ -96,6 +96,7 @@ def scale_multipliers(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = over.any(axis=1)
         shift[rows] -= 1
         mant[rows] = np.floor(s[rows] * np.exp2(shift[rows])[:, None] + 0.5).astype(np.int64)
+    mant = np.where(s > 0, np.maximum(mant, 1), mant)  # a positive scale never becomes 0
     return mant, shift
 
 
@@ -119,6 +120,10 @@ class QuantizedWeight(TensorData):
                                  f"do not fit [{n}, {k}] with group {self.group}")
             if np.abs(codes).max(initial=0) > scheme.qmax:
                 raise QuantError(f"{name}: codes exceed the {scheme.bits}-bit range")
+            if mant.size and (mant.min() < 0 or mant.max() >= 1 << MANT_BITS):
+                raise QuantError(f"{name}: scale mantissas must be in [0, 2^{MANT_BITS})")
+            if shift.size and (shift.min() < -128 or shift.max() > 127):
+                raise QuantError(f"{name}: row shifts must fit int8, not [{shift.min()}, {shift.max()}]")
             if scheme.sparsity is not None:
                 nn, m = scheme.sparsity
                 kept = mask.reshape(n, k // m, m).sum(axis=-1)

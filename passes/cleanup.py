@@ -38,7 +38,9 @@ class Cleanup(Pass):
                     replace(g, n.name, OpKind.TRANSPOSE, [src.inputs[0]], PermAttrs(perm))
             elif n.op in (OpKind.RESHAPE, OpKind.TRANSPOSE) and src.op is OpKind.MUL \
                     and (sc := split_const(g, src)) is not None and sole_user(g, src.name) \
+                    and src.type.shape == g.node(sc[0]).type.shape \
                     and g.node(next(i for i in src.inputs if i != sc[0])).type.rank <= n.type.rank:
+                # (the scalar must broadcast nothing, before or after the move)
                 # sink scalar scales through layout ops, so attention fusion finds them on q/k
                 moved = g.add_op(g.unique_name(n.name + ".unscaled"), n.op, [sc[0]], n.attrs)
                 c = next(i for i in src.inputs if i != sc[0])

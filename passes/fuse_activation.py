@@ -14,16 +14,18 @@ from typing import ClassVar
 import numpy as np
 
 from llmfab.ir import GeluApprox, GeluAttrs, Graph, NoAttrs, OpKind
-from llmfab.ir.interpret import evaluate, gelu
+from llmfab.ir.interpret import _sigmoid, evaluate, gelu
 from llmfab.ir.ops import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
 
 from .pass_base import Pass
 from .patterns import replace
 
-PROBE = np.concatenate([np.linspace(-12, 12, 481), [-1e-3, 1e-3, 0.0]]).astype(np.float32)
+# Dense where the activations bend, plus large magnitudes so a clamp (min(relu(x), 20)) is seen.
+PROBE = np.concatenate([np.linspace(-12, 12, 481), [-1e-3, 1e-3, 0.0],
+                        [-1e4, -1e3, -64, -16, 16, 64, 1e3, 1e4]]).astype(np.float32)
 CANDIDATES = (
     (OpKind.RELU, NoAttrs(), lambda x: np.maximum(x, 0)),
-    (OpKind.SILU, NoAttrs(), lambda x: x / (1 + np.exp(-x.astype(np.float64)))),
+    (OpKind.SILU, NoAttrs(), lambda x: x.astype(np.float64) * _sigmoid(x.astype(np.float64))),
     (OpKind.GELU, GeluAttrs(GeluApprox.NONE), lambda x: gelu(x.astype(np.float64), GeluApprox.NONE)),
     (OpKind.GELU, GeluAttrs(GeluApprox.TANH), lambda x: gelu(x.astype(np.float64), GeluApprox.TANH)),
 )
@@ -84,7 +86,7 @@ class FuseActivation(Pass):
             # Constants of an fp16 export are rounded to half precision: allow that much.
             half = any(g.node(i).type.dtype.bits == 16 for o in order for i in g.node(o).inputs
                        if g.node(i).op is OpKind.CONST)
-            rtol = 2e-3 if half else 1e-5
+            rtol = 5e-4 if half else 1e-5  # fp16 rounding of GELU's constants moves it ~1e-4
             # relative error, absolute (rtol * 0.1) near zero
             errors = [float(np.max(np.abs(y - ref(PROBE)) / (np.abs(ref(PROBE)) + 0.1)))
                       for _, _, ref in CANDIDATES]

@@ -20,7 +20,7 @@ from llmfab.ir import ArrayData, AttentionAttrs, Graph, OpKind, PermAttrs
 from .pass_base import Pass
 from .patterns import find_or_add, replace, split_const
 
-MASKED = -1e4  # a mask entry at or below this removes the score (HF uses finfo.min or -inf)
+MASKED = -65504.0  # a mask entry at or below this removes the score (HF: -inf or finfo.min of fp16/fp32)
 
 
 def _peel_scale(g: Graph, name: str) -> tuple[str, float]:

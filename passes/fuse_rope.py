@@ -61,7 +61,7 @@ class FuseRope(Pass):
                     cos = other_input(mul_cos, x)
                     if cos is None or g.const_value(cos) is None:
                         continue
-                    if g.node(cos).type != g.node(sin).type:
-                        continue
+                    if g.node(cos).type != g.node(sin).type or add.type != g.node(x).type:
+                        continue  # (tables that broadcast x to a larger shape are not RoPE)
                     replace(g, add.name, OpKind.ROPE, [x, cos, sin], RopeAttrs())
         g.eliminate_dead_code()

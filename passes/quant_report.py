@@ -20,6 +20,7 @@ from .policy import Policy
 from .quantize import feeds_for, layer_inputs, quantize_graph, token_streams, weight_sites
 
 EVAL_SEED_OFFSET = 1000  # evaluation streams never reuse calibration streams
+EVAL_SAMPLES = 4         # the same evaluation set whatever the policy, so reports compare
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def quantize_model(g: Graph, policy: Policy, *, integer: bool = True) -> tuple[G
     quantize_graph(q, plans, calib)
 
     rows, qbits, qparams = [], 0, 0
-    evals = token_streams(g, cal.samples, cal.seed + EVAL_SEED_OFFSET) if has_data else []
+    evals = token_streams(g, EVAL_SAMPLES, cal.seed + EVAL_SEED_OFFSET) if has_data else []
     held_out = layer_inputs(g, weight_sites(g), evals) if has_data else None
     for s in weight_sites(q):
         qw: QuantizedWeight = q.node(s.const).data

@@ -1,5 +1,4 @@
 """Policies: parsing, resolution order, bundled files, errors that name the file and field."""
-import re
 
 import pytest
 
