@@ -2,7 +2,10 @@
 
 1. import the ONNX file a user exported (TorchScript and dynamo exporters), fuse it to LLM ops;
 2. run the reference interpreter on a prompt and compare with onnxruntime (the golden model);
-3. analyse a 7B model from its Hugging Face config alone (no weights needed);
+3. quantize it (int8, int4 GPTQ, int4 + 2:4 SparseGPT) and run the integer model, which is the
+   bit-exact specification of the accelerator, against the float model;
+4. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters and
+   weight storage under each policy;
 and print a short summary.
 """
 from __future__ import annotations
@@ -49,8 +52,25 @@ def main() -> int:
             match = "onnxruntime not installed: no golden comparison"
         print(f"   interpreter on {len(PROMPT)} tokens: next token {int(logits[0, -1].argmax())}; {match}")
         left = leftover_primitives(g)
-        lines.append(f"{path.name:26s} {summarize(g).parameters:>8,} params, "
+        lines.append(f"{path.name:28s} {summarize(g).parameters:>8,} params, "
                      f"{ops['attention']} attention, {len(left)} unfused ops, {match}")
+
+    from llmfab.ir.integer import run_integer
+    from llmfab.passes.policy import load_policy
+    from llmfab.passes.quant_report import quantize_model
+
+    g = load_model(str(MODELS[0]), seq_len=32)
+    print(f"== quantize {MODELS[0].name} (integer model: int8 activations and KV cache)")
+    for name in ("int8", "int4-g128-gptq", "w4-2of4"):
+        t0 = time.perf_counter()
+        q, r = quantize_model(g, load_policy(name))
+        print(f"   {name:15s} {r.avg_bits_per_weight:5.2f} bits/weight, logit cosine {r.logit_cosine:.5f}, "
+              f"top-1 agreement {r.top1_agreement:.3f} ({time.perf_counter() - t0:.1f} s)")
+        lines.append(f"{'tiny llama @ ' + name:28s} {r.avg_bits_per_weight:.2f} bits/weight, "
+                     f"integer-model logit cosine {r.logit_cosine:.4f}")
+    ids = np.array([PROMPT + PROMPT[:8] * 3])[:, :32]
+    fq = run_integer(q, {"input_ids": ids})["logits"]
+    print(f"   integer model (w4-2of4) next token for the prompt: {int(fq[0, len(PROMPT) - 1].argmax())}")
 
     t0 = time.perf_counter()
     big = load_model("llama2-7b", seq_len=128)
@@ -58,13 +78,18 @@ def main() -> int:
     dt = time.perf_counter() - t0
     print(f"== llama2-7b (config only): {s.parameters / 1e9:.2f} B parameters, "
           f"{s.weight_bytes / 1e9:.2f} GB of fp16 weights, {s.layers} layers, analysed in {dt * 1000:.0f} ms")
-    lines.append(f"{'llama2-7b (preset)':26s} {s.parameters:,} params, {s.weight_bytes / 1e9:.2f} GB fp16, "
+    lines.append(f"{'llama2-7b (preset)':28s} {s.parameters:,} params, {s.weight_bytes / 1e9:.2f} GB fp16, "
                  f"{s.ops.get('attention', 0)} attention")
+    for name in ("int4-g128", "w4-2of4"):
+        _, r = quantize_model(big, load_policy(name))
+        print(f"   llama2-7b at {name}: {r.avg_bits_per_weight:.3f} bits/weight, {r.weight_bytes / 1e9:.2f} GB")
+        lines.append(f"{'llama2-7b @ ' + name:28s} {r.weight_bytes / 1e9:.2f} GB of weights")
 
     print("\nSummary")
     for line in lines:
         print("  " + line)
-    print("  Next: `llmfab inspect MODEL`, `llmfab interpret MODEL.onnx --tokens \"1 2 3\" --out logits.npy`")
+    print("  Next: `llmfab inspect MODEL`, `llmfab interpret MODEL.onnx --tokens \"1 2 3\" --out logits.npy`,")
+    print("        `llmfab quantize MODEL --policy int4-g128-gptq`")
     return 0
 
 
