@@ -70,6 +70,9 @@ def cmd_quantize(args) -> int:
     from llmfab.passes.quant_report import format_report, quantize_model
 
     policy = load_policy(args.policy)
+    if args.calibration:
+        import dataclasses
+        policy = dataclasses.replace(policy, calibration=dataclasses.replace(policy.calibration, tokens=args.calibration))
     g = load_model(args.model, seq_len=args.seq_len or policy.calibration.seq_len)
     _, report = quantize_model(g, policy, integer=not args.float_activations)
     if args.json:
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(int8, int4-g128, int4-g128-gptq, w4-2of4, mixed-3.5)")
     q.add_argument("--seq-len", type=int, default=None, help="tokens per calibration/evaluation stream "
                    "(default: the policy's calibration seq_len)")
+    q.add_argument("--calibration", default=None, metavar="TOKENS",
+                   help="file of whitespace-separated token ids to calibrate on (default: random ids)")
     q.add_argument("--float-activations", action="store_true",
                    help="measure logits with dequantized weights and float activations")
     q.add_argument("--json", action="store_true", help="print one JSON object")

@@ -8,9 +8,11 @@ from .fuse_linear import FuseLinear
 from .fuse_norm import FuseNorm
 from .fuse_rope import FuseRope
 from .pass_base import Pass, PassError, parse_pipeline, run_pipeline
+from .quantize import Quantize
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
     FuseLinear, Cleanup, FuseNorm, FuseActivation, FuseRope, FuseAttention, Annotate, CanonicalNames,
+    Quantize,
 )}
 
 # ONNX import -> LLM-level graph. Order matters: biases join Linears before activations are

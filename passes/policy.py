@@ -55,7 +55,8 @@ class WeightPlan:
 class Calibration:
     samples: int = 4       # token streams
     seq_len: int = 32      # tokens per stream
-    seed: int = 0
+    seed: int = 0          # of the random streams used when no token file is given
+    tokens: str | None = None  # a file of whitespace-separated token ids (relative to the policy)
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,16 @@ def parse_policy(data, source: str) -> Policy:
         if extra:
             raise PolicyError(f"{source}: auto: unknown key {sorted(extra)[0]!r}")
         auto = AutoSpec(float(a["target_bits"]), tuple(sorted(cands)))
-    cal = data.get("calibration") or {}
-    if not isinstance(cal, dict) or set(cal) - {"samples", "seq_len", "seed"}:
-        raise PolicyError(f"{source}: calibration takes samples, seq_len and seed")
+    cal = dict(data.get("calibration") or {})
+    if not isinstance(data.get("calibration") or {}, dict) or set(cal) - {"samples", "seq_len", "seed", "tokens"}:
+        raise PolicyError(f"{source}: calibration takes samples, seq_len, seed and tokens")
+    tokens = cal.pop("tokens", None)
+    if tokens is not None:
+        if not isinstance(tokens, str):
+            raise PolicyError(f"{source}: calibration.tokens must be a file path")
+        tokens = str((Path(source).parent / tokens) if not Path(tokens).is_absolute() else Path(tokens))
     try:
-        calibration = dataclasses.replace(Calibration(), **{k: int(v) for k, v in cal.items()})
+        calibration = dataclasses.replace(Calibration(), tokens=tokens, **{k: int(v) for k, v in cal.items()})
     except (TypeError, ValueError):
         raise PolicyError(f"{source}: calibration values must be integers") from None
     policy = Policy(str(data.get("name", Path(source).stem)), source, default, roles, layers, auto, calibration)

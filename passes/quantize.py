@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from llmfab.ir import ConstAttrs, Graph, InputRole, OpKind, TensorType, run
 from llmfab.ir.quant import QuantizedWeight
 
-from .policy import Policy, WeightPlan
+from .pass_base import Pass
+from .policy import Policy, PolicyError, WeightPlan
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,35 @@ def weight_sites(g: Graph) -> list[WeightSite]:
     return sorted(sites.values(), key=lambda s: order[s.user])
 
 
-def token_streams(g: Graph, samples: int, seed: int) -> list[np.ndarray]:
-    """Deterministic random token streams shaped like the graph's token input."""
+def token_streams(g: Graph, samples: int, seed: int, tokens: str | None = None) -> list[np.ndarray]:
+    """Token streams shaped like the graph's token input: windows of a token file (whitespace-
+    separated ids, e.g. a tokenized calibration text) or, without one, deterministic random ids."""
     tok = next(n for n in g.inputs() if n.attrs.role is InputRole.TOKENS)
     vocab = next(g.node(u.inputs[0]).type.shape[0] for u in g.users(tok.name) if u.op is OpKind.EMBEDDING)
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, vocab, tok.type.shape) for _ in range(samples)]
+    if tokens is None:
+        rng = np.random.default_rng(seed)
+        return [rng.integers(0, vocab, tok.type.shape) for _ in range(samples)]
+    ids = read_token_file(tokens, vocab)
+    per = int(np.prod(tok.type.shape))
+    if len(ids) < per:
+        raise PolicyError(f"{tokens}: {len(ids)} tokens, fewer than one stream of {per}")
+    windows = [ids[i:i + per].reshape(tok.type.shape) for i in range(0, len(ids) - per + 1, per)]
+    return windows[:samples]
+
+
+def read_token_file(path: str, vocab: int) -> np.ndarray:
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read the calibration token file ({e.strerror})") from None
+    try:
+        ids = np.array([int(t) for t in text.split()], dtype=np.int64)
+    except ValueError:
+        raise PolicyError(f"{path}: a calibration token file holds integer token ids separated by "
+                          "whitespace") from None
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise PolicyError(f"{path}: token ids must be in [0, {vocab}), found {ids.min()}..{ids.max()}")
+    return ids
 
 
 def feeds_for(g: Graph, tokens: np.ndarray) -> dict[str, np.ndarray]:
@@ -110,3 +135,21 @@ def quantize_graph(g: Graph, plans: dict[str, WeightPlan], inputs: dict[str, np.
 
 def plan_sites(g: Graph, policy: Policy) -> dict[str, WeightPlan]:
     return {s.const: policy.plan(s.role, s.layer) for s in weight_sites(g)}
+
+
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """`quantize{policy=int4-g128-gptq}`: the pass form of the flow, for pipelines."""
+    name: ClassVar[str] = "quantize"
+    policy: str = "int8"
+
+    def apply(self, g: Graph) -> None:
+        from .auto_precision import assign
+        from .policy import load_policy
+
+        policy = load_policy(self.policy)
+        sites = weight_sites(g)
+        has_data = all(g.node(s.const).data.has_values for s in sites)
+        cal = policy.calibration
+        inputs = layer_inputs(g, sites, token_streams(g, cal.samples, cal.seed, cal.tokens)) if has_data else None
+        quantize_graph(g, assign(g, policy, inputs), inputs)

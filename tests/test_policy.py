@@ -43,6 +43,7 @@ def test_resolution_order():
     ({"auto": {"bits": 3}}, r"p\.yaml: auto must give target_bits \(average bits per weight, with scales\)"),
     ({"auto": {"target_bits": 3, "candidates": [5]}}, r"p\.yaml: auto\.candidates must be bit widths from 2, 3, 4, 8, not \[5\]"),
     ({"calibration": {"samples": "many"}}, r"p\.yaml: calibration values must be integers"),
+    ({"calibration": {"text": "x"}}, r"p\.yaml: calibration takes samples, seq_len, seed and tokens"),
     ([1, 2], r"p\.yaml: a policy must be a YAML mapping"),
 ])
 def test_bad_policies(data, message):

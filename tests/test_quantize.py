@@ -153,3 +153,32 @@ def test_quantize_cli_fixture_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "llmfab.cli", "quantize", "llama2-7b", "--policy", "int5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("llmfab: error: int5: no such policy file or bundled policy")
+
+
+def test_quantize_pass_in_a_pipeline():
+    from llmfab.ir.integer import run_integer
+    from llmfab.passes import PASSES, parse_pipeline, run_pipeline
+    g = load_model(str(FIXTURES / "opt_ts_op14.onnx"), seq_len=8)
+    run_pipeline(g, parse_pipeline("quantize{policy=int4-g128-gptq}", PASSES))
+    kinds = {type(g.node(n.inputs[1]).data).__name__ for n in g.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD)}
+    assert kinds == {"QuantizedWeight"}
+    out = run_integer(g, {"input_ids": np.arange(8)[None]})["logits"]
+    assert out.shape == (1, 8, 128) and np.isfinite(out).all()
+
+
+def test_calibration_token_file(tmp_path):
+    toks = tmp_path / "calib.txt"
+    toks.write_text(" ".join(str(i % 128) for i in range(8 * 32)) + "\n")
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "quantize", str(FIXTURES / "llama_ts_op14.onnx"),
+                        "--policy", "int4-g128-gptq", "--calibration", str(toks), "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    with_file = json.loads(p.stdout)
+    p2 = subprocess.run([sys.executable, "-m", "llmfab.cli", "quantize", str(FIXTURES / "llama_ts_op14.onnx"),
+                         "--policy", "int4-g128-gptq", "--json"], capture_output=True, text=True)
+    random_ids = json.loads(p2.stdout)
+    assert with_file["layers"] != random_ids["layers"]  # GPTQ saw other activations
+    toks.write_text("1 2 999\n")
+    bad = subprocess.run([sys.executable, "-m", "llmfab.cli", "quantize", str(FIXTURES / "llama_ts_op14.onnx"),
+                          "--policy", "int4-g128-gptq", "--calibration", str(toks)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith("calib.txt: token ids must be in [0, 128), found 1..999")
