@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import ort_run
 from llmfab.flow import load_model
 from llmfab.frontend import ImportOptions, ModelError, import_onnx
-from llmfab.ir import OpKind, run
+from llmfab.ir import run
 
 ROWS = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32) * 4
 
