@@ -82,6 +82,20 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_targets(args) -> int:
+    from llmfab.ir.target import bundled_targets, format_targets, load_target
+
+    targets = [load_target(n) for n in (args.names or bundled_targets())]
+    if args.json:
+        print(json.dumps({t.name: {"clock_mhz": t.clock_mhz, "chains": t.engine.n_chains,
+                                   "chain_len": t.engine.chain_len, "dsp_used": t.dsp_used, "dsp": t.device.dsp,
+                                   "bandwidth_gbps": t.memory.bandwidth_gbps, "capacity_gb": t.memory.capacity_gb}
+                          for t in targets}, indent=2, sort_keys=True))
+    else:
+        print(format_targets(targets), end="" if format_targets(targets).endswith("\n") else "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure logits with dequantized weights and float activations")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_quantize)
+
+    t = sub.add_parser("targets", help="list the bundled hardware targets and their key numbers")
+    t.add_argument("names", nargs="*", help="target names or YAML files (default: every bundled target)")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=cmd_targets)
 
     r = sub.add_parser("interpret", help="run the reference interpreter on token ids")
     r.add_argument("model", help="an .onnx file")
