@@ -112,7 +112,7 @@ def test_peak_macs():
 def test_buffer_geometry():
     t = load_target("u280")
     w = t.buffer(BufferName.WEIGHT)
-    assert (w.banks, w.width_bits, w.depth, w.kind) == (192, 128, 4096, BufferKind.URAM)
+    assert (w.banks, w.width_bits, w.depth, w.kind) == (192, 128, 1536, BufferKind.URAM)
     assert t.buffer("inst").depth == 65536
 
 
@@ -199,10 +199,10 @@ ERRORS = [
                                            r"peak\), not inf")),
     ("power.static_w", -1, r"power\.static_w must be a number >= 0 \(W\), not -1"),
     ("engine.n_chains", 320, r"engine needs 10240 DSPs, device has 9024 \(320 chains x 32 stages x 1 DSP\)"),
-    ("buffers[0].bytes", 48 << 20, (r"buffers need 57600 KiB of on-chip memory, device has 43632 KiB \(block RAM "
-                                    r"9072 \+ UltraRAM 34560\); 13968 KiB too much")),
-    ("buffers[0].bytes", 30 << 20, (r"uram buffers \(weight, act, kv\) need 36864 KiB, device has 34560 KiB of "
-                                    r"UltraRAM; 2304 KiB too much")),
+    ("buffers[0].bytes", 48 << 20, (r"buffers need 80128 KiB of on-chip memory, device has 43632 KiB \(block RAM "
+                                    r"9072 \+ UltraRAM 34560\); 36496 KiB too much")),
+    ("buffers[0].bytes", 12 << 20, (r"uram buffers \(weight, act, kv\) need 38912 KiB, device has 34560 KiB of "
+                                    r"UltraRAM; 4352 KiB too much")),
 ]
 
 
