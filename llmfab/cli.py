@@ -96,6 +96,23 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def cmd_disasm(args) -> int:
+    from llmfab.ir.isa import Program, disassemble
+
+    path = Path(args.program)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise OSError(f"{path}: {e.strerror}") from None
+    try:
+        program = Program.from_bytes(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    print(f"; program {program.name!r}: {len(program.instructions)} instructions, {program.storage_bytes} bytes")
+    print(disassemble(program), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("names", nargs="*", help="target names or YAML files (default: every bundled target)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=cmd_targets)
+
+    d = sub.add_parser("disasm", help="print a compiled program as text")
+    d.add_argument("program", help="a program file (BUILD/programs/*.bin)")
+    d.set_defaults(func=cmd_disasm)
 
     r = sub.add_parser("interpret", help="run the reference interpreter on token ids")
     r.add_argument("model", help="an .onnx file")

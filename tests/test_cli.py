@@ -71,3 +71,23 @@ def test_failed_interpret_keeps_previous_output(tmp_path):
     p = llmfab("interpret", file, "--tokens", "1 100000", "--out", out, check=False)
     assert p.returncode == 2 and out.read_bytes() == before
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
+
+
+def test_disasm_round_trips_a_program_file(tmp_path):
+    from llmfab.ir.isa import BufferId, MiscFunc, ProgramBuilder, Queue
+    b = ProgramBuilder("tiny")
+    b.ld(channel=0, channels=2, buf=BufferId.ACT, hbm_addr=64, buf_addr=0, rows=1, row_bytes=32,
+         release=Queue.SFU)
+    b.misc(MiscFunc.RELU, wait=Queue.LOAD, rows=1, cols=16, src_buf=BufferId.ACT, dst_buf=BufferId.ACT,
+           src_addr=0, dst_addr=64)
+    b.end()
+    f = tmp_path / "p.bin"
+    f.write_bytes(b.build().to_bytes())
+    out = llmfab("disasm", f).stdout.splitlines()
+    assert out[0] == f"; program 'tiny': 3 instructions, {b.build().storage_bytes} bytes"
+    assert out[1].split()[:2] == ["0", "LD"] and "release=F" in out[1] and "row_bytes=32" in out[1]
+    assert out[2].split()[:2] == ["1", "MISC"] and "func=RELU" in out[2] and "wait=L" in out[2]
+    assert out[3].split()[:2] == ["2", "SYS"] and "func=END" in out[3]
+    f.write_bytes(b"junk" * 10)
+    bad = llmfab("disasm", f, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith(f"llmfab: error: {f}: not an llmfab program")
