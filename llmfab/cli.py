@@ -113,6 +113,17 @@ def cmd_disasm(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from llmfab.compile import compile_model, summary, write_build
+
+    c = compile_model(args.model, args.target, policy=args.policy, max_len=args.max_len,
+                      prefill_step=args.prefill_step, decode_step=args.decode_step)
+    write_build(c, Path(args.out))
+    print(summary(c), end="")
+    print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure logits with dequantized weights and float activations")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_quantize)
+
+    c = sub.add_parser("compile", help="compile a model for a target: programs, weight images, manifest")
+    c.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
+    c.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small) or a YAML file")
+    c.add_argument("--policy", default="int8", help="quantization policy (default int8)")
+    c.add_argument("--max-len", type=int, default=2048, help="longest prompt + generation (default 2048)")
+    c.add_argument("--prefill-step", type=int, default=None, help="prompt tokens per bucket (default: 128 or "
+                   "the largest that fits the buffers)")
+    c.add_argument("--decode-step", type=int, default=None, help="context lengths per decode bucket (default: "
+                   "as many keys as one KV tile holds)")
+    c.add_argument("-o", "--out", required=True, help="the BUILD folder to write")
+    c.set_defaults(func=cmd_compile)
 
     t = sub.add_parser("targets", help="list the bundled hardware targets and their key numbers")
     t.add_argument("names", nargs="*", help="target names or YAML files (default: every bundled target)")

@@ -38,7 +38,7 @@ class Bucket:
     step: int = 1    # tile size in tokens (prefill) or keys (decode)
 
 
-def buckets(max_len: int, prefill_step: int = 128, decode_step: int = 16) -> list[Bucket]:
+def buckets(max_len: int, prefill_step: int = 128, decode_step: int = 128) -> list[Bucket]:
     if max_len < 1 or prefill_step < 1 or decode_step < 1:
         raise ValueError(f"max_len and bucket steps must be positive, not {max_len}, {prefill_step}, {decode_step}")
     out = []

@@ -12,7 +12,6 @@ def happens_before(t: TokenTracker) -> list[set[int]]:
     n = len(t.queue)
     before = [set() for _ in range(n)]
     last_in_queue = {}
-    releases = {}  # (src, dst) -> list of producer indices in order
     consumed = {}
     for i in range(n):
         q = t.queue[i]

@@ -1,0 +1,212 @@
+"""`llmfab compile`: model + target + policy -> BUILD/ with programs, weight images and a manifest.
+
+The flow: load (fused graph with shapes at max_len, so position tables cover every position) ->
+quantize by the policy -> lay out HBM -> lower every length bucket -> check every program ->
+write. Writing is atomic (a temporary folder renamed into place), so a failed compile leaves an
+earlier BUILD untouched; the same inputs give byte-identical files (no timestamps, sorted JSON).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmfab.ir import OpKind
+from llmfab.ir.isa import BufferId, Program, encode
+from llmfab.ir.target import Target, load_target
+from llmfab.passes.auto_precision import assign
+from llmfab.passes.buckets import Bucket, Stage, buckets
+from llmfab.passes.hbm_layout import LayoutError, channel_images, place
+from llmfab.passes.lower import Engine, Lowered, lower_bucket, prefill_programs
+from llmfab.passes.policy import PolicyError, load_policy
+from llmfab.passes.program_check import Limits, check_program
+from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
+
+from .flow import load_model
+
+
+class CompileError(ValueError):
+    pass
+
+
+@dataclass
+class Compiled:
+    manifest: dict
+    programs: list[tuple[str, bytes]]
+    images: list[tuple[str, bytes]]
+    seconds: float
+
+
+def _check_formats(g, target: Target, plans) -> None:
+    for const, plan in plans.items():
+        s = plan.scheme
+        if s.bits not in target.engine.weight_bits or (s.sparsity and tuple(s.sparsity) not in target.engine.sparsity):
+            raise CompileError(f"target {target.name} does not run {s} weights ({const}); it supports "
+                               f"bits {list(target.engine.weight_bits)} and N:M "
+                               f"{[f'{n}:{m}' for n, m in target.engine.sparsity]}")
+
+
+def _program_bytes(lowered: list[Lowered]) -> list[tuple[Lowered, bytes]]:
+    """Encode each instruction once, even when programs share a prefix (prefill buckets)."""
+    cache: dict[int, bytes] = {}
+
+    def enc(inst) -> bytes:
+        b = cache.get(id(inst))
+        if b is None:
+            b = cache[id(inst)] = encode(inst)
+        return b
+
+    out = []
+    for low in lowered:
+        prog = low.program
+        head = bytearray(Program(prog.name, ()).to_bytes())
+        struct.pack_into("<I", head, 8, len(prog.instructions))  # the header's instruction count
+        out.append((low, bytes(head) + b"".join(enc(i) for i in prog.instructions)))
+    return out
+
+
+def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int = 2048,
+                  prefill_step: int | None = None, decode_step: int | None = None) -> Compiled:
+    t0 = time.perf_counter()
+    tgt = load_target(target)
+    pol = load_policy(policy)
+    if max_len < 1:
+        raise CompileError(f"--max-len must be positive, not {max_len}")
+    g = load_model(model, seq_len=max_len)
+    sites = weight_sites(g)
+    has_data = all(g.node(s.const).data.has_values for s in sites)
+    inputs = None
+    if has_data and (pol.auto or any(p.needs_calibration for p in assign(g, pol, None).values())):
+        inputs = layer_inputs(g, sites, token_streams(g, pol.calibration.samples, pol.calibration.seed,
+                                                      pol.calibration.tokens))
+    plans = assign(g, pol, inputs)
+    _check_formats(g, tgt, plans)
+    quantize_graph(g, plans, inputs)
+
+    bufs = {b.name.value: b.bytes for b in tgt.buffers}
+    eng = Engine(tgt.engine.n_chains, bufs)
+    capacity = int(tgt.memory.capacity_gb * 1e9) // tgt.memory.channels
+    attn = [n for n in g.nodes() if n.op is OpKind.ATTENTION]
+    dh = g.node(attn[0].inputs[1]).type.shape[-1] if attn else 1
+    kv_keys = (bufs["kv"] // 2) // (4 + dh)
+    if kv_keys < 1:
+        raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
+                           f"of {4 + dh} bytes")
+    d_step = decode_step or min(max_len, kv_keys)
+    try:
+        lay = place(g, channels=tgt.memory.channels, channel_capacity=capacity, chain_rows=tgt.engine.n_chains,
+                    tile_bytes=bufs["weight"] // 2, max_len=max_len, max_rows=min(prefill_step or 128, max_len),
+                    capacity_label=f"{tgt.memory.kind.value.upper()} ({tgt.name})")
+    except LayoutError as e:
+        raise CompileError(str(e)) from None
+    # The prefill row tile: as asked, or the largest of 128, 64, ... whose programs fit the buffers.
+    steps = [prefill_step] if prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= max_len] or [1]
+    for p_step in steps:
+        try:
+            all_buckets = buckets(max_len, p_step, d_step)
+            pre = prefill_programs(g, lay, eng, [b for b in all_buckets if b.stage is Stage.PREFILL])
+            break
+        except LayoutError as e:
+            if prefill_step or p_step == steps[-1]:
+                raise CompileError(str(e)) from None
+    try:
+        dec = [lower_bucket(g, lay, eng, b) for b in all_buckets if b.stage is Stage.DECODE]
+    except LayoutError as e:
+        raise CompileError(str(e)) from None
+    limits = Limits({BufferId[k.upper()]: v for k, v in bufs.items()}, tgt.memory.channels, capacity)
+    try:
+        for low in dec:
+            check_program(low.program, limits, (low.bucket.lo, low.bucket.hi))
+        if pre:
+            check_program(pre[-1].program, limits, ())  # every other prefill program is its prefix
+    except ValueError as e:
+        raise CompileError(f"internal error: a compiled program failed its check: {e}") from None
+
+    programs, entries = [], []
+    for low, data in _program_bytes(pre + dec):
+        b: Bucket = low.bucket
+        name = f"programs/{b.name}.bin"
+        programs.append((name, data))
+        entries.append({"stage": b.stage.value, "bucket": [b.lo, b.hi], "file": name,
+                        "instructions": len(low.program.instructions), "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
+    images = []
+    if has_data:
+        for ch, img in enumerate(channel_images(g, lay)):
+            images.append((f"weights/ch{ch:02d}.bin", bytes(img)))
+    total = sum(e["bytes"] for e in entries)
+    per_exact = sum(e["bytes"] * (e["bucket"][1] - e["bucket"][0] + 1) for e in entries)
+    manifest = {
+        "llmfab_manifest": 1,
+        "model": str(model), "family": g.meta.get("family"), "policy": pol.name,
+        "target": {"name": tgt.name, "clock_mhz": tgt.clock_mhz, "chains": tgt.engine.n_chains,
+                   "chain_len": tgt.engine.chain_len, "hbm_channels": tgt.memory.channels,
+                   "bandwidth_gbps": tgt.memory.bandwidth_gbps},
+        "max_len": max_len, "prefill_step": p_step, "decode_step": d_step,
+        "programs": entries,
+        "instruction_bytes_total": total,
+        "instruction_bytes_per_exact_length": per_exact,
+        "weights": [{"file": n, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in images],
+        "hbm": {"bytes_per_channel": max(lay.used), "capacity_per_channel": capacity,
+                "bytes_total": lay.bytes_used},
+        "buffers_peak": {"act": max(lo.peak["act"] for lo in pre + dec), "scratch": max(lo.peak["scratch"] for lo in pre + dec),
+                         "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
+    }
+    return Compiled(manifest, programs, images, time.perf_counter() - t0)
+
+
+def write_build(c: Compiled, out: Path) -> None:
+    """Write atomically: everything into a temporary folder beside `out`, then rename it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, data in c.programs + c.images:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        (tmp / "manifest.json").write_text(json.dumps(c.manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / "summary.txt").write_text(summary(c))
+        os.chmod(tmp, 0o755)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "build")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def summary(c: Compiled) -> str:
+    m = c.manifest
+    progs = m["programs"]
+    dec = [p for p in progs if p["stage"] == "decode"]
+    pre = [p for p in progs if p["stage"] == "prefill"]
+    lines = [f"model        {m['model']} ({m['family']}), policy {m['policy']}, target {m['target']['name']}",
+             f"max length   {m['max_len']}: {len(pre)} prefill programs (step {m['prefill_step']}), "
+             f"{len(dec)} decode programs (step {m['decode_step']})"]
+    if dec:
+        lines.append(f"decode       {max(p['instructions'] for p in dec):,} instructions, "
+                     f"{max(p['bytes'] for p in dec) / 1e6:.2f} MB per program")
+    if pre:
+        lines.append(f"prefill      {pre[0]['instructions']:,} .. {pre[-1]['instructions']:,} instructions "
+                     f"({pre[0]['bytes'] / 1e6:.2f} .. {pre[-1]['bytes'] / 1e6:.2f} MB)")
+    lines.append(f"storage      {m['instruction_bytes_total'] / 1e6:.1f} MB bucketed; "
+                 f"{m['instruction_bytes_per_exact_length'] / 1e9:.2f} GB with one program per exact length")
+    lines.append(f"HBM          {m['hbm']['bytes_total'] / 1e9:.3f} GB used "
+                 f"({m['hbm']['bytes_per_channel'] / 1e6:.1f} of {m['hbm']['capacity_per_channel'] / 1e6:.0f} MB per channel)")
+    lines.append(f"weights      {len(m['weights'])} channel images" if m["weights"] else
+                 "weights      none (config-only model: programs and layout only)")
+    lines.append(f"time         {c.seconds:.1f} s")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["CompileError", "Compiled", "compile_model", "write_build", "summary", "PolicyError"]

@@ -1,0 +1,247 @@
+"""Where everything lives in HBM, in the ISA's striping (docs/isa.md, LD/ST).
+
+An LD/ST moves rows; each row is cut into `channels` equal slices, slice c in pseudo-channel
+`channel + c`, at the same per-channel address. So every object is laid out in the row size its
+instructions move, over the channels they name:
+
+- a weight tile (as many `n_chains`-row groups as fit half the weight buffer) is one row: its
+  rows' packed streams one after the other — codes, sparsity indices, scale mantissas, row shifts
+  (ir/packing.py) — then the rows' int32 Q.16 biases, padded to a multiple of the channels, over
+  every channel, so one LD streams a tile at the full HBM bandwidth;
+- an embedding table is one row per token (codes, mantissas, shift: the EMBED row format), read
+  by an indirect LD;
+- parameters (norm weights, a norm's weight then bias, RoPE tables as per position `depth` cos
+  then `depth` sin) are int32 Q.16 rows;
+- the KV cache is head-major: per layer K then V, per KV head `max_len` rows of `4 + head_dim`
+  bytes (a quantized row: scale record then codes), over a group of channels that divides the row;
+  different heads use different channel groups so their transfers run side by side;
+- the output region holds the logits rows (Q.16).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmfab.ir import Graph, OpKind
+from llmfab.ir.quant import QuantizedWeight
+
+from .quantize import weight_sites
+
+
+class LayoutError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Object:
+    """`rows` rows of `row_bytes` (all channels together) over channels [channel, channel + channels),
+    row r at per-channel address `addr + r * pitch` (pitch = row_bytes / channels)."""
+    addr: int
+    channel: int
+    channels: int
+    row_bytes: int
+    rows: int
+
+    @property
+    def pitch(self) -> int:
+        return self.row_bytes // self.channels
+
+
+@dataclass(frozen=True)
+class Tile:
+    rows: tuple[int, int]                  # output rows [start, stop)
+    obj: Object                            # one row: the tile image
+    streams: tuple[int, int, int, int]     # offsets of values, indices, mant(+shift), bias in the image
+
+
+@dataclass(frozen=True)
+class KVHead:
+    k: Object
+    v: Object
+
+
+@dataclass
+class HbmLayout:
+    channels: int
+    channel_capacity: int
+    tiles: dict[str, tuple[Tile, ...]] = field(default_factory=dict)     # linear / lm_head node -> tiles
+    tables: dict[str, Object] = field(default_factory=dict)              # embedding table const -> rows
+    params: dict[str, Object] = field(default_factory=dict)              # param key -> one row
+    kv: dict[int, list[KVHead]] = field(default_factory=dict)            # layer -> per KV head
+    output: Object | None = None
+    used: list[int] = field(default_factory=list)                        # bytes used per channel
+
+    def __post_init__(self):
+        self.used = [0] * self.channels
+
+    def alloc(self, row_bytes: int, rows: int, channels: int | None = None, group: int = 0) -> Object:
+        """Place `rows` rows of `row_bytes`, padded to a multiple of the channels used."""
+        c = channels or self.channels
+        first = (group * c) % self.channels
+        pitch = -(-row_bytes // c)
+        addr = max(self.used[first:first + c])
+        for ch in range(first, first + c):
+            self.used[ch] = addr + pitch * rows
+        return Object(addr, first, c, pitch * c, rows)
+
+    @property
+    def bytes_used(self) -> int:
+        return sum(self.used)
+
+
+def kv_channels(row: int, channels: int) -> int:
+    """The most channels (a power of two dividing `channels`) that split a KV row evenly."""
+    c = 1
+    while c * 2 <= channels and channels % (c * 2) == 0 and row % (c * 2) == 0:
+        c *= 2
+    return c
+
+
+def row_bytes(qw: QuantizedWeight) -> int:
+    """Packed bytes of one output row (codes + indices + mantissas + shift)."""
+    s = qw.scheme
+    n, k = qw.shape
+    kept = k * s.sparsity[0] // s.sparsity[1] if s.sparsity else k
+    return -(-kept * s.bits // 8) + -(-kept * s.index_bits() // 8) + 2 * (k // qw.group) + 1
+
+
+def stream_offsets(qw: QuantizedWeight, rows: int) -> tuple[int, int, int, int]:
+    """Offsets of the values, indices, mant (then shift) and bias streams in a tile of `rows` rows."""
+    s = qw.scheme
+    k = qw.shape[1]
+    kept = k * s.sparsity[0] // s.sparsity[1] if s.sparsity else k
+    values = -(-rows * kept * s.bits // 8)
+    indices = -(-rows * kept * s.index_bits() // 8)
+    mant = 2 * rows * (k // qw.group)
+    return 0, values, values + indices, values + indices + mant + rows
+
+
+def _bias_of(g: Graph, user: str) -> str | None:
+    n = g.node(user)
+    return n.inputs[2] if n.op in (OpKind.LINEAR, OpKind.LMHEAD) and len(n.inputs) == 3 else None
+
+
+def _rope_pairs(g: Graph) -> dict[tuple[str, str], str]:
+    return {(n.inputs[1], n.inputs[2]): f"rope:{n.inputs[1]}" for n in g.nodes() if n.op is OpKind.ROPE}
+
+
+def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, tile_bytes: int, max_len: int,
+          max_rows: int, capacity_label: str) -> HbmLayout:
+    """Lay out `g`: quantized, with shapes at `max_len` tokens so its tables cover every position."""
+    lay = HbmLayout(channels, channel_capacity)
+    for s in weight_sites(g):
+        if not isinstance(g.node(s.const).data, QuantizedWeight):
+            raise LayoutError(f"weight {s.const!r} of {s.user!r} is not quantized: run the quantize pass first")
+    for e in (n for n in g.nodes() if n.op is OpKind.EMBEDDING):  # rows picked by token or position
+        qw = g.node(e.inputs[0]).data
+        if qw.scheme.sparsity is not None:
+            raise LayoutError(f"embedding table {e.inputs[0]!r} cannot be sparse ({qw.scheme}): EMBED reads dense rows")
+        lay.tables[e.inputs[0]] = lay.alloc(row_bytes(qw), qw.shape[0])
+    too_big = None
+    for m in (n for n in g.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD)):
+        const = m.inputs[1]
+        qw = g.node(const).data
+        n = qw.shape[0]
+        bias = _bias_of(g, m.name)
+        per_row = row_bytes(qw) + (4 if bias else 0)
+        groups = tile_bytes // (per_row * chain_rows)
+        if groups < 1 and too_big is None:  # reported after the memory check, the larger problem
+            too_big = LayoutError(f"{chain_rows} rows of {const!r} ({per_row * chain_rows} bytes, "
+                                  f"{m.attrs.role.value} {qw.scheme}) do not fit half the weight buffer "
+                                  f"({tile_bytes} bytes): {per_row * chain_rows - tile_bytes} bytes too many")
+        rows = chain_rows * max(groups, 1)
+        tiles = []
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            offs = stream_offsets(qw, r1 - r0)
+            size = offs[3] + (4 * (r1 - r0) if bias else 0)
+            tiles.append(Tile((r0, r1), lay.alloc(size, 1), offs))
+        lay.tiles[m.name] = tuple(tiles)
+    biases = {_bias_of(g, s.user) for s in weight_sites(g)} - {None}
+    quantized = {s.const for s in weight_sites(g)}
+    ropes = _rope_pairs(g)
+    for (cos, sin), key in ropes.items():
+        d = g.node(cos).type.shape[-1]
+        lay.params[key] = lay.alloc(8 * d, max_len)
+    for n in g.nodes():
+        if n.op is OpKind.RMSNORM:
+            lay.params[n.name] = lay.alloc(4 * n.type.shape[-1], 1)
+        elif n.op is OpKind.LAYERNORM:
+            lay.params[n.name] = lay.alloc(8 * n.type.shape[-1], 1)
+        elif n.op is OpKind.EMBEDDING and g.node(n.inputs[1]).op is OpKind.CONST:
+            pass  # learned positions: rows of the table, picked by position
+        elif n.op is OpKind.CONST and n.attrs.weight and n.name not in quantized | biases \
+                and not any(u.op in (OpKind.RMSNORM, OpKind.LAYERNORM) for u in g.users(n.name)):
+            raise LayoutError(f"parameter {n.name!r} is read by no op the accelerator runs")
+    for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
+        kt = g.node(a.inputs[1]).type
+        hkv, dh = kt.shape[1], kt.shape[3]
+        c = kv_channels(4 + dh, channels)
+        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(4 + dh, max_len, c, group=h), lay.alloc(4 + dh, max_len, c, group=h))
+                                 for h in range(hkv)]
+    vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
+    lay.output = lay.alloc(4 * vocab, max_rows, kv_channels(4 * vocab, channels))
+    worst = max(lay.used)
+    if worst > channel_capacity:
+        need, have = worst * channels, channel_capacity * channels
+        raise LayoutError(f"weights, parameters and a KV cache of {max_len} tokens need {need / 1e9:.2f} GB of "
+                          f"{capacity_label}, which holds {have / 1e9:.2f} GB: {(need - have) / 1e9:.2f} GB too much")
+    if too_big is not None:
+        raise too_big
+    return lay
+
+
+# ---- images -----------------------------------------------------------------------------
+
+
+def _write(images: list[bytearray], obj: Object, row: int, data: bytes) -> None:
+    data = data.ljust(obj.row_bytes, b"\0")
+    p = obj.pitch
+    at = obj.addr + row * p
+    for c in range(obj.channels):
+        images[obj.channel + c][at:at + p] = data[c * p:(c + 1) * p]
+
+
+def _packed_rows(qw: QuantizedWeight, r0: int, r1: int):
+    from llmfab.ir.packing import pack
+    return pack(QuantizedWeight(qw.scheme, (r1 - r0, qw.shape[1]), qw.codes[r0:r1], qw.mant[r0:r1], qw.shift[r0:r1],
+                                None if qw.mask is None else qw.mask[r0:r1], name=qw.name))
+
+
+def channel_images(g: Graph, lay: HbmLayout) -> list[bytearray]:
+    """Every channel's bytes: weight tiles, tables and parameters (KV cache and output stay zero)."""
+    from llmfab.ir.fixed_point import to_fixed
+
+    def q16(v) -> bytes:
+        return np.ascontiguousarray(to_fixed(np.asarray(v, np.float64)).astype("<i4")).tobytes()
+
+    images = [bytearray(max(lay.used)) for _ in range(lay.channels)]
+    for user, tiles in lay.tiles.items():
+        qw = g.node(g.node(user).inputs[1]).data
+        b = _bias_of(g, user)
+        bias = g.const_value(b) if b else None
+        for t in tiles:
+            p = _packed_rows(qw, *t.rows)
+            img = p.values + p.indices + p.mant + p.shift
+            if bias is not None:
+                img += q16(bias[t.rows[0]:t.rows[1]])
+            _write(images, t.obj, 0, img)
+    for const, obj in lay.tables.items():  # EMBED rows: codes, mantissas, shift of each row
+        qw = g.node(const).data
+        for r in range(qw.shape[0]):
+            p = _packed_rows(qw, r, r + 1)
+            _write(images, obj, r, p.values + p.mant + p.shift)
+    for n in g.nodes():
+        if n.op is OpKind.RMSNORM:
+            _write(images, lay.params[n.name], 0, q16(g.const_value(n.inputs[1])))
+        elif n.op is OpKind.LAYERNORM:
+            _write(images, lay.params[n.name], 0, q16(g.const_value(n.inputs[1])) + q16(g.const_value(n.inputs[2])))
+    for (cos, sin), key in _rope_pairs(g).items():
+        c = g.const_value(cos).reshape(-1, g.node(cos).type.shape[-1])
+        s = g.const_value(sin).reshape(c.shape)
+        for pos in range(min(len(c), lay.params[key].rows)):
+            _write(images, lay.params[key], pos, q16(c[pos]) + q16(s[pos]))
+    return images
+
+

@@ -1,0 +1,459 @@
+"""Lowering: a quantized fused graph -> the instruction program of one length bucket (docs/compile.md).
+
+Each instruction is emitted with the on-chip regions it reads and writes; `TokenTracker` turns the
+hazards into dependency tokens, so loads overlap compute exactly as far as the buffers allow
+(weight tiles and KV tiles ping-pong between the two halves of their buffers).
+
+A decode program runs one token (position LEN - 1) through every layer: everything but attention
+is fixed; attention streams the KV cache in tiles of `step` keys and its last tile, the softmax
+and the new K/V rows' positions are LEN-relative fields (docs/isa.md, length register). A prefill
+program runs the prompt in row tiles of `step` tokens, each through every layer (tile-major; a
+tile's attention reads earlier tiles' keys from the HBM cache); its last tile is padded to the
+bucket's largest length.
+
+Activations are int32 Q.16 rows in the act buffer (docs/integer.md); q, k and v are made
+head-major ([H, S, D]) by the transposes of the graph (one strided COPY per head; free for one
+token), which is the order the attention functions and RoPE read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmfab.ir import Graph, InputRole, OpKind
+from llmfab.ir.isa import (CAUSAL, CONTINUE, HOLD, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program,
+                           SysFunc, lookup_field, make, weight_fields)
+from llmfab.ir.quant import QuantizedWeight
+
+from .buckets import Bucket, Stage
+from .hbm_layout import HbmLayout, LayoutError, Object
+from .tokens import TokenTracker
+
+LOAD, MATRIX, SFU, STORE = 0, 1, 2, 3
+QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU}
+ACT, SCRATCH, KV, WEIGHT = BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT
+IDS_ADDR = 0      # the host writes the step's token ids (int32, one per row) at the start of the act buffer
+
+
+class Allocator:
+    """First-fit allocation in one on-chip buffer; freed blocks coalesce."""
+
+    def __init__(self, name: str, base: int, size: int, align: int = 64):
+        self.name, self.base, self.size, self.align = name, base, size, align
+        self.free_list = [(base, size)]
+        self.live: dict[object, tuple[int, int]] = {}
+        self.peak = base
+        self.history: list[tuple[int, int, object]] = []   # blocks ever handed out, latest owner
+        self.reused: dict[object, list] = {}               # new key -> earlier keys it overwrites
+
+    def alloc(self, key, nbytes: int, what: str) -> int:
+        n = -(-max(nbytes, 1) // self.align) * self.align
+        for i, (a, sz) in enumerate(self.free_list):
+            if sz >= n:
+                self.free_list[i] = (a + n, sz - n)
+                self.live[key] = (a, n)
+                self.peak = max(self.peak, a + n)
+                # reusing bytes that an earlier value held: writing them must wait for its readers
+                old = [h for h in self.history if h[0] < a + n and a < h[0] + h[1]]
+                self.reused[key] = [k for _, _, k in old]
+                self.history = [h for h in self.history if h not in old] + [(a, n, key)]
+                return a
+        used = sum(s for _, s in self.live.values())
+        largest = max((sz for _, sz in self.free_list), default=0)
+        raise LayoutError(f"{self.name} buffer ({self.base + self.size} bytes) is too small: {what} needs {n} "
+                          f"bytes, {used} are in use and the largest free block is {largest} ({n - largest} short)")
+
+    def free(self, key) -> None:
+        a, n = self.live.pop(key)
+        blocks = sorted(self.free_list + [(a, n)])
+        merged = [blocks[0]]
+        for a, n in blocks[1:]:
+            if merged[-1][0] + merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((a, n))
+        self.free_list = merged
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What lowering needs of the Target."""
+    n_chains: int
+    buffers: dict[str, int]      # buffer name -> bytes
+
+
+@dataclass
+class Lowered:
+    bucket: Bucket
+    program: Program
+    peak: dict[str, int]         # bytes used per on-chip buffer
+    regions: dict[str, int]      # buffer name -> capacity, for the checker
+    pass_ends: list[int]         # instruction index after each pass (prefill: one per row tile)
+
+
+class Lowerer:
+    def __init__(self, g: Graph, lay: HbmLayout, eng: Engine, bucket: Bucket):
+        self.g, self.lay, self.eng, self.bucket = g, lay, eng, bucket
+        self.seq = g.meta.get("seq_len", 1)
+        self.ops: list[tuple[Opcode, dict, str | None]] = []
+        self.tokens = TokenTracker()
+        ids = -(-4 * max(bucket.step if bucket.stage is Stage.PREFILL else 1, 1) // 64) * 64
+        self.act = Allocator("act", ids, eng.buffers["act"] - ids)  # [0, ids): the host's token ids
+        self.scratch = Allocator("scratch", 0, eng.buffers["scratch"])
+        self.half = {"weight": eng.buffers["weight"] // 2, "kv": eng.buffers["kv"] // 2}
+        self.ping = {"weight": 0, "kv": 0}
+        self.view: dict[str, str] = {}
+        self.left: dict[str, int] = {}
+        self.outputs = {n for _, n in g.outputs}
+
+    # -- emission ---------------------------------------------------------------------------
+    def emit(self, op: Opcode, reads=(), writes=(), len_field: str | None = None, **fields) -> None:
+        writes = list(writes)
+        for w in list(writes):  # the first write of a reused block also orders the old owners
+            alloc = {"act": self.act, "scratch": self.scratch}.get(w[0])
+            if alloc is not None and w[1] in alloc.reused:
+                writes += [(w[0], k) for k in alloc.reused.pop(w[1])]
+        self.tokens.add(QUEUE_OF.get(op, SFU), reads, writes)
+        self.ops.append((op, fields, len_field))
+
+    def next_half(self, buf: str) -> tuple[int, tuple]:
+        h = self.ping[buf]
+        self.ping[buf] ^= 1
+        return h * self.half[buf], (buf, h)
+
+    def dma(self, op: Opcode, obj: Object, row0: int, rows: int, buf: BufferId, buf_addr: int, reads=(), writes=(),
+            len_field=None, **extra) -> None:
+        self.emit(op, reads, writes, len_field, channel=obj.channel, channels=obj.channels,
+                  hbm_addr=obj.addr + row0 * obj.pitch, hbm_stride=obj.pitch, buf=buf, buf_addr=buf_addr,
+                  buf_stride=obj.row_bytes, rows=rows, row_bytes=obj.pitch, **extra)
+
+    # -- values -------------------------------------------------------------------------------
+    def key(self, v: str) -> str:
+        while v in self.view:
+            v = self.view[v]
+        return v
+
+    def addr(self, v: str) -> int:
+        return self.act.live[self.key(v)][0]
+
+    def rows_cols(self, v: str) -> tuple[int, int]:
+        t = self.g.node(v).type
+        per_token = int(np.prod(t.shape[:-1])) // self.seq
+        return max(1, per_token * self.p_rows), t.shape[-1]
+
+    def new_act(self, v: str, rows: int | None = None, cols: int | None = None) -> int:
+        r, c = self.rows_cols(v)
+        return self.act.alloc(v, 4 * (rows or r) * (cols or c), f"activation {v!r}")
+
+    def alias(self, v: str, src: str) -> None:
+        self.view[v] = src
+        k = self.key(src)
+        self.left[k] = self.left.get(k, 0) + self.left.pop(v, 0)
+
+    def done_with(self, node) -> None:
+        for i in node.inputs:
+            k = self.key(i)
+            if k in self.left:
+                self.left[k] -= 1
+                if self.left[k] == 0 and k in self.act.live and k not in self.outputs:
+                    self.act.free(k)
+
+    # -- the program ---------------------------------------------------------------------------
+    def lower(self) -> Lowered:
+        b = self.bucket
+        if b.stage is Stage.DECODE:
+            passes = [(1, b.hi - 1, b.hi)]                      # rows, first position, keys
+        else:
+            passes = [(b.step, t * b.step, (t + 1) * b.step) for t in range(b.tiles)]
+        self.pass_ends: list[int] = []
+        nodes = [n for n in self.g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)]
+        for rows, first, keys in passes:
+            self.p_rows, self.p_first, self.p_keys = rows, first, keys
+            self.left = {n.name: len(self.g.users(n.name)) for n in self.g.nodes()}
+            self.view = {}
+            for node in nodes:
+                try:
+                    LOWER[node.op](self, node)
+                except KeyError:
+                    raise LayoutError(f"no lowering for {node.op} (node {node.name!r})") from None
+                self.done_with(node)
+            for k in list(self.act.live):
+                self.act.free(k)
+            self.pass_ends.append(len(self.ops))
+        self.emit(Opcode.SYS, func=SysFunc.END)
+        insts = []
+        for (op, fields, len_field), wait, release in zip(self.ops, self.tokens.wait, self.tokens.release):
+            insts.append(self._instruction(op, fields, len_field, wait, release))
+        peak = {"act": self.act.peak, "scratch": self.scratch.peak}
+        return Lowered(b, Program(b.name, tuple(insts)), peak, dict(self.eng.buffers), self.pass_ends)
+
+    def _instruction(self, op, fields, len_field, wait, release) -> Instruction:
+        len_reg = False
+        if len_field is not None:  # store the field relative to LEN (docs/isa.md): value at LEN = hi
+            hi = self.bucket.hi
+            f = lookup_field(op, len_field)
+            delta = hi * fields["hbm_stride"] if len_field == "hbm_addr" else hi
+            fields = dict(fields, **{len_field: (fields[len_field] - delta) % (1 << f.bits)})
+            if f.signed and fields[len_field] >= 1 << (f.bits - 1):
+                fields[len_field] -= 1 << f.bits
+            if op is not Opcode.MM:
+                fields["len_pos"] = 1 if len_field in ("hbm_addr", "imm") else 0
+            len_reg = True
+        if op is Opcode.SYS:
+            wait = release = 0
+        try:
+            return make(op, wait=wait, release=release, len_reg=len_reg, **fields)
+        except IsaError as e:
+            raise LayoutError(f"bucket {self.bucket.name}: {e}") from None
+
+
+# ---- one function per op ----------------------------------------------------------------------
+
+
+def _unary(func: MiscFunc):
+    def lower(lw: Lowerer, node) -> None:
+        x = node.inputs[0]
+        rows, cols = lw.rows_cols(node.name)
+        dst = lw.new_act(node.name)
+        lw.emit(Opcode.MISC, [("act", lw.key(x))], [("act", node.name)], func=func, rows=rows, cols=cols,
+                src_buf=ACT, src_addr=lw.addr(x), dst_buf=ACT, dst_addr=dst)
+    return lower
+
+
+def _binary(func: MiscFunc):
+    def lower(lw: Lowerer, node) -> None:
+        a, b = node.inputs
+        rows, cols = lw.rows_cols(node.name)
+        dst = lw.new_act(node.name)
+        lw.emit(Opcode.MISC, [("act", lw.key(a)), ("act", lw.key(b))], [("act", node.name)], func=func, rows=rows,
+                cols=cols, src_buf=ACT, src_addr=lw.addr(a), src2_buf=ACT, src2_addr=lw.addr(b), dst_buf=ACT,
+                dst_addr=dst)
+    return lower
+
+
+def _gelu(lw: Lowerer, node) -> None:
+    _unary(MiscFunc.GELU_TANH if node.attrs.approx.value == "tanh" else MiscFunc.GELU)(lw, node)
+
+
+def _view(lw: Lowerer, node) -> None:
+    lw.alias(node.name, node.inputs[0])
+
+
+def _transpose(lw: Lowerer, node) -> None:
+    """[S, H, D] <-> [H, S, D]: free for one token, else one strided COPY per head."""
+    if lw.p_rows == 1:
+        return _view(lw, node)
+    src = node.inputs[0]
+    to_heads = lw.g.node(src).op is not OpKind.ATTENTION
+    shape = lw.g.node(src).type.shape
+    heads, d = (shape[2], shape[3]) if to_heads else (shape[1], shape[3])
+    dst = lw.new_act(node.name)
+    s = lw.p_rows
+    for h in range(heads):
+        if to_heads:
+            sa, ss, da, ds = lw.addr(src) + 4 * h * d, 4 * heads * d, dst + 4 * h * s * d, 4 * d
+        else:
+            sa, ss, da, ds = lw.addr(src) + 4 * h * s * d, 4 * d, dst + 4 * h * d, 4 * heads * d
+        lw.emit(Opcode.MISC, [("act", lw.key(src))], [("act", node.name)], func=MiscFunc.COPY, rows=s, cols=4 * d,
+                src_buf=ACT, src_addr=sa, src_stride=ss, dst_buf=ACT, dst_addr=da, dst_stride=ds)
+
+
+def _slice(lw: Lowerer, node) -> None:
+    """Columns [a, b) of every row (GPT-2's fused q/k/v): a strided COPY."""
+    src = node.inputs[0]
+    rows, cols = lw.rows_cols(node.name)
+    src_cols = lw.g.node(src).type.shape[-1]
+    dst = lw.new_act(node.name)
+    lw.emit(Opcode.MISC, [("act", lw.key(src))], [("act", node.name)], func=MiscFunc.COPY, rows=rows, cols=4 * cols,
+            src_buf=ACT, src_addr=lw.addr(src) + 4 * node.attrs.starts[0], src_stride=4 * src_cols,
+            dst_buf=ACT, dst_addr=dst)
+
+
+def _norm(lw: Lowerer, node) -> None:
+    x = node.inputs[0]
+    rows, cols = lw.rows_cols(node.name)
+    obj = lw.lay.params[node.name]
+    key = (node.name, "param")
+    at = lw.scratch.alloc(key, obj.row_bytes, f"parameters of {node.name!r}")
+    lw.dma(Opcode.LD, obj, 0, 1, SCRATCH, at, writes=[("scratch", key)])
+    dst = lw.new_act(node.name)
+    func = MiscFunc.RMSNORM if node.op is OpKind.RMSNORM else MiscFunc.LAYERNORM
+    lw.emit(Opcode.MISC, [("act", lw.key(x)), ("scratch", key)], [("act", node.name)], func=func, rows=rows,
+            cols=cols, imm=int(np.floor(node.attrs.eps * 2 ** 32 + 0.5)), src_buf=ACT, src_addr=lw.addr(x),
+            src2_buf=SCRATCH, src2_addr=at, dst_buf=ACT, dst_addr=dst)
+    lw.scratch.free(key)
+
+
+def _rope(lw: Lowerer, node) -> None:
+    x = node.inputs[0]
+    rows, d = lw.rows_cols(node.name)
+    obj = lw.lay.params[f"rope:{node.inputs[1]}"]
+    key = (node.name, "table")
+    at = lw.scratch.alloc(key, obj.row_bytes * lw.p_rows, f"RoPE rows of {node.name!r}")
+    decode = lw.bucket.stage is Stage.DECODE
+    lw.dma(Opcode.LD, obj, lw.p_first, lw.p_rows, SCRATCH, at, writes=[("scratch", key)],
+           len_field="hbm_addr" if decode else None)
+    dst = lw.new_act(node.name)
+    lw.emit(Opcode.MISC, [("act", lw.key(x)), ("scratch", key)], [("act", node.name)], func=MiscFunc.ROPE,
+            rows=rows, cols=d, depth=d, period=lw.p_rows, imm=0, src_buf=ACT, src_addr=lw.addr(x),
+            src2_buf=SCRATCH, src2_addr=at, dst_buf=ACT, dst_addr=dst)
+    lw.scratch.free(key)
+
+
+def _embedding(lw: Lowerer, node) -> None:
+    table, ids = node.inputs
+    obj = lw.lay.tables[table]
+    qw: QuantizedWeight = lw.g.node(table).data
+    rows, cols = lw.rows_cols(node.name)
+    at, half = lw.next_half("weight")
+    tokens = lw.g.node(ids).op is OpKind.INPUT and lw.g.node(ids).attrs.role is InputRole.TOKENS
+    if tokens:
+        lw.dma(Opcode.LD, obj, 0, rows, WEIGHT, at, writes=[("weight", half)], indirect=1, ids_buf=ACT,
+               ids_addr=IDS_ADDR)
+    else:  # learned positions: the table row of each position (ids = position + offset)
+        offset = int(np.ravel(lw.g.const_value(ids))[0])
+        decode = lw.bucket.stage is Stage.DECODE
+        lw.dma(Opcode.LD, obj, offset + lw.p_first, rows, WEIGHT, at, writes=[("weight", half)],
+               len_field="hbm_addr" if decode else None)
+    dst = lw.new_act(node.name)
+    lw.emit(Opcode.MISC, [("weight", half)], [("act", node.name)], func=MiscFunc.EMBED, rows=rows, cols=cols,
+            depth=qw.group, imm=qw.scheme.bits, src_buf=WEIGHT, src_addr=at, src_stride=obj.row_bytes,
+            dst_buf=ACT, dst_addr=dst)
+
+
+def _quant_rows(lw: Lowerer, src: str, key, rows: int, cols: int, offset: int = 0) -> int:
+    at = lw.scratch.alloc(key, rows * (cols + 4), f"int8 rows of {src!r}")
+    lw.emit(Opcode.MISC, [("act", lw.key(src))], [("scratch", key)], func=MiscFunc.QUANT_ROWS, rows=rows, cols=cols,
+            src_buf=ACT, src_addr=lw.addr(src) + offset, dst_buf=SCRATCH, dst_addr=at)
+    return at
+
+
+def _linear(lw: Lowerer, node) -> None:
+    x = node.inputs[0]
+    qw: QuantizedWeight = lw.g.node(node.inputs[1]).data
+    rows, k = lw.rows_cols(x)
+    _, n = lw.rows_cols(node.name)
+    xq = _quant_rows(lw, x, (node.name, "xq"), rows, k)
+    dst = lw.new_act(node.name)
+    decode = lw.bucket.stage is Stage.DECODE
+    wf = weight_fields(qw.scheme, k)
+    bias = len(node.inputs) == 3
+    for t in lw.lay.tiles[node.name]:
+        if t.obj.row_bytes > lw.half["weight"]:
+            raise LayoutError(f"a weight tile of {node.name!r} ({t.obj.row_bytes} bytes) does not fit half the "
+                              f"weight buffer ({lw.half['weight']} bytes)")
+        at, half = lw.next_half("weight")
+        lw.dma(Opcode.LD, t.obj, 0, 1, WEIGHT, at, writes=[("weight", half)])
+        r0, r1 = t.rows
+        f = dict(n=r1 - r0, k=k, **wf, has_bias=int(bias), abuf=SCRATCH, obuf=ACT, wbuf_addr=at + t.streams[0],
+                 idx_addr=at + t.streams[1] if qw.scheme.sparsity else 0, scale_addr=at + t.streams[2],
+                 bias_addr=at + t.streams[3] if bias else 0, a_addr=xq, o_addr=dst + 4 * r0)
+        reads = [("weight", half), ("scratch", (node.name, "xq"))]
+        if decode:
+            lw.emit(Opcode.MV, reads, [("act", node.name)], **f)
+        else:
+            lw.emit(Opcode.MM, reads, [("act", node.name)], m=rows, o_stride=4 * n, **f)
+    lw.scratch.free((node.name, "xq"))
+    if node.op is OpKind.LMHEAD:
+        out = lw.lay.output
+        lw.dma(Opcode.ST, out, 0, rows, ACT, dst, reads=[("act", node.name)], writes=[("hbm", "logits")])
+
+
+def _concat(lw: Lowerer, node) -> None:
+    """The KV cache: present K/V are the cache itself (attention stores the new rows)."""
+    lw.alias(node.name, node.inputs[-1])
+
+
+def _attention(lw: Lowerer, node) -> None:
+    q, k, v = node.inputs[:3]
+    a = node.attrs
+    heads_kv = lw.lay.kv[a.layer]
+    rows, dh = lw.rows_cols(node.name)                 # rows = H x S, head-major
+    s = lw.p_rows
+    rep = a.num_heads // a.num_kv_heads
+    decode = lw.bucket.stage is Stage.DECODE
+    qrow = 4 + dh
+    step = lw.half["kv"] // qrow                        # keys per KV tile: as many as half the buffer holds
+    if decode:
+        step = min(step, lw.bucket.step)                # (a decode bucket spans one tile)
+    if step < 1:
+        raise LayoutError(f"one key row of {qrow} bytes does not fit half the KV buffer ({lw.half['kv']} bytes)")
+    tiles = -(-lw.p_keys // step)
+    # the new rows join the cache: quantized per (head, token) row, one ST per KV head
+    for name, src in (("k", k), ("v", v)):
+        key = (node.name, name)
+        at = _quant_rows(lw, src, key, a.num_kv_heads * s, dh)
+        for h, kvh in enumerate(heads_kv):
+            obj = kvh.k if name == "k" else kvh.v
+            lw.dma(Opcode.ST, obj, lw.p_first, s, SCRATCH, at + h * s * qrow, reads=[("scratch", key)],
+                   writes=[("hbm", a.layer, name, h)], len_field="hbm_addr" if decode else None)
+        lw.scratch.free(key)
+    qkey = (node.name, "q")
+    qat = _quant_rows(lw, q, qkey, rows, dh)
+    dst = lw.new_act(node.name)
+    width = 4 * lw.p_keys                               # bytes of one row of scores
+    scale = int(np.floor(a.scale * 2 ** 16 + 0.5))
+    for h, kvh in enumerate(heads_kv):                 # one KV head and its `rep` query heads at a time
+        g_rows = rep * s
+        skey = (node.name, "scores", h)
+        sat = lw.scratch.alloc(skey, g_rows * width, f"attention scores of {node.name!r}")
+        q_at = qat + h * g_rows * qrow
+        for j in range(tiles):
+            last = decode and j == tiles - 1
+            n_keys = min(step, lw.p_keys - j * step)
+            at, half = lw.next_half("kv")
+            lw.dma(Opcode.LD, kvh.k, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "k", h)], writes=[("kv", half)],
+                   len_field="rows" if last else None)
+            lw.emit(Opcode.MISC, [("kv", half), ("scratch", qkey)], [("scratch", skey)],
+                    "cols" if last else None, func=MiscFunc.ATTN_QK, rows=g_rows, cols=n_keys, depth=dh, imm=scale,
+                    src_buf=SCRATCH, src_addr=q_at, src2_buf=KV, src2_addr=at, dst_buf=SCRATCH,
+                    dst_addr=sat + 4 * j * step, dst_stride=width)
+        lw.emit(Opcode.MISC, [("scratch", skey)], [("scratch", skey)], "cols" if decode else None,
+                func=MiscFunc.SOFTMAX, rows=g_rows, cols=lw.p_keys, period=s, imm=lw.p_first,
+                flags=CAUSAL if a.causal and not decode else 0, src_buf=SCRATCH, src_addr=sat, src_stride=width,
+                dst_buf=SCRATCH, dst_addr=sat, dst_stride=width)
+        for j in range(tiles):
+            last = decode and j == tiles - 1
+            n_keys = min(step, lw.p_keys - j * step)
+            at, half = lw.next_half("kv")
+            lw.dma(Opcode.LD, kvh.v, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "v", h)], writes=[("kv", half)],
+                   len_field="rows" if last else None)
+            flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)
+            lw.emit(Opcode.MISC, [("kv", half), ("scratch", skey)], [("act", node.name)],
+                    "cols" if last else None, func=MiscFunc.ATTN_PV, rows=g_rows, cols=n_keys, depth=dh, flags=flags,
+                    src_buf=SCRATCH, src_addr=sat + 4 * j * step, src_stride=width, src2_buf=KV, src2_addr=at,
+                    dst_buf=ACT, dst_addr=dst + 4 * h * g_rows * dh)
+        lw.scratch.free(skey)
+    lw.scratch.free(qkey)
+
+
+LOWER = {
+    OpKind.EMBEDDING: _embedding, OpKind.LINEAR: _linear, OpKind.LMHEAD: _linear,
+    OpKind.RMSNORM: _norm, OpKind.LAYERNORM: _norm, OpKind.ROPE: _rope, OpKind.ATTENTION: _attention,
+    OpKind.SILU: _unary(MiscFunc.SILU), OpKind.RELU: _unary(MiscFunc.RELU), OpKind.GELU: _gelu,
+    OpKind.ADD: _binary(MiscFunc.ADD), OpKind.MUL: _binary(MiscFunc.MUL),
+    OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: _slice, OpKind.CONCAT: _concat,
+}
+
+
+def lower_bucket(g: Graph, lay: HbmLayout, eng: Engine, bucket: Bucket) -> Lowered:
+    return Lowerer(g, lay, eng, bucket).lower()
+
+
+def prefill_programs(g: Graph, lay: HbmLayout, eng: Engine, buckets: list[Bucket]) -> list[Lowered]:
+    """Every prefill bucket's program from one lowering of the largest.
+
+    Row tiles run in order and each is emitted the same way whatever comes after it, so the
+    program of a bucket of T tiles is the first T passes of the largest bucket's program plus END.
+    (Releases for consumers past the cut leave unused tokens, which the controller clears.)"""
+    if not buckets:
+        return []
+    big = lower_bucket(g, lay, eng, max(buckets, key=lambda b: b.hi))
+    end = big.program.instructions[-1]
+    out = []
+    for b in sorted(buckets, key=lambda b: b.hi):
+        cut = big.pass_ends[b.tiles - 1]
+        prog = Program(b.name, big.program.instructions[:cut] + (end,))
+        out.append(Lowered(b, prog, big.peak, big.regions, big.pass_ends[:b.tiles]))
+    return out

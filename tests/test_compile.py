@@ -1,0 +1,152 @@
+"""`llmfab compile`: programs, weight images and manifest; every program checked; atomic, deterministic."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import FIXTURES
+from llmfab.compile import CompileError, compile_model, write_build
+from llmfab.ir.isa import BufferId, Opcode, Program
+from llmfab.ir.target import load_target
+from llmfab.passes.program_check import Limits, ProgramCheckError, check_program
+
+
+def _limits(target: str) -> Limits:
+    t = load_target(target)
+    return Limits({BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}, t.memory.channels,
+                  int(t.memory.capacity_gb * 1e9) // t.memory.channels)
+
+
+def _check_all(c, target):
+    lim = _limits(target)
+    for e, (name, data) in zip(c.manifest["programs"], c.programs):
+        prog = Program.from_bytes(data)
+        assert len(prog.instructions) == e["instructions"] and len(data) == e["bytes"]
+        assert prog.instructions[-1].op is Opcode.SYS
+        check_program(prog, lim, (e["bucket"][0], e["bucket"][1]))
+
+
+@pytest.mark.parametrize("fixture", ["llama_ts_op14", "gpt2_dynamo_op18", "opt_ts_op14", "qwen2_ts_op14"])
+def test_compile_fixture_on_sim_small(tmp_path, fixture):
+    c = compile_model(str(FIXTURES / f"{fixture}.onnx"), "sim-small", policy="int8", max_len=64)
+    m = c.manifest
+    assert m["target"]["name"] == "sim-small" and m["max_len"] == 64
+    stages = {p["stage"] for p in m["programs"]}
+    assert stages == {"prefill", "decode"}
+    for p in m["programs"]:
+        assert p["bucket"][0] <= p["bucket"][1] and p["instructions"] > 0 and p["bytes"] > 0
+    covered = sorted((p["bucket"][0], p["bucket"][1]) for p in m["programs"] if p["stage"] == "prefill")
+    assert covered[0][0] == 1 and covered[-1][1] == 64  # every prompt length has a program
+    assert all(b[0] == a[1] + 1 for a, b in zip(covered, covered[1:]))
+    assert m["instruction_bytes_total"] == sum(p["bytes"] for p in m["programs"])
+    assert m["instruction_bytes_per_exact_length"] == sum(p["bytes"] * (p["bucket"][1] - p["bucket"][0] + 1)
+                                                          for p in m["programs"])
+    assert m["instruction_bytes_per_exact_length"] > m["instruction_bytes_total"]
+    _check_all(c, "sim-small")
+    write_build(c, tmp_path / "build")
+    saved = json.loads((tmp_path / "build" / "manifest.json").read_text())
+    for w in saved["weights"]:
+        data = (tmp_path / "build" / w["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == w["sha256"]
+    for p in saved["programs"]:
+        assert hashlib.sha256((tmp_path / "build" / p["file"]).read_bytes()).hexdigest() == p["sha256"]
+
+
+def test_weight_image_holds_the_packed_tiles():
+    from llmfab.flow import load_model
+    from llmfab.ir.packing import pack
+    from llmfab.passes import PASSES, parse_pipeline, run_pipeline
+    from llmfab.passes.hbm_layout import channel_images, place
+
+    g = load_model(str(FIXTURES / "llama_ts_op14.onnx"), seq_len=32)
+    run_pipeline(g, parse_pipeline("quantize{policy=int4-g128}", PASSES))
+    lay = place(g, channels=4, channel_capacity=1 << 20, chain_rows=4, tile_bytes=1 << 12, max_len=32,
+                max_rows=8, capacity_label="HBM")
+    images = channel_images(g, lay)
+    user = "layers.0.down_proj"
+    t = lay.tiles[user][0]
+    qw = g.node(g.node(user).inputs[1]).data
+    r0, r1 = t.rows
+    from llmfab.ir.quant import QuantizedWeight
+    p = pack(QuantizedWeight(qw.scheme, (r1 - r0, qw.shape[1]), qw.codes[r0:r1], qw.mant[r0:r1], qw.shift[r0:r1]))
+    want = p.values + p.indices + p.mant + p.shift
+    got = b"".join(bytes(images[t.obj.channel + c][t.obj.addr:t.obj.addr + t.obj.pitch]) for c in range(t.obj.channels))
+    assert got[:len(want)] == want
+
+
+def test_compile_is_deterministic_and_atomic(tmp_path):
+    model = str(FIXTURES / "llama_ts_op14.onnx")
+    a = compile_model(model, "sim-small", max_len=32)
+    b = compile_model(model, "sim-small", max_len=32)
+    assert a.programs == b.programs and a.images == b.images and a.manifest == b.manifest
+    out = tmp_path / "build"
+    write_build(a, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "compile", "llama2-7b", "--target", "ecp5-85k",
+                        "--max-len", "32", "-o", str(out)], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()} == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["build"]  # no temporary folder left
+
+
+def test_model_too_big_for_memory_says_by_how_much():
+    with pytest.raises(CompileError, match=r"^weights, parameters and a KV cache of 32 tokens need \d+\.\d\d GB of "
+                                           r"DDR \(ecp5-85k\), which holds 0\.12 GB: \d+\.\d\d GB too much$"):
+        compile_model("llama2-7b", "ecp5-85k", max_len=32, policy="int4-g128")
+
+
+def test_buffer_too_small_says_which_and_by_how_much(tmp_path):
+    import yaml
+    from llmfab.ir.target import _bundled_dir
+    data = yaml.safe_load((_bundled_dir() / "sim-small.yaml").read_text())
+    for b in data["buffers"]:
+        if b["name"] == "act":
+            b["bytes"] = 512  # far too small for even one token's activations
+    f = tmp_path / "tiny.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(CompileError, match=r"act buffer \(\d+ bytes\) is too small: activation '.*' needs \d+ "
+                                           r"bytes, \d+ are in use and the largest free block is \d+ \(\d+ short\)"):
+        compile_model(str(FIXTURES / "llama_ts_op14.onnx"), str(f), max_len=16)
+
+
+def test_unsupported_weight_format():
+    with pytest.raises(CompileError, match=r"^target ecp5-85k does not run int3-g128 weights"):
+        compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "ecp5-85k", max_len=16, policy="mixed-3.5")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers=st.integers(1, 2), heads=st.sampled_from([2, 4]), kv=st.sampled_from([1, 2]),
+       head_dim=st.sampled_from([8, 16]), family=st.sampled_from(["llama", "gpt2", "opt"]),
+       max_len=st.sampled_from([8, 24, 40]), bits=st.sampled_from([4, 8]))
+def test_every_program_passes_the_checker(tmp_path_factory, layers, heads, kv, head_dim, family, max_len, bits):
+    """Random small models: every operand inside its buffer/channels, no token deadlock."""
+    hidden = heads * head_dim
+    if family == "llama":
+        cfg = dict(model_type="llama", hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                   num_key_value_heads=min(kv, heads), intermediate_size=2 * hidden, vocab_size=64)
+    elif family == "gpt2":
+        cfg = dict(model_type="gpt2", n_embd=hidden, n_layer=layers, n_head=heads, n_inner=2 * hidden,
+                   n_positions=64, vocab_size=64)
+    else:
+        cfg = dict(model_type="opt", hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                   ffn_dim=2 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=64, vocab_size=64)
+    d = tmp_path_factory.mktemp("cfg")
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "p.yaml").write_text(f"default: {{bits: {bits}, group: 0}}\n")
+    c = compile_model(str(d / "config.json"), "sim-small", policy=str(d / "p.yaml"), max_len=max_len)
+    _check_all(c, "sim-small")
+    assert not c.images  # config-only: programs and layout, no weight images
+
+
+def test_checker_catches_out_of_bounds():
+    from llmfab.ir.isa import ProgramBuilder
+    b = ProgramBuilder("bad")
+    b.ld(channel=0, channels=1, buf=BufferId.ACT, hbm_addr=0, buf_addr=16000, rows=2, row_bytes=512, buf_stride=512)
+    b.end()
+    with pytest.raises(ProgramCheckError, match=r"^program 'bad' instruction 0 \(LD\): buffer \[16000, 17024\) "
+                                                r"outside the act buffer \(16384 bytes\)$"):
+        check_program(b.build(), _limits("sim-small"), ())
