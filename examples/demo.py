@@ -4,7 +4,9 @@
 2. run the reference interpreter on a prompt and compare with onnxruntime (the golden model);
 3. quantize it (int8, int4 GPTQ, int4 + 2:4 SparseGPT) and run the integer model, which is the
    bit-exact specification of the accelerator, against the float model;
-4. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters and
+4. compile it for the U280 target: instruction programs for every prompt length and decode
+   context (length buckets), the HBM weight images, a manifest — every program checked;
+5. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters and
    weight storage under each policy;
 and print a short summary.
 """
@@ -72,6 +74,22 @@ def main() -> int:
     fq = run_integer(q, {"input_ids": ids})["logits"]
     print(f"   integer model (w4-2of4) next token for the prompt: {int(fq[0, len(PROMPT) - 1].argmax())}")
 
+    import tempfile
+
+    from llmfab.compile import compile_model, write_build
+    print(f"== compile {MODELS[0].name} for u280 (int4-g128-gptq, max length 128)")
+    c = compile_model(str(MODELS[0]), "u280", policy="int4-g128-gptq", max_len=128)
+    with tempfile.TemporaryDirectory() as d:
+        write_build(c, Path(d) / "build")
+        files = sorted(str(p.relative_to(Path(d) / "build")) for p in (Path(d) / "build").rglob("*.bin"))
+    m = c.manifest
+    dec = [p for p in m["programs"] if p["stage"] == "decode"]
+    print(f"   {len(m['programs'])} programs ({len(dec)} decode), {m['instruction_bytes_total'] / 1e3:.1f} kB of "
+          f"instructions ({m['instruction_bytes_per_exact_length'] / 1e6:.2f} MB if one per exact length), "
+          f"{len(m['weights'])} HBM channel images; files: {files[0]} ... ({c.seconds:.1f} s)")
+    lines.append(f"{'tiny llama -> u280':28s} {len(m['programs'])} programs, decode {dec[0]['instructions']} "
+                 f"instructions, {m['instruction_bytes_total'] / 1e3:.0f} kB total")
+
     t0 = time.perf_counter()
     big = load_model("llama2-7b", seq_len=128)
     s = summarize(big)
@@ -89,7 +107,7 @@ def main() -> int:
     for line in lines:
         print("  " + line)
     print("  Next: `llmfab inspect MODEL`, `llmfab interpret MODEL.onnx --tokens \"1 2 3\" --out logits.npy`,")
-    print("        `llmfab quantize MODEL --policy int4-g128-gptq`")
+    print("        `llmfab quantize MODEL --policy int4-g128-gptq`, `llmfab compile MODEL --target u280 -o BUILD`")
     return 0
 
 
