@@ -24,7 +24,7 @@ from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import LayoutError, channel_images, place
 from llmfab.passes.lower import Engine, Lowered, lower_bucket, prefill_programs
-from llmfab.passes.policy import PolicyError, load_policy
+from llmfab.passes.policy import load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
 
@@ -209,4 +209,3 @@ def summary(c: Compiled) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CompileError", "Compiled", "compile_model", "write_build", "summary", "PolicyError"]

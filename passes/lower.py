@@ -88,7 +88,6 @@ class Lowered:
     bucket: Bucket
     program: Program
     peak: dict[str, int]         # bytes used per on-chip buffer
-    regions: dict[str, int]      # buffer name -> capacity, for the checker
     pass_ends: list[int]         # instruction index after each pass (prefill: one per row tile)
 
 
@@ -186,7 +185,7 @@ class Lowerer:
         for (op, fields, len_field), wait, release in zip(self.ops, self.tokens.wait, self.tokens.release):
             insts.append(self._instruction(op, fields, len_field, wait, release))
         peak = {"act": self.act.peak, "scratch": self.scratch.peak}
-        return Lowered(b, Program(b.name, tuple(insts)), peak, dict(self.eng.buffers), self.pass_ends)
+        return Lowered(b, Program(b.name, tuple(insts)), peak, self.pass_ends)
 
     def _instruction(self, op, fields, len_field, wait, release) -> Instruction:
         len_reg = False
@@ -455,5 +454,5 @@ def prefill_programs(g: Graph, lay: HbmLayout, eng: Engine, buckets: list[Bucket
     for b in sorted(buckets, key=lambda b: b.hi):
         cut = big.pass_ends[b.tiles - 1]
         prog = Program(b.name, big.program.instructions[:cut] + (end,))
-        out.append(Lowered(b, prog, big.peak, big.regions, big.pass_ends[:b.tiles]))
+        out.append(Lowered(b, prog, big.peak, big.pass_ends[:b.tiles]))
     return out
