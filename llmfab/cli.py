@@ -120,6 +120,7 @@ def cmd_compile(args) -> int:
                       prefill_step=args.prefill_step, decode_step=args.decode_step)
     write_build(c, Path(args.out))
     print(summary(c), end="")
+    print(f"time         {c.seconds:.1f} s")
     print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")
     return 0
 

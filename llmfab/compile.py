@@ -19,10 +19,11 @@ from pathlib import Path
 
 from llmfab.ir import OpKind
 from llmfab.ir.isa import BufferId, Program, encode
+from llmfab.ir.quant import QuantError
 from llmfab.ir.target import Target, load_target
 from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
-from llmfab.passes.hbm_layout import LayoutError, channel_images, place
+from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
 from llmfab.passes.lower import Engine, Lowered, lower_bucket, prefill_programs
 from llmfab.passes.policy import load_policy
 from llmfab.passes.program_check import Limits, check_program
@@ -35,12 +36,18 @@ class CompileError(ValueError):
     pass
 
 
+# Dependency-token counters are 5 bits, as in FlightLLM's artifact ISA: no program may need more
+# than 31 unconsumed tokens between two queues to run without deadlock.
+TOKEN_COUNTER_MAX = 31
+
+
 @dataclass
 class Compiled:
     manifest: dict
     programs: list[tuple[str, bytes]]
     images: list[tuple[str, bytes]]
     seconds: float
+    layout: HbmLayout | None = None    # where everything lives (not written; for tests and reports)
 
 
 def _check_formats(g, target: Target, plans) -> None:
@@ -78,6 +85,9 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     pol = load_policy(policy)
     if max_len < 1:
         raise CompileError(f"--max-len must be positive, not {max_len}")
+    for name, v in (("--prefill-step", prefill_step), ("--decode-step", decode_step)):
+        if v is not None and not 1 <= v <= max_len:
+            raise CompileError(f"{name} must be between 1 and --max-len ({max_len}), not {v}")
     g = load_model(model, seq_len=max_len)
     sites = weight_sites(g)
     has_data = all(g.node(s.const).data.has_values for s in sites)
@@ -85,9 +95,12 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     if has_data and (pol.auto or any(p.needs_calibration for p in assign(g, pol, None).values())):
         inputs = layer_inputs(g, sites, token_streams(g, pol.calibration.samples, pol.calibration.seed,
                                                       pol.calibration.tokens))
-    plans = assign(g, pol, inputs)
-    _check_formats(g, tgt, plans)
-    quantize_graph(g, plans, inputs)
+    try:
+        plans = assign(g, pol, inputs)
+        _check_formats(g, tgt, plans)
+        quantize_graph(g, plans, inputs)
+    except QuantError as e:
+        raise CompileError(f"{pol.source}: {e}") from None
 
     bufs = {b.name.value: b.bytes for b in tgt.buffers}
     eng = Engine(tgt.engine.n_chains, bufs)
@@ -98,6 +111,9 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     if kv_keys < 1:
         raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
                            f"of {4 + dh} bytes")
+    if decode_step is not None and decode_step > kv_keys:
+        raise CompileError(f"--decode-step {decode_step} needs KV tiles of {decode_step} keys; half the KV buffer "
+                           f"of {tgt.name} holds {kv_keys} keys of {4 + dh} bytes")
     d_step = decode_step or min(max_len, kv_keys)
     try:
         lay = place(g, channels=tgt.memory.channels, channel_capacity=capacity, chain_rows=tgt.engine.n_chains,
@@ -106,7 +122,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     except LayoutError as e:
         raise CompileError(str(e)) from None
     # The prefill row tile: as asked, or the largest of 128, 64, ... whose programs fit the buffers.
-    steps = [prefill_step] if prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= max_len] or [1]
+    steps = [prefill_step] if prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= max_len]
     for p_step in steps:
         try:
             all_buckets = buckets(max_len, p_step, d_step)
@@ -122,9 +138,9 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     limits = Limits({BufferId[k.upper()]: v for k, v in bufs.items()}, tgt.memory.channels, capacity)
     try:
         for low in dec:
-            check_program(low.program, limits, (low.bucket.lo, low.bucket.hi))
-        if pre:
-            check_program(pre[-1].program, limits, ())  # every other prefill program is its prefix
+            check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=TOKEN_COUNTER_MAX)
+        if pre:  # every other prefill program is a prefix of the largest
+            check_program(pre[-1].program, limits, (pre[-1].bucket.hi,), counter_max=TOKEN_COUNTER_MAX)
     except ValueError as e:
         raise CompileError(f"internal error: a compiled program failed its check: {e}") from None
 
@@ -158,7 +174,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         "buffers_peak": {"act": max(lo.peak["act"] for lo in pre + dec), "scratch": max(lo.peak["scratch"] for lo in pre + dec),
                          "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
     }
-    return Compiled(manifest, programs, images, time.perf_counter() - t0)
+    return Compiled(manifest, programs, images, time.perf_counter() - t0, lay)
 
 
 def write_build(c: Compiled, out: Path) -> None:
@@ -177,7 +193,13 @@ def write_build(c: Compiled, out: Path) -> None:
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "build")
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:  # put the earlier build back
+                os.replace(old / "build", out)
+                shutil.rmtree(old, ignore_errors=True)
+            raise
         if old is not None:
             shutil.rmtree(old)
     except BaseException:
@@ -205,7 +227,6 @@ def summary(c: Compiled) -> str:
                  f"({m['hbm']['bytes_per_channel'] / 1e6:.1f} of {m['hbm']['capacity_per_channel'] / 1e6:.0f} MB per channel)")
     lines.append(f"weights      {len(m['weights'])} channel images" if m["weights"] else
                  "weights      none (config-only model: programs and layout only)")
-    lines.append(f"time         {c.seconds:.1f} s")
     return "\n".join(lines) + "\n"
 
 

@@ -128,7 +128,11 @@ def _rope_pairs(g: Graph) -> dict[tuple[str, str], str]:
 
 def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, tile_bytes: int, max_len: int,
           max_rows: int, capacity_label: str) -> HbmLayout:
-    """Lay out `g`: quantized, with shapes at `max_len` tokens so its tables cover every position."""
+    """Lay out `g`: quantized, with shapes at `max_len` tokens so its tables cover every position.
+
+    Per-position objects (KV cache, RoPE rows) get `max_len` rounded up to whole prefill tiles of
+    `max_rows`: the padded last tile of a prefill program reads and writes its rows too."""
+    padded = -(-max_len // max_rows) * max_rows
     lay = HbmLayout(channels, channel_capacity)
     for s in weight_sites(g):
         if not isinstance(g.node(s.const).data, QuantizedWeight):
@@ -163,7 +167,7 @@ def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, ti
     ropes = _rope_pairs(g)
     for (cos, sin), key in ropes.items():
         d = g.node(cos).type.shape[-1]
-        lay.params[key] = lay.alloc(8 * d, max_len)
+        lay.params[key] = lay.alloc(8 * d, padded)
     for n in g.nodes():
         if n.op is OpKind.RMSNORM:
             lay.params[n.name] = lay.alloc(4 * n.type.shape[-1], 1)
@@ -178,15 +182,17 @@ def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, ti
         kt = g.node(a.inputs[1]).type
         hkv, dh = kt.shape[1], kt.shape[3]
         c = kv_channels(4 + dh, channels)
-        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(4 + dh, max_len, c, group=h), lay.alloc(4 + dh, max_len, c, group=h))
+        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(4 + dh, padded, c, group=h), lay.alloc(4 + dh, padded, c, group=h))
                                  for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
     lay.output = lay.alloc(4 * vocab, max_rows, kv_channels(4 * vocab, channels))
     worst = max(lay.used)
     if worst > channel_capacity:
-        need, have = worst * channels, channel_capacity * channels
+        need, have = sum(lay.used), channel_capacity * channels
         raise LayoutError(f"weights, parameters and a KV cache of {max_len} tokens need {need / 1e9:.2f} GB of "
-                          f"{capacity_label}, which holds {have / 1e9:.2f} GB: {(need - have) / 1e9:.2f} GB too much")
+                          f"{capacity_label}, which holds {have / 1e9:.2f} GB: the fullest channel needs "
+                          f"{worst / 1e6:.1f} MB of its {channel_capacity / 1e6:.1f} MB "
+                          f"({(worst - channel_capacity) / 1e6:.1f} MB too much)")
     if too_big is not None:
         raise too_big
     return lay

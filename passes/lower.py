@@ -57,7 +57,13 @@ class Allocator:
                 # reusing bytes that an earlier value held: writing them must wait for its readers
                 old = [h for h in self.history if h[0] < a + n and a < h[0] + h[1]]
                 self.reused[key] = [k for _, _, k in old]
-                self.history = [h for h in self.history if h not in old] + [(a, n, key)]
+                keep = [h for h in self.history if h not in old]
+                for a2, n2, k2 in old:  # the parts of an old block outside the new one keep their owner
+                    if a2 < a:
+                        keep.append((a2, a - a2, k2))
+                    if a2 + n2 > a + n:
+                        keep.append((a + n, a2 + n2 - a - n, k2))
+                self.history = keep + [(a, n, key)]
                 return a
         used = sum(s for _, s in self.live.values())
         largest = max((sz for _, sz in self.free_list), default=0)
@@ -97,8 +103,9 @@ class Lowerer:
         self.seq = g.meta.get("seq_len", 1)
         self.ops: list[tuple[Opcode, dict, str | None]] = []
         self.tokens = TokenTracker()
-        ids = -(-4 * max(bucket.step if bucket.stage is Stage.PREFILL else 1, 1) // 64) * 64
-        self.act = Allocator("act", ids, eng.buffers["act"] - ids)  # [0, ids): the host's token ids
+        # [0, ids): the host writes the token ids there (the whole prompt, or the decode token)
+        ids = -(-4 * (bucket.tiles * bucket.step if bucket.stage is Stage.PREFILL else 1) // 64) * 64
+        self.act = Allocator("act", ids, eng.buffers["act"] - ids)
         self.scratch = Allocator("scratch", 0, eng.buffers["scratch"])
         self.half = {"weight": eng.buffers["weight"] // 2, "kv": eng.buffers["kv"] // 2}
         self.ping = {"weight": 0, "kv": 0}
@@ -307,13 +314,17 @@ def _embedding(lw: Lowerer, node) -> None:
     rows, cols = lw.rows_cols(node.name)
     at, half = lw.next_half("weight")
     tokens = lw.g.node(ids).op is OpKind.INPUT and lw.g.node(ids).attrs.role is InputRole.TOKENS
-    if tokens:
+    if rows * obj.row_bytes > lw.half["weight"]:
+        raise LayoutError(f"{rows} rows of {table!r} ({rows * obj.row_bytes} bytes) do not fit half the weight "
+                          f"buffer ({lw.half['weight']} bytes)")
+    if tokens:  # this pass's ids: rows [first, first + rows) of the prompt
         lw.dma(Opcode.LD, obj, 0, rows, WEIGHT, at, writes=[("weight", half)], indirect=1, ids_buf=ACT,
-               ids_addr=IDS_ADDR)
+               ids_addr=IDS_ADDR + 4 * lw.p_first)
     else:  # learned positions: the table row of each position (ids = position + offset)
         offset = int(np.ravel(lw.g.const_value(ids))[0])
         decode = lw.bucket.stage is Stage.DECODE
-        lw.dma(Opcode.LD, obj, offset + lw.p_first, rows, WEIGHT, at, writes=[("weight", half)],
+        n = max(1, min(rows, obj.rows - offset - lw.p_first))  # padded rows past the table stay unread
+        lw.dma(Opcode.LD, obj, offset + lw.p_first, n, WEIGHT, at, writes=[("weight", half)],
                len_field="hbm_addr" if decode else None)
     dst = lw.new_act(node.name)
     lw.emit(Opcode.MISC, [("weight", half)], [("act", node.name)], func=MiscFunc.EMBED, rows=rows, cols=cols,
@@ -380,13 +391,16 @@ def _attention(lw: Lowerer, node) -> None:
         raise LayoutError(f"one key row of {qrow} bytes does not fit half the KV buffer ({lw.half['kv']} bytes)")
     tiles = -(-lw.p_keys // step)
     # the new rows join the cache: quantized per (head, token) row, one ST per KV head
+    # HBM regions of the cache, per row tile: this pass writes its own, attention reads all so far
+    # (naming them per tile keeps a store from waiting for loads of rows it does not touch)
+    tile_no = 0 if decode else lw.p_first // lw.p_rows   # (a decode step writes one row, reads all)
     for name, src in (("k", k), ("v", v)):
         key = (node.name, name)
         at = _quant_rows(lw, src, key, a.num_kv_heads * s, dh)
         for h, kvh in enumerate(heads_kv):
             obj = kvh.k if name == "k" else kvh.v
             lw.dma(Opcode.ST, obj, lw.p_first, s, SCRATCH, at + h * s * qrow, reads=[("scratch", key)],
-                   writes=[("hbm", a.layer, name, h)], len_field="hbm_addr" if decode else None)
+                   writes=[("hbm", a.layer, name, h, tile_no)], len_field="hbm_addr" if decode else None)
         lw.scratch.free(key)
     qkey = (node.name, "q")
     qat = _quant_rows(lw, q, qkey, rows, dh)
@@ -402,8 +416,8 @@ def _attention(lw: Lowerer, node) -> None:
             last = decode and j == tiles - 1
             n_keys = min(step, lw.p_keys - j * step)
             at, half = lw.next_half("kv")
-            lw.dma(Opcode.LD, kvh.k, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "k", h)], writes=[("kv", half)],
-                   len_field="rows" if last else None)
+            lw.dma(Opcode.LD, kvh.k, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "k", h, t) for t in range(tile_no + 1)],
+                   writes=[("kv", half)], len_field="rows" if last else None)
             lw.emit(Opcode.MISC, [("kv", half), ("scratch", qkey)], [("scratch", skey)],
                     "cols" if last else None, func=MiscFunc.ATTN_QK, rows=g_rows, cols=n_keys, depth=dh, imm=scale,
                     src_buf=SCRATCH, src_addr=q_at, src2_buf=KV, src2_addr=at, dst_buf=SCRATCH,
@@ -416,8 +430,8 @@ def _attention(lw: Lowerer, node) -> None:
             last = decode and j == tiles - 1
             n_keys = min(step, lw.p_keys - j * step)
             at, half = lw.next_half("kv")
-            lw.dma(Opcode.LD, kvh.v, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "v", h)], writes=[("kv", half)],
-                   len_field="rows" if last else None)
+            lw.dma(Opcode.LD, kvh.v, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "v", h, t) for t in range(tile_no + 1)],
+                   writes=[("kv", half)], len_field="rows" if last else None)
             flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)
             lw.emit(Opcode.MISC, [("kv", half), ("scratch", skey)], [("act", node.name)],
                     "cols" if last else None, func=MiscFunc.ATTN_PV, rows=g_rows, cols=n_keys, depth=dh, flags=flags,

@@ -49,7 +49,8 @@ def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
                ("activations", f["abuf"], f["a_addr"], f["a_addr"] + m * (k + 4)),
                ("outputs", f["obuf"], *_span(f["o_addr"], m, f.get("o_stride", 0) or 4 * n, 4 * n))]
         if pat:
-            out.append(("indices", BufferId.WEIGHT, f["idx_addr"], f["idx_addr"] + n * kept))
+            idx_bits = (pat[1] - 1).bit_length()
+            out.append(("indices", BufferId.WEIGHT, f["idx_addr"], f["idx_addr"] + -(-n * kept * idx_bits // 8)))
         if f["has_bias"]:
             out.append(("bias", BufferId.WEIGHT, f["bias_addr"], f["bias_addr"] + 4 * n))
         return out
@@ -61,14 +62,15 @@ def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
                ("dst", f["dst_buf"], *_span(f["dst_addr"], rows, f["dst_stride"] or dst_row, dst_row))]
         src2 = {MiscFunc.ADD: rows * 4 * cols, MiscFunc.MUL: rows * 4 * cols, MiscFunc.RMSNORM: 4 * cols,
                 MiscFunc.LAYERNORM: 8 * cols, MiscFunc.ATTN_QK: cols * (4 + depth),
-                MiscFunc.ATTN_PV: cols * (4 + depth), MiscFunc.ROPE: 8 * depth * max(f["period"], 1)}.get(fn)
+                MiscFunc.ATTN_PV: cols * (4 + depth),
+                MiscFunc.ROPE: 8 * depth * (f["imm"] + (f["period"] or rows))}.get(fn)
         if src2 is not None:
             out.append(("src2", f["src2_buf"], f["src2_addr"], f["src2_addr"] + src2))
         return out
     return []
 
 
-def check_program(program: Program, limits: Limits, lengths: tuple[int, ...]) -> None:
+def check_program(program: Program, limits: Limits, lengths: tuple[int, ...], counter_max: int | None = None) -> None:
     """Raise ProgramCheckError naming the instruction and operand that falls outside its space."""
     size = {b: s for b, s in limits.buffers.items()}
     for idx, inst in enumerate(program.instructions):
@@ -86,6 +88,6 @@ def check_program(program: Program, limits: Limits, lengths: tuple[int, ...]) ->
                     raise ProgramCheckError(f"program {program.name!r} instruction {idx} ({i.op.name}{at}): {what} "
                                             f"[{lo}, {hi}) outside the {where} ({cap} bytes)")
     try:
-        check_tokens(program)
+        check_tokens(program, counter_max=counter_max)
     except IsaError as e:
         raise ProgramCheckError(f"program {program.name!r}: {e}") from None

@@ -134,7 +134,14 @@ def quantize_graph(g: Graph, plans: dict[str, WeightPlan], inputs: dict[str, np.
 
 
 def plan_sites(g: Graph, policy: Policy) -> dict[str, WeightPlan]:
-    return {s.const: policy.plan(s.role, s.layer) for s in weight_sites(g)}
+    plans = {}
+    for s in weight_sites(g):
+        plan = policy.plan(s.role, s.layer)
+        if plan.scheme.sparsity and any(u.op is OpKind.EMBEDDING for u in g.users(s.const)):
+            # a table the embedding reads (a tied LM head) stays dense: rows are looked up whole
+            plan = dataclasses.replace(plan, scheme=dataclasses.replace(plan.scheme, sparsity=None))
+        plans[s.const] = plan
+    return plans
 
 
 @dataclass(frozen=True)

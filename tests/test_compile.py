@@ -95,7 +95,8 @@ def test_compile_is_deterministic_and_atomic(tmp_path):
 
 def test_model_too_big_for_memory_says_by_how_much():
     with pytest.raises(CompileError, match=r"^weights, parameters and a KV cache of 32 tokens need \d+\.\d\d GB of "
-                                           r"DDR \(ecp5-85k\), which holds 0\.12 GB: \d+\.\d\d GB too much$"):
+                                           r"DDR \(ecp5-85k\), which holds 0\.12 GB: the fullest channel needs "
+                                           r"\d+\.\d MB of its 125\.0 MB \(\d+\.\d MB too much\)$"):
         compile_model("llama2-7b", "ecp5-85k", max_len=32, policy="int4-g128")
 
 
@@ -150,3 +151,54 @@ def test_checker_catches_out_of_bounds():
     with pytest.raises(ProgramCheckError, match=r"^program 'bad' instruction 0 \(LD\): buffer \[16000, 17024\) "
                                                 r"outside the act buffer \(16384 bytes\)$"):
         check_program(b.build(), _limits("sim-small"), ())
+
+
+def _stores_inside_objects(c):
+    """Every ST of every program writes inside one KV object (or the output region) of its channels."""
+    lay = c.layout
+    objs = [o for heads in lay.kv.values() for kv in heads for o in (kv.k, kv.v)] + [lay.output]
+    for name, data in c.programs:
+        for i in Program.from_bytes(data).instructions:
+            if i.op is not Opcode.ST:
+                continue
+            lo = i["hbm_addr"] if not i.len_reg else None
+            if lo is None:
+                continue
+            hi = lo + (i["rows"] - 1) * i["hbm_stride"] + i["row_bytes"]
+            assert any(o.channel == i["channel"] and o.channels == i["channels"] and o.addr <= lo
+                       and hi <= o.addr + o.rows * o.pitch for o in objs), (name, lo, hi)
+
+
+def test_prefill_tiles_read_their_own_token_ids_and_padding_stays_in_the_cache():
+    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=36, prefill_step=8)
+    big = Program.from_bytes(c.programs[[p["bucket"] for p in c.manifest["programs"]].index([33, 36])][1])
+    gathers = [i for i in big.instructions if i.op is Opcode.LD and i["indirect"]]
+    assert [i["ids_addr"] for i in gathers] == [4 * 8 * t for t in range(5)]
+    _stores_inside_objects(c)
+
+
+def test_sparse_weights_compile_and_check():
+    c = compile_model(str(FIXTURES / "gpt2_ts_op14.onnx"), "sim-small", max_len=16, policy="w4-2of4")
+    _check_all(c, "sim-small")
+    for _, d in c.programs:
+        patterns = [i["sparsity"].pattern for i in Program.from_bytes(d).instructions if i.op in (Opcode.MV, Opcode.MM)]
+        assert patterns.count((2, 4)) == len(patterns) - 1  # every linear layer; the tied LM head stays dense
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(prefill_step=0), r"^--prefill-step must be between 1 and --max-len \(16\), not 0$"),
+    (dict(decode_step=17), r"^--decode-step must be between 1 and --max-len \(16\), not 17$"),
+    (dict(max_len=0), r"^--max-len must be positive, not 0$"),
+])
+def test_bad_steps(kw, message):
+    args = dict(max_len=16) | kw
+    with pytest.raises(CompileError, match=message):
+        compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", **args)
+
+
+def test_whole_build_folder_is_byte_identical(tmp_path):
+    model = str(FIXTURES / "opt_ts_op14.onnx")
+    for name in ("a", "b"):
+        write_build(compile_model(model, "sim-small", max_len=24), tmp_path / name)
+    files = lambda d: {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert files(tmp_path / "a") == files(tmp_path / "b")
