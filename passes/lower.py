@@ -317,9 +317,10 @@ def _embedding(lw: Lowerer, node) -> None:
     if rows * obj.row_bytes > lw.half["weight"]:
         raise LayoutError(f"{rows} rows of {table!r} ({rows * obj.row_bytes} bytes) do not fit half the weight "
                           f"buffer ({lw.half['weight']} bytes)")
-    if tokens:  # this pass's ids: rows [first, first + rows) of the prompt
+    if tokens:  # prefill: this pass's ids, rows [first, first + rows) of the prompt; decode: the one token
+        first = lw.p_first if lw.bucket.stage is Stage.PREFILL else 0
         lw.dma(Opcode.LD, obj, 0, rows, WEIGHT, at, writes=[("weight", half)], indirect=1, ids_buf=ACT,
-               ids_addr=IDS_ADDR + 4 * lw.p_first)
+               ids_addr=IDS_ADDR + 4 * first)
     else:  # learned positions: the table row of each position (ids = position + offset)
         offset = int(np.ravel(lw.g.const_value(ids))[0])
         decode = lw.bucket.stage is Stage.DECODE
