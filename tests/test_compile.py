@@ -174,6 +174,8 @@ def test_prefill_tiles_read_their_own_token_ids_and_padding_stays_in_the_cache()
     big = Program.from_bytes(c.programs[[p["bucket"] for p in c.manifest["programs"]].index([33, 36])][1])
     gathers = [i for i in big.instructions if i.op is Opcode.LD and i["indirect"]]
     assert [i["ids_addr"] for i in gathers] == [4 * 8 * t for t in range(5)]
+    dec = Program.from_bytes(c.programs[[p["stage"] for p in c.manifest["programs"]].index("decode")][1])
+    assert [i["ids_addr"] for i in dec.instructions if i.op is Opcode.LD and i["indirect"]] == [0]
     _stores_inside_objects(c)
 
 
