@@ -408,17 +408,23 @@ def _attention(lw: Lowerer, node) -> None:
     dst = lw.new_act(node.name)
     width = 4 * lw.p_keys                               # bytes of one row of scores
     scale = int(np.floor(a.scale * 2 ** 16 + 0.5))
+
+    def kv_tiles(obj, name: str, h: int):
+        """LD each KV tile of head h into the next KV half; yields (j, keys, last, address, half)."""
+        for j in range(tiles):
+            last = decode and j == tiles - 1   # its extent comes from the length register
+            n_keys = min(step, lw.p_keys - j * step)
+            at, half = lw.next_half("kv")
+            lw.dma(Opcode.LD, obj, j * step, n_keys, KV, at, writes=[("kv", half)], len_field="rows" if last else None,
+                   reads=[("hbm", a.layer, name, h, t) for t in range(tile_no + 1)])
+            yield j, n_keys, last, at, half
+
     for h, kvh in enumerate(heads_kv):                 # one KV head and its `rep` query heads at a time
         g_rows = rep * s
         skey = (node.name, "scores", h)
         sat = lw.scratch.alloc(skey, g_rows * width, f"attention scores of {node.name!r}")
         q_at = qat + h * g_rows * qrow
-        for j in range(tiles):
-            last = decode and j == tiles - 1
-            n_keys = min(step, lw.p_keys - j * step)
-            at, half = lw.next_half("kv")
-            lw.dma(Opcode.LD, kvh.k, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "k", h, t) for t in range(tile_no + 1)],
-                   writes=[("kv", half)], len_field="rows" if last else None)
+        for j, n_keys, last, at, half in kv_tiles(kvh.k, "k", h):
             lw.emit(Opcode.MISC, [("kv", half), ("scratch", qkey)], [("scratch", skey)],
                     "cols" if last else None, func=MiscFunc.ATTN_QK, rows=g_rows, cols=n_keys, depth=dh, imm=scale,
                     src_buf=SCRATCH, src_addr=q_at, src2_buf=KV, src2_addr=at, dst_buf=SCRATCH,
@@ -427,12 +433,7 @@ def _attention(lw: Lowerer, node) -> None:
                 func=MiscFunc.SOFTMAX, rows=g_rows, cols=lw.p_keys, period=s, imm=lw.p_first,
                 flags=CAUSAL if a.causal and not decode else 0, src_buf=SCRATCH, src_addr=sat, src_stride=width,
                 dst_buf=SCRATCH, dst_addr=sat, dst_stride=width)
-        for j in range(tiles):
-            last = decode and j == tiles - 1
-            n_keys = min(step, lw.p_keys - j * step)
-            at, half = lw.next_half("kv")
-            lw.dma(Opcode.LD, kvh.v, j * step, n_keys, KV, at, reads=[("hbm", a.layer, "v", h, t) for t in range(tile_no + 1)],
-                   writes=[("kv", half)], len_field="rows" if last else None)
+        for j, n_keys, last, at, half in kv_tiles(kvh.v, "v", h):
             flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)
             lw.emit(Opcode.MISC, [("kv", half), ("scratch", skey)], [("act", node.name)],
                     "cols" if last else None, func=MiscFunc.ATTN_PV, rows=g_rows, cols=n_keys, depth=dh, flags=flags,
