@@ -48,6 +48,7 @@ class Compiled:
     images: list[tuple[str, bytes]]
     seconds: float
     layout: HbmLayout | None = None    # where everything lives (not written; for tests and reports)
+    graph: object = None               # the quantized graph the programs compute (not written)
 
 
 def _check_formats(g, target: Target, plans) -> None:
@@ -174,7 +175,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         "buffers_peak": {"act": max(lo.peak["act"] for lo in pre + dec), "scratch": max(lo.peak["scratch"] for lo in pre + dec),
                          "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
     }
-    return Compiled(manifest, programs, images, time.perf_counter() - t0, lay)
+    return Compiled(manifest, programs, images, time.perf_counter() - t0, lay, g)
 
 
 def write_build(c: Compiled, out: Path) -> None:

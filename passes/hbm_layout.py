@@ -185,7 +185,7 @@ def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, ti
         lay.kv[a.attrs.layer] = [KVHead(lay.alloc(4 + dh, padded, c, group=h), lay.alloc(4 + dh, padded, c, group=h))
                                  for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
-    lay.output = lay.alloc(4 * vocab, max_rows, kv_channels(4 * vocab, channels))
+    lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels))  # a row per prompt position
     worst = max(lay.used)
     if worst > channel_capacity:
         need, have = sum(lay.used), channel_capacity * channels

@@ -366,9 +366,10 @@ def _linear(lw: Lowerer, node) -> None:
         else:
             lw.emit(Opcode.MM, reads, [("act", node.name)], m=rows, o_stride=4 * n, **f)
     lw.scratch.free((node.name, "xq"))
-    if node.op is OpKind.LMHEAD:
-        out = lw.lay.output
-        lw.dma(Opcode.ST, out, 0, rows, ACT, dst, reads=[("act", node.name)], writes=[("hbm", "logits")])
+    if node.op is OpKind.LMHEAD:  # prefill: the rows of this tile's positions; decode: row 0
+        first = lw.p_first if lw.bucket.stage is Stage.PREFILL else 0
+        lw.dma(Opcode.ST, lw.lay.output, first, rows, ACT, dst, reads=[("act", node.name)],
+               writes=[("hbm", "logits", first)])
 
 
 def _concat(lw: Lowerer, node) -> None:

@@ -1,0 +1,95 @@
+"""Compiled programs, executed instruction by instruction (simulator/functional.py), compute
+exactly what the integer interpreter (the specification) computes: logits bit for bit."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from llmfab.compile import compile_model
+from llmfab.flow import load_model
+from llmfab.ir import ConstAttrs, OpKind, TensorType
+from llmfab.ir.integer import run_integer_raw
+from llmfab.ir.isa import BufferId, Program
+from llmfab.ir.quant import QuantizedWeight
+from llmfab.ir.target import load_target
+from llmfab.simulator.functional import ExecutionError, Machine
+
+pytestmark = pytest.mark.sim
+MAX_LEN = 16
+
+
+def _machine(c, target="sim-small"):
+    t = load_target(target)
+    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
+    return Machine.create([d for _, d in c.images], int(t.memory.capacity_gb * 1e9) // t.memory.channels, bufs)
+
+
+def _program(c, stage, length):
+    e = next(e for e in c.manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1])
+    return Program.from_bytes(dict(c.programs)[e["file"]])
+
+
+def _reference(c, fixture, ids):
+    """run_integer_raw on the model at len(ids) tokens with the compiled graph's quantized weights."""
+    g = load_model(str(FIXTURES / f"{fixture}.onnx"), seq_len=len(ids))
+    for n in g.nodes():
+        if n.op is OpKind.CONST and n.name in c.graph and isinstance(c.graph.node(n.name).data, QuantizedWeight):
+            qw = c.graph.node(n.name).data
+            g.set_node(dataclasses.replace(n, attrs=ConstAttrs(qw, True), type=TensorType(qw.dtype, qw.shape)))
+    feeds = {n.name: ids[None] if n.attrs.role.value == "tokens" else np.zeros(n.type.shape, np.float32)
+             for n in g.inputs()}
+    return run_integer_raw(g, feeds)["logits"][0]
+
+
+def _logits(m, c, rows, vocab):
+    return np.array([np.frombuffer(m.read_row(c.layout.output, r), "<i4")[:vocab] for r in range(rows)])
+
+
+@pytest.mark.parametrize("fixture,policy,length", [
+    ("llama_ts_op14", "int8", 5), ("llama_ts_op14", "int4-g128", 13),     # one and two prefill tiles
+    ("qwen2_ts_op14", "int4-g128", 11), ("mistral_dynamo_op18", "int8", 9),
+    ("gpt2_ts_op14", "int4-g128", 12), ("opt_ts_op14", "int8", 14),
+    ("llama_dynamo_op18_kvcache", "int8", 10), ("gpt2_dynamo_op18_fp16", "int8", 7),
+    ("llama_ts_op14", "w4-2of4", 9), ("opt_ts_op14", "mixed-3.5", 13),
+])
+def test_prefill_then_decode_match_the_integer_interpreter(fixture, policy, length):
+    c = compile_model(str(FIXTURES / f"{fixture}.onnx"), "sim-small", max_len=MAX_LEN, policy=policy)
+    vocab = 128
+    ids = np.random.default_rng(length).integers(0, vocab, length)
+    m = _machine(c)
+    m.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())          # the host writes the prompt
+    m.run(_program(c, "prefill", length), length)
+    got = _logits(m, c, length, vocab)
+    want = _reference(c, fixture, ids)
+    assert np.array_equal(got, want)
+    # one decode step: the next token attends over the KV cache the prefill left in HBM
+    nxt = int(np.random.default_rng(length + 1).integers(0, vocab))
+    m.write(BufferId.ACT, 0, np.array([nxt], "<i4").tobytes())
+    m.run(_program(c, "decode", length + 1), length + 1)
+    got = _logits(m, c, 1, vocab)[0]
+    want = _reference(c, fixture, np.append(ids, nxt))[length]
+    assert np.array_equal(got, want)
+
+
+def test_several_decode_steps_in_a_row():
+    fixture = "gpt2_dynamo_op18"
+    c = compile_model(str(FIXTURES / f"{fixture}.onnx"), "sim-small", max_len=MAX_LEN, policy="int8")
+    ids = np.array([5, 17, 99])
+    m = _machine(c)
+    m.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
+    m.run(_program(c, "prefill", 3), 3)
+    for step in range(4):  # greedy generation: feed back the argmax
+        nxt = int(np.argmax(_logits(m, c, len(ids), 128)[-1])) if step == 0 else int(np.argmax(_logits(m, c, 1, 128)[0]))
+        ids = np.append(ids, nxt)
+        m.write(BufferId.ACT, 0, np.array([nxt], "<i4").tobytes())
+        m.run(_program(c, "decode", len(ids)), len(ids))
+    assert np.array_equal(_logits(m, c, 1, 128)[0], _reference(c, fixture, ids)[-1])
+
+
+def test_execution_errors_name_the_instruction():
+    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=MAX_LEN)
+    m = _machine(c)
+    m.buffers[BufferId.ACT] = bytearray(64)  # far too small
+    with pytest.raises(ExecutionError, match=r"^program 'prefill_00001_000\d\d' instruction \d+ \(\w+\): "):
+        m.run(_program(c, "prefill", 3), 3)
