@@ -90,6 +90,29 @@ def main() -> int:
     lines.append(f"{'tiny llama -> u280':28s} {len(m['programs'])} programs, decode {dec[0]['instructions']} "
                  f"instructions, {m['instruction_bytes_total'] / 1e3:.0f} kB total")
 
+    # run the programs instruction by instruction and compare with the integer interpreter
+    from llmfab.ir.integer import run_integer_raw
+    from llmfab.ir.isa import BufferId, Program
+    from llmfab.ir.target import load_target
+    from llmfab.simulator.functional import Machine
+    t = load_target("u280")
+    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
+    machine = Machine.create([d for _, d in c.images], max(c.layout.used), bufs)
+    prompt = np.array(PROMPT)
+    machine.write(BufferId.ACT, 0, prompt.astype("<i4").tobytes())
+    prog = next(p for p in m["programs"] if p["stage"] == "prefill")
+    machine.run(Program.from_bytes(dict(c.programs)[prog["file"]]), len(prompt))
+    got = np.frombuffer(machine.read_row(c.layout.output, len(prompt) - 1), "<i4")
+    g8 = load_model(str(MODELS[0]), seq_len=len(prompt))
+    for n in g8.nodes():  # the compiled graph's quantized weights
+        if n.op is OpKind.CONST and n.name in c.graph and hasattr(c.graph.node(n.name).data, "codes"):
+            g8.set_node(c.graph.node(n.name))
+    want = run_integer_raw(g8, {"input_ids": prompt[None]})["logits"][0, -1]
+    same = np.array_equal(got[:len(want)], want)
+    print(f"   executed the prefill program ({prog['instructions']} instructions): logits "
+          f"{'equal bit for bit to' if same else 'DIFFER from'} the integer interpreter; next token {int(got.argmax())}")
+    lines.append(f"{'executed on the simulator':28s} {'bit-exact' if same else 'MISMATCH'} with the integer model")
+
     t0 = time.perf_counter()
     big = load_model("llama2-7b", seq_len=128)
     s = summarize(big)

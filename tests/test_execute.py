@@ -22,7 +22,7 @@ MAX_LEN = 16
 def _machine(c, target="sim-small"):
     t = load_target(target)
     bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
-    return Machine.create([d for _, d in c.images], int(t.memory.capacity_gb * 1e9) // t.memory.channels, bufs)
+    return Machine.create([d for _, d in c.images], max(c.layout.used), bufs)  # the bytes the layout uses
 
 
 def _program(c, stage, length):
