@@ -125,6 +125,14 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    from llmfab.simulator.run import format_report, simulate
+
+    r = simulate(args.build, args.prefill, args.decode)
+    print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else format_report(r), end="\n" if args.json else "")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "as many keys as one KV tile holds)")
     c.add_argument("-o", "--out", required=True, help="the BUILD folder to write")
     c.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("simulate", help="time a build: time to first token and decode tokens/s")
+    s.add_argument("build", help="a BUILD folder written by `llmfab compile`")
+    s.add_argument("--prefill", type=int, default=128, help="prompt length (default 128)")
+    s.add_argument("--decode", type=int, default=128, help="decode steps (default 128)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_simulate)
 
     t = sub.add_parser("targets", help="list the bundled hardware targets and their key numbers")
     t.add_argument("names", nargs="*", help="target names or YAML files (default: every bundled target)")

@@ -1,0 +1,122 @@
+"""Timing model of a program on a Target: four in-order queues, dependency tokens, an HBM model.
+
+Compute and memory stay separate (as in SCALE-Sim): each instruction says what it demands — bytes
+over which channels (LD/ST), multiply-accumulates on the matrix engine (MM/MV), elements through
+the special-function unit (MISC) — and the units serve the demands. The controller dispatches in
+program order into the queues; an instruction issues when its queue is free and a token is
+waiting from every queue in its `wait` mask, and releases its tokens when it completes. SYNC,
+SET_LEN and END wait for every queue to drain.
+
+Units (all numbers from the Target):
+- memory: each pseudo-channel serves one transfer at a time at min(channel, port) x efficiency
+  GB/s; a transfer striped over C channels starts when all are free; each row costs a burst set-up
+  (`BURST_NS`) besides its bytes;
+- matrix engine (MV): `n_chains` rows at a time, each chain consuming `chain_len` kept weights
+  per cycle (N:M sparsity: only the kept weights take cycles); MM: the same per token row, with
+  `operand_packing` rows sharing a multiplier; plus the chain's pipeline depth;
+- special-function unit: `lanes` elements per cycle plus its latency; attention functions count
+  one element per multiply (rows x keys x head dim).
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from llmfab.ir.isa import MiscFunc, Opcode, Program, SysFunc, resolve_length
+from llmfab.ir.target import Target
+
+LOAD, MATRIX, SFU, STORE = 1, 2, 4, 8          # queue bits, as in the ISA masks
+QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU}
+BURST_NS = 20.0                                  # per row of a transfer: address phase and turnaround
+
+
+@dataclass
+class Timing:
+    seconds: float = 0.0
+    busy: dict[int, float] = field(default_factory=lambda: {LOAD: 0.0, MATRIX: 0.0, SFU: 0.0, STORE: 0.0})
+    hbm_bytes: int = 0
+    macs: int = 0
+    instructions: int = 0
+    per_op: dict[str, float] = field(default_factory=dict)   # seconds of unit time per opcode/function
+
+    def hbm_utilization(self, target: Target) -> float:
+        peak = target.memory.channels * target.memory.channel_gbps * 1e9
+        return self.hbm_bytes / (self.seconds * peak) if self.seconds else 0.0
+
+    def dsp_utilization(self, target: Target) -> float:
+        per_s = target.engine.n_chains * target.engine.chain_len * target.clock_mhz * 1e6
+        return self.macs / (self.seconds * per_s) if self.seconds else 0.0
+
+
+class TimingModel:
+    def __init__(self, target: Target):
+        self.t = target
+        self.cycle = 1.0 / (target.clock_mhz * 1e6)
+        self.channel_bps = target.memory.effective_channel_gbps * 1e9
+
+    # -- what each instruction demands --------------------------------------------------------
+    def duration(self, i, channel_free: list[float], start: float, stats: Timing) -> tuple[float, float]:
+        """(begin, end) of instruction `i` that may issue at `start`."""
+        e, t = self.t.engine, self.t
+        if i.op in (Opcode.LD, Opcode.ST):
+            chans = range(i["channel"], i["channel"] + i["channels"])
+            begin = max([start] + [channel_free[c] for c in chans])
+            per_channel = i["rows"] * i["row_bytes"]
+            end = begin + per_channel / self.channel_bps + i["rows"] * BURST_NS * 1e-9
+            for c in chans:
+                channel_free[c] = end
+            stats.hbm_bytes += per_channel * i["channels"]
+            return begin, end
+        if i.op in (Opcode.MV, Opcode.MM):
+            pat = i["sparsity"].pattern
+            kept = i["k"] * pat[0] // pat[1] if pat else i["k"]
+            rows = i["m"] if i.op is Opcode.MM else 1
+            passes = -(-i["n"] // e.n_chains) * -(-kept // e.chain_len)
+            tokens = -(-rows // (e.operand_packing if i.op is Opcode.MM else 1))
+            stats.macs += i["n"] * kept * rows
+            return start, start + (passes * tokens + e.pipeline_depth) * self.cycle
+        f = i["func"]
+        elems = i["rows"] * max(i["cols"], 1)
+        if f in (MiscFunc.ATTN_QK, MiscFunc.ATTN_PV):
+            elems *= max(i["depth"], 1)
+        elif f is MiscFunc.COPY:
+            elems = i["rows"] * -(-i["cols"] // 4)
+        return start, start + (-(-elems // t.sfu.lanes) + t.sfu.latency_cycles) * self.cycle
+
+    def run(self, program: Program, length: int) -> Timing:
+        """Time one execution of `program` with LEN = `length`."""
+        stats = Timing()
+        queue_free = {q: 0.0 for q in (LOAD, MATRIX, SFU, STORE)}
+        channel_free = [0.0] * self.t.memory.channels
+        tokens: dict[tuple[int, int], list[float]] = {}   # (src, dst) -> release times, FIFO
+        done = 0.0                                         # when everything issued so far has finished
+        barrier = 0.0
+        for inst in program.instructions:
+            i = resolve_length(inst, length)
+            stats.instructions += 1
+            if i.op is Opcode.SYS:
+                barrier = done
+                if i["func"] is SysFunc.END:
+                    break
+                if i["func"] is SysFunc.SET_LEN:
+                    length = i["imm"]
+                continue
+            q = QUEUE_OF[i.op]
+            start = max(queue_free[q], barrier)
+            for src in (LOAD, MATRIX, SFU, STORE):
+                if i.wait & src:
+                    fifo = tokens.get((src, q))
+                    if not fifo:
+                        raise RuntimeError(f"program {program.name!r}: a wait on {src} from {q} has no earlier release")
+                    start = max(start, heapq.heappop(fifo))
+            begin, end = self.duration(i, channel_free, start, stats)
+            queue_free[q] = end
+            stats.busy[q] += end - begin
+            key = i.op.name if i.op is not Opcode.MISC else i["func"].name
+            stats.per_op[key] = stats.per_op.get(key, 0.0) + end - begin
+            done = max(done, end)
+            for dst in (LOAD, MATRIX, SFU, STORE):
+                if i.release & dst:
+                    heapq.heappush(tokens.setdefault((q, dst), []), end)
+        stats.seconds = done
+        return stats

@@ -1,0 +1,77 @@
+"""The timing model: never faster than the memory roofline, consistent utilisations, sensible trends."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIXTURES
+from llmfab.compile import compile_model, write_build
+from llmfab.ir.isa import BufferId, MiscFunc, ProgramBuilder, Queue
+from llmfab.ir.target import load_target
+from llmfab.simulator.run import SimulateError, simulate
+from llmfab.simulator.timing import TimingModel
+
+pytestmark = pytest.mark.sim
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    out = {}
+    for name, policy in (("int4", "int4-g128"), ("sparse", "w4-2of4")):
+        d = tmp_path_factory.mktemp(name) / "build"
+        write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "u280", policy=policy, max_len=128), d)
+        out[name] = d
+    return out
+
+
+def _programs(build):
+    from llmfab.ir.isa import Program
+    m = json.loads((build / "manifest.json").read_text())
+    return [(e, Program.from_bytes((build / e["file"]).read_bytes())) for e in m["programs"]]
+
+
+@pytest.mark.parametrize("kind", ["int4", "sparse"])
+def test_never_faster_than_the_memory_roofline(builds, kind):
+    t = load_target("u280")
+    model = TimingModel(t)
+    peak = t.memory.channels * t.memory.channel_gbps * 1e9
+    for e, prog in _programs(builds[kind]):
+        for length in {e["bucket"][0], (e["bucket"][0] + e["bucket"][1]) // 2, e["bucket"][1]}:
+            st = model.run(prog, length)
+            assert st.seconds >= st.hbm_bytes / peak           # the bandwidth bound
+            assert 0 < st.hbm_utilization(t) <= 1 and 0 < st.dsp_utilization(t) <= 1
+            assert all(0 <= b <= st.seconds * 1.000001 for b in st.busy.values())
+            assert st.instructions == len(prog.instructions)
+
+
+def test_trends(builds):
+    t = load_target("u280")
+    model = TimingModel(t)
+    dec = [p for e, p in _programs(builds["int4"]) if e["stage"] == "decode"][0]
+    short, long = model.run(dec, 8), model.run(dec, 128)
+    assert long.seconds > short.seconds and long.hbm_bytes > short.hbm_bytes   # more keys to read
+    sdec = [p for e, p in _programs(builds["sparse"]) if e["stage"] == "decode"][0]
+    assert model.run(sdec, 8).per_op["MV"] < short.per_op["MV"]               # 2:4 halves the engine passes
+
+
+def test_a_wait_without_release_is_reported():
+    b = ProgramBuilder("bad")
+    b.misc(MiscFunc.RELU, wait=Queue.LOAD, rows=1, cols=4, src_buf=BufferId.ACT, dst_buf=BufferId.ACT)
+    b.end()
+    with pytest.raises(RuntimeError, match=r"^program 'bad': a wait on 1 from 4 has no earlier release$"):
+        TimingModel(load_target("sim-small")).run(b.build(), 1)
+
+
+def test_simulate_report_and_cli(builds):
+    r = simulate(builds["int4"], 16, 64)
+    assert r.ttft_s > 0 and 0 < r.decode_tokens_per_s <= r.roofline_decode_tokens_per_s
+    assert 0 < r.hbm_utilization <= 1 and 0 < r.dsp_utilization <= 1
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "simulate", str(builds["int4"]), "--prefill", "16",
+                        "--decode", "64", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    for key in ("ttft_s", "decode_tokens_per_s", "hbm_utilization", "dsp_utilization", "roofline_decode_tokens_per_s"):
+        assert key in out
+    with pytest.raises(SimulateError, match=r"must be positive and fit max_len 128"):
+        simulate(builds["int4"], 100, 100)
