@@ -10,7 +10,9 @@ SET_LEN and END wait for every queue to drain.
 Units (all numbers from the Target):
 - memory: each pseudo-channel serves one transfer at a time at min(channel, port) x efficiency
   GB/s; a transfer striped over C channels starts when all are free; each row costs a burst set-up
-  (`BURST_NS`) besides its bytes;
+  (`BURST_NS`) besides its bytes; the LD and ST queues issue in order but keep transfers on
+  different channels in flight (outstanding AXI transactions), completing (and releasing their
+  tokens) when their bytes have moved;
 - matrix engine (MV): `n_chains` rows at a time, each chain consuming `chain_len` kept weights
   per cycle (N:M sparsity: only the kept weights take cycles); MM: the same per token row, with
   `operand_packing` rows sharing a multiplier; plus the chain's pipeline depth;
@@ -28,6 +30,7 @@ from llmfab.ir.target import Target
 LOAD, MATRIX, SFU, STORE = 1, 2, 4, 8          # queue bits, as in the ISA masks
 QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU}
 BURST_NS = 20.0                                  # per row of a transfer: address phase and turnaround
+DMA_ISSUE_CYCLES = 4                             # a DMA descriptor's issue time
 
 
 @dataclass
@@ -90,6 +93,7 @@ class TimingModel:
         channel_free = [0.0] * self.t.memory.channels
         tokens: dict[tuple[int, int], list[float]] = {}   # (src, dst) -> release times, FIFO
         done = 0.0                                         # when everything issued so far has finished
+        dma_end = {LOAD: 0.0, STORE: 0.0}
         barrier = 0.0
         for inst in program.instructions:
             i = resolve_length(inst, length)
@@ -110,8 +114,16 @@ class TimingModel:
                         raise RuntimeError(f"program {program.name!r}: a wait on {src} from {q} has no earlier release")
                     start = max(start, heapq.heappop(fifo))
             begin, end = self.duration(i, channel_free, start, stats)
-            queue_free[q] = end
-            stats.busy[q] += end - begin
+            if q in (LOAD, STORE):
+                # The DMA issues in order but keeps transfers on different channels in flight
+                # (AXI outstanding transactions): the next one may start once this one's
+                # descriptor is issued; the channels themselves serialise what shares them.
+                queue_free[q] = begin + DMA_ISSUE_CYCLES * self.cycle
+                stats.busy[q] += max(0.0, end - max(begin, dma_end[q]))   # time any transfer is active
+                dma_end[q] = max(dma_end[q], end)
+            else:
+                queue_free[q] = end
+                stats.busy[q] += end - begin
             key = i.op.name if i.op is not Opcode.MISC else i["func"].name
             stats.per_op[key] = stats.per_op.get(key, 0.0) + end - begin
             done = max(done, end)
