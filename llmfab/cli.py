@@ -133,6 +133,17 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_execute(args) -> int:
+    from llmfab.flow import parse_tokens
+    from llmfab.simulator.execute import execute
+
+    logits, generated = execute(args.build, parse_tokens(args.tokens), args.generate)
+    _write_atomic(Path(args.out), lambda f: np.save(f, logits))
+    print(f"wrote {args.out}: logits {list(logits.shape)} float32 from the integer model run on the simulator"
+          + (f"; generated {' '.join(map(str, generated))}" if generated else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -176,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decode", type=int, default=128, help="decode steps (default 128)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_simulate)
+
+    x = sub.add_parser("execute", help="run a build's programs on the functional simulator")
+    x.add_argument("build", help="a BUILD folder written by `llmfab compile` (with weights)")
+    x.add_argument("--tokens", required=True, help='prompt token ids, e.g. "1 2 3"')
+    x.add_argument("--out", required=True, help="where to write the prompt's logits (.npy, [1, seq, vocab])")
+    x.add_argument("--generate", type=int, default=0, help="also decode this many tokens greedily")
+    x.set_defaults(func=cmd_execute)
 
     t = sub.add_parser("targets", help="list the bundled hardware targets and their key numbers")
     t.add_argument("names", nargs="*", help="target names or YAML files (default: every bundled target)")

@@ -172,6 +172,10 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         "weights": [{"file": n, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in images],
         "hbm": {"bytes_per_channel": max(lay.used), "capacity_per_channel": capacity,
                 "bytes_total": lay.bytes_used},
+        # where the logits land: row p (prefill position p, or 0 for a decode step), int32 Q.16
+        "output": {"addr": lay.output.addr, "channel": lay.output.channel, "channels": lay.output.channels,
+                   "row_bytes": lay.output.row_bytes, "rows": lay.output.rows,
+                   "vocab": max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=0)},
         "buffers_peak": {"act": max(lo.peak["act"] for lo in pre + dec), "scratch": max(lo.peak["scratch"] for lo in pre + dec),
                          "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
     }

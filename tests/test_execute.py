@@ -93,3 +93,38 @@ def test_execution_errors_name_the_instruction():
     m.buffers[BufferId.ACT] = bytearray(64)  # far too small
     with pytest.raises(ExecutionError, match=r"^program 'prefill_00001_000\d\d' instruction \d+ \(\w+\): "):
         m.run(_program(c, "prefill", 3), 3)
+
+
+def test_execute_cli_matches_the_integer_model(tmp_path):
+    import subprocess
+    import sys
+
+    from llmfab.compile import write_build
+    from llmfab.ir.fixed_point import from_fixed
+    fixture = "qwen2_ts_op14"
+    c = compile_model(str(FIXTURES / f"{fixture}.onnx"), "sim-small", max_len=MAX_LEN, policy="int4-g128")
+    write_build(c, tmp_path / "build")
+    ids = np.array([3, 1, 4, 1, 5, 9])
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "execute", str(tmp_path / "build"), "--tokens",
+                        " ".join(map(str, ids)), "--out", str(tmp_path / "l.npy"), "--generate", "3"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    got = np.load(tmp_path / "l.npy")
+    want = from_fixed(_reference(c, fixture, ids)).astype(np.float32)
+    assert got.shape == (1, 6, 128) and np.array_equal(got[0], want)
+    generated = [int(x) for x in p.stdout.split("generated")[1].split()]
+    seq = list(ids)
+    for tok in generated:  # greedy decoding of the integer model itself
+        assert tok == int(np.argmax(_reference(c, fixture, np.array(seq))[-1]))
+        seq.append(tok)
+
+
+def test_execute_needs_weights(tmp_path):
+    from llmfab.compile import write_build
+    from llmfab.simulator.execute import ExecuteError, execute
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, '
+                   '"num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 64}')
+    write_build(compile_model(str(cfg), "sim-small", max_len=8), tmp_path / "build")
+    with pytest.raises(ExecuteError, match=r"a config-only build has no weight images to execute$"):
+        execute(tmp_path / "build", np.array([1, 2]))

@@ -1,0 +1,67 @@
+"""`llmfab execute BUILD --tokens "..." --out logits.npy`: run a build's programs on the functional
+model (simulator/functional.py) from its weight images: the prefill program for the prompt, then
+one decode step per `--generate` token (greedy), and write the prompt's logits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from llmfab.ir.fixed_point import from_fixed
+from llmfab.ir.isa import BufferId, Program
+from llmfab.ir.target import load_target
+from llmfab.passes.hbm_layout import Object
+
+from .functional import Machine
+
+
+class ExecuteError(ValueError):
+    pass
+
+
+def _program(build: Path, manifest: dict, stage: str, length: int) -> Program:
+    for e in manifest["programs"]:
+        if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1]:
+            return Program.from_bytes((build / e["file"]).read_bytes())
+    raise ExecuteError(f"{build}: no {stage} program for length {length} (max_len {manifest['max_len']})")
+
+
+def execute(build: str | Path, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, list[int]]:
+    """Logits [1, L, vocab] (float32) of the prompt, and `generate` greedily decoded token ids."""
+    build = Path(build)
+    try:
+        m = json.loads((build / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ExecuteError(f"{build}: not a build folder with a manifest.json ({e})") from None
+    if not m["weights"]:
+        raise ExecuteError(f"{build}: a config-only build has no weight images to execute")
+    ids = np.asarray(tokens, np.int64).ravel()
+    vocab = m["output"]["vocab"]
+    if ids.size == 0 or ids.size + generate > m["max_len"]:
+        raise ExecuteError(f"{ids.size} prompt tokens + {generate} generated must fit max_len {m['max_len']}")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise ExecuteError(f"token ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}")
+    t = load_target(m["target"]["name"])
+    images = [(build / w["file"]).read_bytes() for w in m["weights"]]
+    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
+    machine = Machine.create(images, m["hbm"]["bytes_per_channel"], bufs)
+    o = m["output"]
+    out = Object(o["addr"], o["channel"], o["channels"], o["row_bytes"], o["rows"])
+
+    def row(r: int) -> np.ndarray:
+        return np.frombuffer(machine.read_row(out, r), "<i4")[:vocab].astype(np.int64)
+
+    machine.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
+    machine.run(_program(build, m, "prefill", ids.size), ids.size)
+    logits = np.stack([row(r) for r in range(ids.size)])
+    generated = []
+    last = logits[-1]
+    for _ in range(generate):
+        nxt = int(np.argmax(last))
+        generated.append(nxt)
+        length = ids.size + len(generated)
+        machine.write(BufferId.ACT, 0, np.array([nxt], "<i4").tobytes())
+        machine.run(_program(build, m, "decode", length), length)
+        last = row(0)
+    return from_fixed(logits).astype(np.float32)[None], generated
