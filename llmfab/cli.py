@@ -144,6 +144,51 @@ def cmd_execute(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from llmfab.flow import load_model
+    from llmfab.ir.target import load_target
+    from llmfab.passes import PASSES, parse_pipeline, run_pipeline
+    from llmfab.passes.roofline import power, resources, roofline, to_json
+
+    t = load_target(args.target)
+    stages = []
+    for stage, tokens, context in (("prefill", args.prefill, args.prefill), ("decode", 1, args.prefill + args.decode)):
+        g = load_model(args.model, seq_len=tokens)
+        run_pipeline(g, parse_pipeline(f"quantize{{policy={args.policy}}}", PASSES))
+        stages.append(roofline(g, t, stage, tokens, context))
+    res = resources(t)
+    dec = stages[1]
+    pw = power(t, res, dec.bound_seconds(t), dec.bytes, 1.0)
+    if args.json:
+        out = {"target": t.name, "policy": args.policy, "prefill": args.prefill, "decode_context": stages[1].context,
+               "roofline": to_json(stages[0]) + to_json(stages[1]),
+               "stages": {r.stage: {"ideal_s": r.seconds, "bound_s": r.bound_seconds(t), "bytes": r.bytes}
+                          for r in stages},
+               "resources": {k: {"used": v.used, "capacity": v.capacity} for k, v in res.items()},
+               "power": {"static_w": pw.static_w, "dynamic_w": pw.dynamic_w,
+                         "joules_per_token": pw.joules_per_token}}
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0
+    for r in stages:
+        print(f"{r.stage} ({r.tokens} tokens, context {r.context}): ideal {r.seconds * 1e3:.2f} ms op by op, "
+              f"bound {r.bound_seconds(t) * 1e3:.2f} ms; {r.bytes / 1e9:.3f} GB moved")
+        kinds = {}
+        for row in r.rows:
+            k = kinds.setdefault(row.kind, [0.0, 0.0, 0.0, set()])
+            k[0] += row.ops
+            k[1] += row.bytes
+            k[2] += row.seconds
+            k[3].add(row.bound)
+        print(f"  {'op':12s} {'GOPs':>10s} {'MB':>10s} {'ops/byte':>9s} {'ms':>8s}  bound")
+        for kind, (ops, nbytes, sec, bounds) in sorted(kinds.items(), key=lambda kv: -kv[1][2]):
+            inten = f"{ops / nbytes:9.1f}" if nbytes else "      inf"
+            print(f"  {kind:12s} {ops / 1e9:10.3f} {nbytes / 1e6:10.2f} {inten} {sec * 1e3:8.3f}  {'/'.join(sorted(bounds))}")
+    print("resources " + ", ".join(f"{k} {v.used:,.0f}/{v.capacity:,.0f} ({v.fraction:.0%})" for k, v in res.items()))
+    print(f"power     {pw.static_w + pw.dynamic_w:.1f} W ({pw.static_w:.1f} static), "
+          f"{pw.joules_per_token:.3f} J per decode token at the bound")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -187,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decode", type=int, default=128, help="decode steps (default 128)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_simulate)
+
+    rp = sub.add_parser("report", help="roofline, resources and power of a model on a target")
+    rp.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
+    rp.add_argument("--target", required=True, help="a bundled target or a YAML file")
+    rp.add_argument("--policy", default="int8", help="quantization policy (default int8)")
+    rp.add_argument("--prefill", type=int, default=128, help="prompt length L (default 128)")
+    rp.add_argument("--decode", type=int, default=512, help="decode steps: decode is analysed at context L+N")
+    rp.add_argument("--json", action="store_true", help="print one JSON object")
+    rp.set_defaults(func=cmd_report)
 
     x = sub.add_parser("execute", help="run a build's programs on the functional simulator")
     x.add_argument("build", help="a BUILD folder written by `llmfab compile` (with weights)")

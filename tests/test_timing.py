@@ -75,3 +75,41 @@ def test_simulate_report_and_cli(builds):
         assert key in out
     with pytest.raises(SimulateError, match=r"must be positive and fit max_len 128"):
         simulate(builds["int4"], 100, 100)
+
+
+@pytest.mark.parametrize("target,policy", [("u280", "int4-g128"), ("sim-small", "w4-2of4"), ("ecp5-85k", "int8")])
+def test_simulated_time_never_beats_the_roofline_bound(target, policy):
+    from llmfab.ir.isa import Program
+    from llmfab.passes.roofline import roofline
+    t = load_target(target)
+    c = compile_model(str(FIXTURES / "gpt2_ts_op14.onnx"), target, policy=policy, max_len=32)
+    model = TimingModel(t)
+    files = dict(c.programs)
+    for e in c.manifest["programs"]:
+        prog = Program.from_bytes(files[e["file"]])
+        for length in {e["bucket"][0], e["bucket"][1]}:
+            sim = model.run(prog, length).seconds
+            if e["stage"] == "decode":
+                bound = roofline(c.graph, t, "decode", 1, length).bound_seconds(t)
+            else:
+                bound = roofline(c.graph, t, "prefill", length, length).bound_seconds(t)
+            assert sim >= bound > 0, (e["file"], length, sim, bound)
+
+
+def test_report_json():
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "report", "llama2-7b", "--target", "u280", "--policy",
+                        "int4-g128", "--prefill", "128", "--decode", "512", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    rows = out["roofline"]
+    assert {r["stage"] for r in rows} == {"prefill", "decode"}
+    for r in rows:
+        assert {"op", "stage", "ops", "bytes", "intensity", "bound"} <= set(r) and r["bound"] in ("memory", "compute")
+    dec_linear = [r for r in rows if r["stage"] == "decode" and r["kind"] == "linear"]
+    assert len(dec_linear) == 224 and all(r["bound"] == "memory" for r in dec_linear)  # decode GEMV: memory-bound
+    for k in ("dsp", "lut", "ff", "bram", "uram"):
+        assert 0 < out["resources"][k]["used"] <= out["resources"][k]["capacity"]
+    assert out["resources"]["dsp"]["capacity"] == 9024
+    # the decode bound of int4 g128 weights alone is the HBM roofline of DESIGN.md (~135 tok/s)
+    weights = sum(r["bytes"] for r in rows if r["stage"] == "decode" and r["kind"] in ("linear", "lm_head"))
+    assert 125 < 460e9 / weights < 145

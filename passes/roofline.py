@@ -1,0 +1,160 @@
+"""Analyses: per-op roofline of a stage, accelerator resources, power and energy per token.
+
+Each is a function of the fused (quantized) graph and the Target, returning dataclasses whose
+rows add up. The roofline of an op: `ops` (2 per multiply-accumulate; one per element for
+special functions), `bytes` moved to or from memory (weights in their stored format, KV-cache
+rows, and for prefill the activations that leave the chip: none), intensity = ops / bytes, and
+the ideal time max(ops / peak ops of the unit that runs it, bytes / peak bandwidth); `bound` says
+which term wins. Matrix ops run on the engine (MV in decode, MM with operand packing in prefill),
+attention and the rest on the special-function unit, as the lowering does (passes/lower.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from llmfab.ir import Graph, OpKind
+from llmfab.ir.quant import QuantizedWeight
+from llmfab.ir.target import EngineMode, Target
+
+MATRIX_OPS = (OpKind.LINEAR, OpKind.LMHEAD)
+
+
+@dataclass(frozen=True)
+class RooflineRow:
+    op: str
+    kind: str
+    stage: str
+    ops: float
+    bytes: float
+    intensity: float
+    bound: str            # "memory" or "compute"
+    seconds: float        # ideal time on this unit
+
+
+@dataclass(frozen=True)
+class Roofline:
+    stage: str
+    tokens: int
+    context: int
+    rows: list[RooflineRow]
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.rows)
+
+    @property
+    def bytes(self) -> float:
+        return sum(r.bytes for r in self.rows)
+
+    def bound_seconds(self, t: Target) -> float:
+        """No schedule beats this: memory, engine and special-function unit each at their peak,
+        all three overlapping perfectly."""
+        bw = t.memory.channels * t.memory.channel_gbps * 1e9
+        mode = EngineMode.MM if self.stage == "prefill" else EngineMode.MV
+        engine = sum(r.ops for r in self.rows if r.kind in ("linear", "lm_head")) / (2 * t.peak_macs(mode))
+        sfu_peak = t.sfu.lanes * t.clock_mhz * 1e6
+        sfu = sum(r.ops / (2 if r.kind == "attention" else 1) for r in self.rows
+                  if r.kind not in ("linear", "lm_head")) / sfu_peak
+        return max(self.bytes / bw, engine, sfu)
+
+
+def _weight_bytes(g: Graph, const: str) -> float:
+    d = g.node(const).data
+    if isinstance(d, QuantizedWeight):
+        return d.storage_bits() / 8
+    return g.node(const).type.nbytes
+
+
+def roofline(g: Graph, t: Target, stage: str, tokens: int, context: int) -> Roofline:
+    """Ideal per-op times of one prefill of `tokens` tokens or one decode step at `context` keys."""
+    bw = t.memory.channels * t.memory.channel_gbps * 1e9
+    mode = EngineMode.MM if stage == "prefill" else EngineMode.MV
+    engine_ops = 2 * t.peak_macs(mode)
+    sfu_ops = t.sfu.lanes * t.clock_mhz * 1e6
+    seq = g.meta.get("seq_len", 1)
+    rows = []
+    for n in g.nodes():
+        if n.op in (OpKind.CONST, OpKind.INPUT, OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.CONCAT):
+            continue
+        per_token = math.prod(n.type.shape[:-1]) // max(seq, 1)
+        elems = per_token * tokens * n.type.shape[-1]
+        if n.op in MATRIX_OPS:
+            k = g.node(n.inputs[0]).type.shape[-1]
+            w = g.node(n.inputs[1]).data
+            kept = k * w.scheme.sparsity[0] // w.scheme.sparsity[1] if isinstance(w, QuantizedWeight) and w.scheme.sparsity else k
+            ops, nbytes, peak = 2.0 * elems * kept, _weight_bytes(g, n.inputs[1]), engine_ops
+        elif n.op is OpKind.ATTENTION:
+            a = n.attrs
+            d = g.node(n.inputs[0]).type.shape[-1]
+            keys = context if stage == "decode" else (tokens + 1) / 2    # causal prefill: half the keys
+            ops = 2.0 * 2 * a.num_heads * tokens * keys * d               # QK and PV
+            kv_rows = context if stage == "decode" else tokens
+            nbytes = 2.0 * a.num_kv_heads * kv_rows * (d + 4) * (1 if stage == "decode" else 2)  # read (+ write)
+            peak = 2 * sfu_ops                                            # a lane does a MAC per cycle
+        elif n.op is OpKind.EMBEDDING:
+            table = g.node(n.inputs[0])
+            ops, nbytes, peak = float(elems), _weight_bytes(g, table.name) / table.type.shape[0] * tokens, sfu_ops
+        else:
+            params = sum(g.node(i).type.numel * 4 for i in n.inputs if g.node(i).op is OpKind.CONST)
+            ops, nbytes, peak = float(elems) * (5 if n.op in (OpKind.RMSNORM, OpKind.LAYERNORM) else 1), float(params), sfu_ops
+        tc, tm = ops / peak, nbytes / bw
+        rows.append(RooflineRow(n.name, n.op.value, stage, ops, nbytes, ops / nbytes if nbytes else math.inf,
+                                "memory" if tm >= tc else "compute", max(tc, tm)))
+    return Roofline(stage, tokens, context, rows)
+
+
+@dataclass(frozen=True)
+class Resource:
+    used: float
+    capacity: float
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.capacity if self.capacity else math.inf
+
+
+# Per-unit estimates (documented; checked against synthesis in issue 6): a chain stage's sparse
+# multiplexer, operand registers and control; an SFU lane's datapath; DMA engines and controller.
+LUT_PER_STAGE, FF_PER_STAGE = 40, 70
+LUT_PER_LANE, FF_PER_LANE, DSP_PER_LANE = 600, 900, 2
+LUT_FIXED, FF_FIXED = 60_000, 90_000
+
+
+def resources(t: Target) -> dict[str, Resource]:
+    stages = t.engine.n_chains * t.engine.chain_len
+    lanes = t.sfu.lanes
+    uram_kb = 36.0
+    uram = sum(math.ceil(b.bytes / 1024 / uram_kb) for b in t.buffers if b.kind.value == "uram")
+    bram_bytes = sum(b.bytes for b in t.buffers if b.kind.value != "uram")
+    bram36 = math.ceil(bram_bytes / 1024 / 4.5)
+    dev = t.device
+    return {
+        "dsp": Resource(t.dsp_used + DSP_PER_LANE * lanes, dev.dsp),
+        "lut": Resource(LUT_PER_STAGE * stages + LUT_PER_LANE * lanes + LUT_FIXED, dev.lut),
+        "ff": Resource(FF_PER_STAGE * stages + FF_PER_LANE * lanes + FF_FIXED, dev.ff),
+        "bram": Resource(bram36, dev.bram_kb / 4.5),
+        "uram": Resource(uram, dev.uram),
+    }
+
+
+@dataclass(frozen=True)
+class Power:
+    static_w: float
+    dynamic_w: float
+    joules_per_token: float
+
+
+def power(t: Target, res: dict[str, Resource], seconds_per_token: float, bytes_per_token: float,
+          dsp_activity: float) -> Power:
+    p = t.power
+    mhz = t.clock_mhz
+    dyn = (p.dsp_mw_per_mhz * res["dsp"].used * dsp_activity + p.lut_mw_per_mhz * res["lut"].used * 0.1
+           + p.bram_mw_per_mhz * (res["bram"].used * 4.5 + res["uram"].used * 36.0) * 0.5) * mhz / 1e3
+    hbm_w = p.hbm_pj_per_bit * 1e-12 * bytes_per_token * 8 / seconds_per_token if seconds_per_token else 0.0
+    total = p.static_w + dyn + hbm_w
+    return Power(p.static_w, dyn + hbm_w, total * seconds_per_token)
+
+
+def to_json(r: Roofline) -> list[dict]:
+    return [asdict(x) | {"intensity": None if math.isinf(x.intensity) else x.intensity} for x in r.rows]
