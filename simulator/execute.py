@@ -9,22 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from llmfab.ir.fixed_point import from_fixed
-from llmfab.ir.isa import BufferId, Program
+from llmfab.ir.isa import BufferId
 from llmfab.ir.target import load_target
 from llmfab.passes.hbm_layout import Object
 
 from .functional import Machine
+from .run import program_for
 
 
 class ExecuteError(ValueError):
     pass
-
-
-def _program(build: Path, manifest: dict, stage: str, length: int) -> Program:
-    for e in manifest["programs"]:
-        if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1]:
-            return Program.from_bytes((build / e["file"]).read_bytes())
-    raise ExecuteError(f"{build}: no {stage} program for length {length} (max_len {manifest['max_len']})")
 
 
 def execute(build: str | Path, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, list[int]]:
@@ -53,7 +47,7 @@ def execute(build: str | Path, tokens: np.ndarray, generate: int = 0) -> tuple[n
         return np.frombuffer(machine.read_row(out, r), "<i4")[:vocab].astype(np.int64)
 
     machine.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
-    machine.run(_program(build, m, "prefill", ids.size), ids.size)
+    machine.run(program_for(build, m, "prefill", ids.size), ids.size)
     logits = np.stack([row(r) for r in range(ids.size)])
     generated = []
     last = logits[-1]
@@ -62,6 +56,6 @@ def execute(build: str | Path, tokens: np.ndarray, generate: int = 0) -> tuple[n
         generated.append(nxt)
         length = ids.size + len(generated)
         machine.write(BufferId.ACT, 0, np.array([nxt], "<i4").tobytes())
-        machine.run(_program(build, m, "decode", length), length)
+        machine.run(program_for(build, m, "decode", length), length)
         last = row(0)
     return from_fixed(logits).astype(np.float32)[None], generated

@@ -37,7 +37,8 @@ class SimReport:
         return asdict(self)
 
 
-def _program(build: Path, manifest: dict, stage: str, length: int) -> Program:
+def program_for(build: Path, manifest: dict, stage: str, length: int) -> Program:
+    """The program of `build` that serves `length` in `stage` (its bucket)."""
     for e in manifest["programs"]:
         if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1]:
             return Program.from_bytes((build / e["file"]).read_bytes())
@@ -55,9 +56,9 @@ def simulate(build: str | Path, prefill: int, decode: int) -> SimReport:
                             f"{manifest['max_len']} of {build}")
     target = load_target(manifest["target"]["name"])
     model = TimingModel(target)
-    ttft = model.run(_program(build, manifest, "prefill", prefill), prefill).seconds
+    ttft = model.run(program_for(build, manifest, "prefill", prefill), prefill).seconds
     contexts = sorted({prefill + 1, prefill + (decode + 1) // 2, prefill + decode})
-    steps: dict[int, Timing] = {c: model.run(_program(build, manifest, "decode", c), c) for c in contexts}
+    steps: dict[int, Timing] = {c: model.run(program_for(build, manifest, "decode", c), c) for c in contexts}
     # integrate seconds per step over contexts L+1 .. L+N, linear between the timed ones
     total = 0.0
     for ctx in range(prefill + 1, prefill + decode + 1):
