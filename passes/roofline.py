@@ -50,7 +50,7 @@ class Roofline:
     def bound_seconds(self, t: Target) -> float:
         """No schedule beats this: memory, engine and special-function unit each at their peak,
         all three overlapping perfectly."""
-        bw = t.memory.channels * t.memory.channel_gbps * 1e9
+        bw = t.memory.peak_gbps * 1e9
         mode = EngineMode.MM if self.stage == "prefill" else EngineMode.MV
         engine = sum(r.ops for r in self.rows if r.kind in ("linear", "lm_head")) / (2 * t.peak_macs(mode))
         sfu_peak = t.sfu.lanes * t.clock_mhz * 1e6
@@ -68,7 +68,7 @@ def _weight_bytes(g: Graph, const: str) -> float:
 
 def roofline(g: Graph, t: Target, stage: str, tokens: int, context: int) -> Roofline:
     """Ideal per-op times of one prefill of `tokens` tokens or one decode step at `context` keys."""
-    bw = t.memory.channels * t.memory.channel_gbps * 1e9
+    bw = t.memory.peak_gbps * 1e9
     mode = EngineMode.MM if stage == "prefill" else EngineMode.MV
     engine_ops = 2 * t.peak_macs(mode)
     sfu_ops = t.sfu.lanes * t.clock_mhz * 1e6

@@ -67,7 +67,7 @@ def simulate(build: str | Path, prefill: int, decode: int) -> SimReport:
         a, b = steps[lo].seconds, steps[hi].seconds
         total += a if hi == lo else a + (b - a) * (ctx - lo) / (hi - lo)
     mid = steps[contexts[len(contexts) // 2]]
-    peak = target.memory.channels * target.memory.channel_gbps * 1e9
+    peak = target.memory.peak_gbps * 1e9
     return SimReport(target.name, prefill, decode, ttft, decode / total, {c: s.seconds for c, s in steps.items()},
                      mid.hbm_utilization(target), mid.dsp_utilization(target), peak / mid.hbm_bytes,
                      mid.instructions)

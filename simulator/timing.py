@@ -43,7 +43,7 @@ class Timing:
     per_op: dict[str, float] = field(default_factory=dict)   # seconds of unit time per opcode/function
 
     def hbm_utilization(self, target: Target) -> float:
-        peak = target.memory.channels * target.memory.channel_gbps * 1e9
+        peak = target.memory.peak_gbps * 1e9
         return self.hbm_bytes / (self.seconds * peak) if self.seconds else 0.0
 
     def dsp_utilization(self, target: Target) -> float:

@@ -35,7 +35,7 @@ def _programs(build):
 def test_never_faster_than_the_memory_roofline(builds, kind):
     t = load_target("u280")
     model = TimingModel(t)
-    peak = t.memory.channels * t.memory.channel_gbps * 1e9
+    peak = t.memory.peak_gbps * 1e9
     for e, prog in _programs(builds[kind]):
         for length in {e["bucket"][0], (e["bucket"][0] + e["bucket"][1]) // 2, e["bucket"][1]}:
             st = model.run(prog, length)
