@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quant import MANT_BITS, QuantError, QuantizedWeight, QuantScheme
+from .quant import MANT_BITS, QuantError, QuantizedWeight, QuantScheme, kept
 
 MANT_FIELD_BITS = 16
 SHIFT_FIELD_BITS = 8
@@ -103,8 +103,7 @@ class PackedWeight:
                                  f"not {len(getattr(self, stream))}")
 
     def kept_per_row(self) -> int:
-        k = self.shape[1]
-        return k if self.scheme.sparsity is None else k * self.scheme.sparsity[0] // self.scheme.sparsity[1]
+        return kept(self.shape[1], self.scheme.sparsity)
 
     @property
     def nbytes(self) -> int:

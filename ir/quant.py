@@ -30,6 +30,11 @@ class QuantError(ValueError):
     pass
 
 
+def kept(k: int, pattern: tuple[int, int] | None) -> int:
+    """Weights kept of `k` along K under an N:M pattern (all of them when dense)."""
+    return k if pattern is None else k * pattern[0] // pattern[1]
+
+
 @dataclass(frozen=True)
 class QuantScheme:
     bits: int = 8
@@ -66,8 +71,7 @@ class QuantScheme:
     def storage_bits(self, n: int, k: int) -> int:
         """Exact bits of an [n, k] weight: codes, indices, scale mantissas and row shifts."""
         g = self.group_size(k)
-        kept = n * k * self.sparsity[0] // self.sparsity[1] if self.sparsity else n * k
-        return (kept * (self.bits + self.index_bits()) + n * (k // g) * SCALE_BITS_PER_GROUP
+        return (n * kept(k, self.sparsity) * (self.bits + self.index_bits()) + n * (k // g) * SCALE_BITS_PER_GROUP
                 + n * SHIFT_BITS_PER_ROW)
 
     @property

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmfab.ir import Graph, OpKind
-from llmfab.ir.quant import QuantizedWeight
+from llmfab.ir.quant import QuantizedWeight, kept
 
 from .quantize import weight_sites
 
@@ -102,17 +102,17 @@ def row_bytes(qw: QuantizedWeight) -> int:
     """Packed bytes of one output row (codes + indices + mantissas + shift)."""
     s = qw.scheme
     n, k = qw.shape
-    kept = k * s.sparsity[0] // s.sparsity[1] if s.sparsity else k
-    return -(-kept * s.bits // 8) + -(-kept * s.index_bits() // 8) + 2 * (k // qw.group) + 1
+    n_kept = kept(k, s.sparsity)
+    return -(-n_kept * s.bits // 8) + -(-n_kept * s.index_bits() // 8) + 2 * (k // qw.group) + 1
 
 
 def stream_offsets(qw: QuantizedWeight, rows: int) -> tuple[int, int, int, int]:
     """Offsets of the values, indices, mant (then shift) and bias streams in a tile of `rows` rows."""
     s = qw.scheme
     k = qw.shape[1]
-    kept = k * s.sparsity[0] // s.sparsity[1] if s.sparsity else k
-    values = -(-rows * kept * s.bits // 8)
-    indices = -(-rows * kept * s.index_bits() // 8)
+    n_kept = kept(k, s.sparsity)
+    values = -(-rows * n_kept * s.bits // 8)
+    indices = -(-rows * n_kept * s.index_bits() // 8)
     mant = 2 * rows * (k // qw.group)
     return 0, values, values + indices, values + indices + mant + rows
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmfab.ir.isa import BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, check_tokens, resolve_length
+from llmfab.ir.quant import kept
 
 
 class ProgramCheckError(ValueError):
@@ -42,15 +43,15 @@ def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
         n, k = f["n"], f["k"]
         m = f.get("m", 1)
         pat = f["sparsity"].pattern
-        kept = k * pat[0] // pat[1] if pat else k
+        n_kept = kept(k, pat)
         groups = k // min(f["group"].size or k, k)
-        out = [("weights", BufferId.WEIGHT, f["wbuf_addr"], f["wbuf_addr"] + -(-n * kept * f["bits"].bits // 8)),
+        out = [("weights", BufferId.WEIGHT, f["wbuf_addr"], f["wbuf_addr"] + -(-n * n_kept * f["bits"].bits // 8)),
                ("scales", BufferId.WEIGHT, f["scale_addr"], f["scale_addr"] + 2 * n * groups + n),
                ("activations", f["abuf"], f["a_addr"], f["a_addr"] + m * (k + 4)),
                ("outputs", f["obuf"], *_span(f["o_addr"], m, f.get("o_stride", 0) or 4 * n, 4 * n))]
         if pat:
             idx_bits = (pat[1] - 1).bit_length()
-            out.append(("indices", BufferId.WEIGHT, f["idx_addr"], f["idx_addr"] + -(-n * kept * idx_bits // 8)))
+            out.append(("indices", BufferId.WEIGHT, f["idx_addr"], f["idx_addr"] + -(-n * n_kept * idx_bits // 8)))
         if f["has_bias"]:
             out.append(("bias", BufferId.WEIGHT, f["bias_addr"], f["bias_addr"] + 4 * n))
         return out

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from llmfab.ir import Graph, OpKind
-from llmfab.ir.quant import QuantizedWeight
+from llmfab.ir.quant import QuantizedWeight, kept
 from llmfab.ir.target import EngineMode, Target
 
 MATRIX_OPS = (OpKind.LINEAR, OpKind.LMHEAD)
@@ -82,8 +82,8 @@ def roofline(g: Graph, t: Target, stage: str, tokens: int, context: int) -> Roof
         if n.op in MATRIX_OPS:
             k = g.node(n.inputs[0]).type.shape[-1]
             w = g.node(n.inputs[1]).data
-            kept = k * w.scheme.sparsity[0] // w.scheme.sparsity[1] if isinstance(w, QuantizedWeight) and w.scheme.sparsity else k
-            ops, nbytes, peak = 2.0 * elems * kept, _weight_bytes(g, n.inputs[1]), engine_ops
+            n_kept = kept(k, w.scheme.sparsity) if isinstance(w, QuantizedWeight) else k
+            ops, nbytes, peak = 2.0 * elems * n_kept, _weight_bytes(g, n.inputs[1]), engine_ops
         elif n.op is OpKind.ATTENTION:
             a = n.attrs
             d = g.node(n.inputs[0]).type.shape[-1]

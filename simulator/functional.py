@@ -16,6 +16,7 @@ from llmfab.ir.integer import (_shr_sat, int_add, int_gelu, int_layer_norm, int_
 from llmfab.ir.isa import CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, resolve_length
 from llmfab.ir.ops import GeluApprox
 from llmfab.ir.packing import unpack_bits
+from llmfab.ir.quant import kept
 
 
 class ExecutionError(RuntimeError):
@@ -123,14 +124,14 @@ def _matrix(m: Machine, i) -> None:
     bits = i["bits"].bits
     pat = i["sparsity"].pattern
     g = min(i["group"].size or k, k)
-    kept = k * pat[0] // pat[1] if pat else k
-    codes_k = unpack_bits(m.read(BufferId.WEIGHT, i["wbuf_addr"], -(-n * kept * bits // 8)), bits, n * kept)
+    n_kept = kept(k, pat)
+    codes_k = unpack_bits(m.read(BufferId.WEIGHT, i["wbuf_addr"], -(-n * n_kept * bits // 8)), bits, n * n_kept)
     codes = np.zeros((n, k), np.int64)
     if pat:
         ib = (pat[1] - 1).bit_length()
-        idx = unpack_bits(m.read(BufferId.WEIGHT, i["idx_addr"], -(-n * kept * ib // 8)), ib, n * kept, signed=False)
-        j = np.arange(n * kept) % kept                       # kept code j of its row: block j // N
-        codes[np.repeat(np.arange(n), kept), j // pat[0] * pat[1] + idx] = codes_k
+        idx = unpack_bits(m.read(BufferId.WEIGHT, i["idx_addr"], -(-n * n_kept * ib // 8)), ib, n * n_kept, signed=False)
+        j = np.arange(n * n_kept) % n_kept                       # kept code j of its row: block j // N
+        codes[np.repeat(np.arange(n), n_kept), j // pat[0] * pat[1] + idx] = codes_k
     else:
         codes[:] = codes_k.reshape(n, k)
     mant = np.frombuffer(m.read(BufferId.WEIGHT, i["scale_addr"], 2 * n * (k // g)), "<u2").astype(np.int64).reshape(n, k // g)

@@ -25,6 +25,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from llmfab.ir.isa import MiscFunc, Opcode, Program, SysFunc, resolve_length
+from llmfab.ir.quant import kept
 from llmfab.ir.target import Target
 
 LOAD, MATRIX, SFU, STORE = 1, 2, 4, 8          # queue bits, as in the ISA masks
@@ -72,11 +73,11 @@ class TimingModel:
             return begin, end
         if i.op in (Opcode.MV, Opcode.MM):
             pat = i["sparsity"].pattern
-            kept = i["k"] * pat[0] // pat[1] if pat else i["k"]
+            n_kept = kept(i["k"], pat)
             rows = i["m"] if i.op is Opcode.MM else 1
-            passes = -(-i["n"] // e.n_chains) * -(-kept // e.chain_len)
+            passes = -(-i["n"] // e.n_chains) * -(-n_kept // e.chain_len)
             tokens = -(-rows // (e.operand_packing if i.op is Opcode.MM else 1))
-            stats.macs += i["n"] * kept * rows
+            stats.macs += i["n"] * n_kept * rows
             return start, start + (passes * tokens + e.pipeline_depth) * self.cycle
         f = i["func"]
         elems = i["rows"] * max(i["cols"], 1)
