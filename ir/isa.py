@@ -505,10 +505,12 @@ class Program:
     def storage_bytes(self) -> int:
         return self.header_bytes + INST_BYTES * len(self.instructions)
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, encode_one=None) -> bytes:
+        """The program file; `encode_one` (default `encode`) lets a caller reuse encodings."""
+        enc = encode_one or encode
         name = self.name.encode()
         head = _PROGRAM_HEADER.pack(MAGIC, ISA_VERSION, self.header_bytes, len(self.instructions), len(name))
-        return (head + name).ljust(self.header_bytes, b"\0") + b"".join(encode(i) for i in self.instructions)
+        return (head + name).ljust(self.header_bytes, b"\0") + b"".join(enc(i) for i in self.instructions)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Program:

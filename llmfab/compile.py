@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmfab.ir import OpKind
-from llmfab.ir.isa import BufferId, Program, encode
+from llmfab.ir.isa import BufferId, encode
 from llmfab.ir.quant import QuantError
 from llmfab.ir.target import Target, load_target
 from llmfab.passes.auto_precision import assign
@@ -70,13 +69,7 @@ def _program_bytes(lowered: list[Lowered]) -> list[tuple[Lowered, bytes]]:
             b = cache[id(inst)] = encode(inst)
         return b
 
-    out = []
-    for low in lowered:
-        prog = low.program
-        head = bytearray(Program(prog.name, ()).to_bytes())
-        struct.pack_into("<I", head, 8, len(prog.instructions))  # the header's instruction count
-        out.append((low, bytes(head) + b"".join(enc(i) for i in prog.instructions)))
-    return out
+    return [(low, low.program.to_bytes(enc)) for low in lowered]
 
 
 def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int = 2048,
