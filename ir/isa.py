@@ -44,6 +44,7 @@ class Opcode(IntEnum):
     MM = 3
     MV = 4
     MISC = 5
+    ATTN = 6       # attention products on the matrix engine: the KV rows are its matrix operand
 
 
 class Queue(IntFlag):
@@ -129,14 +130,15 @@ class SysFunc(IntEnum):
 
 BROADCAST = 1   # MISC flag of ADD, MUL: src2 is one row, combined with every row of src
 CAUSAL = 1      # MISC flag of SOFTMAX: key t takes part in row r iff t <= (r mod period) + imm
-CONTINUE = 1    # MISC flag of ATTN_PV: start from the SFU's held sums instead of zero
-HOLD = 2        # MISC flag of ATTN_PV: keep the sums in the SFU, write nothing
+CONTINUE = 1    # ATTN flag of ATTN_PV: start from the engine's held sums instead of zero
+HOLD = 2        # ATTN flag of ATTN_PV: keep the sums in the engine, write nothing
 MISC_FLAGS = {MiscFunc.ADD: BROADCAST, MiscFunc.MUL: BROADCAST, MiscFunc.SOFTMAX: CAUSAL,
               MiscFunc.ATTN_PV: CONTINUE | HOLD}
 BARRIERS = (SysFunc.SYNC, SysFunc.SET_LEN, SysFunc.END)   # SYS functions that drain every queue
 
 QUEUE_OF = {Opcode.LD: Queue.LOAD, Opcode.ST: Queue.STORE, Opcode.MM: Queue.MATRIX,
-            Opcode.MV: Queue.MATRIX, Opcode.MISC: Queue.SFU, Opcode.SYS: None}
+            Opcode.MV: Queue.MATRIX, Opcode.MISC: Queue.SFU, Opcode.ATTN: Queue.MATRIX, Opcode.SYS: None}
+ATTN_FUNCS = (MiscFunc.ATTN_QK, MiscFunc.ATTN_PV)   # the functions of ATTN; MISC runs every other one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +268,8 @@ _MISC = (
     Field("dst_addr", 24, doc="result"),
     Field("src_stride", 20, doc="bytes between rows of src (0: natural pitch)"),
     Field("dst_stride", 20, doc="bytes between rows of dst (0: natural pitch)"),
+    Field("src2_pad", 8, doc="bytes after each src2 row beyond its natural pitch (ATTN: K/V rows padded "
+                             "to whole bytes per HBM channel)"),
 )
 _SYS = (
     Field("func", 4, enum=SysFunc, doc="NOP, SYNC (barrier), SET_LEN (LEN = imm; barrier), END (barrier, halt)"),
@@ -280,6 +284,7 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
     Opcode.MM: _layout(*_MM),
     Opcode.MV: _layout(*_MATRIX),
     Opcode.MISC: _layout(*_MISC),
+    Opcode.ATTN: _layout(*_MISC),     # MISC's fields: same operands, run by the matrix engine
 }
 _BY_NAME = {op: {f.name: f for f in fs} for op, fs in FIELDS.items()}
 _USED = {op: sum(((1 << f.bits) - 1) << f.offset for f in HEADER + fs) for op, fs in FIELDS.items()}
@@ -294,7 +299,7 @@ def lookup_field(op: Opcode, name: str) -> Field:
 
 # Rules between fields, beyond each field's range: (opcodes, holds(instruction), message(instruction)).
 Rule = tuple[tuple[Opcode, ...], Callable[["Instruction"], bool], Callable[["Instruction"], str]]
-_QUEUED = (Opcode.LD, Opcode.ST, Opcode.MM, Opcode.MV, Opcode.MISC)
+_QUEUED = (Opcode.LD, Opcode.ST, Opcode.MM, Opcode.MV, Opcode.MISC, Opcode.ATTN)
 RULES: tuple[Rule, ...] = (
     (_QUEUED, lambda i: not i.wait & QUEUE_OF[i.op],
      lambda i: f"may not wait on its own queue {QUEUE_OF[i.op].name}"),
@@ -303,7 +308,7 @@ RULES: tuple[Rule, ...] = (
     ((Opcode.SYS,), lambda i: i.wait == 0 and i.release == 0,
      lambda i: f"takes no tokens (it is executed by the controller), not wait={i.wait} release={i.release}"),
     ((Opcode.SYS, Opcode.MV), lambda i: not i.len_reg, lambda i: "has no length-parametric field: len_reg must be 0"),
-    ((Opcode.LD, Opcode.ST, Opcode.MISC), lambda i: i.len_reg or not i["len_pos"],
+    ((Opcode.LD, Opcode.ST, Opcode.MISC, Opcode.ATTN), lambda i: i.len_reg or not i["len_pos"],
      lambda i: "len_pos=1 needs len_reg=1"),
     ((Opcode.LD, Opcode.ST), lambda i: i["channels"] >= 1, lambda i: "channels must be at least 1, not 0"),
     ((Opcode.LD, Opcode.ST), lambda i: i["channel"] + i["channels"] <= HBM_CHANNELS,
@@ -314,7 +319,11 @@ RULES: tuple[Rule, ...] = (
      lambda i: f"idx_addr must be 0 for a dense weight, not {i['idx_addr']}"),
     ((Opcode.MM, Opcode.MV), lambda i: i["has_bias"] or not i["bias_addr"],
      lambda i: f"bias_addr must be 0 without has_bias, not {i['bias_addr']}"),
-    ((Opcode.MISC,), lambda i: not i["flags"] & ~MISC_FLAGS.get(i["func"], 0),
+    ((Opcode.MISC,), lambda i: i["func"] not in ATTN_FUNCS,
+     lambda i: f"func {i['func'].name} runs on the matrix engine: use ATTN, not MISC"),
+    ((Opcode.ATTN,), lambda i: i["func"] in ATTN_FUNCS,
+     lambda i: f"func must be ATTN_QK or ATTN_PV, not {i['func'].name} (the SFU runs it: use MISC)"),
+    ((Opcode.MISC, Opcode.ATTN), lambda i: not i["flags"] & ~MISC_FLAGS.get(i["func"], 0),
      lambda i: f"flags={i['flags']:#x} are not defined for {i['func'].name} "
                f"(allowed mask {MISC_FLAGS.get(i['func'], 0):#x})"),
 )
@@ -445,6 +454,7 @@ LENGTH_FIELD = {
     (Opcode.ST, 0): ("rows", None), (Opcode.ST, 1): ("hbm_addr", "hbm_stride"),
     (Opcode.MM, 0): ("m", None),
     (Opcode.MISC, 0): ("cols", None), (Opcode.MISC, 1): ("imm", None),
+    (Opcode.ATTN, 0): ("cols", None), (Opcode.ATTN, 1): ("imm", None),
 }
 
 
@@ -593,7 +603,7 @@ class ProgramBuilder:
         return self.emit(Opcode.MV, **kw)
 
     def misc(self, func: MiscFunc, **kw) -> int:
-        return self.emit(Opcode.MISC, func=func, **kw)
+        return self.emit(Opcode.ATTN if func in ATTN_FUNCS else Opcode.MISC, func=func, **kw)
 
     def sync(self) -> int:
         return self.emit(Opcode.SYS, func=SysFunc.SYNC)

@@ -145,7 +145,9 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         programs.append((name, data))
         entries.append({"stage": b.stage.value, "bucket": [b.lo, b.hi], "file": name,
                         "instructions": len(low.program.instructions), "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest()})
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        # where each layer (or other top-level op) starts, for per-layer timing
+                        "sections": [[start, label] for start, label in low.sections]})
     images = []
     if has_data:
         for ch, img in enumerate(channel_images(g, lay)):

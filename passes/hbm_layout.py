@@ -90,10 +90,17 @@ class HbmLayout:
         return sum(self.used)
 
 
-def kv_channels(row: int, channels: int) -> int:
-    """The most channels (a power of two dividing `channels`) that split a KV row evenly."""
+MAX_ROW_PADDING = 1.25   # a row may grow this much to spread over more channels
+
+
+def kv_channels(row: int, channels: int, max_padding: float | None = None) -> int:
+    """The most channels (a power of two dividing `channels`) that a row of `row` bytes spreads over,
+    padded to whole bytes per channel by at most `max_padding`: a KV tile load then uses (nearly)
+    every channel, instead of the few that divide the row (132-byte LLaMA rows: 32 channels of 5
+    bytes, 160 bytes, rather than 4 of 33)."""
+    limit = (MAX_ROW_PADDING if max_padding is None else max_padding) * row
     c = 1
-    while c * 2 <= channels and channels % (c * 2) == 0 and row % (c * 2) == 0:
+    while c * 2 <= channels and channels % (c * 2) == 0 and -(-row // (c * 2)) * c * 2 <= limit:
         c *= 2
     return c
 
@@ -185,7 +192,7 @@ def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, ti
         lay.kv[a.attrs.layer] = [KVHead(lay.alloc(4 + dh, padded, c, group=h), lay.alloc(4 + dh, padded, c, group=h))
                                  for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
-    lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels))  # a row per prompt position
+    lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels, 1.0))  # a row per prompt position, unpadded
     worst = max(lay.used)
     if worst > channel_capacity:
         need, have = sum(lay.used), channel_capacity * channels

@@ -17,7 +17,7 @@ token), which is the order the attention functions and RoPE read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,7 +31,8 @@ from .hbm_layout import HbmLayout, LayoutError, Object
 from .tokens import TokenTracker
 
 LOAD, MATRIX, SFU, STORE = 0, 1, 2, 3
-QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU}
+QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU,
+            Opcode.ATTN: MATRIX}
 ACT, SCRATCH, KV, WEIGHT = BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT
 IDS_ADDR = 0      # the host writes the step's token ids (int32, one per row) at the start of the act buffer
 
@@ -95,6 +96,13 @@ class Lowered:
     program: Program
     peak: dict[str, int]         # bytes used per on-chip buffer
     pass_ends: list[int]         # instruction index after each pass (prefill: one per row tile)
+    sections: list[tuple[int, str]] = field(default_factory=list)   # (first instruction, "layers.N" or op)
+
+
+def section_of(node_name: str) -> str:
+    """The part of the model a node belongs to, for per-layer reports: `layers.N`, else its name."""
+    parts = node_name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() else node_name
 
 
 class Lowerer:
@@ -173,12 +181,19 @@ class Lowerer:
         else:
             passes = [(b.step, t * b.step, (t + 1) * b.step) for t in range(b.tiles)]
         self.pass_ends: list[int] = []
+        self.sections: list[tuple[int, str]] = []
         nodes = [n for n in self.g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)]
         for rows, first, keys in passes:
             self.p_rows, self.p_first, self.p_keys = rows, first, keys
             self.left = {n.name: len(self.g.users(n.name)) for n in self.g.nodes()}
             self.view = {}
+            label = None
             for node in nodes:
+                if section_of(node.name) != label:       # a new layer (each pass starts anew)
+                    label = section_of(node.name)
+                    if self.sections and self.sections[-1][0] == len(self.ops):
+                        self.sections.pop()              # the previous section emitted nothing
+                    self.sections.append((len(self.ops), label))
                 try:
                     LOWER[node.op](self, node)
                 except KeyError:
@@ -192,7 +207,7 @@ class Lowerer:
         for (op, fields, len_field), wait, release in zip(self.ops, self.tokens.wait, self.tokens.release):
             insts.append(self._instruction(op, fields, len_field, wait, release))
         peak = {"act": self.act.peak, "scratch": self.scratch.peak}
-        return Lowered(b, Program(b.name, tuple(insts)), peak, self.pass_ends)
+        return Lowered(b, Program(b.name, tuple(insts)), peak, self.pass_ends, self.sections)
 
     def _instruction(self, op, fields, len_field, wait, release) -> Instruction:
         len_reg = False
@@ -333,10 +348,12 @@ def _embedding(lw: Lowerer, node) -> None:
             dst_buf=ACT, dst_addr=dst)
 
 
-def _quant_rows(lw: Lowerer, src: str, key, rows: int, cols: int, offset: int = 0) -> int:
-    at = lw.scratch.alloc(key, rows * (cols + 4), f"int8 rows of {src!r}")
+def _quant_rows(lw: Lowerer, src: str, key, rows: int, cols: int, offset: int = 0, pitch: int = 0) -> int:
+    """Quantize `rows` rows into scratch, `pitch` bytes apart (0: the natural 4 + cols)."""
+    at = lw.scratch.alloc(key, rows * (pitch or cols + 4), f"int8 rows of {src!r}")
     lw.emit(Opcode.MISC, [("act", lw.key(src))], [("scratch", key)], func=MiscFunc.QUANT_ROWS, rows=rows, cols=cols,
-            src_buf=ACT, src_addr=lw.addr(src) + offset, dst_buf=SCRATCH, dst_addr=at)
+            src_buf=ACT, src_addr=lw.addr(src) + offset, dst_buf=SCRATCH, dst_addr=at,
+            dst_stride=pitch if pitch != cols + 4 else 0)
     return at
 
 
@@ -385,7 +402,8 @@ def _attention(lw: Lowerer, node) -> None:
     s = lw.p_rows
     rep = a.num_heads // a.num_kv_heads
     decode = lw.bucket.stage is Stage.DECODE
-    qrow = 4 + dh
+    qrow = heads_kv[0].k.row_bytes                      # 4 + dh, padded to whole bytes per HBM channel
+    pad = qrow - (4 + dh)
     step = lw.half["kv"] // qrow                        # keys per KV tile: as many as half the buffer holds
     if decode:
         step = min(step, lw.bucket.step)                # (a decode bucket spans one tile)
@@ -398,7 +416,7 @@ def _attention(lw: Lowerer, node) -> None:
     tile_no = 0 if decode else lw.p_first // lw.p_rows   # (a decode step writes one row, reads all)
     for name, src in (("k", k), ("v", v)):
         key = (node.name, name)
-        at = _quant_rows(lw, src, key, a.num_kv_heads * s, dh)
+        at = _quant_rows(lw, src, key, a.num_kv_heads * s, dh, pitch=qrow)
         for h, kvh in enumerate(heads_kv):
             obj = kvh.k if name == "k" else kvh.v
             lw.dma(Opcode.ST, obj, lw.p_first, s, SCRATCH, at + h * s * qrow, reads=[("scratch", key)],
@@ -406,6 +424,7 @@ def _attention(lw: Lowerer, node) -> None:
         lw.scratch.free(key)
     qkey = (node.name, "q")
     qat = _quant_rows(lw, q, qkey, rows, dh)
+    q_row = 4 + dh
     dst = lw.new_act(node.name)
     width = 4 * lw.p_keys                               # bytes of one row of scores
     scale = int(np.floor(a.scale * 2 ** 16 + 0.5))
@@ -424,10 +443,11 @@ def _attention(lw: Lowerer, node) -> None:
         g_rows = rep * s
         skey = (node.name, "scores", h)
         sat = lw.scratch.alloc(skey, g_rows * width, f"attention scores of {node.name!r}")
-        q_at = qat + h * g_rows * qrow
+        q_at = qat + h * g_rows * q_row
         for j, n_keys, last, at, half in kv_tiles(kvh.k, "k", h):
-            lw.emit(Opcode.MISC, [("kv", half), ("scratch", qkey)], [("scratch", skey)],
+            lw.emit(Opcode.ATTN, [("kv", half), ("scratch", qkey)], [("scratch", skey)],
                     "cols" if last else None, func=MiscFunc.ATTN_QK, rows=g_rows, cols=n_keys, depth=dh, imm=scale,
+                    src2_pad=pad,
                     src_buf=SCRATCH, src_addr=q_at, src2_buf=KV, src2_addr=at, dst_buf=SCRATCH,
                     dst_addr=sat + 4 * j * step, dst_stride=width)
         lw.emit(Opcode.MISC, [("scratch", skey)], [("scratch", skey)], "cols" if decode else None,
@@ -436,8 +456,9 @@ def _attention(lw: Lowerer, node) -> None:
                 dst_buf=SCRATCH, dst_addr=sat, dst_stride=width)
         for j, n_keys, last, at, half in kv_tiles(kvh.v, "v", h):
             flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)
-            lw.emit(Opcode.MISC, [("kv", half), ("scratch", skey)], [("act", node.name)],
+            lw.emit(Opcode.ATTN, [("kv", half), ("scratch", skey)], [("act", node.name)],
                     "cols" if last else None, func=MiscFunc.ATTN_PV, rows=g_rows, cols=n_keys, depth=dh, flags=flags,
+                    src2_pad=pad,
                     src_buf=SCRATCH, src_addr=sat + 4 * j * step, src_stride=width, src2_buf=KV, src2_addr=at,
                     dst_buf=ACT, dst_addr=dst + 4 * h * g_rows * dh)
         lw.scratch.free(skey)
@@ -471,5 +492,5 @@ def prefill_programs(g: Graph, lay: HbmLayout, eng: Engine, buckets: list[Bucket
     for b in sorted(buckets, key=lambda b: b.hi):
         cut = big.pass_ends[b.tiles - 1]
         prog = Program(b.name, big.program.instructions[:cut] + (end,))
-        out.append(Lowered(b, prog, big.peak, big.pass_ends[:b.tiles]))
+        out.append(Lowered(b, prog, big.peak, big.pass_ends[:b.tiles], [s for s in big.sections if s[0] < cut]))
     return out

@@ -55,15 +55,15 @@ def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
         if f["has_bias"]:
             out.append(("bias", BufferId.WEIGHT, f["bias_addr"], f["bias_addr"] + 4 * n))
         return out
-    if i.op is Opcode.MISC:
+    if i.op in (Opcode.MISC, Opcode.ATTN):
         fn, rows, cols, depth = f["func"], f["rows"], f["cols"], f["depth"]
         src_row = {MiscFunc.COPY: cols, MiscFunc.ATTN_QK: 4 + depth, MiscFunc.EMBED: f["src_stride"]}.get(fn, 4 * cols)
         dst_row = {MiscFunc.COPY: cols, MiscFunc.QUANT_ROWS: 4 + cols, MiscFunc.ATTN_PV: 4 * depth}.get(fn, 4 * cols)
         out = [("src", f["src_buf"], *_span(f["src_addr"], rows, f["src_stride"] or src_row, src_row)),
                ("dst", f["dst_buf"], *_span(f["dst_addr"], rows, f["dst_stride"] or dst_row, dst_row))]
         src2 = {MiscFunc.ADD: rows * 4 * cols, MiscFunc.MUL: rows * 4 * cols, MiscFunc.RMSNORM: 4 * cols,
-                MiscFunc.LAYERNORM: 8 * cols, MiscFunc.ATTN_QK: cols * (4 + depth),
-                MiscFunc.ATTN_PV: cols * (4 + depth),
+                MiscFunc.LAYERNORM: 8 * cols, MiscFunc.ATTN_QK: cols * (4 + depth + f["src2_pad"]),
+                MiscFunc.ATTN_PV: cols * (4 + depth + f["src2_pad"]),
                 MiscFunc.ROPE: 8 * depth * (f["imm"] + (f["period"] or rows))}.get(fn)
         if src2 is not None:
             out.append(("src2", f["src2_buf"], f["src2_addr"], f["src2_addr"] + src2))

@@ -6,7 +6,8 @@ special functions), `bytes` moved to or from memory (weights in their stored for
 rows, and for prefill the activations that leave the chip: none), intensity = ops / bytes, and
 the ideal time max(ops / peak ops of the unit that runs it, bytes / peak bandwidth); `bound` says
 which term wins. Matrix ops run on the engine (MV in decode, MM with operand packing in prefill),
-attention and the rest on the special-function unit, as the lowering does (passes/lower.py).
+so do attention's QK and PV products (ATTN, no operand packing; its softmax is not counted), the
+rest on the special-function unit, as the lowering does (passes/lower.py).
 """
 from __future__ import annotations
 
@@ -52,10 +53,10 @@ class Roofline:
         all three overlapping perfectly."""
         bw = t.memory.peak_gbps * 1e9
         mode = EngineMode.MM if self.stage == "prefill" else EngineMode.MV
-        engine = sum(r.ops for r in self.rows if r.kind in ("linear", "lm_head")) / (2 * t.peak_macs(mode))
+        engine = (sum(r.ops for r in self.rows if r.kind in ("linear", "lm_head")) / (2 * t.peak_macs(mode))
+                  + sum(r.ops for r in self.rows if r.kind == "attention") / (2 * t.peak_macs(EngineMode.MV)))
         sfu_peak = t.sfu.lanes * t.clock_mhz * 1e6
-        sfu = sum(r.ops / (2 if r.kind == "attention" else 1) for r in self.rows
-                  if r.kind not in ("linear", "lm_head")) / sfu_peak
+        sfu = sum(r.ops for r in self.rows if r.kind not in ("linear", "lm_head", "attention")) / sfu_peak
         return max(self.bytes / bw, engine, sfu)
 
 
@@ -91,7 +92,7 @@ def roofline(g: Graph, t: Target, stage: str, tokens: int, context: int) -> Roof
             ops = 2.0 * 2 * a.num_heads * tokens * keys * d               # QK and PV
             kv_rows = context if stage == "decode" else tokens
             nbytes = 2.0 * a.num_kv_heads * kv_rows * (d + 4) * (1 if stage == "decode" else 2)  # read (+ write)
-            peak = 2 * sfu_ops                                            # a lane does a MAC per cycle
+            peak = 2 * t.peak_macs(EngineMode.MV)                         # ATTN: no operand packing
         elif n.op is OpKind.EMBEDDING:
             table = g.node(n.inputs[0])
             ops, nbytes, peak = float(elems), _weight_bytes(g, table.name) / table.type.shape[0] * tokens, sfu_ops

@@ -177,7 +177,7 @@ def _misc(m: Machine, i) -> None:
     if f is MiscFunc.ATTN_QK:
         d = i["depth"]
         q, mq, eq = m.qrows(*src, rows, d, ss)
-        k, mk, ek = m.qrows(i["src2_buf"], i["src2_addr"], cols, d)
+        k, mk, ek = m.qrows(i["src2_buf"], i["src2_addr"], cols, d, 4 + d + i["src2_pad"])
         dot = q @ k.T
         t1 = rshr(dot * mk[None, :], ek[None, :])
         t2 = _shr_sat(t1 * mq[:, None], eq[:, None], 47)
@@ -186,7 +186,7 @@ def _misc(m: Machine, i) -> None:
     if f is MiscFunc.ATTN_PV:
         d = i["depth"]
         p = m.i32(*src, rows, cols, ss)
-        v, mv, ev = m.qrows(i["src2_buf"], i["src2_addr"], cols, d)
+        v, mv, ev = m.qrows(i["src2_buf"], i["src2_addr"], cols, d, 4 + d + i["src2_pad"])
         part = rshr(p * mv[None, :], ev[None, :]) @ v
         acc = (m.held if i["flags"] & CONTINUE else 0) + part
         if i["flags"] & HOLD:
@@ -227,4 +227,5 @@ def _misc(m: Machine, i) -> None:
     m.put_i32(*dst, y, ds)
 
 
-EXEC = {Opcode.LD: _dma, Opcode.ST: _dma, Opcode.MM: _matrix, Opcode.MV: _matrix, Opcode.MISC: _misc}
+EXEC = {Opcode.LD: _dma, Opcode.ST: _dma, Opcode.MM: _matrix, Opcode.MV: _matrix, Opcode.MISC: _misc,
+        Opcode.ATTN: _misc}

@@ -9,18 +9,23 @@ SET_LEN and END wait for every queue to drain.
 
 Units (all numbers from the Target):
 - memory: each pseudo-channel serves one transfer at a time at min(channel, port) x efficiency
-  GB/s; a transfer striped over C channels starts when all are free; each row costs a burst set-up
-  (`BURST_NS`) besides its bytes; the LD and ST queues issue in order but keep transfers on
+  GB/s; a transfer striped over C channels starts when all are free; each AXI burst costs a set-up
+  (`BURST_NS`) besides its bytes, and a burst covers at most 4 KiB of contiguous bytes (AXI4: no
+  burst crosses a 4 KiB boundary), so rows that lie back to back in a channel (stride = row bytes,
+  as the KV cache and weight tiles do) share bursts while strided rows pay one each; the LD and ST queues issue in order but keep transfers on
   different channels in flight (outstanding AXI transactions), completing (and releasing their
   tokens) when their bytes have moved;
 - matrix engine (MV): `n_chains` rows at a time, each chain consuming `chain_len` kept weights
   per cycle (N:M sparsity: only the kept weights take cycles); MM: the same per token row, with
-  `operand_packing` rows sharing a multiplier; plus the chain's pipeline depth;
-- special-function unit: `lanes` elements per cycle plus its latency; attention functions count
-  one element per multiply (rows x keys x head dim).
+  `operand_packing` rows sharing a multiplier; plus the chain's pipeline depth; ATTN: ATTN_QK as MV
+  passes with the keys as weight rows (each chain reduces one key over the head dimension), ATTN_PV
+  with the head dimension as rows (each chain reduces one output element over the keys), once per
+  query row;
+- special-function unit: `lanes` elements per cycle plus its latency.
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass, field
 
@@ -29,8 +34,10 @@ from llmfab.ir.quant import kept
 from llmfab.ir.target import Target
 
 LOAD, MATRIX, SFU, STORE = 1, 2, 4, 8          # queue bits, as in the ISA masks
-QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU}
-BURST_NS = 20.0                                  # per row of a transfer: address phase and turnaround
+QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU,
+            Opcode.ATTN: MATRIX}
+BURST_NS = 20.0                                  # per AXI burst: address phase and turnaround
+AXI_BURST_BYTES = 4096                           # AXI4 bursts never cross a 4 KiB boundary
 DMA_ISSUE_CYCLES = 4                             # a DMA descriptor's issue time
 
 
@@ -42,6 +49,25 @@ class Timing:
     macs: int = 0
     instructions: int = 0
     per_op: dict[str, float] = field(default_factory=dict)   # seconds of unit time per opcode/function
+    # per executed instruction: (index in the program, queue bit, opcode or function, begin s, end s)
+    spans: list[tuple[int, int, str, float, float]] = field(default_factory=list)
+
+    def sections(self, starts: list[tuple[int, str]]) -> dict[str, float]:
+        """Seconds each section (a layer, from the manifest's `sections`) adds to the run: from the
+        moment everything before it has finished to the moment it has; summed per label."""
+        firsts = [s for s, _ in starts]
+        out: dict[str, float] = {}
+        finish = [0.0] * len(starts)
+        for idx, _, _, _, end in self.spans:
+            k = bisect.bisect_right(firsts, idx) - 1
+            if k >= 0:
+                finish[k] = max(finish[k], end)
+        done = 0.0
+        for (_, label), f in zip(starts, finish):
+            f = max(f, done)
+            out[label] = out.get(label, 0.0) + f - done
+            done = f
+        return out
 
     def hbm_utilization(self, target: Target) -> float:
         peak = target.memory.peak_gbps * 1e9
@@ -66,7 +92,11 @@ class TimingModel:
             chans = range(i["channel"], i["channel"] + i["channels"])
             begin = max([start] + [channel_free[c] for c in chans])
             per_channel = i["rows"] * i["row_bytes"]
-            end = begin + per_channel / self.channel_bps + i["rows"] * BURST_NS * 1e-9
+            if i["hbm_stride"] == i["row_bytes"] and not i["indirect"]:      # one contiguous run per channel
+                bursts = -(-per_channel // AXI_BURST_BYTES)
+            else:
+                bursts = i["rows"] * -(-i["row_bytes"] // AXI_BURST_BYTES)
+            end = begin + per_channel / self.channel_bps + bursts * BURST_NS * 1e-9
             for c in chans:
                 channel_free[c] = end
             stats.hbm_bytes += per_channel * i["channels"]
@@ -80,10 +110,13 @@ class TimingModel:
             stats.macs += i["n"] * n_kept * rows
             return start, start + (passes * tokens + e.pipeline_depth) * self.cycle
         f = i["func"]
+        if i.op is Opcode.ATTN:
+            n, k = (i["cols"], i["depth"]) if f is MiscFunc.ATTN_QK else (i["depth"], i["cols"])
+            passes = -(-n // e.n_chains) * -(-k // e.chain_len) * i["rows"]
+            stats.macs += i["rows"] * i["cols"] * i["depth"]
+            return start, start + (passes + e.pipeline_depth) * self.cycle
         elems = i["rows"] * max(i["cols"], 1)
-        if f in (MiscFunc.ATTN_QK, MiscFunc.ATTN_PV):
-            elems *= max(i["depth"], 1)
-        elif f is MiscFunc.COPY:
+        if f is MiscFunc.COPY:
             elems = i["rows"] * -(-i["cols"] // 4)
         return start, start + (-(-elems // t.sfu.lanes) + t.sfu.latency_cycles) * self.cycle
 
@@ -96,7 +129,7 @@ class TimingModel:
         done = 0.0                                         # when everything issued so far has finished
         dma_end = {LOAD: 0.0, STORE: 0.0}
         barrier = 0.0
-        for inst in program.instructions:
+        for index, inst in enumerate(program.instructions):
             i = resolve_length(inst, length)
             stats.instructions += 1
             if i.op is Opcode.SYS:
@@ -125,8 +158,9 @@ class TimingModel:
             else:
                 queue_free[q] = end
                 stats.busy[q] += end - begin
-            key = i.op.name if i.op is not Opcode.MISC else i["func"].name
+            key = i["func"].name if i.op in (Opcode.MISC, Opcode.ATTN) else i.op.name
             stats.per_op[key] = stats.per_op.get(key, 0.0) + end - begin
+            stats.spans.append((index, q, key, begin, end))
             done = max(done, end)
             for dst in (LOAD, MATRIX, SFU, STORE):
                 if i.release & dst:

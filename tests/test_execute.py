@@ -128,3 +128,26 @@ def test_execute_needs_weights(tmp_path):
     write_build(compile_model(str(cfg), "sim-small", max_len=8), tmp_path / "build")
     with pytest.raises(ExecuteError, match=r"a config-only build has no weight images to execute$"):
         execute(tmp_path / "build", np.array([1, 2]))
+
+
+def test_kv_rows_padded_over_many_channels(tmp_path, monkeypatch):
+    """KV rows spread over more channels than divide them (padded per channel, ATTN's src2_pad):
+    still bit for bit. 12-byte rows (head_dim 8) over 8 channels of 2 bytes: 16-byte rows."""
+    from llmfab.passes import hbm_layout
+    text = (load_target.__globals__["_bundled_dir"]() / "sim-small.yaml").read_text()
+    spec = tmp_path / "eight-channels.yaml"
+    spec.write_text(text.replace("name: sim-small", "name: eight-channels").replace("  channels: 1\n", "  channels: 8\n"))
+    monkeypatch.setattr(hbm_layout, "MAX_ROW_PADDING", 1.5)
+    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), str(spec), max_len=MAX_LEN, policy="int8")
+    kv = c.layout.kv[0][0].k
+    assert (kv.channels, kv.row_bytes) == (8, 16)
+    attn = [i for p in c.programs for i in Program.from_bytes(p[1]).instructions if i.op.name == "ATTN"]
+    assert attn and all(i["src2_pad"] == 4 for i in attn)
+    ids = np.array([3, 77, 12, 5, 90, 41])
+    m = _machine(c, str(spec))
+    m.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
+    m.run(_program(c, "prefill", len(ids)), len(ids))
+    assert np.array_equal(_logits(m, c, len(ids), 128), _reference(c, "llama_ts_op14", ids))
+    m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
+    m.run(_program(c, "decode", len(ids) + 1), len(ids) + 1)
+    assert np.array_equal(_logits(m, c, 1, 128)[0], _reference(c, "llama_ts_op14", np.append(ids, 7))[len(ids)])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmfab.ir.isa import (BARRIERS, BROADCAST, CAUSAL, CONTINUE, FIELDS, HEADER, HEADER_BITS, HOLD, INST_BITS,
+from llmfab.ir.isa import (ATTN_FUNCS, BARRIERS, BROADCAST, CAUSAL, CONTINUE, FIELDS, HEADER, HEADER_BITS, HOLD, INST_BITS,
                            INST_BYTES, MISC_FLAGS, QUEUE_OF, BufferId, Group, Instruction, IsaError, MiscFunc,
                            Opcode, Program, ProgramBuilder, Queue, Sparsity, SysFunc, WeightBits, check_tokens,
                            decode, disassemble, encode, field_table, is_barrier, lookup_field, make, queue_of,
@@ -43,8 +43,10 @@ def legalize(op: Opcode, wait: int, release: int, len_reg: bool, fields: dict) -
     if op in (Opcode.MM, Opcode.MV):
         f["idx_addr"] = f["idx_addr"] if f["sparsity"] else 0
         f["bias_addr"] = f["bias_addr"] if f["has_bias"] else 0
-    if op is Opcode.MISC:
-        f["flags"] &= MISC_FLAGS.get(MiscFunc(f["func"]), 0)
+    if op in (Opcode.MISC, Opcode.ATTN):
+        funcs = ATTN_FUNCS if op is Opcode.ATTN else [m for m in MiscFunc if m not in ATTN_FUNCS]
+        f["func"] = funcs[f["func"] % len(funcs)]
+        f["flags"] &= MISC_FLAGS.get(f["func"], 0)
     return Instruction(op, wait, release, len_reg, f)
 
 
@@ -182,7 +184,18 @@ def test_decoded_enums_and_signed_values():
 def test_misc_flags_per_function():
     for func in MiscFunc:
         allowed = MISC_FLAGS.get(func, 0)
-        assert make(Opcode.MISC, func=func, flags=allowed)["flags"] == allowed
+        op = Opcode.ATTN if func in ATTN_FUNCS else Opcode.MISC
+        assert make(op, func=func, flags=allowed)["flags"] == allowed
+
+
+def test_attention_functions_run_on_the_matrix_engine():
+    for func in ATTN_FUNCS:
+        assert make(Opcode.ATTN, func=func).queue is Queue.MATRIX
+        with pytest.raises(IsaError, match=rf"^MISC: func {func.name} runs on the matrix engine: use ATTN, not MISC$"):
+            make(Opcode.MISC, func=func)
+    with pytest.raises(IsaError, match=r"^ATTN: func must be ATTN_QK or ATTN_PV, not SOFTMAX \(the SFU runs it: use MISC\)$"):
+        make(Opcode.ATTN, func=MiscFunc.SOFTMAX)
+    assert make(Opcode.MISC, func=MiscFunc.SOFTMAX).queue is Queue.SFU
     assert MISC_FLAGS[MiscFunc.ATTN_PV] == CONTINUE | HOLD and MISC_FLAGS[MiscFunc.SOFTMAX] == CAUSAL
     assert MISC_FLAGS[MiscFunc.ADD] == MISC_FLAGS[MiscFunc.MUL] == BROADCAST
 
@@ -256,15 +269,15 @@ def test_rejections_name_the_problem(call, msg):
         call()
 
 
-@pytest.mark.parametrize("code", [6, 7])
+@pytest.mark.parametrize("code", [7])
 def test_decode_rejects_unknown_opcodes(code):
-    with pytest.raises(IsaError, match=r"^unknown opcode \d \(known: SYS=0, LD=1, ST=2, MM=3, MV=4, MISC=5\)$"):
+    with pytest.raises(IsaError, match=r"^unknown opcode \d \(known: SYS=0, LD=1, ST=2, MM=3, MV=4, MISC=5, ATTN=6\)$"):
         decode(bytes([code]) + bytes(INST_BYTES - 1))
 
 
 @pytest.mark.parametrize("op, bit", [(Opcode.LD, 255), (Opcode.LD, 12), (Opcode.ST, 185), (Opcode.LD, 216),
                                      (Opcode.MV, 63), (Opcode.MV, 208), (Opcode.MM, 244), (Opcode.MISC, 131),
-                                     (Opcode.MISC, 248), (Opcode.SYS, 20)])
+                                     (Opcode.ATTN, 133), (Opcode.SYS, 20)])
 def test_decode_rejects_reserved_bits(op, bit):
     w = word(legalize(op, 0, 0, False, {f.name: 0 for f in FIELDS[op]})) | 1 << bit
     with pytest.raises(IsaError, match=rf"^{op.name} instruction has nonzero reserved bits \({bit}\)$"):
@@ -320,7 +333,7 @@ buf_addr=0 buf_stride=4096 rows=64 row_bytes=1024 len_pos=0 indirect=0 ids_buf=W
 accumulate=0 abuf=ACT obuf=SCRATCH wbuf_addr=0 idx_addr=0 scale_addr=65536 bias_addr=0 a_addr=0 o_addr=256
      3  MISC wait=M    release=S    len  func=SOFTMAX flags=0 len_pos=0 src_buf=SCRATCH src2_buf=WEIGHT \
 imm=0 rows=1 cols=0 depth=0 period=0 dst_buf=SCRATCH src_addr=256 src2_addr=0 dst_addr=512 src_stride=0 \
-dst_stride=0
+dst_stride=0 src2_pad=0
      4  ST   wait=F    release=-    len  channel=8 channels=1 buf=SCRATCH hbm_addr=65404 hbm_stride=132 \
 buf_addr=512 buf_stride=0 rows=1 row_bytes=132 len_pos=1 indirect=0 ids_buf=WEIGHT ids_addr=0
      5  SYS  wait=-    release=-         func=END imm=0
@@ -382,8 +395,9 @@ def test_builder_validates_at_once_and_names_the_instruction():
 
 
 def test_queue_of():
-    assert [queue_of(make(op, **({"channels": 1} if op in (Opcode.LD, Opcode.ST) else {}))) for op in Opcode] == [
-        None, Queue.LOAD, Queue.STORE, Queue.MATRIX, Queue.MATRIX, Queue.SFU]
+    extra = {Opcode.LD: {"channels": 1}, Opcode.ST: {"channels": 1}, Opcode.ATTN: {"func": MiscFunc.ATTN_QK}}
+    assert [queue_of(make(op, **extra.get(op, {}))) for op in Opcode] == [
+        None, Queue.LOAD, Queue.STORE, Queue.MATRIX, Queue.MATRIX, Queue.SFU, Queue.MATRIX]
 
 
 # =============================================================================================
@@ -398,7 +412,7 @@ def test_queue_of():
     (make(Opcode.ST, channels=1, len_reg=True, len_pos=1, hbm_addr=(-132) % (1 << 32), hbm_stride=132), 1,
      "hbm_addr", 0),                                                                           # wraps
     (make(Opcode.MM, len_reg=True, m=0), 100, "m", 100),
-    (make(Opcode.MISC, func=MiscFunc.ATTN_QK, len_reg=True, cols=0), 33, "cols", 33),
+    (make(Opcode.ATTN, func=MiscFunc.ATTN_QK, len_reg=True, cols=0), 33, "cols", 33),
     (make(Opcode.MISC, func=MiscFunc.ROPE, len_reg=True, len_pos=1, imm=-1), 33, "imm", 32),
 ])
 def test_resolve_length(inst, length, field, value):
