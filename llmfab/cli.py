@@ -128,7 +128,7 @@ def cmd_compile(args) -> int:
 def cmd_simulate(args) -> int:
     from llmfab.simulator.run import format_report, simulate
 
-    r = simulate(args.build, args.prefill, args.decode)
+    r = simulate(args.build, args.prefill, args.decode, trace=args.trace)
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else format_report(r), end="\n" if args.json else "")
     return 0
 
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefill", type=int, default=128, help="prompt length (default 128)")
     s.add_argument("--decode", type=int, default=128, help="decode steps (default 128)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--trace", metavar="FILE", help="write each instruction of the middle decode step with its "
+                   "queue and begin/end cycle (CSV)")
     s.set_defaults(func=cmd_simulate)
 
     rp = sub.add_parser("report", help="roofline, resources and power of a model on a target")

@@ -77,6 +77,28 @@ def test_simulate_report_and_cli(builds):
         simulate(builds["int4"], 100, 100)
 
 
+def test_breakdown_adds_up_and_trace_lists_every_instruction(builds, tmp_path):
+    r = simulate(builds["int4"], 16, 64, trace=tmp_path / "trace.csv")
+    for stage, b in r.breakdown.items():
+        # the sections (2 layers, embedding, final norm, LM head) partition the run
+        assert abs(sum(b["sections"].values()) - b["seconds"]) < 1e-12, stage
+        assert {"layers.0", "layers.1", "embed_tokens", "lm_head"} <= set(b["sections"])
+        assert all(v >= 0 for v in b["sections"].values())
+        assert set(b["units"]) == {"load", "matrix", "sfu", "store"}
+        assert all(0 <= v <= b["seconds"] * 1.000001 for v in b["units"].values())
+    assert r.breakdown["prefill"]["seconds"] == r.ttft_s
+    # the two layers of the fixture do the same work: the same time to within a few percent
+    lay = r.breakdown["decode"]["sections"]
+    assert abs(lay["layers.0"] - lay["layers.1"]) <= 0.1 * lay["layers.0"]
+    rows = (tmp_path / "trace.csv").read_text().splitlines()
+    mid = sorted(r.decode_s_per_token)[1]
+    prog = [p for e, p in _programs(builds["int4"]) if e["stage"] == "decode" and e["bucket"][0] <= mid <= e["bucket"][1]][0]
+    assert rows[0] == "index,queue,op,begin_cycle,end_cycle,cycles"
+    assert len(rows) - 1 == sum(1 for i in prog.instructions if i.op.name != "SYS")
+    ends = [int(row.split(",")[4]) for row in rows[1:]]
+    assert max(ends) == round(r.decode_s_per_token[mid] * load_target("u280").clock_mhz * 1e6)
+
+
 @pytest.mark.parametrize("target,policy", [("u280", "int4-g128"), ("sim-small", "w4-2of4"), ("ecp5-85k", "int8")])
 def test_simulated_time_never_beats_the_roofline_bound(target, policy):
     from llmfab.ir.isa import Program
