@@ -79,9 +79,11 @@ def main() -> int:
     from llmfab.compile import compile_model, write_build
     print(f"== compile {MODELS[0].name} for u280 (int4-g128-gptq, max length 128)")
     c = compile_model(str(MODELS[0]), "u280", policy="int4-g128-gptq", max_len=128)
+    from llmfab.simulator.run import simulate
     with tempfile.TemporaryDirectory() as d:
         write_build(c, Path(d) / "build")
         files = sorted(str(p.relative_to(Path(d) / "build")) for p in (Path(d) / "build").rglob("*.bin"))
+        sim = simulate(Path(d) / "build", len(PROMPT), 32)    # the timing model, every instruction
     m = c.manifest
     dec = [p for p in m["programs"] if p["stage"] == "decode"]
     print(f"   {len(m['programs'])} programs ({len(dec)} decode), {m['instruction_bytes_total'] / 1e3:.1f} kB of "
@@ -89,6 +91,9 @@ def main() -> int:
           f"{len(m['weights'])} HBM channel images; files: {files[0]} ... ({c.seconds:.1f} s)")
     lines.append(f"{'tiny llama -> u280':28s} {len(m['programs'])} programs, decode {dec[0]['instructions']} "
                  f"instructions, {m['instruction_bytes_total'] / 1e3:.0f} kB total")
+    print(f"   simulated on u280: time to first token {sim.ttft_s * 1e6:.1f} us, {sim.decode_tokens_per_s:,.0f} decode "
+          f"tokens/s (HBM {sim.hbm_utilization:.0%} busy; `llmfab simulate BUILD` shows where the time goes)")
+    lines.append(f"{'tiny llama, simulated':28s} TTFT {sim.ttft_s * 1e6:.1f} us, {sim.decode_tokens_per_s:,.0f} tokens/s on u280")
 
     # run the programs instruction by instruction and compare with the integer interpreter
     from llmfab.ir.integer import run_integer_raw
@@ -125,6 +130,13 @@ def main() -> int:
         _, r = quantize_model(big, load_policy(name))
         print(f"   llama2-7b at {name}: {r.avg_bits_per_weight:.3f} bits/weight, {r.weight_bytes / 1e9:.2f} GB")
         lines.append(f"{'llama2-7b @ ' + name:28s} {r.weight_bytes / 1e9:.2f} GB of weights")
+    from llmfab.passes.roofline import roofline
+    q7, _ = quantize_model(big, load_policy("w4-2of4"))
+    rf = roofline(q7, load_target("u280"), "decode", 1, 640)
+    print(f"   llama2-7b w4-2of4 on u280, decode at context 640: {rf.bytes / 1e9:.2f} GB per token, HBM roofline "
+          f"{1 / rf.bound_seconds(load_target('u280')):.0f} tokens/s (simulated: see BENCHMARKS.md)")
+    lines.append(f"{'llama2-7b w4-2of4 on u280':28s} roofline {1 / rf.bound_seconds(load_target('u280')):.0f} tokens/s "
+                 f"at context 640 (FlightLLM: 55)")
 
     print("\nSummary")
     for line in lines:
