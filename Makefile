@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 LLMFAB := $(VENV)/bin/llmfab
 DEMO_MODEL := tests/fixtures/llama_ts_op14.onnx
 
-.PHONY: demo test test-fast install clean-venv fixtures
+.PHONY: demo test test-fast install clean-venv fixtures bitstream
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test: $(VENV)/.installed-test
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not sim and not synth"
+
+# A real ECP5 bitstream for ecp5-85k (yosys + nextpnr-ecp5 + ecppack); prints the time and Fmax.
+BITSTREAM_DIR := build/ecp5-85k-rtl
+bitstream: $(VENV)/.installed-test
+	$(LLMFAB) rtl --target ecp5-85k -o $(BITSTREAM_DIR)
+	$(LLMFAB) synth $(BITSTREAM_DIR) --flow ecp5
 
 # Regenerate tests/fixtures (needs the export extra: torch 2.13.0 CPU, transformers 5).
 fixtures: $(VENV)/bin/python

@@ -189,6 +189,46 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_rtl(args) -> int:
+    from llmfab.backend_hw.emit import write_rtl
+    from llmfab.ir.target import load_target
+
+    t = load_target(args.target)
+    try:
+        from llmfab.backend_hw.accelerator import build_top
+    except ImportError as e:
+        raise RuntimeError(f"the accelerator top is not available (llmfab.backend_hw.accelerator.build_top: {e})") from None
+    top = build_top(t)
+    designs = top if isinstance(top, dict) else {"accelerator": top}
+    out = write_rtl(designs, t, Path(args.out))
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    print(f"wrote {out}/ for {t.name} ({t.clock_mhz:g} MHz): {', '.join(files)}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from llmfab.backend_hw import synth
+    from llmfab.backend_hw.emit import read_rtl
+    from llmfab.ir.target import DeviceFamily, load_target
+
+    manifest, sources = read_rtl(args.build)
+    top = manifest["top"]
+    here = Path(args.build) / ("hw" if (Path(args.build) / "hw" / "rtl.json").is_file() else "")
+    work = here / f"synth-{args.flow}"
+    try:
+        if args.flow == "ecp5":
+            t = load_target(manifest["target"])
+            if t.device.family is not DeviceFamily.LATTICE_ECP5:
+                t = load_target("ecp5-85k")  # RTL for another device: place it on the bundled ECP5
+            r = synth.ecp5(sources, top, target=t, out_dir=work)
+        else:
+            r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work)
+    except synth.SynthError as e:
+        raise synth.SynthError(f"{e} (logs in {work}/)") from None
+    print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else synth.format_report(r), end="\n" if args.json else "")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -265,6 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tokens", required=True, help='token ids, e.g. "1 2 3"')
     r.add_argument("--out", required=True, help="where to write the logits (.npy, [1, seq, vocab])")
     r.set_defaults(func=cmd_interpret)
+
+    hr = sub.add_parser("rtl", help="write the accelerator's Verilog, Vivado script and FuseSoC core (no model)")
+    hr.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small) or a YAML file")
+    hr.add_argument("-o", "--out", required=True, help="the folder to write (replaced only if it holds an earlier output)")
+    hr.set_defaults(func=cmd_rtl)
+
+    hs = sub.add_parser("synth", help="synthesize RTL: Yosys cell counts (xilinx, xc7) or an ECP5 bitstream (ecp5)")
+    hs.add_argument("build", help="a folder written by `llmfab rtl` (or a BUILD folder holding one)")
+    hs.add_argument("--flow", required=True, choices=["xilinx", "xc7", "ecp5"],
+                    help="xilinx: synth_xilinx -family xcup; xc7: -family xc7; ecp5: synth_ecp5 + nextpnr-ecp5 + ecppack")
+    hs.add_argument("--json", action="store_true", help="print one JSON object")
+    hs.set_defaults(func=cmd_synth)
     return p
 
 

