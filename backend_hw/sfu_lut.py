@@ -1,0 +1,86 @@
+"""The SFU's table unit: `lut_eval` of the 257-knot tables of docs/integer.md, `lanes` per cycle.
+
+The tables come from `llmfab.ir.integer.act_table` at elaboration time. One ROM word per knot
+interval j holds T[j] and the slope T[j+1] - T[j], so each lane reads one word per element; the
+four tables (SiLU, GELU, GELU-tanh, exp) share a ROM of 4 x 256 words, the table number in the
+top address bits. Bit-exact with `lut_eval(table, x, lo)` given u = x - lo * 2^16:
+
+    u < 0: 0;   u >= 2^20: T[256];   else T[j] + rshr(slope[j] * (u & 4095), 12), j = u >> 12
+
+Latency 1: `u` and `table` in one cycle (the ROM's read address), `y` the next.
+"""
+
+from enum import IntEnum
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from llmfab.ir.integer import Lut, act_table
+
+from .sfu_arith import rshr
+
+U_BITS = 44           # u = x - lo * 2^16 for |x| < 2^42 (softmax's d = s - max with an empty row)
+
+
+class Table(IntEnum):
+    """ROM bank of each table (its top address bits)."""
+    SILU = 0
+    GELU = 1
+    GELU_TANH = 2
+    EXP = 3
+
+    @property
+    def lut(self) -> Lut:
+        return Lut[self.name]
+
+
+def _bits(values, signed_: bool) -> int:
+    return max(int(abs(v)).bit_length() for v in values) + (1 if signed_ else 0)
+
+
+class LutEval(wiring.Component):
+    """`lanes` table lookups with linear interpolation per cycle (module docstring)."""
+
+    def __init__(self, lanes: int):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        self.lanes = lanes
+        tables = [act_table(t.lut) for t in Table]
+        self._base = [int(v) for t in tables for v in t[:256]]
+        self._slope = [int(t[j + 1] - t[j]) for t in tables for j in range(256)]
+        self._top = [int(t[256]) for t in tables]
+        self.base_bits = _bits(self._base + self._top, True)
+        self.slope_bits = _bits(self._slope, True)
+        super().__init__({
+            "table": In(unsigned(2)),
+            "u": In(data.ArrayLayout(signed(U_BITS), lanes)),
+            "y": Out(data.ArrayLayout(signed(self.base_bits + 1), lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.base = base = memory.Memory(shape=signed(self.base_bits), depth=1024,
+                                                 init=self._base)
+        m.submodules.slope = slope = memory.Memory(shape=signed(self.slope_bits), depth=1024,
+                                                   init=self._slope)
+        table = Signal(2, reset_less=True)
+        m.d.sync += table.eq(self.table)
+        top = Signal(signed(self.base_bits), reset_less=True)
+        with m.Switch(table):
+            for i, v in enumerate(self._top):
+                with m.Case(i):
+                    m.d.comb += top.eq(v)
+        for n in range(self.lanes):
+            u = self.u[n]
+            rb, rs = base.read_port(), slope.read_port()
+            addr = Signal(10)
+            j = Mux(u < 0, 0, Mux(u >= 1 << 20, 255, u[12:20]))
+            m.d.comb += [addr.eq(self.table << 8 | j), rb.addr.eq(addr), rs.addr.eq(addr)]
+            below, above = Signal(reset_less=True), Signal(reset_less=True)
+            fr = Signal(12, reset_less=True)
+            # clip(u, 0, 2^20) & 4095: 0 at either clip, the low 12 bits in between
+            m.d.sync += [below.eq(u < 0), above.eq(u >= 1 << 20), fr.eq(u[:12])]
+            interp = rb.data + rshr(rs.data * fr, 12)
+            m.d.comb += self.y[n].eq(Mux(below, 0, Mux(above, top, interp)))
+        return m
