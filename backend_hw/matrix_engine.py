@@ -30,7 +30,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.quant import kept
-from llmfab.ir.target import BufferName, Target
+from llmfab.ir.target import BufferName, DSPPrimitive, Target
 
 from .dsp_chain import DSPChain, Valid
 from .requant import OUT_BITS, Requantizer, RowScale
@@ -45,7 +45,7 @@ class MatrixEngine(wiring.Component):
     """
 
     def __init__(self, target: Target, *, weight_bits: int = 8, pattern: tuple[int, int] | None = None,
-                 group: int = 128):
+                 group: int = 128, sim_model: bool = False):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         target.check_weights(weight_bits, pattern)
@@ -63,8 +63,13 @@ class MatrixEngine(wiring.Component):
         word_bits = target.buffer(BufferName.WEIGHT).width_bits
         self.unpackers = [WeightUnpacker(e.chain_len, word_bits=word_bits, weight_bits=weight_bits,
                                          pattern=pattern, group_kept=gk) for _ in range(e.n_chains)]
+        # Only the DSP48E2 cascade is instantiated explicitly (Yosys builds its adders in fabric
+        # otherwise); ECP5's MULT18X18D and the rest are inferred from the behavioural chain.
+        # `sim_model`: the DSP48E2 chain as its bit-accurate model, for amaranth.sim and Verilator.
+        explicit = e.dsp_primitive is DSPPrimitive.DSP48E2
         self.chains = [DSPChain(e.chain_len, weight_bits=weight_bits, pattern=pattern,
-                                primitive=e.dsp_primitive) for _ in range(e.n_chains)]
+                                primitive="DSP48E2" if explicit else "behavioural", sim_model=explicit and sim_model)
+                       for _ in range(e.n_chains)]
         self.requants = [Requantizer() for _ in range(e.n_chains)]
         u = self.unpackers[0]
         weight_in = wiring.Signature({k: Out(v.signature.flip()) for k, v in u.signature.members.items() if k != "o"})

@@ -159,3 +159,30 @@ def _nextpnr_device(part: str) -> list[str]:
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"name must be a Verilog identifier, not {name!r}")
+
+
+def cells_of_type(netlist: dict, top: str, cell_type: str) -> dict[str, dict]:
+    """The cells of `cell_type` in module `top` of a Yosys JSON netlist (flattened): name -> cell."""
+    return {n: c for n, c in netlist["modules"][top]["cells"].items() if c["type"] == cell_type}
+
+
+def cascade_links(dsps: dict[str, dict]) -> dict[str, str | None]:
+    """For each DSP cell, the DSP whose whole PCOUT bus drives its PCIN (None: PCIN tied to
+    constants or driven from fabric): the PCOUT->PCIN cascades of a netlist."""
+    by_pcout = {tuple(c["connections"]["PCOUT"]): n for n, c in dsps.items() if "PCOUT" in c["connections"]}
+    return {n: by_pcout.get(tuple(c["connections"].get("PCIN", ()))) for n, c in dsps.items()}
+
+
+def cascades(dsps: dict[str, dict]) -> list[int]:
+    """The lengths of the PCOUT->PCIN cascades (a DSP alone counts as a cascade of 1), longest first."""
+    links = cascade_links(dsps)
+    fed = {src for src in links.values() if src}
+    lengths = []
+    for n in dsps:
+        if n in fed:
+            continue                       # not the last of its cascade
+        k, cur = 1, n
+        while links.get(cur):
+            cur, k = links[cur], k + 1
+        lengths.append(k)
+    return sorted(lengths, reverse=True)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.quant import QuantizedWeight, kept
-from llmfab.ir.target import EngineMode, Target
+from llmfab.ir.target import DSPPrimitive, EngineMode, Target
 
 MATRIX_OPS = (OpKind.LINEAR, OpKind.LMHEAD)
 
@@ -122,6 +122,18 @@ LUT_PER_LANE, FF_PER_LANE, DSP_PER_LANE = 600, 900, 2
 LUT_FIXED, FF_FIXED = 60_000, 90_000
 
 
+# DSP blocks of one chain's requantizer (group sum x 15-bit mantissa, 48-bit sum x 15-bit activation
+# scale): measured with synth_xilinx -family xcup (tests/test_hw_engine_synth.py); the 18 x 18
+# multipliers of ECP5 need more of them per product.
+REQUANT_DSP = {DSPPrimitive.DSP48E2: 5, DSPPrimitive.DSP58: 5, DSPPrimitive.BEHAVIOURAL: 5,
+               DSPPrimitive.MULT18X18D: 5}
+
+
+def engine_dsp(t: Target) -> int:
+    """DSP blocks of the matrix engine: its multiply-accumulate stages plus a requantizer per chain."""
+    return t.dsp_used + t.engine.n_chains * REQUANT_DSP[t.engine.dsp_primitive]
+
+
 def resources(t: Target) -> dict[str, Resource]:
     stages = t.engine.n_chains * t.engine.chain_len
     lanes = t.sfu.lanes
@@ -131,7 +143,7 @@ def resources(t: Target) -> dict[str, Resource]:
     bram36 = math.ceil(bram_bytes / 1024 / 4.5)
     dev = t.device
     return {
-        "dsp": Resource(t.dsp_used + DSP_PER_LANE * lanes, dev.dsp),
+        "dsp": Resource(engine_dsp(t) + DSP_PER_LANE * lanes, dev.dsp),
         "lut": Resource(LUT_PER_STAGE * stages + LUT_PER_LANE * lanes + LUT_FIXED, dev.lut),
         "ff": Resource(FF_PER_STAGE * stages + FF_PER_LANE * lanes + FF_FIXED, dev.ff),
         "bram": Resource(bram36, dev.bram_kb / 4.5),

@@ -5,6 +5,7 @@ import pytest
 from amaranth.back import verilog
 from llmfab.backend_hw.dsp48e2 import OPMODE_M, OPMODE_PCIN
 from llmfab.backend_hw.dsp_chain import SUM_BITS, DSPChain
+from llmfab.backend_hw.synth import cascade_links
 from llmfab.backend_hw.yosys import run_yosys
 
 CARRY = ("CARRY4", "CARRY8")
@@ -29,12 +30,6 @@ def opmode(cell: dict) -> int | None:
     if not all(b in ("0", "1") for b in bits):
         return None
     return sum(int(b) << k for k, b in enumerate(bits))
-
-
-def cascade_links(dsps: dict[str, dict]) -> dict[str, str | None]:
-    """For each DSP, the DSP whose whole PCOUT bus drives its PCIN (None: PCIN tied or from fabric)."""
-    by_pcout = {tuple(c["connections"]["PCOUT"]): name for name, c in dsps.items() if "PCOUT" in c["connections"]}
-    return {name: by_pcout.get(tuple(c["connections"]["PCIN"])) for name, c in dsps.items()}
 
 
 def assert_no_fabric_arithmetic(cells: dict[str, int], chain: DSPChain):
