@@ -1,0 +1,323 @@
+"""The DMA: executes LD (HBM -> buffer) and ST (buffer -> HBM) exactly as `simulator.functional._dma`.
+
+An instruction moves `rows` rows; row r's slice k (`row_bytes` bytes) lives in pseudo-channel
+`channel + k` at `hbm_addr + row * hbm_stride` (row = r, or ids[r] read from the buffer when
+`indirect`) and in the buffer at `buf_addr + r * buf_stride + k * row_bytes`. Three parts run
+concurrently on slice descriptors:
+
+- the slice generator walks rows and channel slices (reading the row id first when indirect)
+  and hands each slice to the address side and the data side through small FIFOs;
+- the address side splits a slice into AXI INCR bursts (at most 256 beats, never across a 4 KB
+  page) on the AXI port of the slice's channel, several bursts outstanding;
+- the data side moves the slice's bytes through a byte gearbox between AXI beats and buffer
+  words (any byte alignment on either side), with byte enables / WSTRB on partial words.
+
+Completion (`done`) is when every byte is in the buffer (LD) or every write burst is answered on
+B (ST). One instruction at a time; its slices overlap (address side runs ahead of the data).
+"""
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from llmfab.ir.isa import FIELDS, INST_BITS, BufferId, Opcode
+from llmfab.ir.target import Target
+
+from .axi import BOUNDARY, MAX_BEATS, AxiSignature, Burst
+from .controller import field, header
+
+BUF_ADDR_BITS = 24   # buffer byte addresses in the ISA
+
+
+class BufferPortSignature(wiring.Signature):
+    """A byte-enabled buffer port, from the DMA's side: `buf` selects the buffer (BufferId),
+    `addr` is a word address in that buffer's words (`Buffer.width_bits` each; narrower buffers use
+    the low lanes of `wdata`/`rdata`), `rdata` is valid the cycle after `re`."""
+
+    def __init__(self, data_width: int, addr_width: int = BUF_ADDR_BITS):
+        self.data_width, self.addr_width = data_width, addr_width
+        super().__init__({"buf": Out(3), "addr": Out(addr_width), "re": Out(1), "we": Out(1),
+                          "be": Out(data_width // 8), "wdata": Out(data_width), "rdata": In(data_width)})
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+def _bytes_mask(n: Value, lanes: int, lo: Value | int = 0) -> Value:
+    """Byte lanes [lo, lo + n) set, as one bit per lane."""
+    return Cat(*((j >= lo) & (j < lo + n) for j in range(lanes)))
+
+
+def _min(a, b) -> Value:
+    a, b = Value.cast(a), Value.cast(b)
+    return Mux(a < b, a, b)
+
+
+def _bits_mask(byte_mask: Value) -> Value:
+    return Cat(*(b.replicate(8) for b in byte_mask))
+
+
+class DMA(wiring.Component):
+    """LD/ST engine with one AXI4 port per memory channel (`Target.memory.channels`).
+
+    Ports:
+    - `inst` (in, stream of 256-bit words): LD or ST instructions, length-resolved (the
+      controller's `load` or `store` queue); the next is taken after `done`.
+    - `done` (out): one-cycle pulse when the instruction has completed.
+    - `buffer` (out, `BufferPortSignature`): the on-chip buffers; data width = the widest buffer.
+    - `axi` (out, array of `Target.memory.channels` `AxiSignature` ports): data width
+      `Target.memory.port_width_bits`, addresses of one channel's bytes.
+
+    Throughput per slice: min(AXI beat, buffer word) bytes per cycle once the first beat is in;
+    a slice costs about two cycles of set-up plus the memory latency when it cannot be hidden.
+    """
+
+    def __init__(self, target: Target, *, outstanding: int = 4):
+        if not isinstance(target, Target):
+            raise TypeError(f"target must be a Target, not {target!r}")
+        if not isinstance(outstanding, int) or outstanding < 1:
+            raise ValueError(f"outstanding must be a positive integer, not {outstanding!r}")
+        mem = target.memory
+        self.target = target
+        self.ports = mem.channels
+        self.beat_bytes = mem.port_width_bits // 8
+        if mem.port_width_bits < 32 or mem.port_width_bits & (mem.port_width_bits - 1):
+            raise ValueError(f"memory.port_width_bits must be a power of two of at least 32, not {mem.port_width_bits}")
+        self.word_bytes = {}
+        for b in target.buffers:
+            wb = b.width_bits // 8
+            if b.width_bits < 32 or b.width_bits & (b.width_bits - 1):
+                raise ValueError(f"buffer {b.name.value} width_bits must be a power of two of at least 32, "
+                                 f"not {b.width_bits}")
+            self.word_bytes[BufferId[b.name.name]] = wb
+        self.max_word = max(self.word_bytes.values())
+        channel_bytes = int(mem.capacity_gb * 1e9) // mem.channels
+        self.addr_width = max(12, (channel_bytes - 1).bit_length())
+        if [(f.name, f.offset) for f in FIELDS[Opcode.LD]] != [(f.name, f.offset) for f in FIELDS[Opcode.ST]]:
+            raise ValueError("LD and ST must share one field table")
+        self.outstanding = outstanding
+        super().__init__({
+            "inst": In(stream.Signature(INST_BITS)),
+            "done": Out(1),
+            "buffer": Out(BufferPortSignature(8 * self.max_word)),
+            "axi": Out(AxiSignature(self.addr_width, mem.port_width_bits)).array(self.ports),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        aw, Wa, WB = self.addr_width, self.beat_bytes, self.max_word
+        CAP = 2 * (Wa + WB)                      # gearbox bytes: room for a word in, a word out, slack
+        wide = max(Wa, WB)
+        ir = Signal(INST_BITS)
+        f = {name: field(ir, Opcode.LD, name) for name in
+             ("channel", "channels", "buf", "hbm_addr", "hbm_stride", "buf_addr", "buf_stride", "rows",
+              "row_bytes", "indirect", "ids_buf", "ids_addr")}
+        is_st = Signal()
+
+        def word_log(buf: Value) -> Value:
+            """log2 of the word bytes of buffer `buf`."""
+            v = Signal(range(_log2(WB) + 1))
+            with m.Switch(buf):
+                for b, wb in self.word_bytes.items():
+                    with m.Case(b):
+                        m.d.comb += v.eq(_log2(wb))
+            return v
+
+        desc = data.StructLayout({"ch": 7, "h": aw, "b": BUF_ADDR_BITS, "p": 20})
+        fifo_a = m.submodules.fifo_a = SyncFIFO(width=desc.size, depth=4)
+        fifo_d = m.submodules.fifo_d = SyncFIFO(width=desc.size, depth=4)
+        port = self.buffer
+
+        # -- slice generator ----------------------------------------------------------------------
+        r = Signal(17)
+        k = Signal(7)
+        h_row, h_cur = Signal(aw), Signal(aw)
+        b_row, b_k = Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS)
+        id_lane = Signal(range(max(WB // 4, 2)))
+        gen_read = Signal()                      # the generator owns the buffer port this cycle
+        as_busy, ds_busy = Signal(), Signal()
+        aw_count, b_count = Signal(32), Signal(32)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.inst.ready.eq(1)
+                p = self.inst.payload
+                with m.If(self.inst.valid):
+                    m.d.sync += [ir.eq(p), is_st.eq(header(p, "op") == Opcode.ST), r.eq(0), k.eq(0),
+                                 h_row.eq(field(p, Opcode.LD, "hbm_addr")), b_row.eq(field(p, Opcode.LD, "buf_addr")),
+                                 aw_count.eq(0), b_count.eq(0)]
+                    empty = ((field(p, Opcode.LD, "rows") == 0) | (field(p, Opcode.LD, "row_bytes") == 0) |
+                             (field(p, Opcode.LD, "channels") == 0))
+                    with m.If(empty):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "ROW"
+            with m.State("ROW"):
+                with m.If(f["indirect"]):
+                    at = Signal(BUF_ADDR_BITS)
+                    lg = word_log(f["ids_buf"])
+                    m.d.comb += [at.eq(f["ids_addr"] + (r << 2)), gen_read.eq(1),
+                                 port.buf.eq(f["ids_buf"]), port.addr.eq(at >> lg), port.re.eq(1)]
+                    m.d.sync += id_lane.eq((at & ((Const(1, 1) << lg) - 1)) >> 2)
+                    m.next = "ID"
+                with m.Else():
+                    m.d.sync += [h_cur.eq(h_row), b_k.eq(b_row)]
+                    m.next = "EMIT"
+            with m.State("ID"):
+                row_id = port.rdata.word_select(id_lane, 32)
+                m.d.sync += [h_cur.eq(f["hbm_addr"] + (row_id[:aw] * f["hbm_stride"][:aw])[:aw]), b_k.eq(b_row)]
+                m.next = "EMIT"
+            with m.State("EMIT"):
+                d = Signal(desc)
+                m.d.comb += [d.ch.eq(f["channel"] + k), d.h.eq(h_cur), d.b.eq(b_k), d.p.eq(f["row_bytes"]),
+                             fifo_a.w_data.eq(d), fifo_d.w_data.eq(d)]
+                with m.If(fifo_a.w_rdy & fifo_d.w_rdy):
+                    m.d.comb += [fifo_a.w_en.eq(1), fifo_d.w_en.eq(1)]
+                    m.d.sync += [k.eq(k + 1), b_k.eq(b_k + f["row_bytes"])]
+                    with m.If(k + 1 == f["channels"]):
+                        m.d.sync += [k.eq(0), r.eq(r + 1), h_row.eq(h_row + f["hbm_stride"]),
+                                     b_row.eq(b_row + f["buf_stride"])]
+                        with m.If(r + 1 == f["rows"]):
+                            m.next = "FINISH"
+                        with m.Else():
+                            m.next = "ROW"
+            with m.State("FINISH"):
+                with m.If(~as_busy & ~ds_busy & ~fifo_a.r_rdy & ~fifo_d.r_rdy & (aw_count == b_count)):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+
+        # -- address side: bursts ---------------------------------------------------------------
+        as_a = Signal(aw + 1)
+        as_end = Signal(aw + 21)
+        as_ch = Signal(7)
+        with m.If(~as_busy & fifo_a.r_rdy):
+            d = Signal(desc)
+            m.d.comb += [d.eq(fifo_a.r_data), fifo_a.r_en.eq(1)]
+            m.d.sync += [as_a.eq(d.h & ~(Wa - 1)), as_end.eq(d.h + d.p), as_ch.eq(d.ch), as_busy.eq(1)]
+        beats = Signal(range(MAX_BEATS + 1))
+        to_page = Signal(range(BOUNDARY // Wa + 1))
+        to_end = Signal(aw + 21)
+        m.d.comb += [to_page.eq((BOUNDARY - as_a[:_log2(BOUNDARY)]) >> _log2(Wa)),
+                     to_end.eq((as_end - as_a + Wa - 1) >> _log2(Wa)),
+                     beats.eq(_min(_min(to_page, MAX_BEATS), to_end))]
+        a_hs = Signal()
+        for i, axi in enumerate(self.axi):
+            for ch in (axi.ar, axi.aw):
+                m.d.comb += [ch.payload.addr.eq(as_a[:aw]), ch.payload.len.eq(beats - 1),
+                             ch.payload.size.eq(_log2(Wa)), ch.payload.burst.eq(Burst.INCR)]
+            sel = as_busy & (as_ch == i)
+            m.d.comb += [axi.ar.valid.eq(sel & ~is_st), axi.aw.valid.eq(sel & is_st)]
+            with m.If(sel & Mux(is_st, axi.aw.ready, axi.ar.ready)):
+                m.d.comb += a_hs.eq(1)
+        with m.If(a_hs):
+            m.d.sync += as_a.eq(as_a + (beats << _log2(Wa)))
+            with m.If(as_a + (beats << _log2(Wa)) >= as_end):
+                m.d.sync += as_busy.eq(0)
+            with m.If(is_st):
+                m.d.sync += aw_count.eq(aw_count + 1)
+
+        b_hs = Signal()
+        for axi in self.axi:
+            m.d.comb += axi.b.ready.eq(1)
+        m.d.comb += b_hs.eq(Cat(*(axi.b.valid for axi in self.axi)).any())
+        with m.If(b_hs):
+            m.d.sync += b_count.eq(b_count + 1)
+
+        # -- data side: the byte gearbox ------------------------------------------------------------
+        ds_ch = Signal(7)
+        src_left, dst_left = Signal(20), Signal(20)
+        sskip = Signal(range(wide))
+        dskip = Signal(range(wide))
+        src_addr, dst_addr = Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS)
+        w_a = Signal(aw)                        # ST: address of the current W beat
+        w_beat = Signal(8)                      # ST: beats already sent in the current burst
+        acc = Signal(8 * CAP)
+        cnt = Signal(range(CAP + 1))
+        pend, pend_n, pend_skip = Signal(), Signal(range(WB + 1)), Signal(range(WB))
+        blog = word_log(f["buf"])
+        wbuf = Signal(range(WB + 1))
+        m.d.comb += wbuf.eq(Const(1, 1) << blog)
+
+        with m.If(~ds_busy & fifo_d.r_rdy):
+            d = Signal(desc)
+            m.d.comb += [d.eq(fifo_d.r_data), fifo_d.r_en.eq(1)]
+            m.d.sync += [ds_busy.eq(1), ds_ch.eq(d.ch), src_left.eq(d.p), dst_left.eq(d.p)]
+            buf_lane = d.b & ((Const(1, 1) << blog) - 1)
+            with m.If(is_st):
+                m.d.sync += [sskip.eq(buf_lane), src_addr.eq(d.b >> blog), dskip.eq(d.h[:_log2(Wa)]),
+                             w_a.eq(d.h & ~(Wa - 1)), w_beat.eq(0)]
+            with m.Else():
+                m.d.sync += [sskip.eq(d.h[:_log2(Wa)]), dskip.eq(buf_lane), dst_addr.eq(d.b >> blog)]
+
+        # sink: what can leave the gearbox this cycle
+        sink_bytes = Mux(is_st, Wa, wbuf)
+        m_out = Signal(range(wide + 1))
+        m.d.comb += m_out.eq(_min(sink_bytes - dskip, dst_left))
+        can_pop = ds_busy & (dst_left != 0) & (cnt >= m_out)
+        pop = Signal()
+        # (named signals, not nested expressions: the simulator evaluates each signal once)
+        lanes, head = Signal(wide), Signal(8 * CAP)
+        out_data = Signal(8 * wide)
+        m.d.comb += [lanes.eq(_bytes_mask(m_out, wide, dskip)),
+                     head.eq(acc & _bits_mask(_bytes_mask(m_out, CAP))),
+                     out_data.eq((head << (dskip * 8))[:8 * wide])]
+        with m.If(is_st):
+            w_last = (w_beat == MAX_BEATS - 1) | (((w_a + Wa) & (BOUNDARY - 1)) == 0) | (dst_left == m_out)
+            for i, axi in enumerate(self.axi):
+                sel = ds_ch == i
+                m.d.comb += [axi.w.valid.eq(sel & can_pop), axi.w.payload.data.eq(out_data[:8 * Wa]),
+                             axi.w.payload.strb.eq(lanes[:Wa]), axi.w.payload.last.eq(w_last)]
+                with m.If(sel & can_pop & axi.w.ready):
+                    m.d.comb += pop.eq(1)
+            with m.If(pop):
+                m.d.sync += [w_a.eq(w_a + Wa), w_beat.eq(Mux(w_last, 0, w_beat + 1))]
+        with m.Elif(~gen_read):
+            m.d.comb += [port.buf.eq(f["buf"]), port.addr.eq(dst_addr), port.we.eq(can_pop),
+                         port.be.eq(lanes[:WB]), port.wdata.eq(out_data[:8 * WB]), pop.eq(can_pop)]
+            with m.If(pop):
+                m.d.sync += dst_addr.eq(dst_addr + 1)
+        with m.If(pop):
+            m.d.sync += [dst_left.eq(dst_left - m_out), dskip.eq(0)]
+            with m.If(dst_left == m_out):
+                m.d.sync += ds_busy.eq(0)
+
+        cnt_after = Signal(range(CAP + 1))
+        acc_after = Signal(8 * CAP)
+        m.d.comb += [cnt_after.eq(Mux(pop, cnt - m_out, cnt)), acc_after.eq(Mux(pop, acc >> (m_out * 8), acc))]
+
+        # source: what enters the gearbox this cycle
+        push = Signal()
+        n_in = Signal(range(wide + 1))
+        new = Signal(8 * wide)
+        with m.If(is_st):
+            # buffer reads, issued only when the word will fit when it arrives next cycle
+            n_issue = Signal(range(WB + 1))
+            m.d.comb += n_issue.eq(_min(wbuf - sskip, src_left))
+            issue = ds_busy & (src_left != 0) & ~gen_read & (cnt + Mux(pend, wbuf, 0) + wbuf <= CAP)
+            with m.If(issue):
+                m.d.comb += [port.buf.eq(f["buf"]), port.addr.eq(src_addr), port.re.eq(1)]
+                m.d.sync += [src_addr.eq(src_addr + 1), src_left.eq(src_left - n_issue), sskip.eq(0),
+                             pend_n.eq(n_issue), pend_skip.eq(sskip)]
+            m.d.sync += pend.eq(issue)
+            m.d.comb += [push.eq(pend), n_in.eq(pend_n), new.eq(port.rdata >> (pend_skip * 8))]
+        with m.Else():
+            m.d.comb += n_in.eq(_min(Wa - sskip, src_left))
+            ready = ds_busy & (src_left != 0) & (cnt_after + Wa <= CAP)
+            for i, axi in enumerate(self.axi):
+                with m.If(ds_ch == i):
+                    m.d.comb += [axi.r.ready.eq(ready), push.eq(ready & axi.r.valid),
+                                 new.eq(axi.r.payload.data >> (sskip * 8))]
+            with m.If(push):
+                m.d.sync += [src_left.eq(src_left - n_in), sskip.eq(0)]
+
+        fresh, placed = Signal(8 * wide), Signal(8 * CAP)
+        m.d.comb += [fresh.eq(new & _bits_mask(_bytes_mask(n_in, wide))),
+                     placed.eq((fresh << (cnt_after * 8))[:8 * CAP])]
+        with m.If(push):
+            m.d.sync += [acc.eq(acc_after | placed), cnt.eq(cnt_after + n_in)]
+        with m.Else():
+            m.d.sync += [acc.eq(acc_after), cnt.eq(cnt_after)]
+        return m
