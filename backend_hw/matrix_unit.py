@@ -1,0 +1,119 @@
+"""The matrix instruction unit: runs the matrix queue's MV, MM and ATTN words on the on-chip buffers.
+
+MV and MM go to the `MatrixEngine` of their weight format (fields `bits`, `sparsity` and the
+effective group min(group or k, k)) through `MatmulSequencer` (backend_hw/matrix_unit_mm.py);
+ATTN_QK / ATTN_PV run on `AttnSequencer`'s small datapath (backend_hw/matrix_unit_attn.py). Both
+are bit-exact with simulator/functional.py (`_matrix`, `_misc`). One instruction at a time.
+"""
+from amaranth import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from llmfab.ir.isa import INST_BITS, Group, MiscFunc, Opcode, Sparsity, WeightBits
+from llmfab.ir.target import Target
+
+from .controller import field, header
+from .dma import BufferPortSignature
+from .matrix_engine import MatrixEngine
+from .matrix_unit_attn import AttnSequencer
+from .matrix_unit_io import buffer_words
+from .matrix_unit_mm import MatmulSequencer
+
+PORT_OUTS = ("buf", "addr", "re", "we", "be", "wdata")
+
+
+class MatrixUnit(wiring.Component):
+    """MV / MM / ATTN executor for `target` (module docstring).
+
+    `formats`: the weight formats to run, each (weight_bits, N:M pattern or None, group), group
+    being the effective group along K (g, or K for per-channel weights); one `MatrixEngine` each.
+    `hold`: int64 entries of ATTN_PV's held sums (rows * depth of one instruction).
+
+    Ports:
+    - `inst` (in, stream of 256-bit words): length-resolved MV, MM and ATTN words; taken when idle.
+    - `done` (out): a one-cycle pulse per completed instruction, in order.
+    - `error` (out): sticky; set by an instruction the unit cannot run (a format not in `formats`,
+      a function other than ATTN_QK / ATTN_PV, PV sums beyond `hold`); that instruction completes.
+    - `wport` (weight buffer), `aport` (activation rows, K / V rows), `oport` (outputs, old outputs,
+      q / p rows) (out, `BufferPortSignature` of the widest buffer): `buf` selects the buffer.
+    """
+
+    def __init__(self, target: Target, formats, *, hold: int = 1024):
+        if not isinstance(target, Target):
+            raise TypeError(f"target must be a Target, not {target!r}")
+        formats = tuple(formats)
+        if not formats:
+            raise ValueError("formats must name at least one weight format, not ()")
+        for fm in formats:
+            if not (isinstance(fm, tuple) and len(fm) == 3):
+                raise TypeError(f"a format must be a tuple (weight_bits, pattern or None, group), not {fm!r}")
+        if not isinstance(hold, int) or isinstance(hold, bool) or hold < 1:
+            raise ValueError(f"hold must be a positive integer, not {hold!r}")
+        self.target, self.hold = target, hold
+        self.formats = tuple((b, None if p is None else tuple(p), g) for b, p, g in formats)
+        self.engines = [MatrixEngine(target, weight_bits=b, pattern=p, group=g) for b, p, g in self.formats]
+        self.words = buffer_words(target)
+        self.data_bits = 8 * max(self.words.values())
+        port = BufferPortSignature(self.data_bits)
+        super().__init__({"inst": In(stream.Signature(INST_BITS)), "done": Out(1), "error": Out(1),
+                          "wport": Out(port), "aport": Out(port), "oport": Out(port)})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        mm = m.submodules.mm = MatmulSequencer(self.target, self.engines, self.words)
+        attn = m.submodules.attn = AttnSequencer(self.target.engine.chain_len, self.words, self.hold)
+
+        word = self.inst.payload
+        op = header(word, "op")
+        k = field(word, Opcode.MV, "k")
+        size = Signal(8)
+        with m.Switch(field(word, Opcode.MV, "group")):
+            for g in Group:
+                with m.Case(g):
+                    m.d.comb += size.eq(g.size)
+        g_eff = Mux((size == 0) | (size >= k), k, size)
+        fmt, known = Signal.like(mm.fmt), Signal()
+        for i, (bits, pattern, group) in enumerate(self.formats):
+            wb = next(w for w in WeightBits if w.bits == bits)
+            sp = next(s for s in Sparsity if s.pattern == pattern)
+            with m.If((field(word, Opcode.MV, "bits") == wb) & (field(word, Opcode.MV, "sparsity") == sp)
+                      & (g_eff == group)):
+                m.d.comb += [fmt.eq(i), known.eq(1)]
+        func = field(word, Opcode.ATTN, "func")
+        is_mat = (op == Opcode.MV) | (op == Opcode.MM)
+        is_attn = (op == Opcode.ATTN) & ((func == MiscFunc.ATTN_QK) | (func == MiscFunc.ATTN_PV))
+
+        in_attn = Signal()
+        m.d.comb += [mm.ir.eq(word), mm.fmt.eq(fmt), attn.ir.eq(word)]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.inst.ready.eq(1)
+                with m.If(self.inst.valid):
+                    with m.If(is_mat & known):
+                        m.d.comb += mm.start.eq(1)
+                        m.d.sync += in_attn.eq(0)
+                        m.next = "BUSY"
+                    with m.Elif(is_attn):
+                        m.d.comb += attn.start.eq(1)
+                        m.d.sync += in_attn.eq(1)
+                        m.next = "BUSY"
+                    with m.Else():
+                        m.d.sync += self.error.eq(1)
+                        m.next = "REFUSED"
+            with m.State("REFUSED"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            with m.State("BUSY"), m.If(mm.done | attn.done):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        with m.If(attn.error):
+            m.d.sync += self.error.eq(1)
+
+        for name in PORT_OUTS:
+            m.d.comb += getattr(self.wport, name).eq(getattr(mm.wport, name))
+            for p in ("aport", "oport"):
+                m.d.comb += getattr(getattr(self, p), name).eq(
+                    Mux(in_attn, getattr(getattr(attn, p), name), getattr(getattr(mm, p), name)))
+        m.d.comb += mm.wport.rdata.eq(self.wport.rdata)
+        for p in ("aport", "oport"):
+            m.d.comb += [getattr(mm, p).rdata.eq(getattr(self, p).rdata), getattr(attn, p).rdata.eq(getattr(self, p).rdata)]
+        return m
