@@ -13,7 +13,7 @@ import numpy as np
 from llmfab.ir.fixed_point import rshr, sat
 from llmfab.ir.integer import (_shr_sat, int_add, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm,
                                int_rope, int_silu, int_softmax_rows, quantize_activation)
-from llmfab.ir.isa import CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, resolve_length
+from llmfab.ir.isa import BROADCAST, CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, resolve_length
 from llmfab.ir.ops import GeluApprox
 from llmfab.ir.packing import unpack_bits
 from llmfab.ir.quant import kept
@@ -203,7 +203,10 @@ def _misc(m: Machine, i) -> None:
             vis = np.arange(cols)[None, :] <= (np.arange(rows) % period)[:, None] + i["imm"]
         y = int_softmax_rows(x, vis)
     elif f in (MiscFunc.ADD, MiscFunc.MUL):
-        b = m.i32(i["src2_buf"], i["src2_addr"], rows, cols)
+        if i["flags"] & BROADCAST:                       # src2 is one row, combined with every row
+            b = np.broadcast_to(m.i32(i["src2_buf"], i["src2_addr"], 1, cols), (rows, cols))
+        else:
+            b = m.i32(i["src2_buf"], i["src2_addr"], rows, cols)
         y = int_add(x, b) if f is MiscFunc.ADD else int_mul(x, b)
     elif f is MiscFunc.RMSNORM:
         y = int_rms_norm(x, m.i32(i["src2_buf"], i["src2_addr"], 1, cols)[0], i["imm"] / 2 ** 32)
@@ -215,7 +218,8 @@ def _misc(m: Machine, i) -> None:
         period = i["period"] or rows
         table = m.i32(i["src2_buf"], i["src2_addr"], i["imm"] + period, 2 * d)
         pos = i["imm"] + np.arange(rows) % period
-        y = int_rope(x, table[pos, :d], table[pos, d:])
+        heads = x.reshape(rows, cols // d, d)           # rotate_half within each head of `depth`
+        y = int_rope(heads, table[pos, None, :d], table[pos, None, d:]).reshape(rows, cols)
     elif f is MiscFunc.RELU:
         y = int_relu(x)
     elif f is MiscFunc.SILU:
