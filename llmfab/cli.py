@@ -198,8 +198,8 @@ def cmd_rtl(args) -> int:
         from llmfab.backend_hw.accelerator import build_top
     except ImportError as e:
         raise RuntimeError(f"the accelerator top is not available (llmfab.backend_hw.accelerator.build_top: {e})") from None
-    top = build_top(t)
-    designs = top if isinstance(top, dict) else {"accelerator": top}
+    top = build_top(t, part=args.part)
+    designs = top if isinstance(top, dict) else {args.part: top}
     out = write_rtl(designs, t, Path(args.out))
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}/ for {t.name} ({t.clock_mhz:g} MHz): {', '.join(files)}")
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     hr = sub.add_parser("rtl", help="write the accelerator's Verilog, Vivado script and FuseSoC core (no model)")
     hr.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small) or a YAML file")
     hr.add_argument("-o", "--out", required=True, help="the folder to write (replaced only if it holds an earlier output)")
+    hr.add_argument("--part", choices=["accelerator", "engine"], default="accelerator",
+                    help="the whole accelerator (default) or the matrix engine alone behind a serial shell "
+                         "(small packages: make bitstream)")
     hr.set_defaults(func=cmd_rtl)
 
     hs = sub.add_parser("synth", help="synthesize RTL: Yosys cell counts (xilinx, xc7) or an ECP5 bitstream (ecp5)")

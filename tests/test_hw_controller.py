@@ -14,7 +14,7 @@ from collections import deque
 import pytest
 from amaranth.sim import Simulator
 
-from llmfab.backend_hw.controller import QUEUE_NAMES, Controller
+from llmfab.backend_hw.controller import Controller
 from llmfab.compile import TOKEN_COUNTER_MAX, compile_model
 from llmfab.ir.isa import (FIELDS, QUEUE_OF, IsaError, MiscFunc, Opcode, Program, Queue, SysFunc, check_tokens,
                            encode, make, resolve_length)
