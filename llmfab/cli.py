@@ -183,7 +183,8 @@ def cmd_report(args) -> int:
         for kind, (ops, nbytes, sec, bounds) in sorted(kinds.items(), key=lambda kv: -kv[1][2]):
             inten = f"{ops / nbytes:9.1f}" if nbytes else "      inf"
             print(f"  {kind:12s} {ops / 1e9:10.3f} {nbytes / 1e6:10.2f} {inten} {sec * 1e3:8.3f}  {'/'.join(sorted(bounds))}")
-    print("resources " + ", ".join(f"{k} {v.used:,.0f}/{v.capacity:,.0f} ({v.fraction:.0%})" for k, v in res.items()))
+    print("resources " + ", ".join(f"{k} {v.used:,.0f}/{v.capacity:,.0f} ({v.fraction:.0%})" for k, v in res.items()
+                                   if v.capacity or v.used))
     print(f"power     {pw.static_w + pw.dynamic_w:.1f} W ({pw.static_w:.1f} static), "
           f"{pw.joules_per_token:.3f} J per decode token at the bound")
     return 0

@@ -115,11 +115,16 @@ class Resource:
         return self.used / self.capacity if self.capacity else math.inf
 
 
-# Per-unit estimates (documented; checked against synthesis in issue 6): a chain stage's sparse
-# multiplexer, operand registers and control; an SFU lane's datapath; DMA engines and controller.
-LUT_PER_STAGE, FF_PER_STAGE = 40, 70
+# Per-unit estimates. The engine's are calibrated by synth_xilinx -family xcup of the matrix engine
+# at 2x4, 2x8 and 4x4 chains (BENCHMARKS.md, "Hardware"): a stage (operand skew, sparse multiplexer)
+# 40 LUT / 24 FF; a chain's weight unpacker, requantizer and control 2,377 LUT / 702 FF (with
+# 32-bit weight words: wider words need wider gearboxes). The SFU lane and the fixed part (DMA
+# engines, controller, buffers' control) are estimates.
+LUT_PER_STAGE, FF_PER_STAGE = 40, 24
+LUT_PER_CHAIN, FF_PER_CHAIN = 2377, 702
 LUT_PER_LANE, FF_PER_LANE, DSP_PER_LANE = 600, 900, 2
-LUT_FIXED, FF_FIXED = 60_000, 90_000
+LUT_PER_CHANNEL, FF_PER_CHANNEL = 1_800, 2_700     # a DMA port per memory channel (estimate)
+LUT_FIXED, FF_FIXED = 5_000, 5_000                  # controller, fetch, SFU unit control (estimate)
 
 
 # DSP blocks of one chain's requantizer (group sum x 15-bit mantissa, 48-bit sum x 15-bit activation
@@ -135,7 +140,7 @@ def engine_dsp(t: Target) -> int:
 
 
 def resources(t: Target) -> dict[str, Resource]:
-    stages = t.engine.n_chains * t.engine.chain_len
+    stages, chains = t.engine.n_chains * t.engine.chain_len, t.engine.n_chains
     lanes = t.sfu.lanes
     uram_kb = 36.0
     uram = sum(math.ceil(b.bytes / 1024 / uram_kb) for b in t.buffers if b.kind.value == "uram")
@@ -144,8 +149,10 @@ def resources(t: Target) -> dict[str, Resource]:
     dev = t.device
     return {
         "dsp": Resource(engine_dsp(t) + DSP_PER_LANE * lanes, dev.dsp),
-        "lut": Resource(LUT_PER_STAGE * stages + LUT_PER_LANE * lanes + LUT_FIXED, dev.lut),
-        "ff": Resource(FF_PER_STAGE * stages + FF_PER_LANE * lanes + FF_FIXED, dev.ff),
+        "lut": Resource(LUT_PER_STAGE * stages + LUT_PER_CHAIN * chains + LUT_PER_LANE * lanes
+                       + LUT_PER_CHANNEL * t.memory.channels + LUT_FIXED, dev.lut),
+        "ff": Resource(FF_PER_STAGE * stages + FF_PER_CHAIN * chains + FF_PER_LANE * lanes
+                      + FF_PER_CHANNEL * t.memory.channels + FF_FIXED, dev.ff),
         "bram": Resource(bram36, dev.bram_kb / 4.5),
         "uram": Resource(uram, dev.uram),
     }
