@@ -161,13 +161,19 @@ class VerilatorSim:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def run(self, inputs: dict[str, object], cycles: int | None = None) -> SimRun:
+    def run(self, inputs: dict[str, object], cycles: int | None = None, *, outputs=None) -> SimRun:
         """`inputs`: input name -> one value per cycle (ints or an int array; negative values are
-        taken modulo 2**width); inputs not given are 0. `cycles` defaults to the inputs' length."""
+        taken modulo 2**width); inputs not given are 0. `cycles` defaults to the inputs' length.
+        `outputs`: the output names to return (default all; converting wide ones costs time)."""
         known = {p.name: p for p in self.inputs}
         for name in inputs:
             if name not in known:
                 raise ValueError(f"{name!r} is not an input of {self.top} (inputs: {', '.join(known)})")
+        outs = {q.name for q in self.outputs}
+        for name in outputs or ():
+            if name not in outs:
+                raise ValueError(f"{name!r} is not an output of {self.top} (outputs: {', '.join(sorted(outs))})")
+        wanted = outs if outputs is None else set(outputs)
         lengths = {len(v) for v in inputs.values()}
         if cycles is None:
             if len(lengths) != 1:
@@ -193,7 +199,8 @@ class VerilatorSim:
         done, seconds = p.stdout.split()
         outputs, col = {}, 0
         for q in self.outputs:
-            outputs[q.name] = _from_words(raw[:, col:col + q.words], q.width)
+            if q.name in wanted:
+                outputs[q.name] = _from_words(raw[:, col:col + q.words], q.width)
             col += q.words
         return SimRun(outputs=outputs, cycles=int(done), seconds=float(seconds))
 

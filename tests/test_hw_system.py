@@ -1,0 +1,173 @@
+# amaranth: UnusedElaboratable=no
+"""The whole accelerator with AXI RAMs (`SimSystem`) runs compiled programs of a fixture model in
+Verilator and ends with the same HBM and buffer bytes as the functional simulator, bit for bit;
+`AxiRam` serves random bursts like a plain bytearray in amaranth.sim."""
+import random
+import shutil
+import time
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from conftest import FIXTURES
+from llmfab.backend_hw.accelerator import formats_of
+from llmfab.backend_hw.axi_ram import AxiRam
+from llmfab.backend_hw.sim_system import SimSystem, VerilatorSystem
+from llmfab.compile import compile_model
+from llmfab.ir.isa import BufferId, Program
+from llmfab.ir.target import load_target
+from llmfab.simulator.functional import Machine
+from llmfab.simulator.timing import TimingModel
+
+pytestmark = pytest.mark.sim
+
+PROMPT = [3, 77, 12, 5, 90]
+
+
+def _program(c, stage, length):
+    e = next(e for e in c.manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1])
+    return Program.from_bytes(dict(c.programs)[e["file"]])
+
+
+@pytest.fixture(scope="module")
+def model():
+    if shutil.which("verilator") is None:
+        pytest.skip("needs Verilator: apt-get install verilator")
+    t = load_target("sim-small")
+    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
+    progs = [_program(c, "prefill", len(PROMPT)), _program(c, "decode", len(PROMPT) + 1)]
+    t0 = time.perf_counter()
+    vs = VerilatorSystem(t, formats_of(progs), [max(c.layout.used)] * t.memory.channels)
+    print(f"\nVerilog {vs.verilog_seconds:.0f} s, Verilator build {vs.build_seconds:.0f} s "
+          f"(total {time.perf_counter() - t0:.0f} s; both cached)")
+    return t, c, vs
+
+
+def _machine(t, c):
+    return Machine.create([d for _, d in c.images], max(c.layout.used),
+                          {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers})
+
+
+def _state(m):
+    return [bytes(h) for h in m.hbm], {b: bytes(v) for b, v in m.buffers.items() if b is not BufferId.INST}
+
+
+def _check(t, vs, m, prog, length, what):
+    """Run `prog` on the RTL from `m`'s state and functionally on `m`; compare every byte."""
+    hbm, bufs = _state(m)
+    timed = TimingModel(t).run(prog, length).seconds * t.clock_mhz * 1e6
+    run = vs.run(prog, length, hbm, bufs, max_cycles=int(25 * timed) + 20_000)
+    m.run(prog, length)
+    print(f"{what}: {len(prog.instructions)} instructions, {run.cycles} RTL cycles, timing model {timed:.0f} "
+          f"cycles (RTL / model {run.cycles / timed:.2f}); {run.sim.cycles} cycles simulated in "
+          f"{run.sim.seconds:.2f} s = {run.sim.cycles_per_second:,.0f} cycles/s")
+    assert hbm != [bytes(h) for h in m.hbm]                          # the program wrote something
+    assert run.hbm == [bytes(h) for h in m.hbm]                      # logits and the new K/V rows
+    for b in (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT):
+        assert run.buffers[b] == bytes(m.buffers[b]), b.name
+    return run
+
+
+def test_decode_step_equals_the_functional_simulator(model):
+    t, c, vs = model
+    m = _machine(t, c)
+    m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
+    m.run(_program(c, "prefill", len(PROMPT)), len(PROMPT))          # the prompt's KV cache, functionally
+    m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())          # the next token
+    _check(t, vs, m, _program(c, "decode", len(PROMPT) + 1), len(PROMPT) + 1, "decode")
+
+
+def test_prefill_equals_the_functional_simulator(model):
+    t, c, vs = model
+    m = _machine(t, c)
+    m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
+    _check(t, vs, m, _program(c, "prefill", len(PROMPT)), len(PROMPT), "prefill")
+
+
+# -- AxiRam alone, in amaranth.sim ---------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [32, 128])
+def test_axi_ram_serves_bursts_like_a_bytearray(width):
+    rng = random.Random(width)
+    beat, size = width // 8, 1024
+    init = bytes(rng.randrange(256) for _ in range(size // 2))
+    dut = AxiRam(size, width, 16, init=init)
+    model = bytearray(init.ljust(size, b"\0"))
+    ax = dut.axi
+
+    async def bench(ctx):
+        for _ in range(12):
+            beats = rng.randint(1, 8)
+            addr = rng.randrange(size // beat - beats + 1) * beat
+            if rng.random() < 0.5:                                  # a write burst, random strobes and stalls
+                ctx.set(ax.aw.payload, {"addr": addr, "len": beats - 1, "size": (beat - 1).bit_length(), "burst": 1})
+                ctx.set(ax.aw.valid, 1)
+                await ctx.tick().until(ax.aw.ready)
+                ctx.set(ax.aw.valid, 0)
+                for k in range(beats):
+                    while rng.random() < 0.3:
+                        ctx.set(ax.w.valid, 0)
+                        await ctx.tick()
+                    data, strb = rng.getrandbits(width), rng.getrandbits(beat)
+                    ctx.set(ax.w.payload, {"data": data, "strb": strb, "last": k == beats - 1})
+                    ctx.set(ax.w.valid, 1)
+                    await ctx.tick().until(ax.w.ready)
+                    for j in range(beat):
+                        if strb >> j & 1:
+                            model[addr + k * beat + j] = data >> 8 * j & 0xFF
+                ctx.set(ax.w.valid, 0)
+                ctx.set(ax.b.ready, 1)
+                await ctx.tick().until(ax.b.valid)
+                ctx.set(ax.b.ready, 0)
+            else:                                                   # a read burst, R stalled at random
+                ctx.set(ax.ar.payload, {"addr": addr, "len": beats - 1, "size": (beat - 1).bit_length(), "burst": 1})
+                ctx.set(ax.ar.valid, 1)
+                await ctx.tick().until(ax.ar.ready)
+                ctx.set(ax.ar.valid, 0)
+                for k in range(beats):
+                    while True:
+                        ready = rng.random() < 0.7
+                        ctx.set(ax.r.ready, ready)
+                        *_, valid, data, last = await ctx.tick().sample(ax.r.valid, ax.r.payload.data, ax.r.payload.last)
+                        if ready and valid:
+                            break
+                    assert data == int.from_bytes(model[addr + k * beat:addr + (k + 1) * beat], "little")
+                    assert last == (k == beats - 1)
+                ctx.set(ax.r.ready, 0)
+        for i in range(size // beat):                               # the debug port sees the same bytes
+            ctx.set(dut.dbg_addr, i)
+            await ctx.tick()
+            assert ctx.get(dut.dbg_data) == int.from_bytes(model[i * beat:(i + 1) * beat], "little")
+        assert not ctx.get(dut.error)
+        ctx.set(ax.ar.payload, {"addr": size - beat, "len": 1, "size": (beat - 1).bit_length(), "burst": 1})
+        ctx.set(ax.ar.valid, 1)                                     # past the end: flagged
+        await ctx.tick().until(ax.ar.ready)
+        ctx.set(ax.ar.valid, 0)
+        await ctx.tick()
+        assert ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_constructor_errors():
+    t = load_target("sim-small")
+    with pytest.raises(ValueError, match="size_bytes must be a positive multiple of 16"):
+        AxiRam(1000, 128, 16)
+    with pytest.raises(ValueError, match="init must be at most 1024 bytes"):
+        AxiRam(1024, 128, 16, init=bytes(2000))
+    with pytest.raises(ValueError, match="one image or size per memory channel"):
+        SimSystem(t, hbm_images=[])
+    with pytest.raises(TypeError, match="target must be a Target"):
+        SimSystem("sim-small", hbm_images=[16])
+
+
+def test_axi_ram_lints_clean():
+    if shutil.which("verilator") is None:
+        pytest.skip("needs Verilator: apt-get install verilator")
+    from amaranth.back import verilog
+    from llmfab.backend_hw.verilator import lint
+    assert lint(verilog.convert(AxiRam(4096, 128, 28, init=b"abc"), name="axi_ram"), "axi_ram") == []
