@@ -6,8 +6,11 @@
    bit-exact specification of the accelerator, against the float model;
 4. compile it for the U280 target: instruction programs for every prompt length and decode
    context (length buckets), the HBM weight images, a manifest — every program checked;
-5. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters and
-   weight storage under each policy;
+5. execute the compiled programs on the functional simulator (bit-exact with the integer model)
+   and time them with the timing model;
+6. run a decode step on the accelerator's RTL (Amaranth -> Verilog -> Verilator; needs Verilator);
+7. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters, weight
+   storage under each policy, the U280 roofline;
 and print a short summary.
 """
 from __future__ import annotations
@@ -118,6 +121,10 @@ def main() -> int:
           f"{'equal bit for bit to' if same else 'DIFFER from'} the integer interpreter; next token {int(got.argmax())}")
     lines.append(f"{'executed on the simulator':28s} {'bit-exact' if same else 'MISMATCH'} with the integer model")
 
+    rtl_line = _rtl_step(MODELS[0], PROMPT)
+    if rtl_line:
+        lines.append(rtl_line)
+
     t0 = time.perf_counter()
     big = load_model("llama2-7b", seq_len=128)
     s = summarize(big)
@@ -142,8 +149,50 @@ def main() -> int:
     for line in lines:
         print("  " + line)
     print("  Next: `llmfab inspect MODEL`, `llmfab interpret MODEL.onnx --tokens \"1 2 3\" --out logits.npy`,")
-    print("        `llmfab quantize MODEL --policy int4-g128-gptq`, `llmfab compile MODEL --target u280 -o BUILD`")
+    print("        `llmfab quantize MODEL --policy int4-g128-gptq`, `llmfab compile MODEL --target u280 -o BUILD`,")
+    print("        `llmfab simulate BUILD`, `llmfab rtl --target sim-small -o RTL`, `llmfab synth RTL --flow xilinx`")
     return 0
+
+
+def _rtl_step(model: Path, prompt: list[int]) -> str | None:
+    """The accelerator's RTL for sim-small runs the decode step in Verilator; same bytes as the
+    functional simulator? (The Verilog and the Verilator build are cached after the first run.)"""
+    import shutil
+
+    from llmfab.backend_hw.accelerator import formats_of
+    from llmfab.backend_hw.sim_system import VerilatorSystem
+    from llmfab.compile import compile_model
+    from llmfab.ir.isa import BufferId, Program
+    from llmfab.ir.target import load_target
+    from llmfab.simulator.functional import Machine
+    from llmfab.simulator.timing import TimingModel
+
+    print("== the accelerator RTL (Amaranth -> Verilog) for sim-small runs one decode step in Verilator")
+    if shutil.which("verilator") is None:
+        print("   skipped: needs Verilator (apt-get install verilator)")
+        return None
+    t = load_target("sim-small")
+    c = compile_model(str(model), "sim-small", max_len=16, policy="int8")
+
+    def prog(stage, n):
+        e = next(e for e in c.manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= n <= e["bucket"][1])
+        return Program.from_bytes(dict(c.programs)[e["file"]])
+    dec = prog("decode", len(prompt) + 1)
+    m = Machine.create([d for _, d in c.images], max(c.layout.used), {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers})
+    m.write(BufferId.ACT, 0, np.array(prompt, "<i4").tobytes())
+    m.run(prog("prefill", len(prompt)), len(prompt))
+    m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
+    t0 = time.perf_counter()
+    vs = VerilatorSystem(t, formats_of([dec]), [max(c.layout.used)] * t.memory.channels)
+    print(f"   Verilog and Verilator model ready in {time.perf_counter() - t0:.0f} s (cached after the first run)")
+    hbm, bufs = [bytes(h) for h in m.hbm], {b: bytes(v) for b, v in m.buffers.items() if b is not BufferId.INST}
+    timed = TimingModel(t).run(dec, len(prompt) + 1).seconds * t.clock_mhz * 1e6
+    run = vs.run(dec, len(prompt) + 1, hbm, bufs, max_cycles=int(25 * timed) + 20_000)
+    m.run(dec, len(prompt) + 1)
+    same = run.hbm == [bytes(h) for h in m.hbm]
+    print(f"   {len(dec.instructions)} instructions in {run.cycles:,} cycles ({run.sim.cycles_per_second:,.0f} cycles/s "
+          f"in Verilator); HBM after the step {'equals' if same else 'DIFFERS from'} the functional simulator")
+    return f"{'decode step on the RTL':28s} {'bit-exact' if same else 'MISMATCH'}, {run.cycles:,} cycles (model {timed:,.0f})"
 
 
 if __name__ == "__main__":
