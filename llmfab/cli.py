@@ -122,7 +122,22 @@ def cmd_compile(args) -> int:
     print(summary(c), end="")
     print(f"time         {c.seconds:.1f} s")
     print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")
+    if args.rtl:  # the accelerator for this build's weight formats, beside the programs
+        from llmfab.backend_hw.accelerator import build_top, formats_of
+        from llmfab.backend_hw.emit import write_rtl
+        from llmfab.ir.isa import Program
+        from llmfab.ir.target import load_target
+
+        formats = formats_of([Program.from_bytes(data) for _, data in c.programs])
+        out = write_rtl(build_top(load_target(args.target), formats), load_target(args.target), Path(args.out) / "hw")
+        print(f"wrote {out}/ (the accelerator's RTL for weight formats {', '.join(map(_format, formats))}; "
+              f"`llmfab synth {args.out} --flow ...`)")
     return 0
+
+
+def _format(f) -> str:
+    bits, pattern, group = f
+    return f"int{bits}" + (f" {pattern[0]}:{pattern[1]}" if pattern else "") + f" g{group}"
 
 
 def cmd_simulate(args) -> int:
@@ -265,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--decode-step", type=int, default=None, help="context lengths per decode bucket (default: "
                    "as many keys as one KV tile holds)")
     c.add_argument("-o", "--out", required=True, help="the BUILD folder to write")
+    c.add_argument("--rtl", action="store_true", help="also write the accelerator's RTL for this build's weight "
+                   "formats into BUILD/hw (Verilog, Vivado TCL, FuseSoC core; slow for large targets)")
     c.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("simulate", help="time a build: time to first token and decode tokens/s")

@@ -12,10 +12,10 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from conftest import FIXTURES
-from llmfab.backend_hw.accelerator import build_top
+from llmfab.backend_hw.accelerator import DEFAULT_FORMATS, build_top, formats_of
 from llmfab.backend_hw.verilator import VerilatorSim, lint
 from llmfab.compile import compile_model
-from llmfab.ir.isa import BufferId, encode
+from llmfab.ir.isa import BufferId, Program, encode
 from llmfab.ir.target import load_target
 
 pytestmark = pytest.mark.sim
@@ -38,7 +38,6 @@ def _stimulus(t, dut) -> dict[str, list[int]]:
     starts; the memory accepts every address but returns no data (the loads wait)."""
     c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
     prog = next(p for name, p in c.programs if "prefill" in name)
-    from llmfab.ir.isa import Program
     words = b"".join(encode(i) for i in Program.from_bytes(prog).instructions[:6])
     inst = next(b for b in t.buffers if b.name.value == "inst")
     wb = inst.width_bits // 8
@@ -78,17 +77,28 @@ def _amaranth(dut, stim) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("target", ["sim-small", "ecp5-85k"])
 def test_rtl_lints_clean_and_verilator_matches_amaranth(target, tmp_path):
-    out = tmp_path / "rtl"
-    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "rtl", "--target", target, "-o", str(out)],
-                       capture_output=True, text=True)
+    """sim-small through `llmfab compile --rtl` (the weight formats of a compiled fixture),
+    ecp5-85k through `llmfab rtl` (the default format)."""
+    formats = DEFAULT_FORMATS
+    if target == "sim-small":
+        out = tmp_path / "build" / "hw"
+        cmd = ["compile", str(FIXTURES / "llama_ts_op14.onnx"), "--target", target, "--max-len", "16", "--rtl",
+               "-o", str(tmp_path / "build")]
+    else:
+        out = tmp_path / "rtl"
+        cmd = ["rtl", "--target", target, "-o", str(out)]
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", *cmd], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+    if target == "sim-small":
+        assert "weight formats int8 g32, int8 g64" in p.stdout
+        formats = formats_of([Program.from_bytes(f.read_bytes()) for f in (tmp_path / "build" / "programs").iterdir()])
     assert {"rtl/accelerator.v", "vivado/create_project.tcl", "accelerator.core", "rtl.json"} <= \
         {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()}
     verilog = (out / "rtl" / "accelerator.v").read_text()
     assert lint(verilog, "accelerator") == []
 
     t = load_target(target)
-    dut = build_top(t)["accelerator"]
+    dut = build_top(t, formats)["accelerator"]
     stim = _stimulus(t, dut)
     want = _amaranth(dut, stim)
     t0 = time.perf_counter()
