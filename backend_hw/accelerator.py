@@ -48,7 +48,8 @@ def formats_of(programs: list[Program]) -> tuple[tuple[int, tuple[int, int] | No
 class Accelerator(wiring.Component):
     """Ports: `start`, `length` (32), `running`, `halted`, `error` (an illegal instruction or a weight
     format the matrix unit was not built for); `host` (a buffer client port driven by the host);
-    `axi[c]` (one AXI4 manager port per memory channel)."""
+    `axi[c]` (one AXI4 manager port per memory channel); `issued` / `completed` (4 bits, one per
+    `Queue` bit: a unit took / finished an instruction this cycle), for per-instruction traces."""
 
     def __init__(self, target: Target, formats=DEFAULT_FORMATS, *, init: dict[BufferId, bytes] | None = None):
         if not isinstance(target, Target):
@@ -66,6 +67,7 @@ class Accelerator(wiring.Component):
         self.bank = BufferBank(target, len(self.clients) + 1, init=init)     # + the host
         axi = AxiSignature(self.dma_load.addr_width, target.memory.port_width_bits)
         super().__init__({"start": In(1), "length": In(32), "running": Out(1), "halted": Out(1), "error": Out(1),
+                          "issued": Out(len(Queue)), "completed": Out(len(Queue)),
                           "host": In(BufferPortSignature(data_width(target))),
                           "axi": Out(axi).array(self.dma_load.ports)})
 
@@ -90,6 +92,9 @@ class Accelerator(wiring.Component):
         wiring.connect(m, c.sfu, sfu.inst)
         done = {Queue.LOAD: ld.done, Queue.MATRIX: mx.done, Queue.SFU: sfu.done, Queue.STORE: st.done}
         m.d.comb += c.done.eq(Cat(*(done[q] for q in sorted(Queue, key=int))))
+        took = {Queue.LOAD: c.load, Queue.MATRIX: c.matrix, Queue.SFU: c.sfu, Queue.STORE: c.store}
+        m.d.comb += [self.completed.eq(c.done),
+                     self.issued.eq(Cat(*(took[q].valid & took[q].ready for q in sorted(Queue, key=int))))]
 
         # one AXI port per channel: reads from the load DMA, writes from the store DMA
         for k, port in enumerate(self.axi):

@@ -23,7 +23,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.isa import BufferId, Program, encode
+from llmfab.ir.isa import QUEUE_OF, BufferId, Opcode, Program, Queue, SysFunc, encode
 from llmfab.ir.target import Target
 
 from .accelerator import DEFAULT_FORMATS, Accelerator
@@ -67,7 +67,7 @@ class SimSystem(wiring.Component):
                                     init=b"" if isinstance(img, int) else bytes(img)))
         dbg_aw = max(r.dbg_addr.shape().width for r in self.rams)
         super().__init__({"start": In(1), "length": In(32), "running": Out(1), "halted": Out(1),
-                          "error": Out(1), "axi_error": Out(1),
+                          "error": Out(1), "axi_error": Out(1), "issued": Out(4), "completed": Out(4),
                           "host": In(BufferPortSignature(data_width(target))),
                           "dbg_chan": In(max(1, (channels - 1).bit_length())), "dbg_addr": In(dbg_aw),
                           "dbg_we": In(1), "dbg_wdata": In(width), "dbg_data": Out(width)})
@@ -76,7 +76,8 @@ class SimSystem(wiring.Component):
         m = Module()
         m.submodules.accelerator = acc = self.accelerator
         m.d.comb += [acc.start.eq(self.start), acc.length.eq(self.length), self.running.eq(acc.running),
-                     self.halted.eq(acc.halted), self.error.eq(acc.error)]
+                     self.halted.eq(acc.halted), self.error.eq(acc.error),
+                     self.issued.eq(acc.issued), self.completed.eq(acc.completed)]
         wiring.connect(m, wiring.flipped(self.host), acc.host)
         chan = Signal.like(self.dbg_chan)
         m.d.sync += chan.eq(self.dbg_chan)                 # which RAM answers next cycle
@@ -143,6 +144,9 @@ class SystemRun:
     buffers: dict[BufferId, bytes]      # every buffer's bytes after the run (INST included)
     cycles: int                         # from the `start` cycle to the first cycle `halted` is seen
     sim: SimRun                         # the raw run (cycles simulated, seconds, cycles_per_second)
+    # per executed instruction: (index, queue, opcode or function, cycle its unit took it, cycle it
+    # finished), cycles from `start`; the units report in order, so the k-th of a queue pairs up
+    trace: tuple = ()
 
 
 class VerilatorSystem:
@@ -217,7 +221,7 @@ class VerilatorSystem:
             v["dbg_chan"][sl], v["dbg_addr"][sl] = k, np.arange(depth)
             at += depth
         run = self.vsim.run({**v, "dbg_wdata": wdata}, total,
-                            outputs=("error", "axi_error", "halted", "host__rdata", "dbg_data"))
+                            outputs=("error", "axi_error", "halted", "host__rdata", "dbg_data", "issued", "completed"))
         out = run.outputs
         for flag in ("error", "axi_error"):
             if np.any(out[flag][start:rd]):
@@ -236,4 +240,25 @@ class VerilatorSystem:
         for depth in ram_words:
             mem.append(b"".join(int(x).to_bytes(self.beat, "little") for x in out["dbg_data"][at:at + depth]))
             at += depth
-        return SystemRun(hbm=mem, buffers=got, cycles=int(halted[0]) + 1, sim=run)
+        trace = _trace(program, out["issued"][start:rd], out["completed"][start:rd])
+        return SystemRun(hbm=mem, buffers=got, cycles=int(halted[0]) + 1, sim=run, trace=trace)
+
+
+def _trace(program: Program, issued, completed) -> tuple:
+    """Pair each queued instruction (in program order per queue, up to END) with the cycles its
+    unit took and finished it."""
+    out = []
+    for q in Queue:
+        bit = int(q).bit_length() - 1
+        took = np.nonzero(np.asarray(issued, dtype=np.int64) >> bit & 1)[0]
+        done = np.nonzero(np.asarray(completed, dtype=np.int64) >> bit & 1)[0]
+        mine = []
+        for k, inst in enumerate(program.instructions):
+            if inst.op is Opcode.SYS and inst["func"] is SysFunc.END:
+                break
+            if QUEUE_OF[inst.op] is q:
+                mine.append((k, inst))
+        for (k, inst), a, b in zip(mine, took, done):
+            key = inst["func"].name if inst.op in (Opcode.MISC, Opcode.ATTN) else inst.op.name
+            out.append((k, q.name.lower(), key, int(a), int(b)))
+    return tuple(sorted(out))

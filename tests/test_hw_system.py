@@ -56,9 +56,11 @@ def _state(m):
 def _check(t, vs, m, prog, length, what):
     """Run `prog` on the RTL from `m`'s state and functionally on `m`; compare every byte."""
     hbm, bufs = _state(m)
-    timed = TimingModel(t).run(prog, length).seconds * t.clock_mhz * 1e6
+    model_run = TimingModel(t).run(prog, length)
+    timed = model_run.seconds * t.clock_mhz * 1e6
     run = vs.run(prog, length, hbm, bufs, max_cycles=int(25 * timed) + 20_000)
     m.run(prog, length)
+    _compare_trace(t, prog, run, model_run, what)
     print(f"{what}: {len(prog.instructions)} instructions, {run.cycles} RTL cycles, timing model {timed:.0f} "
           f"cycles (RTL / model {run.cycles / timed:.2f}); {run.sim.cycles} cycles simulated in "
           f"{run.sim.seconds:.2f} s = {run.sim.cycles_per_second:,.0f} cycles/s")
@@ -67,6 +69,23 @@ def _check(t, vs, m, prog, length, what):
     for b in (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT):
         assert run.buffers[b] == bytes(m.buffers[b]), b.name
     return run
+
+
+def _compare_trace(t, prog, run, model_run, what):
+    """The RTL's per-instruction trace is complete and ordered; print unit cycles per function next
+    to the timing model's (where the cycle gap comes from)."""
+    end = next(k for k, i in enumerate(prog.instructions) if i.op.name == "SYS" and i["func"].name == "END")
+    queued = [k for k, i in enumerate(prog.instructions[:end]) if i.op.name != "SYS"]
+    assert [k for k, *_ in run.trace] == queued                       # every instruction, once
+    assert all(0 <= took <= done <= run.cycles for *_, took, done in run.trace)
+    hz = t.clock_mhz * 1e6
+    rtl, mod = {}, {}
+    for _, _, key, took, done in run.trace:
+        rtl[key] = rtl.get(key, 0) + done - took
+    for _, _, key, b, e in model_run.spans:
+        mod[key] = mod.get(key, 0) + (e - b) * hz
+    print(f"{what}, unit cycles per function (RTL / timing model): " +
+          ", ".join(f"{k} {rtl[k]:,}/{mod.get(k, 0):,.0f}" for k in sorted(rtl, key=lambda k: -rtl[k])))
 
 
 def test_decode_step_equals_the_functional_simulator(model):
