@@ -23,7 +23,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.isa import QUEUE_OF, BufferId, Opcode, Program, Queue, SysFunc, encode
+from llmfab.ir.isa import QUEUE_OF, BufferId, Opcode, Program, Queue, SysFunc, encode, op_name
 from llmfab.ir.target import Target
 
 from .accelerator import DEFAULT_FORMATS, Accelerator
@@ -259,6 +259,5 @@ def _trace(program: Program, issued, completed) -> tuple:
             if QUEUE_OF[inst.op] is q:
                 mine.append((k, inst))
         for (k, inst), a, b in zip(mine, took, done):
-            key = inst["func"].name if inst.op in (Opcode.MISC, Opcode.ATTN) else inst.op.name
-            out.append((k, q.name.lower(), key, int(a), int(b)))
+            out.append((k, q.name.lower(), op_name(inst), int(a), int(b)))
     return tuple(sorted(out))

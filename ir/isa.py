@@ -415,6 +415,11 @@ def queue_of(inst: Instruction) -> Queue | None:
     return QUEUE_OF[inst.op]
 
 
+def op_name(inst: Instruction) -> str:
+    """What an instruction does, for reports: its opcode, or for MISC and ATTN its function."""
+    return inst["func"].name if inst.op in (Opcode.MISC, Opcode.ATTN) else inst.op.name
+
+
 def is_barrier(inst: Instruction) -> bool:
     return inst.op is Opcode.SYS and inst["func"] in BARRIERS
 

@@ -24,6 +24,7 @@ import numpy as np
 from llmfab.ir import Graph, InputRole, OpKind
 from llmfab.ir.isa import (CAUSAL, CONTINUE, HOLD, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program,
                            SysFunc, lookup_field, make, weight_fields)
+from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
 from llmfab.ir.quant import QuantizedWeight
 
 from .buckets import Bucket, Stage
@@ -31,8 +32,7 @@ from .hbm_layout import HbmLayout, LayoutError, Object
 from .tokens import TokenTracker
 
 LOAD, MATRIX, SFU, STORE = 0, 1, 2, 3
-QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU,
-            Opcode.ATTN: MATRIX}
+QUEUE_OF = {op: int(q).bit_length() - 1 for op, q in ISA_QUEUE_OF.items() if q is not None}  # ISA queue -> index
 ACT, SCRATCH, KV, WEIGHT = BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT
 IDS_ADDR = 0      # the host writes the step's token ids (int32, one per row) at the start of the act buffer
 

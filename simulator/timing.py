@@ -29,13 +29,13 @@ import bisect
 import heapq
 from dataclasses import dataclass, field
 
-from llmfab.ir.isa import MiscFunc, Opcode, Program, SysFunc, resolve_length
+from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
+from llmfab.ir.isa import MiscFunc, Opcode, Program, Queue, SysFunc, op_name, resolve_length
 from llmfab.ir.quant import kept
 from llmfab.ir.target import Target
 
-LOAD, MATRIX, SFU, STORE = 1, 2, 4, 8          # queue bits, as in the ISA masks
-QUEUE_OF = {Opcode.LD: LOAD, Opcode.ST: STORE, Opcode.MM: MATRIX, Opcode.MV: MATRIX, Opcode.MISC: SFU,
-            Opcode.ATTN: MATRIX}
+LOAD, MATRIX, SFU, STORE = (int(q) for q in (Queue.LOAD, Queue.MATRIX, Queue.SFU, Queue.STORE))  # mask bits
+QUEUE_OF = {op: int(q) for op, q in ISA_QUEUE_OF.items() if q is not None}
 BURST_NS = 20.0                                  # per AXI burst: address phase and turnaround
 AXI_BURST_BYTES = 4096                           # AXI4 bursts never cross a 4 KiB boundary
 DMA_ISSUE_CYCLES = 4                             # a DMA descriptor's issue time
@@ -158,7 +158,7 @@ class TimingModel:
             else:
                 queue_free[q] = end
                 stats.busy[q] += end - begin
-            key = i["func"].name if i.op in (Opcode.MISC, Opcode.ATTN) else i.op.name
+            key = op_name(i)
             stats.per_op[key] = stats.per_op.get(key, 0.0) + end - begin
             stats.spans.append((index, q, key, begin, end))
             done = max(done, end)
