@@ -68,3 +68,25 @@ def tmp_fixture_copy(tmp_path):
             shutil.copy(src, tmp_path / name)
         return tmp_path / name
     return copy
+
+
+def run_per_cycle(dut, inputs: list, outputs: dict, n: int) -> dict[str, list[int]]:
+    """amaranth.sim in Verilator's cycle convention (backend_hw/verilator.py): each cycle set the
+    inputs (`inputs`: (signal, one value per cycle) pairs), read the settled outputs (`outputs`:
+    name -> signal; unsigned), tick."""
+    from amaranth.sim import Simulator
+    got = {o: [] for o in outputs}
+
+    async def tb(ctx):
+        for k in range(n):
+            for sig, values in inputs:
+                ctx.set(sig, int(values[k]))
+            for name, sig in outputs.items():
+                got[name].append(ctx.get(sig) & ((1 << len(sig)) - 1))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return got

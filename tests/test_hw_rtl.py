@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from amaranth import Value
 from amaranth.lib import wiring
-from amaranth.sim import Simulator
 
-from conftest import FIXTURES
+from conftest import FIXTURES, run_per_cycle
 from llmfab.backend_hw.accelerator import DEFAULT_FORMATS, build_top, formats_of
 from llmfab.backend_hw.verilator import VerilatorSim, lint
 from llmfab.compile import compile_model
@@ -56,23 +55,8 @@ def _stimulus(t, dut) -> dict[str, list[int]]:
 
 
 def _amaranth(dut, stim) -> dict[str, list[int]]:
-    ins = {name: v for name, flow, v in _leaves(dut) if flow == wiring.In}
-    outs = {name: v for name, flow, v in _leaves(dut) if flow == wiring.Out}
-    got = {o: [] for o in outs}
-
-    async def tb(ctx):
-        for k in range(CYCLES):
-            for name, sig in ins.items():
-                ctx.set(sig, stim[name][k])
-            for name, sig in outs.items():
-                got[name].append(ctx.get(sig) & ((1 << len(sig)) - 1))
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return got
+    return run_per_cycle(dut, [(v, stim[name]) for name, flow, v in _leaves(dut) if flow == wiring.In],
+                         {name: v for name, flow, v in _leaves(dut) if flow == wiring.Out}, CYCLES)
 
 
 @pytest.mark.parametrize("target", ["sim-small", "ecp5-85k"])

@@ -8,8 +8,8 @@ from amaranth import *
 from amaranth.back import verilog
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
+from conftest import run_per_cycle
 from llmfab.backend_hw.verilator import LINT_WAIVERS, VerilatorError, VerilatorSim, lint
 
 pytestmark = pytest.mark.sim
@@ -58,23 +58,8 @@ class Wide(wiring.Component):
 
 
 def _amaranth_run(dut, inputs: dict, outputs: list[str], n: int) -> dict[str, list[int]]:
-    """Per cycle: set the inputs, read the outputs (settled), tick; outputs as unsigned bits."""
-    got = {o: [] for o in outputs}
-
-    async def tb(ctx):
-        for k in range(n):
-            for name, values in inputs.items():
-                ctx.set(Value.cast(getattr(dut, name)), int(values[k]))
-            for o in outputs:
-                sig = Value.cast(getattr(dut, o))
-                got[o].append(ctx.get(sig) & ((1 << len(sig)) - 1))
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return got
+    return run_per_cycle(dut, [(Value.cast(getattr(dut, k)), v) for k, v in inputs.items()],
+                         {o: Value.cast(getattr(dut, o)) for o in outputs}, n)
 
 
 def _random(rng, width, n):
