@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.isa import FIELDS, HEADER, INST_BITS, LENGTH_FIELD, QUEUE_OF, Opcode, Queue, SysFunc, lookup_field
 from llmfab.ir.target import Target
 
+QUEUE_DEPTH = 4      # instructions each queue's FIFO holds between dispatch and issue
 QUEUE_NAMES = {Queue.LOAD: "load", Queue.MATRIX: "matrix", Queue.SFU: "sfu", Queue.STORE: "store"}
 _HEADER = {f.name: f for f in HEADER}
 
@@ -56,7 +57,7 @@ class Controller(wiring.Component):
     queues drain. Throughput: one instruction per cycle while the FIFOs have room.
     """
 
-    def __init__(self, target: Target, *, counter_max: int = 31, queue_depth: int = 4, in_flight: int = 4):
+    def __init__(self, target: Target, *, counter_max: int = 31, queue_depth: int = QUEUE_DEPTH, in_flight: int = 4):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         for name, v in (("counter_max", counter_max), ("queue_depth", queue_depth), ("in_flight", in_flight)):

@@ -19,10 +19,16 @@ from .buffers import data_width
 from .dma import BufferPortSignature
 
 
+def fetch_cycles(target: Target) -> int:
+    """Cycles from accepting one instruction to offering the next: the next instruction's reads
+    start the cycle after the accept, one word a cycle, and its last word lands a cycle later."""
+    return INST_BITS // target.buffer(BufferName.INST).width_bits + 2
+
+
 class FetchUnit(wiring.Component):
     """Ports: `start` (in) restarts at instruction 0; `stop` (in) stops fetching; `inst` (out,
     stream of 256-bit words); `port` (out, a buffer client port on INST). Throughput: one
-    instruction per `256 / width_bits + 1` cycles."""
+    instruction per `fetch_cycles(target)` = 256 / width_bits + 2 cycles."""
 
     def __init__(self, target: Target):
         inst = target.buffer(BufferName.INST)

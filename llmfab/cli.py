@@ -143,7 +143,7 @@ def _format(f) -> str:
 def cmd_simulate(args) -> int:
     from llmfab.simulator.run import format_report, simulate
 
-    r = simulate(args.build, args.prefill, args.decode, trace=args.trace)
+    r = simulate(args.build, args.prefill, args.decode, trace=args.trace, model=args.model)
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else format_report(r), end="\n" if args.json else "")
     return 0
 
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--trace", metavar="FILE", help="write each instruction of the middle decode step with its "
                    "queue and begin/end cycle (CSV)")
+    s.add_argument("--model", choices=("design", "rtl"), default="design",
+                   help="time the pipelined design the target describes (default), or the accelerator RTL "
+                   "`llmfab rtl` emits today")
     s.set_defaults(func=cmd_simulate)
 
     rp = sub.add_parser("report", help="roofline, resources and power of a model on a target")

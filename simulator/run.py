@@ -9,6 +9,10 @@ matrix, sfu, store), unit seconds per opcode or function, and seconds per sectio
 (`layers.N`, the embedding, the LM head: what each adds to the critical path, from the build's
 manifest). `--trace FILE` writes every instruction of the middle decode step with its queue and
 its begin and end cycle.
+
+`--model design` (the default) times the pipelined design the Target describes
+(simulator/timing.py); `--model rtl` times the accelerator RTL that `llmfab rtl` emits today
+(backend_hw/cycle_model.py, held within 2% of Verilator on whole programs).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from llmfab.ir.target import load_target
 from .timing import LOAD, MATRIX, SFU, STORE, Timing, TimingModel
 
 UNITS = {LOAD: "load", MATRIX: "matrix", SFU: "sfu", STORE: "store"}
+MODELS = ("design", "rtl")
 
 
 class SimulateError(ValueError):
@@ -32,6 +37,7 @@ class SimulateError(ValueError):
 @dataclass(frozen=True)
 class SimReport:
     target: str
+    model: str                          # "design" or "rtl" (module docstring)
     prefill: int
     decode: int
     ttft_s: float
@@ -76,7 +82,20 @@ def program_for(build: Path, manifest: dict, stage: str, length: int) -> Program
     raise SimulateError(f"{build}: no {stage} program for length {length} (max_len {manifest['max_len']})")
 
 
-def simulate(build: str | Path, prefill: int, decode: int, trace: str | Path | None = None) -> SimReport:
+def timing_model(target, model: str = "design", programs: list[Program] = ()):
+    """The timing model `model` ("design" or "rtl") of `target`: `.run(program, length) -> Timing`.
+    The RTL is the accelerator built for the weight formats of `programs` (the build's)."""
+    if model == "design":
+        return TimingModel(target)
+    if model == "rtl":
+        from llmfab.backend_hw.accelerator import formats_of     # imports amaranth: only when asked
+        from llmfab.backend_hw.cycle_model import RtlCycleModel
+        return RtlCycleModel(target, formats_of(programs))
+    raise SimulateError(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
+
+
+def simulate(build: str | Path, prefill: int, decode: int, trace: str | Path | None = None,
+             model: str = "design") -> SimReport:
     build = Path(build)
     try:
         manifest = json.loads((build / "manifest.json").read_text())
@@ -86,7 +105,8 @@ def simulate(build: str | Path, prefill: int, decode: int, trace: str | Path | N
         raise SimulateError(f"--prefill {prefill} + --decode {decode} must be positive and fit max_len "
                             f"{manifest['max_len']} of {build}")
     target = load_target(manifest["target"]["name"])
-    model = TimingModel(target)
+    programs = [Program.from_bytes((build / e["file"]).read_bytes()) for e in manifest["programs"]] if model == "rtl" else []
+    name, model = model, timing_model(target, model, programs)
     pre = model.run(program_for(build, manifest, "prefill", prefill), prefill)
     ttft = pre.seconds
     contexts = sorted({prefill + 1, prefill + (decode + 1) // 2, prefill + decode})
@@ -105,13 +125,14 @@ def simulate(build: str | Path, prefill: int, decode: int, trace: str | Path | N
     peak = target.memory.peak_gbps * 1e9
     breakdown = {"prefill": _breakdown(pre, _entry(manifest, "prefill", prefill).get("sections", [])),
                  "decode": _breakdown(mid, _entry(manifest, "decode", mid_ctx).get("sections", []))}
-    return SimReport(target.name, prefill, decode, ttft, decode / total, {c: s.seconds for c, s in steps.items()},
+    return SimReport(target.name, name, prefill, decode, ttft, decode / total, {c: s.seconds for c, s in steps.items()},
                      mid.hbm_utilization(target), mid.dsp_utilization(target), peak / mid.hbm_bytes,
                      mid.instructions, breakdown)
 
 
 def format_report(r: SimReport) -> str:
-    lines = [f"target       {r.target}: prefill {r.prefill} tokens, then {r.decode} decode steps",
+    what = "the pipelined design" if r.model == "design" else "the accelerator RTL as emitted (backend_hw)"
+    lines = [f"target       {r.target}: prefill {r.prefill} tokens, then {r.decode} decode steps; timing of {what}",
              f"TTFT         {r.ttft_s * 1e3:.2f} ms",
              f"decode       {r.decode_tokens_per_s:.1f} tokens/s (bandwidth roofline for the same build "
              f"{r.roofline_decode_tokens_per_s:.1f})",

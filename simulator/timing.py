@@ -78,6 +78,15 @@ class Timing:
         return self.macs / (self.seconds * per_s) if self.seconds else 0.0
 
 
+def macs(i) -> int:
+    """Multiply-accumulates of a length-resolved MV, MM or ATTN (N:M: only the kept weights)."""
+    if i.op in (Opcode.MV, Opcode.MM):
+        return i["n"] * kept(i["k"], i["sparsity"].pattern) * (i["m"] if i.op is Opcode.MM else 1)
+    if i.op is Opcode.ATTN:
+        return i["rows"] * i["cols"] * i["depth"]
+    return 0
+
+
 class TimingModel:
     def __init__(self, target: Target):
         self.t = target
@@ -107,13 +116,13 @@ class TimingModel:
             rows = i["m"] if i.op is Opcode.MM else 1
             passes = -(-i["n"] // e.n_chains) * -(-n_kept // e.chain_len)
             tokens = -(-rows // (e.operand_packing if i.op is Opcode.MM else 1))
-            stats.macs += i["n"] * n_kept * rows
+            stats.macs += macs(i)
             return start, start + (passes * tokens + e.pipeline_depth) * self.cycle
         f = i["func"]
         if i.op is Opcode.ATTN:
             n, k = (i["cols"], i["depth"]) if f is MiscFunc.ATTN_QK else (i["depth"], i["cols"])
             passes = -(-n // e.n_chains) * -(-k // e.chain_len) * i["rows"]
-            stats.macs += i["rows"] * i["cols"] * i["depth"]
+            stats.macs += macs(i)
             return start, start + (passes + e.pipeline_depth) * self.cycle
         elems = i["rows"] * max(i["cols"], 1)
         if f is MiscFunc.COPY:

@@ -1,7 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """The whole accelerator with AXI RAMs (`SimSystem`) runs compiled programs of a fixture model in
-Verilator and ends with the same HBM and buffer bytes as the functional simulator, bit for bit;
-`AxiRam` serves random bursts like a plain bytearray in amaranth.sim."""
+Verilator and ends with the same HBM and buffer bytes as the functional simulator, bit for bit, in
+the number of cycles `RtlCycleModel` predicts (within 2%; its controller recurrence alone, given the
+units' measured cycles, to the cycle); `AxiRam` serves random bursts like a plain bytearray in
+amaranth.sim."""
 import random
 import shutil
 import time
@@ -13,6 +15,7 @@ from amaranth.sim import Simulator
 from conftest import FIXTURES
 from llmfab.backend_hw.accelerator import formats_of
 from llmfab.backend_hw.axi_ram import AxiRam
+from llmfab.backend_hw.cycle_model import RtlCycleModel
 from llmfab.backend_hw.sim_system import SimSystem, VerilatorSystem
 from llmfab.compile import compile_model
 from llmfab.ir.isa import BufferId, Program
@@ -41,7 +44,7 @@ def model():
     vs = VerilatorSystem(t, formats_of(progs), [max(c.layout.used)] * t.memory.channels)
     print(f"\nVerilog {vs.verilog_seconds:.0f} s, Verilator build {vs.build_seconds:.0f} s "
           f"(total {time.perf_counter() - t0:.0f} s; both cached)")
-    return t, c, vs
+    return t, c, vs, formats_of(progs)
 
 
 def _machine(t, c):
@@ -53,17 +56,23 @@ def _state(m):
     return [bytes(h) for h in m.hbm], {b: bytes(v) for b, v in m.buffers.items() if b is not BufferId.INST}
 
 
-def _check(t, vs, m, prog, length, what):
-    """Run `prog` on the RTL from `m`'s state and functionally on `m`; compare every byte."""
+def _check(t, vs, formats, m, prog, length, what):
+    """Run `prog` on the RTL from `m`'s state and functionally on `m`; compare every byte, and the
+    cycles with the RTL's cycle model."""
+    hz = t.clock_mhz * 1e6
     hbm, bufs = _state(m)
     model_run = TimingModel(t).run(prog, length)
-    timed = model_run.seconds * t.clock_mhz * 1e6
-    run = vs.run(prog, length, hbm, bufs, max_cycles=int(25 * timed) + 20_000)
+    timed = model_run.seconds * hz
+    rtl_model = RtlCycleModel(t, formats).run(prog, length)
+    predicted = rtl_model.seconds * hz
+    run = vs.run(prog, length, hbm, bufs, max_cycles=int(1.1 * predicted) + 1000)
     m.run(prog, length)
-    _compare_trace(t, prog, run, model_run, what)
-    print(f"{what}: {len(prog.instructions)} instructions, {run.cycles} RTL cycles, timing model {timed:.0f} "
-          f"cycles (RTL / model {run.cycles / timed:.2f}); {run.sim.cycles} cycles simulated in "
-          f"{run.sim.seconds:.2f} s = {run.sim.cycles_per_second:,.0f} cycles/s")
+    _compare_trace(t, prog, length, run, rtl_model, model_run, what)
+    print(f"{what}: {len(prog.instructions)} instructions, {run.cycles} RTL cycles, RtlCycleModel {predicted:.0f} "
+          f"({predicted / run.cycles - 1:+.3%}), the pipelined design's timing model {timed:.0f} (RTL / design "
+          f"{run.cycles / timed:.2f}); {run.sim.cycles} cycles simulated in {run.sim.seconds:.2f} s = "
+          f"{run.sim.cycles_per_second:,.0f} cycles/s")
+    assert abs(predicted - run.cycles) <= 0.02 * run.cycles
     assert hbm != [bytes(h) for h in m.hbm]                          # the program wrote something
     assert run.hbm == [bytes(h) for h in m.hbm]                      # logits and the new K/V rows
     for b in (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT):
@@ -71,37 +80,45 @@ def _check(t, vs, m, prog, length, what):
     return run
 
 
-def _compare_trace(t, prog, run, model_run, what):
-    """The RTL's per-instruction trace is complete and ordered; print unit cycles per function next
-    to the timing model's (where the cycle gap comes from)."""
+def _compare_trace(t, prog, length, run, rtl_model, model_run, what):
+    """The RTL's per-instruction trace is complete and ordered; given the units' measured cycles,
+    the cycle model's controller issues every instruction on the RTL's cycle; print unit cycles per
+    function: RTL, cycle model, the design's timing model."""
     end = next(k for k, i in enumerate(prog.instructions) if i.op.name == "SYS" and i["func"].name == "END")
     queued = [k for k, i in enumerate(prog.instructions[:end]) if i.op.name != "SYS"]
     assert [k for k, *_ in run.trace] == queued                       # every instruction, once
     assert all(0 <= took <= done <= run.cycles for *_, took, done in run.trace)
     hz = t.clock_mhz * 1e6
-    rtl, mod = {}, {}
-    for _, _, key, took, done in run.trace:
-        rtl[key] = rtl.get(key, 0) + done - took
-    for _, _, key, b, e in model_run.spans:
-        mod[key] = mod.get(key, 0) + (e - b) * hz
-    print(f"{what}, unit cycles per function (RTL / timing model): " +
-          ", ".join(f"{k} {rtl[k]:,}/{mod.get(k, 0):,.0f}" for k in sorted(rtl, key=lambda k: -rtl[k])))
+    measured = {k: done - took for k, _, _, took, done in run.trace}
+    order = iter(sorted(measured))
+    replay = RtlCycleModel(t, cycles=lambda i: measured[next(order)]).run(prog, length)
+    assert {k: round(b * hz) for k, _, _, b, _ in replay.spans} == {k: took for k, _, _, took, _ in run.trace}
+    assert round(replay.seconds * hz) == run.cycles
+    per = [{}, {}, {}]
+    for k, _, key, took, done in run.trace:
+        per[0][key] = per[0].get(key, 0) + done - took
+    for d, spans in ((per[1], rtl_model.spans), (per[2], model_run.spans)):
+        for _, _, key, b, e in spans:
+            d[key] = d.get(key, 0) + (e - b) * hz
+    print(f"{what}, unit cycles per function (RTL / RtlCycleModel / design): " +
+          ", ".join(f"{k} {per[0][k]:,}/{per[1].get(k, 0):,.0f}/{per[2].get(k, 0):,.0f}"
+                    for k in sorted(per[0], key=lambda k: -per[0][k])))
 
 
 def test_decode_step_equals_the_functional_simulator(model):
-    t, c, vs = model
+    t, c, vs, formats = model
     m = _machine(t, c)
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
     m.run(_program(c, "prefill", len(PROMPT)), len(PROMPT))          # the prompt's KV cache, functionally
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())          # the next token
-    _check(t, vs, m, _program(c, "decode", len(PROMPT) + 1), len(PROMPT) + 1, "decode")
+    _check(t, vs, formats, m, _program(c, "decode", len(PROMPT) + 1), len(PROMPT) + 1, "decode")
 
 
 def test_prefill_equals_the_functional_simulator(model):
-    t, c, vs = model
+    t, c, vs, formats = model
     m = _machine(t, c)
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
-    _check(t, vs, m, _program(c, "prefill", len(PROMPT)), len(PROMPT), "prefill")
+    _check(t, vs, formats, m, _program(c, "prefill", len(PROMPT)), len(PROMPT), "prefill")
 
 
 # -- AxiRam alone, in amaranth.sim ---------------------------------------------------------------

@@ -77,6 +77,24 @@ def test_simulate_report_and_cli(builds):
         simulate(builds["int4"], 100, 100)
 
 
+def test_simulate_the_rtl(tmp_path):
+    """`--model rtl` times the accelerator RTL (backend_hw/cycle_model.py, checked against Verilator
+    in tests/test_hw_system.py): slower than the pipelined design it does not reach yet."""
+    d = tmp_path / "build"
+    write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", policy="int8", max_len=16), d)
+    design, rtl = simulate(d, 5, 4), simulate(d, 5, 4, model="rtl")
+    assert (design.model, rtl.model) == ("design", "rtl")
+    assert rtl.ttft_s > 5 * design.ttft_s and rtl.decode_tokens_per_s < design.decode_tokens_per_s / 5
+    assert rtl.roofline_decode_tokens_per_s == design.roofline_decode_tokens_per_s
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "simulate", str(d), "--prefill", "5", "--decode", "4",
+                        "--model", "rtl", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["model"] == "rtl" and out["ttft_s"] == pytest.approx(rtl.ttft_s)
+    with pytest.raises(SimulateError, match=r"--model must be one of design, rtl, not 'fast'"):
+        simulate(d, 5, 4, model="fast")
+
+
 def test_breakdown_adds_up_and_trace_lists_every_instruction(builds, tmp_path):
     r = simulate(builds["int4"], 16, 64, trace=tmp_path / "trace.csv")
     for stage, b in r.breakdown.items():

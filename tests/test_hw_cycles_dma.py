@@ -1,0 +1,181 @@
+"""backend_hw.dma_cycles: the DMA's cycles per LD/ST, against the DMA in amaranth.sim on AxiRam.
+
+The DMA runs against one `AxiRam` per channel (the whole-system memory) and the real `BufferBank`;
+each instruction's cycles (accept -> `done`) must equal `dma_cycles` exactly: on random LD/ST of
+tests/test_hw_dma.py's generator (rows, strides, channel striping, indirect rows, any alignment) on
+its target variants (32/64/128-bit buffers, 128/64/32-bit AXI ports), on bursts split at 256 beats
+and at 4 KiB pages, and on every LD/ST shape of the compiled tiny LLaMA's programs.
+"""
+import random
+
+import pytest
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from llmfab.backend_hw.axi_ram import AxiRam
+from llmfab.backend_hw.buffers import BufferBank
+from llmfab.backend_hw.dma import DMA
+from llmfab.backend_hw.dma_cycles import AXI_RAM_READ_LATENCY, AXI_RAM_WRITE_LATENCY, dma_cycles
+from llmfab.ir.isa import BufferId, Opcode, Program, encode, make, resolve_length
+from llmfab.ir.target import load_target
+from llmfab.simulator.functional import Machine
+
+from test_hw_dma import BUFS, CASES, HBM_BYTES, random_inst, target
+
+
+class _Bench(Elaboratable):
+    """The DMA wired to the buffers and one AxiRam per channel, as in SimSystem."""
+
+    def __init__(self, t, hbm, buffers):
+        self.dma = DMA(t)
+        self.bank = BufferBank(t, 1, init=buffers)
+        self.rams = [AxiRam(len(h), t.memory.port_width_bits, self.dma.addr_width, init=bytes(h)) for h in hbm]
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dma, m.submodules.bank = self.dma, self.bank
+        wiring.connect(m, self.dma.buffer, self.bank.clients[0])
+        for k, ram in enumerate(self.rams):
+            m.submodules[f"ram{k}"] = ram
+            wiring.connect(m, self.dma.axi[k], ram.axi)
+        return m
+
+
+def measure(t, insts, hbm, buffers) -> list[int]:
+    """Run `insts` one after another; per instruction, the cycles from accept to `done`."""
+    bench = _Bench(t, hbm, buffers)
+    dut = bench.dma
+    cycles = []
+
+    async def feeder(ctx):
+        for inst in insts:
+            ctx.set(dut.inst.payload, int.from_bytes(encode(inst), "little"))
+            ctx.set(dut.inst.valid, 1)
+            while not ctx.get(dut.inst.ready):
+                await ctx.tick()
+            await ctx.tick()                       # the accept cycle
+            ctx.set(dut.inst.valid, 0)
+            n = 1
+            while not ctx.get(dut.done):
+                await ctx.tick()
+                n += 1
+                assert n < 20000, "the DMA did not finish"
+            cycles.append(n)
+            assert not any(ctx.get(ram.error) for ram in bench.rams), "a burst AxiRam does not serve"
+            await ctx.tick()
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_testbench(feeder)
+    sim.run()
+    return cycles
+
+
+def ids_of(inst, buffers) -> list[int] | None:
+    if not inst["indirect"]:
+        return None
+    raw = buffers[BufferId(int(inst["ids_buf"]))]
+    a = inst["ids_addr"]
+    return [int.from_bytes(raw[a + 4 * r:a + 4 * r + 4], "little") for r in range(inst["rows"])]
+
+
+def check(t, insts, hbm, buffers):
+    got = measure(t, insts, hbm, buffers)
+    want = [dma_cycles(t, i, ids=ids_of(i, buffers)) for i in insts]
+    bad = [(str(i)[:160], g, w) for i, g, w in zip(insts, got, want) if g != w]
+    assert not bad, f"{len(bad)} of {len(insts)} differ (instruction, RTL, formula): {bad}"
+
+
+def random_setup(t, seed):
+    rng = random.Random(seed)
+    sizes = {b: t.buffer(b.name.lower()).bytes for b in BUFS}
+    machine = Machine.create([bytes(HBM_BYTES)] * t.memory.channels, HBM_BYTES, sizes)
+    return rng, machine
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("op", [Opcode.LD, Opcode.ST])
+def test_random_instructions(case, op):
+    t = target(**CASES[case])
+    rng, machine = random_setup(t, hash((case, int(op))) & 0xFFFF)
+    insts = [random_inst(rng, t, machine, op) for _ in range(2)]
+    insts.append(random_inst(rng, t, machine, op))
+    while not insts[-1]["indirect"]:                     # at least one gather / scatter each
+        insts[-1] = random_inst(rng, t, machine, op)
+    check(t, insts, [bytes(HBM_BYTES)] * t.memory.channels, {b: bytes(v) for b, v in machine.buffers.items()})
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("case", ["sim-small", "narrow-port"])
+@pytest.mark.parametrize("op", [Opcode.LD, Opcode.ST])
+def test_bursts_split_at_pages_and_256_beats(case, op):
+    """Rows across a 4 KiB page (unaligned on both sides), and on the 32-bit port a row of more than
+    256 beats; also an empty instruction."""
+    t = target(**CASES[case])
+    beat = t.memory.port_width_bits // 8
+    p = 300 if beat >= 16 else 1030
+    insts = [make(op, channels=1, buf=BufferId.ACT, hbm_addr=4096 - 37, hbm_stride=p, buf_addr=3, buf_stride=p,
+                  rows=1, row_bytes=p),
+             make(op, channels=1, buf=BufferId.SCRATCH, hbm_addr=2 * 4096 - 3 * beat, hbm_stride=40, buf_addr=6,
+                  buf_stride=45, rows=3, row_bytes=33),
+             make(op, channels=1, buf=BufferId.ACT, rows=0, row_bytes=16)]
+    check(t, insts, [bytes(HBM_BYTES)] * t.memory.channels, {})
+
+
+@pytest.mark.sim
+def test_striped_short_slices():
+    """Many short slices over 4 channels: the generator and the descriptor FIFOs set the pace."""
+    t = target(**CASES["4ch-wide-buffers"])
+    insts = [make(op, channel=0, channels=4, buf=BufferId.WEIGHT, hbm_addr=a, hbm_stride=20, buf_addr=b,
+                  buf_stride=4 * 5 + 4, rows=3, row_bytes=5) for op, a, b in ((Opcode.LD, 13, 7), (Opcode.ST, 0, 0))]
+    check(t, insts, [bytes(HBM_BYTES)] * 4, {})
+
+
+@pytest.mark.sim
+def test_compiled_fixture_instructions():
+    """The LD/ST instructions of the tiny LLaMA's prefill and decode programs on sim-small, one per
+    shape (one or more rows, buffer, gather, alignment mod a beat / word, page crossing; the one
+    with the fewest bytes), the gathers with random ids."""
+    from llmfab.compile import compile_model
+    t = load_target("sim-small")
+    c = compile_model("tests/fixtures/llama_ts_op14.onnx", "sim-small", max_len=16, policy="int8")
+    hbm_bytes = max(c.layout.used)
+    hbm_bytes += -hbm_bytes % 16
+    picked = {}
+    for name, data in c.programs:
+        length = 5 if "prefill" in name else 7
+        for inst in Program.from_bytes(data).instructions:
+            if inst.op in (Opcode.LD, Opcode.ST):
+                i = resolve_length(inst, length)
+                key = (i.op, i["rows"] > 1, i["buf"], i["indirect"], i["hbm_addr"] % 16, i["buf_addr"] % 4,
+                       i["hbm_addr"] % 4096 + i["row_bytes"] > 4096)
+                if key not in picked or i["rows"] * i["row_bytes"] < picked[key]["rows"] * picked[key]["row_bytes"]:
+                    picked[key] = i                      # the fewest bytes of each shape (wall time)
+    insts = list(picked.values())
+    assert any(i["rows"] > 1 for i in insts)
+    assert {i.op for i in insts} == {Opcode.LD, Opcode.ST} and any(i["indirect"] for i in insts)
+    rng = random.Random(3)
+    buffers = {}
+    for i in insts:
+        if i["indirect"]:
+            raw = bytearray(buffers.get(BufferId(int(i["ids_buf"])), bytes(t.buffer(BufferId(int(i["ids_buf"])).name.lower()).bytes)))
+            for r in range(i["rows"]):
+                a = i["ids_addr"] + 4 * r
+                raw[a:a + 4] = rng.randrange(16).to_bytes(4, "little")
+            buffers[BufferId(int(i["ids_buf"]))] = bytes(raw)
+    check(t, insts, [bytes(hbm_bytes)], buffers)
+
+
+def test_latencies_are_axi_ram_defaults_and_change_the_count():
+    t = load_target("sim-small")
+    ld = make(Opcode.LD, channels=1, buf=BufferId.ACT, hbm_stride=64, buf_stride=64, rows=1, row_bytes=64)
+    st = make(Opcode.ST, channels=1, buf=BufferId.ACT, hbm_stride=64, buf_stride=64, rows=1, row_bytes=64)
+    assert (AXI_RAM_READ_LATENCY, AXI_RAM_WRITE_LATENCY) == (2, 1)
+    assert dma_cycles(t, ld, read_latency=5) == dma_cycles(t, ld) + 3
+    assert dma_cycles(t, st, write_latency=4) == dma_cycles(t, st) + 3
+    with pytest.raises(ValueError, match=r"^inst must be an LD or ST, not MV$"):
+        dma_cycles(t, make(Opcode.MV))
+    with pytest.raises(ValueError, match=r"^read_latency must be a positive integer, not 0$"):
+        dma_cycles(t, ld, read_latency=0)
