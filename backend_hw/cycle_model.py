@@ -17,7 +17,8 @@ with the controller's rules as recurrences (controller.py, fetch.py):
 - SYS: a barrier executes the cycle after the queues drained (the last `done`); the next
   instruction is accepted the cycle after; END halts the cycle after it executes;
 - a unit's cycles for an instruction, accept to `done`: `dma_cycles`, `matrix_cycles`,
-  `sfu_cycles`, each derived from its unit's FSMs.
+  `sfu_cycles`, each derived from its unit's FSMs (long DMA transfers extrapolated from shorter
+  copies: `dma_cycles_fast`).
 
 Not modelled: token counters that saturate (the compiler keeps them below `TOKEN_COUNTER_MAX`),
 AXI contention between the load and store DMAs on one channel, and data-dependent scalar cycles
@@ -42,6 +43,31 @@ from .sfu_cycles import sfu_cycles
 FIRST_FETCH = 10      # start -> the first instruction offered: `running` rises, 8 reads, their data
 
 
+PAGE = 4096           # AXI bursts never cross a 4 KiB page: long rows are periodic in it
+LONG_ROW = 3 * PAGE   # a single-row slice longer than this is timed on shorter copies
+MANY_ROWS = 64        # an instruction with more rows than this is timed on shorter copies
+
+
+def dma_cycles_fast(target: Target, i) -> int:
+    """`dma_cycles`, which steps the DMA cycle by cycle, with long transfers extrapolated from
+    shorter copies of the instruction: a single row longer than `LONG_ROW` bytes from copies
+    whole pages shorter (every further page costs what the last one did: the page positions and
+    the buffer alignment repeat), more than `MANY_ROWS` rows from copies of 32 and 64 rows (every
+    further row costs the average of rows 33..64; exact but for the rare page crossing of a
+    short row, a few cycles). Short transfers (every compiled sim-small program) stay exact."""
+    rows, rb = i["rows"], i["row_bytes"]
+    if rows == 1 and rb > LONG_ROW:
+        pages = (rb - 2 * PAGE) // PAGE
+        a = dma_cycles(target, i.evolve(row_bytes=rb - pages * PAGE))
+        b = dma_cycles(target, i.evolve(row_bytes=rb - (pages - 1) * PAGE))
+        return a + pages * (b - a)
+    if rows > MANY_ROWS and not i["indirect"]:
+        a = dma_cycles(target, i.evolve(rows=32))
+        b = dma_cycles(target, i.evolve(rows=64))
+        return a + round((rows - 32) * (b - a) / 32)
+    return dma_cycles(target, i)
+
+
 def unit_cycles(target: Target, formats=DEFAULT_FORMATS) -> Callable:
     """The cycles of the unit that runs each (length-resolved) instruction, accept to `done`, in
     an accelerator built for the weight `formats` (the activation window is the widest one's)."""
@@ -49,7 +75,7 @@ def unit_cycles(target: Target, formats=DEFAULT_FORMATS) -> Callable:
 
     def cycles(i) -> int:
         if i.op in (Opcode.LD, Opcode.ST):
-            return dma_cycles(target, i)
+            return dma_cycles_fast(target, i)
         if i.op in (Opcode.MV, Opcode.MM, Opcode.ATTN):
             return matrix_cycles(target, i, act_bytes=act_bytes)
         return sfu_cycles(target, i)

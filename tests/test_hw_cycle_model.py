@@ -1,0 +1,62 @@
+"""backend_hw.cycle_model: long DMA transfers extrapolated from shorter copies agree with the
+cycle-by-cycle DMA model (`dma_cycles`; the whole model is checked against Verilator in
+tests/test_hw_system.py), and the controller recurrences on hand-made programs."""
+import pytest
+
+from llmfab.backend_hw.cycle_model import LONG_ROW, MANY_ROWS, RtlCycleModel, dma_cycles_fast
+from llmfab.backend_hw.dma_cycles import dma_cycles
+from llmfab.backend_hw.fetch import fetch_cycles
+from llmfab.ir.isa import BufferId, MiscFunc, Opcode, ProgramBuilder, Queue, make
+from llmfab.ir.target import load_target
+
+SHAPES = [dict(rows=1, row_bytes=30013, hbm_addr=100, buf_addr=4, channels=1),
+          dict(rows=1, row_bytes=20000, hbm_addr=4000, buf_addr=0, channels=3),
+          dict(rows=300, row_bytes=5, hbm_addr=77, hbm_stride=5, buf_stride=160, channels=4),
+          dict(rows=200, row_bytes=40, hbm_addr=0, hbm_stride=40, buf_addr=3, channels=1)]
+
+
+@pytest.mark.parametrize("target", ["sim-small", "u280"])
+@pytest.mark.parametrize("op", [Opcode.LD, Opcode.ST])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_long_transfers_extrapolate_within_half_a_percent(target, op, shape):
+    t = load_target(target)
+    kw = {"hbm_stride": 0, "buf_addr": 0, **SHAPES[shape]}
+    kw.setdefault("buf_stride", kw["row_bytes"])
+    i = make(op, channel=0, buf=BufferId.KV, **kw)
+    assert kw["row_bytes"] > LONG_ROW or kw["rows"] > MANY_ROWS       # the fast path is taken
+    full, fast = dma_cycles(t, i), dma_cycles_fast(t, i)
+    assert abs(fast - full) <= 0.005 * full
+
+
+def test_short_transfers_are_not_extrapolated():
+    t = load_target("sim-small")
+    i = make(Opcode.LD, channel=0, channels=1, buf=BufferId.KV, hbm_addr=3, hbm_stride=12, buf_addr=0,
+             buf_stride=12, rows=MANY_ROWS, row_bytes=12)
+    assert dma_cycles_fast(t, i) == dma_cycles(t, i)
+
+
+def test_fetch_bound_and_token_chains():
+    """Back-to-back instructions on free queues are paced by the fetch unit; a token delays its
+    consumer to the cycle after the producer's done; END halts the cycle after the last done."""
+    t = load_target("sim-small")
+    b = ProgramBuilder("p")
+    for _ in range(3):
+        b.emit(Opcode.MISC, func=MiscFunc.ADD, rows=1, cols=4, src_buf=BufferId.ACT, src2_buf=BufferId.ACT,
+                    dst_buf=BufferId.ACT)
+    b.end()
+    p = b.build()
+    model = RtlCycleModel(t, cycles=lambda i: 1)
+    r = model.run(p, 1)
+    hz = t.clock_mhz * 1e6
+    starts = [round(s * hz) for _, _, _, s, _ in r.spans]
+    f = fetch_cycles(t)
+    assert starts == [starts[0], starts[0] + f, starts[0] + 2 * f]
+    b = ProgramBuilder("q")
+    b.emit(Opcode.MISC, func=MiscFunc.ADD, rows=1, cols=4, src_buf=BufferId.ACT, src2_buf=BufferId.ACT,
+                dst_buf=BufferId.ACT, release=Queue.STORE)
+    b.emit(Opcode.ST, wait=Queue.SFU, channel=0, channels=1, buf=BufferId.ACT, rows=1, row_bytes=4)
+    b.end()
+    r = RtlCycleModel(t, cycles=lambda i: 500).run(b.build(), 1)
+    (_, _, _, s0, e0), (_, _, _, s1, e1) = r.spans
+    assert round(s1 * hz) == round(e0 * hz) + 1
+    assert round(r.seconds * hz) == round(e1 * hz) + 2
