@@ -62,7 +62,7 @@ class Accelerator(wiring.Component):
         self.matrix = MatrixUnit(target, formats)
         self.sfu = SfuUnit(target)
         self.clients = [self.fetch.port, self.dma_load.buffer, self.dma_store.buffer,
-                        self.matrix.wport, self.matrix.aport, self.matrix.oport,
+                        *self.matrix.wports, self.matrix.aport, self.matrix.oport,
                         self.sfu.src, self.sfu.src2, self.sfu.dst]
         self.bank = BufferBank(target, len(self.clients) + 1, init=init)     # + the host
         axi = AxiSignature(self.dma_load.addr_width, target.memory.port_width_bits)

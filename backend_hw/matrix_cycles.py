@@ -4,18 +4,27 @@
 ATTN word to its `done` pulse. Every fixed cost below counts FSM states of `MatmulSequencer` /
 `AttnSequencer`; the data-dependent parts (the weight fetch, the activation windows, the dot
 products) are played cycle by cycle on a small model of the RTL's own handshakes, because their
-cost depends on the start-up transient of the fixed-priority weight read port and its depth-3
+cost depends on the start-up transient of the fixed-priority weight read ports and their depth-3
 FIFOs, not only on the steady-state rate:
 
-- MV / MM: `SETUP`, `CHECK`, then per pass (n_chains weight rows x one token row) the record read
-  (`REC`), per chain `SHIFT` / `BIAS` / `PREV` (a scalar read when live and flagged, else one
-  state), `START`, `RUN` until the engine takes the row's last beat, `WAIT` for the engine's
-  `latency`, the int32 writes (`WSEL`, `W0`, `W1` when the int32 straddles a word) and `NEXT`;
-  then `FINISH`. The `RUN` phase: one weight-buffer read per cycle to the first (chain, stream)
-  slot with words left and room in its FIFO (level + in flight < `FIFO_DEPTH`), each FIFO into
-  its unpacker's gearbox (which takes a word while it holds <= 2 beats of bits), the activation
-  `ByteReader`, and the lockstep engine firing when every chain has a beat and the window is there.
-  In steady state that is max(weight words, activation words, beats) per pass, plus start-up.
+- MV / MM: `SETUP`, `CHECK`, then the passes (n_chains weight rows x one token row) through three
+  overlapping processes, played as events: the side FSM on `oport` decides in `DISPATCH` between
+  writing the next pass (once its outputs are in its output set: `W0` / `W1` per live chain) and
+  loading the next pass's scalars (once the runner has taken the loaded set and fewer than
+  `out_sets` passes await their writes): the token record, the live chains' shifts, then their
+  biases / old outputs when flagged, each a `ByteReader` command (its state + one chunk a cycle).
+  The runner takes a loaded set (`START`) the cycle after it is loaded and after the previous
+  pass's last beat, then `RUN`s until the engine takes the pass's last beat; the outputs are in
+  their set `MatrixEngine.latency` + 1 cycles later; `FINISH` after the last pass's writes.
+  The runner is played cycle by cycle over the whole instruction (`_Runner`), since each pass
+  starts from what was fetched ahead during the one before: per chain one weight-buffer read per
+  cycle (each chain has its own port) to the first of its stream slots with words left and room
+  in its FIFO (level + in flight < `FIFO_DEPTH`), a slot done with its pass moving on to the next
+  pass's words; each FIFO into its unpacker's gearbox (which takes a word while it holds <= 2
+  beats of bits, not in the `START` cycle that flushes it); two activation `ByteReader`s in turn,
+  the next pass's reading only once the running pass's has issued all its words; and the lockstep
+  engine firing when every chain has a beat and the window is there. In steady state a pass costs
+  max(a chain's weight words, activation words, beats) + 3; the scalars and the writes are hidden.
 - ATTN_QK: per query row the q record, per key the K record, the dot product (two ByteReaders in
   lockstep, chain_len bytes a cycle), `R1`..`R3` and the int32 write.
 - ATTN_PV: per row, per key the p value, the V record, `PV_W`, `PV_CMD` and one V byte per cycle;
@@ -28,8 +37,6 @@ No data dependence: the matrix unit's cycles do not depend on values.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 from llmfab.ir.isa import HOLD, BufferId, MiscFunc, Opcode
 from llmfab.ir.packing import MANT_FIELD_BITS
 from llmfab.ir.quant import kept as kept_of
@@ -37,14 +44,13 @@ from llmfab.ir.target import Target
 
 from .dsp48e2 import LATENCY as DSP_LATENCY
 from .matrix_unit_io import buffer_words
-from .matrix_unit_mm import FIFO_DEPTH, STREAMS
+from .matrix_unit_mm import FIFO_DEPTH, OUT_SETS, STREAMS
 from .requant import Requantizer
 
 # States that are always one cycle each (their names in the sequencers' FSMs).
 MM_ENTRY = 3            # SETUP, CHECK, FINISH
-MM_PASS_FIXED = 3       # START, the last WSEL (wc == n_chains or a dead chain), NEXT
-WRITE_FIXED = 1         # WSEL before a live chain's W0 (+ W1 when the int32 straddles a word)
-SKIPPED = 1             # SHIFT / BIAS / PREV with its condition false: one state
+LOAD_FIRST = 3          # the cycle of the first L_REC (after SETUP, CHECK)
+SCALAR_BYTES = 4        # MatmulSequencer's scalar reader hands out up to 4 bytes a chunk
 SCALAR_FIXED = 3        # a scalar read: the command state, and in its _W state the word's read and
                         # store cycles (the chunk leaves the cycle after its last word arrives)
 QK_ENTRY = 3            # SETUP, the final QK_ROW (r == rows), FINISH
@@ -92,10 +98,14 @@ class _Reader:
     def last(self) -> bool:
         return self.out_left <= self.step_n
 
-    def step(self, take: bool):
+    def idle(self) -> bool:
+        """Ready for a command."""
+        return self.words == 0 and not self.pend and self.out_left == 0
+
+    def step(self, take: bool, hold: bool = False):
         take_n = min(self.out_left, self.step_n)
         n1 = self.n - take_n if take else self.n
-        issue = self.words != 0 and self.n + (self.pend + 1) * self.wb <= self.cap
+        issue = self.words != 0 and self.n + (self.pend + 1) * self.wb <= self.cap and not hold
         if take:
             self.out_left -= take_n
         if self.pend:
@@ -107,68 +117,123 @@ class _Reader:
         self.pend = int(issue)
 
 
-@lru_cache(maxsize=4096)
-def _run_phase(nc: int, W: int, slots: tuple, beat_bits: tuple, bpg: int, beats: int,
-               act: tuple) -> int:
-    """Cycles from `START` to the engine taking the pass's last beat (the RUN state's last cycle).
+class _Runner:
+    """MatmulSequencer's runner, its weight fetch and activation readers, and the engine's input,
+    cycle by cycle over a whole instruction. `passes[j]`: per chain, per stream (codes, idx, mant)
+    its (words, skip), and the activation row's (byte address, byte count). `start(S)` plays the
+    cycles up to the pass's `START` in cycle S (the fetch and the other reader running ahead for
+    it), then its `RUN`; it returns the cycle in which the engine takes the pass's last beat."""
 
-    `slots`: per chain, per stream (codes, idx, mant) its (words, skip); `beat_bits`: bits a beat
-    takes from each stream (0: no such stream); `act`: (skip, k, n_act, word bytes, cap)."""
-    ns = len(STREAMS)
-    left = [w for ch in slots for w, _ in ch]
-    lvl = [0] * len(left)
-    pend = -1
-    g_n = [0] * len(left)
-    g_left = list(left)
-    g_skip = [s for ch in slots for _, s in ch]
-    a_skip, k, n_act, awb, cap = act
-    rd = _Reader(a_skip, k, n_act, awb, cap)
-    beat, in_group = 0, 0
-    t = 0
-    limit = 64 + 8 * (sum(left) + rd.words + beats)
-    while True:
-        t += 1
-        if t > limit:
-            raise RuntimeError("matrix pass model did not finish")
-        # combinational: the read port's choice, the FIFOs into the gearboxes, the engine's fire
-        chosen = -1
-        for j in range(len(left)):
-            if left[j] and lvl[j] + (pend == j) < FIFO_DEPTH:
-                chosen = j
-                break
-        last = in_group == bpg - 1
-        have = rd.valid()
+    def __init__(self, nc, W, passes, beat_bits, bpg, beats, n_act, awb, cap):
+        self.nc, self.W, self.passes, self.beat_bits = nc, W, passes, beat_bits
+        self.bpg, self.beats, self.n_act, self.awb, self.cap = bpg, beats, n_act, awb, cap
+        ns = self.ns = len(STREAMS)
+        self.lvl = [0] * (nc * ns)            # FIFO levels
+        self.left = [0] * (nc * ns)           # words still to fetch
+        self.ahead = [False] * (nc * ns)      # the slot fetches the next pass's words
+        self.pend = [-1] * nc                 # per chain: the slot whose word is in flight
+        self.g_n = [0] * (nc * ns)            # gearboxes: bits held, words to take, skip
+        self.g_left = [0] * (nc * ns)
+        self.g_skip = [0] * (nc * ns)
+        self.rd = [_Reader(0, 0, n_act, awb, cap) for _ in range(2)]
+        self.nxt, self.a_ahead, self.more = 0, False, False
+        self.t, self.j = 0, -1                # the last cycle played; the pass that started last
+
+    def _reader(self, j):
+        addr, k = self.passes[j][1]
+        return _Reader(addr, k, self.n_act, self.awb, self.cap)
+
+    def _cycle(self, go: bool, running: bool):
+        """One cycle: `go` the START cycle of pass self.j + 1, `running` its RUN. Returns
+        (fired, the beat was the row's last)."""
+        nc, ns, W = self.nc, self.ns, self.W
+        chosen = [-1] * nc
         for c in range(nc):
-            for s in range(ns):
-                b = beat_bits[s]
-                if b and (s != 2 or last) and g_n[c * ns + s] < b:
-                    have = False
-        fire = have
+            for j in range(c * ns, (c + 1) * ns):
+                if self.left[j] and self.lvl[j] + (self.pend[c] == j) < FIFO_DEPTH:
+                    chosen[c] = j
+                    break
+        last = self.in_group == self.bpg - 1 if running else False
+        cur = self.rd[1 - self.nxt]
+        fire = running and cur.valid()
+        if fire:
+            for j in range(nc * ns):
+                b = self.beat_bits[j % ns]
+                if b and (j % ns != 2 or last) and self.g_n[j] < b:
+                    fire = False
         # sequential
-        for j in range(len(left)):
-            s = j % ns
-            b = beat_bits[s]
+        for j in range(nc * ns):
+            b = self.beat_bits[j % ns]
             if not b:
                 continue
-            out = fire and (s != 2 or last)
-            n1 = g_n[j] - b if out else g_n[j]
-            take = g_left[j] != 0 and g_n[j] <= GEARBOX_HOLD * b and lvl[j] > 0
+            out = fire and (j % ns != 2 or last)
+            n1 = self.g_n[j] - b if out else self.g_n[j]
+            take = not go and self.g_left[j] != 0 and self.g_n[j] <= GEARBOX_HOLD * b and self.lvl[j] > 0
             if take:
-                g_n[j] = n1 + W - g_skip[j]
-                g_skip[j] = 0
-                g_left[j] -= 1
+                self.g_n[j], self.g_skip[j] = n1 + W - self.g_skip[j], 0
+                self.g_left[j] -= 1
             else:
-                g_n[j] = n1
-            lvl[j] += (pend == j) - take
-        rd.step(fire)
-        if chosen >= 0:
-            left[chosen] -= 1
-        pend = chosen
+                self.g_n[j] = n1
+            self.lvl[j] += (self.pend[j // ns] == j) - take
+        busy = [r.words != 0 for r in self.rd]
+        cur.step(fire)
+        other = self.rd[self.nxt]
+        other.step(False, hold=busy[1 - self.nxt])
+        for c in range(nc):
+            if chosen[c] >= 0:
+                self.left[chosen[c]] -= 1
+        self.pend = chosen
+        nxt_pass = self.j + 1
+        if go:
+            words = self.passes[nxt_pass][0]
+            for j in range(nc * ns):
+                w, skip = words[j // ns][j % ns]
+                if not self.ahead[j]:
+                    self.left[j] = w
+                self.ahead[j] = False
+                self.g_n[j], self.g_skip[j], self.g_left[j] = 0, skip, w
+            if not self.a_ahead:
+                self.rd[self.nxt] = self._reader(nxt_pass)
+            self.nxt, self.a_ahead = 1 - self.nxt, False
+            self.more = nxt_pass + 1 < len(self.passes)
+            self.beat, self.in_group = 0, 0
+        elif self.more:
+            words = self.passes[self.j + 1][0]
+            for j in range(nc * ns):
+                if not self.ahead[j] and self.left[j] == 0 and not (chosen[j // ns] == j):
+                    self.ahead[j] = True
+                    self.left[j] = words[j // ns][j % ns][0]
+            if not self.a_ahead and other.idle_before:
+                self.rd[self.nxt] = self._reader(self.j + 1)
+                self.a_ahead = True
         if fire:
-            if beat == beats - 1:
-                return t
-            beat += 1
-            in_group = 0 if last else in_group + 1
+            self.beat += 1
+            self.in_group = 0 if last else self.in_group + 1
+        return fire, fire and self.beat == self.beats
+
+    def start(self, S: int) -> int:
+        limit = S + 64 + 8 * sum(w for ch in self.passes[self.j + 1][0] for w, _ in ch) + 8 * self.beats
+        while self.t + 1 < S:
+            self._prep()
+            self.t += 1
+            self._cycle(False, False)
+        self._prep()
+        self.t += 1
+        self._cycle(True, False)
+        self.j += 1
+        while True:
+            self._prep()
+            self.t += 1
+            if self.t > limit:
+                raise RuntimeError("matrix pass model did not finish")
+            _, done = self._cycle(False, True)
+            if done:
+                return self.t
+
+    def _prep(self):
+        # the cmd handshake looks at the reader's state at the start of the cycle
+        for r in self.rd:
+            r.idle_before = r.idle()
 
 
 def _engine_latency(target: Target) -> int:
@@ -177,7 +242,12 @@ def _engine_latency(target: Target) -> int:
     return target.engine.chain_len - 1 + DSP_LATENCY + 1 + Requantizer.LATENCY
 
 
-def _matmul(target: Target, inst, act_bytes: int | None) -> int:
+def _read(addr: int, nbytes: int, step: int, wb: int, cap: int) -> int:
+    """A loader read: its command state, then until its last chunk is taken (a chunk a cycle)."""
+    return 1 + _stream_one(_Reader(addr, nbytes, step, wb, cap))
+
+
+def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
     e = target.engine
     nc, cl = e.n_chains, e.chain_len
     W = target.buffer("weight").width_bits
@@ -202,12 +272,18 @@ def _matmul(target: Target, inst, act_bytes: int | None) -> int:
     beats = kept // cl
     n_act = cl if pattern is None else cl * pattern[1] // pattern[0]
     out_bytes = max(4, act_bytes or n_act, n_act)
-    cap = _reader_cap(out_bytes, max(words.values()))
+    wbmax = max(words.values())
+    cap, scap = _reader_cap(out_bytes, wbmax), _reader_cap(SCALAR_BYTES, wbmax)
     bases = (inst["wbuf_addr"], inst["idx_addr"], inst["scale_addr"])
     shift_base = inst["scale_addr"] + 2 * n * groups
     lat = _engine_latency(target)
-    total = MM_ENTRY
-    for p, q in enumerate(range(0, n, nc)):
+
+    def o_row_of(r):
+        return inst["o_addr"] + r * pitch
+
+    passes = [(q, r) for q in range(0, n, nc) for r in range(rows)]
+    streams = []
+    for q, r in passes:
         slots = []
         for c in range(nc):
             ch = []
@@ -215,24 +291,40 @@ def _matmul(target: Target, inst, act_bytes: int | None) -> int:
                 ba = 8 * bases[s] + (q + c) * nbits[s]
                 ch.append((0, 0) if nbits[s] == 0 else ((ba % W + nbits[s] + W - 1) // W, ba % W))
             slots.append(tuple(ch))
-        slots = tuple(slots)
-        for r in range(rows):
-            a_row = inst["a_addr"] + r * (k + 4)
+        streams.append((tuple(slots), (inst["a_addr"] + r * (k + 4) + 4, k)))
+    runner = _Runner(nc, W, streams, beat_bits, bpg, beats, n_act, awb, cap)
+
+    # The processes' events, in cycles from the accepting one (SETUP is cycle 1). The side FSM
+    # (loader + writer) decides in DISPATCH: write the next pass once its outputs are in, else load
+    # the next pass once the runner took the one before and fewer than OUT_SETS passes await writes.
+    P = len(passes)
+    start, taken = [], []
+    side, nl, nw = LOAD_FIRST, 0, 0
+    while nw < P:
+        w_ready = taken[nw] + lat + 1 if nw < nl else None            # its set is full
+        l_ready = None
+        if nl < P and nl - nw < out_sets:
+            l_ready = side if nl == 0 else max(side, start[nl - 1] + 1)  # the loaded set is free
+        if w_ready is not None and w_ready <= side:
+            q, r = passes[nw]
             o_row = inst["o_addr"] + r * pitch
-            cyc = _scalar(a_row, 4, awb)
-            live = [q + c < n for c in range(nc)]
-            for c in range(nc):
-                if not live[c]:
-                    cyc += 3 * SKIPPED
-                    continue
-                cyc += _scalar(shift_base + q + c, 1, wwb)
-                cyc += _scalar(inst["bias_addr"] + 4 * (q + c), 4, wwb) if inst["has_bias"] else SKIPPED
-                cyc += _scalar(o_row + 4 * (q + c), 4, owb) if inst["accumulate"] else SKIPPED
-                cyc += WRITE_FIXED + _write(o_row + 4 * (q + c), owb)
-            cyc += MM_PASS_FIXED + lat
-            cyc += _run_phase(nc, W, slots, beat_bits, bpg, beats, ((a_row + 4) % awb, k, n_act, awb, cap))
-            total += cyc
-    return total
+            side += sum(_write(o_row + 4 * (q + c), owb) for c in range(min(nc, n - q)))
+            nw += 1
+        elif l_ready is not None and l_ready <= side:
+            q, r = passes[nl]
+            live = min(nc, n - q)
+            t = side + _read(inst["a_addr"] + r * (k + 4), 4, 4, awb, scap) + _read(shift_base + q, live, 1, wwb, scap)
+            if inst["has_bias"]:
+                t += _read(inst["bias_addr"] + 4 * q, 4 * live, 4, wwb, scap)
+            if inst["accumulate"]:
+                t += _read(o_row_of(r) + 4 * q, 4 * live, 4, owb, scap)
+            side = t                                                      # DISPATCH again; the set is full
+            start.append(t if nl == 0 else max(t, taken[nl - 1] + 1))    # the runner takes it
+            taken.append(runner.start(start[nl]))
+            nl += 1
+        else:
+            side = min(v for v in (w_ready, l_ready) if v is not None)   # DISPATCH waits
+    return side                       # FINISH
 
 
 def _stream_pair(a, b) -> int:
@@ -307,16 +399,16 @@ def _attn(target: Target, inst) -> int:
     return total
 
 
-def matrix_cycles(target: Target, inst, *, act_bytes: int | None = None) -> int:
+def matrix_cycles(target: Target, inst, *, act_bytes: int | None = None, out_sets: int = OUT_SETS) -> int:
     """Cycles of `MatrixUnit` for one length-resolved MV, MM or ATTN (ATTN_QK / ATTN_PV)
     instruction, from the cycle it is accepted to its `done` pulse (module docstring).
 
     `act_bytes`: the window of the unit's activation reader (the widest N:M window of the formats
-    it was built for); default: this instruction's own."""
+    it was built for); default: this instruction's own. `out_sets`: the unit's (`MatrixUnit`)."""
     if not isinstance(target, Target):
         raise TypeError(f"target must be a Target, not {target!r}")
     if inst.op in (Opcode.MV, Opcode.MM):
-        return _matmul(target, inst, act_bytes)
+        return _matmul(target, inst, act_bytes, out_sets)
     if inst.op is Opcode.ATTN and inst["func"] in (MiscFunc.ATTN_QK, MiscFunc.ATTN_PV):
         return _attn(target, inst)
     raise ValueError(f"the matrix unit runs MV, MM, ATTN_QK and ATTN_PV, not {inst.op.name}")

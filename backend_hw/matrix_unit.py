@@ -16,7 +16,7 @@ from .dma import BufferPortSignature
 from .matrix_engine import MatrixEngine
 from .matrix_unit_attn import AttnSequencer
 from .matrix_unit_io import buffer_words
-from .matrix_unit_mm import MatmulSequencer
+from .matrix_unit_mm import OUT_SETS, MatmulSequencer
 
 PORT_OUTS = ("buf", "addr", "re", "we", "be", "wdata")
 
@@ -27,17 +27,19 @@ class MatrixUnit(wiring.Component):
     `formats`: the weight formats to run, each (weight_bits, N:M pattern or None, group), group
     being the effective group along K (g, or K for per-channel weights); one `MatrixEngine` each.
     `hold`: int64 entries of ATTN_PV's held sums (rows * depth of one instruction).
+    `out_sets`: MV / MM output register sets (`MatmulSequencer`: passes whose outputs may await writes).
 
     Ports:
     - `inst` (in, stream of 256-bit words): length-resolved MV, MM and ATTN words; taken when idle.
     - `done` (out): a one-cycle pulse per completed instruction, in order.
     - `error` (out): sticky; set by an instruction the unit cannot run (a format not in `formats`,
       a function other than ATTN_QK / ATTN_PV, PV sums beyond `hold`); that instruction completes.
-    - `wport` (weight buffer), `aport` (activation rows, K / V rows), `oport` (outputs, old outputs,
-      q / p rows) (out, `BufferPortSignature` of the widest buffer): `buf` selects the buffer.
+    - `wports[c]` (chain c's weight words), `aport` (activation rows, K / V rows), `oport` (outputs,
+      old outputs, scalars, q / p rows) (out, `BufferPortSignature` of the widest buffer): `buf`
+      selects the buffer. `wports` has one port per chain (`target.engine.n_chains`).
     """
 
-    def __init__(self, target: Target, formats, *, hold: int = 1024):
+    def __init__(self, target: Target, formats, *, hold: int = 1024, out_sets: int = OUT_SETS):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         formats = tuple(formats)
@@ -48,18 +50,21 @@ class MatrixUnit(wiring.Component):
                 raise TypeError(f"a format must be a tuple (weight_bits, pattern or None, group), not {fm!r}")
         if not isinstance(hold, int) or isinstance(hold, bool) or hold < 1:
             raise ValueError(f"hold must be a positive integer, not {hold!r}")
-        self.target, self.hold = target, hold
+        if not isinstance(out_sets, int) or isinstance(out_sets, bool) or out_sets < 1:
+            raise ValueError(f"out_sets must be a positive integer, not {out_sets!r}")
+        self.target, self.hold, self.out_sets = target, hold, out_sets
         self.formats = tuple((b, None if p is None else tuple(p), g) for b, p, g in formats)
         self.engines = [MatrixEngine(target, weight_bits=b, pattern=p, group=g) for b, p, g in self.formats]
         self.words = buffer_words(target)
         self.data_bits = 8 * max(self.words.values())
         port = BufferPortSignature(self.data_bits)
         super().__init__({"inst": In(stream.Signature(INST_BITS)), "done": Out(1), "error": Out(1),
-                          "wport": Out(port), "aport": Out(port), "oport": Out(port)})
+                          "wports": Out(port).array(target.engine.n_chains), "aport": Out(port),
+                          "oport": Out(port)})
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        mm = m.submodules.mm = MatmulSequencer(self.target, self.engines, self.words)
+        mm = m.submodules.mm = MatmulSequencer(self.target, self.engines, self.words, out_sets=self.out_sets)
         attn = m.submodules.attn = AttnSequencer(self.target.engine.chain_len, self.words, self.hold)
 
         word = self.inst.payload
@@ -109,11 +114,12 @@ class MatrixUnit(wiring.Component):
             m.d.sync += self.error.eq(1)
 
         for name in PORT_OUTS:
-            m.d.comb += getattr(self.wport, name).eq(getattr(mm.wport, name))
+            for c, wp in enumerate(self.wports):
+                m.d.comb += getattr(wp, name).eq(getattr(mm.wports[c], name))
             for p in ("aport", "oport"):
                 m.d.comb += getattr(getattr(self, p), name).eq(
                     Mux(in_attn, getattr(getattr(attn, p), name), getattr(getattr(mm, p), name)))
-        m.d.comb += mm.wport.rdata.eq(self.wport.rdata)
+        m.d.comb += [mm.wports[c].rdata.eq(wp.rdata) for c, wp in enumerate(self.wports)]
         for p in ("aport", "oport"):
             m.d.comb += [getattr(mm, p).rdata.eq(getattr(self, p).rdata), getattr(attn, p).rdata.eq(getattr(self, p).rdata)]
         return m

@@ -35,7 +35,9 @@ class ByteReader(wiring.Component):
     `step` (<= `out_bytes`) bytes, the last one shorter and zero-padded, with `last` on it.
 
     Ports: `cmd` (in, stream; taken only when idle), `port` (out, `BufferPortSignature`),
-    `o` (out, stream of `data` 8 * out_bytes bits and `last`). One word read per cycle while the
+    `o` (out, stream of `data` 8 * out_bytes bits and `last`); for readers sharing a port, `hold`
+    (in: no word read this cycle; 0 when unconnected) and `busy` (out: words of the command are
+    still to be read, a register). One word read per cycle while the
     byte store has room; a chunk leaves the cycle after the word that completes it arrives.
     """
 
@@ -48,6 +50,7 @@ class ByteReader(wiring.Component):
                 "buf": 3, "addr": BUF_ADDR_BITS, "nbytes": LEN_BITS, "step": range(out_bytes + 1)}))),
             "port": Out(BufferPortSignature(8 * self.wb)),
             "o": Out(stream.Signature(data.StructLayout({"data": 8 * out_bytes, "last": 1}))),
+            "hold": In(1), "busy": Out(1),
         })
 
     def elaborate(self, platform) -> Module:
@@ -94,9 +97,10 @@ class ByteReader(wiring.Component):
 
         # Word reads: at most one in flight; issue only while the store keeps room for it.
         issue = Signal()
-        m.d.comb += [issue.eq((words_left != 0) & (n + (pend + 1) * self.wb <= cap)),
+        m.d.comb += [issue.eq((words_left != 0) & (n + (pend + 1) * self.wb <= cap) & ~self.hold),
                      self.port.buf.eq(buf), self.port.addr.eq(waddr), self.port.re.eq(issue)]
         m.d.sync += pend.eq(issue)
+        m.d.comb += self.busy.eq(words_left != 0)
         with m.If(issue):
             m.d.sync += [waddr.eq(waddr + 1), words_left.eq(words_left - 1)]
         wmask = Signal(8 * self.wb)

@@ -2,12 +2,30 @@
 
 A pass is `n_chains` weight rows (n = q * n_chains + c) against one token row r; MM runs, for each
 q, every token row r in turn (the weight tile is re-read from the weight buffer, as the engine's
-docstring says). Per pass, in order: the token row's scale record, per chain its shift (and bias,
-and the old output when `accumulate`) into registers; then the unpackers' `start`, the weight words
-of the three streams of every chain (one `wport` read per cycle, fixed priority into per-stream
-FIFOs), the activation codes in windows of chain_len * M / N bytes and the pass's row records;
-then the pass's outputs, written one int32 at a time. Chains past `n` (n not a multiple of
-n_chains) run on junk and write nothing.
+docstring says). Chains past `n` (n not a multiple of n_chains) run on junk and write nothing.
+
+Passes overlap: three processes walk the same pass order, each with its own cursor.
+- The loader (on `oport`, through one byte reader) reads pass j's scalars into a second register
+  set: the token row's scale record, then the live chains' shifts (one command, a byte each),
+  biases when `has_bias` and old outputs when `accumulate` (one command each, 4 bytes a chain).
+  It starts once the runner has taken pass j - 1's set.
+- The runner, as soon as pass j's set is loaded and pass j - 1's last beat has gone in, takes the
+  set (`START`: the unpackers' `start`) and streams the pass (`RUN`): each chain's weight words on
+  its own port `wports[c]` (one read per cycle, fixed priority over its three streams into
+  per-stream FIFOs), the activation windows of chain_len * M / N bytes on `aport` and, with the
+  last beat, the pass's row records. It runs ahead into pass j + 1 while pass j streams: a stream
+  whose words of pass j are all fetched fetches pass j + 1's into its FIFO (the unpacker takes them
+  after its next `start`), and the second activation reader takes pass j + 1's command and reads
+  its first words once the first reader has issued all of pass j's. So pass j + 1's first beat can
+  go in two cycles after its `START`. The engine is a pipeline: pass j + 1 streams in while pass j
+  drains (`MatrixEngine.latency`).
+- The engine's outputs land in one of `out_sets` output register sets (in turn), and the writer
+  writes them on `oport`, one int32 at a time.
+The loader and the writer are one FSM taking turns on `oport` (`DISPATCH`): a pass's writes as soon
+as its outputs are in, else the next pass's loads; a pass is loaded only while fewer than
+`out_sets` passes await their writes, so its set is free when its outputs come (no stall on `o`).
+With the scalars and the writes hidden, a pass costs about max(beats, a chain's weight words,
+activation words) + 3 cycles (`START`, the unpacker's gearbox taking its first word, the beat).
 """
 from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import wiring
@@ -23,23 +41,31 @@ from .matrix_unit_io import ByteReader, int32_write
 
 STREAMS = ("codes", "idx", "mant")
 FIFO_DEPTH = 3
+OUT_SETS = 4         # output register sets by default: enough that the engine's latency (~14 cycles
+                     # on sim-small) never holds the loader back on passes of a few beats
 
 
 class MatmulSequencer(wiring.Component):
     """MV and MM on the engines `engines[i]` (one per format); `fmt` selects the engine.
 
     Ports: `start` (in): take `ir` (an MV or MM word) and `fmt`; `done` (out): one-cycle pulse;
-    `wport`, `aport`, `oport` (out, `BufferPortSignature`): weight buffer; activations; outputs.
+    `wports[c]` (out, `BufferPortSignature`): chain c's weight words; `aport`: activation windows;
+    `oport`: the scalars (token records, shifts, biases, old outputs) and the output writes.
+    `out_sets`: output register sets (passes whose outputs may await their writes).
     """
 
-    def __init__(self, target, engines: list[MatrixEngine], words: dict[BufferId, int]):
-        self.target, self.engines, self.words = target, engines, words
+    def __init__(self, target, engines: list[MatrixEngine], words: dict[BufferId, int], *,
+                 out_sets: int = OUT_SETS):
+        if not isinstance(out_sets, int) or isinstance(out_sets, bool) or out_sets < 1:
+            raise ValueError(f"out_sets must be a positive integer, not {out_sets!r}")
+        self.target, self.engines, self.words, self.out_sets = target, engines, words, out_sets
         self.data_bits = 8 * max(words.values())
         self.wbits = target.buffer("weight").width_bits
         self.n_act = max(e.chains[0].n_act for e in engines)
         super().__init__({
             "start": In(1), "ir": In(INST_BITS), "fmt": In(range(max(len(engines), 2))), "done": Out(1),
-            "wport": Out(BufferPortSignature(self.data_bits)), "aport": Out(BufferPortSignature(self.data_bits)),
+            "wports": Out(BufferPortSignature(self.data_bits)).array(engines[0].n_chains),
+            "aport": Out(BufferPortSignature(self.data_bits)),
             "oport": Out(BufferPortSignature(self.data_bits)),
         })
 
@@ -50,14 +76,27 @@ class MatmulSequencer(wiring.Component):
         lgw = W.bit_length() - 1
         for i, e in enumerate(self.engines):
             m.submodules[f"engine{i}"] = e
-        wread = m.submodules.wread = ByteReader(self.words, 4)
-        aread = m.submodules.aread = ByteReader(self.words, max(4, self.n_act))
-        oread = m.submodules.oread = ByteReader(self.words, 4)
-        for port, rd in ((self.wport, wread), (self.aport, aread), (self.oport, oread)):
-            for name in ("buf", "addr", "re"):
-                m.d.comb += getattr(port, name).eq(getattr(rd.port, name))
-            # the fetcher below and the output writes take these ports in their own states
-            m.d.comb += rd.port.rdata.eq(port.rdata)
+        # Two activation readers in turn: one streams the running pass, the other (`nxt`) reads the
+        # next pass's first windows ahead, on aport's cycles the first leaves free.
+        areads = [ByteReader(self.words, max(4, self.n_act)) for _ in range(2)]
+        m.submodules.aread0, m.submodules.aread1 = areads
+        nxt = Signal()                                    # the reader of the next START
+        sread = m.submodules.sread = ByteReader(self.words, 4)
+        for name in ("buf", "addr", "re"):
+            # the output writes take oport in their own states
+            m.d.comb += getattr(self.oport, name).eq(getattr(sread.port, name))
+        m.d.comb += sread.port.rdata.eq(self.oport.rdata)
+        # the running pass's reader first: the other reads once the first has issued all its words
+        m.d.comb += [areads[0].hold.eq(~nxt & areads[1].busy), areads[1].hold.eq(nxt & areads[0].busy)]
+        for i, rd in enumerate(areads):
+            m.d.comb += rd.port.rdata.eq(self.aport.rdata)
+            with m.If(rd.port.re):
+                m.d.comb += [getattr(self.aport, name).eq(getattr(rd.port, name)) for name in ("buf", "addr", "re")]
+        # the running pass's reader, as one (its outputs; its `o.ready`)
+        aread_o_valid, aread_o_data, aread_o_ready = Signal(), Signal.like(areads[0].o.payload.data), Signal()
+        m.d.comb += [aread_o_valid.eq(Mux(nxt, areads[0].o.valid, areads[1].o.valid)),
+                     aread_o_data.eq(Mux(nxt, areads[0].o.payload.data, areads[1].o.payload.data)),
+                     areads[0].o.ready.eq(nxt & aread_o_ready), areads[1].o.ready.eq(~nxt & aread_o_ready)]
 
         ir = Signal(INST_BITS)
         fmt = Signal.like(self.fmt)
@@ -95,48 +134,69 @@ class MatmulSequencer(wiring.Component):
                     m.d.comb += [nbits["codes"].eq(kept * e.weight_bits), nbits["idx"].eq(kept * ib),
                                  beats.eq(kept >> (cl.bit_length() - 1)), n_act.eq(e.chains[0].n_act)]
 
-        # Pass state and per-chain registers.
-        q_row = Signal(16)           # first weight row of the pass
-        r = Signal(16)
-        a_row = Signal(24)           # byte address of token row r's record
-        o_row = Signal(24)           # byte address of output row r
-        bitaddr = {(c, s): Signal(32, name=f"bit_{s}{c}") for c in range(nc) for s in STREAMS}
-        mx, ex = Signal(16), Signal(8)
+        # -- pass cursors: each process walks the passes (q outer, r inner) on its own copy -----------
+        class Cursor:
+            def __init__(self, name):
+                self.q, self.r = Signal(16, name=f"{name}_q"), Signal(16, name=f"{name}_r")
+                self.a_row = Signal(24, name=f"{name}_arow")    # byte address of token row r's record
+                self.o_row = Signal(24, name=f"{name}_orow")    # byte address of output row r
+                self.last = (self.r + 1 >= rows) & (self.q + nc >= n)
+                self.live = Signal(range(nc + 1), name=f"{name}_live")   # chains with a weight row
+                m.d.comb += self.live.eq(Mux(n - self.q >= nc, nc, n - self.q))
+
+            def reset(self):
+                return [self.q.eq(0), self.r.eq(0), self.a_row.eq(f("a_addr")), self.o_row.eq(f("o_addr"))]
+
+            def advance(self):
+                """Steps to the next pass (sync); returns the condition under which q steps."""
+                wrap = self.r + 1 >= rows
+                with m.If(wrap):
+                    m.d.sync += [self.r.eq(0), self.q.eq(self.q + nc), self.a_row.eq(f("a_addr")),
+                                 self.o_row.eq(f("o_addr"))]
+                with m.Else():
+                    m.d.sync += [self.r.eq(self.r + 1), self.a_row.eq(self.a_row + k + 4),
+                                 self.o_row.eq(self.o_row + pitch)]
+                return wrap
+        run_c, load_c, write_c = Cursor("run"), Cursor("load"), Cursor("write")
+
+        # The loaded set (loader -> runner) and the running set (read by the engine with the last beat).
+        rec_n, rec = Signal(24), Signal(24)
+        shift_n = [Signal(8, name=f"shift_n{c}") for c in range(nc)]
+        bias_n = [Signal(32, name=f"bias_n{c}") for c in range(nc)]
+        prev_n = [Signal(32, name=f"prev_n{c}") for c in range(nc)]
         shift = [Signal(8, name=f"shift{c}") for c in range(nc)]
         bias = [Signal(32, name=f"bias{c}") for c in range(nc)]
         prev = [Signal(32, name=f"prev{c}") for c in range(nc)]
-        out = [Signal(32, name=f"out{c}") for c in range(nc)]
-        live = [Signal(name=f"live{c}") for c in range(nc)]
-        m.d.comb += [live[c].eq(q_row + c < n) for c in range(nc)]
+        next_full = Signal()
+        mx, ex = Signal(16), Signal(8)
+        m.d.comb += [mx.eq(rec[:16]), ex.eq(rec[16:24])]
+        bitaddr = {(c, s): Signal(32, name=f"bit_{s}{c}") for c in range(nc) for s in STREAMS}
         shift_base = Signal(24)
 
-        # Weight word fetch: a slot per (chain, stream), one read per cycle, fixed priority.
-        slots = [(c, s) for c in range(nc) for s in STREAMS]
+        # Weight word fetch: a slot per (chain, stream); each chain has its own read port, one read
+        # per cycle to the first of its streams with words left and room in its FIFO.
         fifos, left, waddr = {}, {}, {}
-        for c, s in slots:
-            fifos[c, s] = m.submodules[f"fifo_{s}{c}"] = SyncFIFO(width=W, depth=FIFO_DEPTH)
-            left[c, s] = Signal(20, name=f"left_{s}{c}")
-            waddr[c, s] = Signal(24, name=f"waddr_{s}{c}")
-        pend, pend_slot = Signal(), Signal(range(len(slots)))
-        fetching = Signal()
-        chosen = Signal()
-        # which slot was chosen this cycle (the same priority, as a one-hot)
-        taken = []
-        blocked = Const(0, 1)
-        for j, key in enumerate(slots):
-            room = fifos[key].level + (pend & (pend_slot == j)) < FIFO_DEPTH
-            ok = fetching & (left[key] != 0) & room
-            t = Signal(name=f"take_{key[1]}{key[0]}")
-            m.d.comb += t.eq(ok & ~blocked)
-            blocked = blocked | ok
-            taken.append(t)
-            with m.If(t):
-                m.d.comb += [chosen.eq(1), self.wport.addr.eq(waddr[key]), self.wport.buf.eq(BufferId.WEIGHT)]
-                m.d.sync += [left[key].eq(left[key] - 1), waddr[key].eq(waddr[key] + 1), pend_slot.eq(j)]
-        m.d.comb += self.wport.re.eq(chosen | wread.port.re)
-        m.d.sync += pend.eq(chosen)
-        for j, key in enumerate(slots):
-            m.d.comb += [fifos[key].w_data.eq(self.wport.rdata[:W]), fifos[key].w_en.eq(pend & (pend_slot == j))]
+        ahead = {}                   # the slot holds the next pass's words (its START keeps them)
+        for c in range(nc):
+            port = self.wports[c]
+            pend, pend_s = Signal(name=f"pend{c}"), Signal(range(len(STREAMS)), name=f"pend_s{c}")
+            blocked = Const(0, 1)
+            for j, s in enumerate(STREAMS):
+                key = (c, s)
+                fi = fifos[key] = m.submodules[f"fifo_{s}{c}"] = SyncFIFO(width=W, depth=FIFO_DEPTH)
+                left[key] = Signal(20, name=f"left_{s}{c}")
+                waddr[key] = Signal(24, name=f"waddr_{s}{c}")
+                ahead[key] = Signal(name=f"ahead_{s}{c}")
+                room = fi.level + (pend & (pend_s == j)) < FIFO_DEPTH
+                ok = (left[key] != 0) & room
+                t = Signal(name=f"take_{s}{c}")
+                m.d.comb += t.eq(ok & ~blocked)
+                blocked = blocked | ok
+                with m.If(t):
+                    m.d.comb += [port.re.eq(1), port.addr.eq(waddr[key]), port.buf.eq(BufferId.WEIGHT)]
+                    m.d.sync += [left[key].eq(left[key] - 1), waddr[key].eq(waddr[key] + 1), pend_s.eq(j)]
+                m.d.comb += [fi.w_data.eq(port.rdata[:W]), fi.w_en.eq(pend & (pend_s == j))]
+            m.d.sync += pend.eq(port.re)
 
         # The engines: everything goes to the engine of `fmt`.
         start_go = Signal()
@@ -163,46 +223,158 @@ class MatmulSequencer(wiring.Component):
                     m.d.comb += [sp.valid.eq(fi.r_rdy & sel), sp.payload.eq(fi.r_data)]
                     with m.If(sel):
                         m.d.comb += fi.r_en.eq(sp.ready & fi.r_rdy)
-            m.d.comb += [e.act.valid.eq(aread.o.valid & sel), e.act.payload.eq(aread.o.payload.data),
+            m.d.comb += [e.act.valid.eq(aread_o_valid & sel), e.act.payload.eq(aread_o_data),
                          e.rows.valid.eq(rows_valid & sel)]
             for c in range(nc):
-                rec = e.rows.payload[c]
-                m.d.comb += [rec.shift.eq(shift[c]), rec.ex.eq(ex), rec.mx.eq(mx), rec.bias.eq(bias[c]),
-                             rec.has_bias.eq(f("has_bias")), rec.prev.eq(prev[c]), rec.accumulate.eq(f("accumulate"))]
+                rr = e.rows.payload[c]
+                m.d.comb += [rr.shift.eq(shift[c]), rr.ex.eq(ex), rr.mx.eq(mx), rr.bias.eq(bias[c]),
+                             rr.has_bias.eq(f("has_bias")), rr.prev.eq(prev[c]), rr.accumulate.eq(f("accumulate"))]
             with m.If(sel):
                 m.d.comb += [act_ready.eq(e.act.ready), rows_taken.eq(e.rows.ready & rows_valid),
                              o_valid.eq(e.o.valid)]
                 m.d.comb += [o_vals[c].eq(e.o.payload[c]) for c in range(nc)]
 
-        # -- the sequence ---------------------------------------------------------------------------
-        def scalar(state, rd, buf, addr, nbytes, dest, nxt, cond=1):
-            with m.State(state):
-                with m.If(cond):
-                    m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.buf.eq(buf), rd.cmd.payload.addr.eq(addr),
-                                 rd.cmd.payload.nbytes.eq(nbytes), rd.cmd.payload.step.eq(nbytes)]
-                    with m.If(rd.cmd.ready):
-                        m.next = state + "_W"
-                with m.Else():
-                    m.next = nxt
-            with m.State(state + "_W"):
-                m.d.comb += rd.o.ready.eq(1)
-                with m.If(rd.o.valid):
-                    m.d.sync += dest.eq(rd.o.payload.data[:len(dest)])
-                    m.next = nxt
+        # -- the runner ------------------------------------------------------------------------------
+        # The unpackers are idle the cycle after a pass's last beat, so the next pass may start
+        # right away; its first words and windows are fetched ahead while the pass before runs
+        # (its addresses are the runner's cursor once the pass before has started).
+        more = Signal()              # a pass follows the one that started last
+        a_ahead = Signal()           # the `nxt` reader holds that pass's command
 
-        wc = Signal(range(nc + 1))     # chain being written
+        def stream_words(c, s):
+            ba = bitaddr[c, s]
+            return Mux(nbits[s] == 0, 0, (ba[:lgw] + nbits[s] + W - 1) >> lgw)
+
+        def a_cmd(rd):
+            m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.buf.eq(f("abuf")), rd.cmd.payload.addr.eq(run_c.a_row + 4),
+                         rd.cmd.payload.nbytes.eq(k), rd.cmd.payload.step.eq(n_act)]
+
+        with m.If(more & ~start_go):
+            for key in ahead:
+                with m.If(~ahead[key] & (left[key] == 0)):
+                    m.d.sync += [ahead[key].eq(1), waddr[key].eq(bitaddr[key] >> lgw), left[key].eq(stream_words(*key))]
+            with m.If(~a_ahead):
+                for i, rd in enumerate(areads):
+                    with m.If(nxt == i):
+                        a_cmd(rd)
+                        with m.If(rd.cmd.ready):
+                            m.d.sync += a_ahead.eq(1)
+
+        with m.FSM(name="runner"):
+            with m.State("WAIT"), m.If(next_full):
+                m.d.comb += start_go.eq(1)
+                with m.If(~a_ahead):
+                    for i, rd in enumerate(areads):
+                        with m.If(nxt == i):
+                            a_cmd(rd)
+                m.d.sync += [next_full.eq(0), rec.eq(rec_n), nxt.eq(~nxt), a_ahead.eq(0), more.eq(~run_c.last)]
+                m.d.sync += [d.eq(s) for d, s in zip(shift + bias + prev, shift_n + bias_n + prev_n)]
+                for key in ahead:
+                    m.d.sync += ahead[key].eq(0)
+                    with m.If(~ahead[key]):
+                        m.d.sync += [waddr[key].eq(bitaddr[key] >> lgw), left[key].eq(stream_words(*key))]
+                with m.If(run_c.advance()):
+                    for c in range(nc):
+                        for s in STREAMS:
+                            m.d.sync += bitaddr[c, s].eq(bitaddr[c, s] + nc * nbits[s])
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [rows_valid.eq(1), aread_o_ready.eq(act_ready)]
+                with m.If(rows_taken):
+                    m.next = "WAIT"
+
+        # -- the engine's outputs: `out_sets` register sets, filled in turn ----------------------------
+        S = self.out_sets
+        out = [[Signal(32, name=f"out{b}_{c}") for c in range(nc)] for b in range(S)]
+        full = Signal(S)
+        set_in, set_w = Signal(range(S)), Signal(range(S))
+        held = Signal(range(S + 1))  # passes loaded and not yet written: each will need a set
+
+        # -- the loader and the writer, taking turns on oport ----------------------------------------
+        def load(state, buf, addr, nbytes, step, dests, then):
+            """A read of `nbytes` into `dests` (a chunk of `step` bytes each); then `then()`."""
+            li = Signal(range(nc + 1), name=f"li_{state}")
+            with m.State(state):
+                m.d.comb += [sread.cmd.valid.eq(1), sread.cmd.payload.buf.eq(buf), sread.cmd.payload.addr.eq(addr),
+                             sread.cmd.payload.nbytes.eq(nbytes), sread.cmd.payload.step.eq(step)]
+                m.d.sync += li.eq(0)
+                with m.If(sread.cmd.ready):
+                    m.next = state + "_W"
+            with m.State(state + "_W"):
+                m.d.comb += sread.o.ready.eq(1)
+                with m.If(sread.o.valid):
+                    with m.Switch(li):
+                        for c, d in enumerate(dests):
+                            with m.Case(c):
+                                m.d.sync += d.eq(sread.o.payload.data[:len(d)])
+                    m.d.sync += li.eq(li + 1)
+                    with m.If(sread.o.payload.last):
+                        then()
+
+        load_done = Signal()
+        wrote = Signal()             # this cycle ends a pass's writes (frees a set)
+        took_set = Signal()          # this cycle ends a pass's loads (it will need a set)
+
+        def loaded():
+            """The last read of a pass: hand the set over to the runner."""
+            m.d.comb += took_set.eq(1)
+            m.d.sync += [next_full.eq(1), load_done.eq(load_c.last)]
+            load_c.advance()
+            m.next = "DISPATCH"
+
+        def after_bias():
+            with m.If(f("accumulate")):
+                m.next = "L_PREV"
+            with m.Else():
+                loaded()
+
+        def after_shift():
+            with m.If(f("has_bias")):
+                m.next = "L_BIAS"
+            with m.Else():
+                after_bias()
+
+        wc = Signal(range(nc))       # chain being written
         wr_addr = Signal(24)
         wr_val = Signal(32)
+        m.d.comb += wr_addr.eq(write_c.o_row + ((write_c.q + wc) << 2))
+        with m.Switch(set_w * nc + wc):
+            for b in range(S):
+                for c in range(nc):
+                    with m.Case(b * nc + c):
+                        m.d.comb += wr_val.eq(out[b][c])
         wa, (d0, be0), (d1, be1), two = int32_write(m, f("obuf"), wr_addr, wr_val, self.words, self.data_bits)
-        rec = Signal(24)
-        m.d.comb += [mx.eq(rec[:16]), ex.eq(rec[16:24])]
+
+        def written():
+            """The int32 of chain wc is out: the next chain, or the pass is written."""
+            with m.If(wc + 1 < write_c.live):
+                m.d.sync += wc.eq(wc + 1)
+                m.next = "W0"
+            with m.Else():
+                m.d.comb += wrote.eq(1)
+                m.d.sync += [wc.eq(0), set_w.eq(Mux(set_w == S - 1, 0, set_w + 1))]
+                write_c.advance()
+                m.next = "DISPATCH"
+                with m.If(write_c.last):
+                    m.next = "FINISH"
+
+        def write_word0():
+            """The first (or only) word of chain wc's int32."""
+            m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa), self.oport.we.eq(1),
+                         self.oport.wdata.eq(d0), self.oport.be.eq(be0)]
+            with m.If(two):
+                m.next = "W1"
+            with m.Else():
+                written()
+
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [ir.eq(self.ir), fmt.eq(self.fmt)]
                 m.next = "SETUP"
             with m.State("SETUP"):
-                m.d.sync += [q_row.eq(0), r.eq(0), a_row.eq(f("a_addr")), o_row.eq(f("o_addr")),
-                             shift_base.eq(f("scale_addr") + ((n * groups) << 1))]
+                m.d.sync += run_c.reset() + load_c.reset() + write_c.reset()
+                m.d.sync += [shift_base.eq(f("scale_addr") + ((n * groups) << 1)), load_done.eq(0), wc.eq(0),
+                             set_w.eq(0), set_in.eq(0)]
                 for c in range(nc):
                     for s, base in (("codes", "wbuf_addr"), ("idx", "idx_addr"), ("mant", "scale_addr")):
                         m.d.sync += bitaddr[c, s].eq((f(base) << 3) + c * nbits[s])
@@ -211,73 +383,45 @@ class MatmulSequencer(wiring.Component):
                 with m.If((n == 0) | (rows == 0)):
                     m.next = "FINISH"
                 with m.Else():
-                    m.next = "REC"
-            scalar("REC", aread, f("abuf"), a_row, 4, rec, "SHIFT0")
-            for c in range(nc):
-                nxt = f"SHIFT{c + 1}" if c + 1 < nc else "START"
-                scalar(f"SHIFT{c}", wread, BufferId.WEIGHT, shift_base + q_row + c, 1, shift[c], f"BIAS{c}", live[c])
-                scalar(f"BIAS{c}", wread, BufferId.WEIGHT, f("bias_addr") + ((q_row + c) << 2), 4, bias[c],
-                       f"PREV{c}", live[c] & f("has_bias"))
-                scalar(f"PREV{c}", oread, f("obuf"), o_row + ((q_row + c) << 2), 4, prev[c], nxt,
-                       live[c] & f("accumulate"))
-            with m.State("START"):
-                m.d.comb += [start_go.eq(1), aread.cmd.valid.eq(1), aread.cmd.payload.buf.eq(f("abuf")),
-                             aread.cmd.payload.addr.eq(a_row + 4), aread.cmd.payload.nbytes.eq(k),
-                             aread.cmd.payload.step.eq(n_act)]
-                m.d.sync += fetching.eq(1)
-                for c in range(nc):
-                    for s in STREAMS:
-                        ba = bitaddr[c, s]
-                        m.d.sync += [waddr[c, s].eq(ba >> lgw),
-                                     left[c, s].eq(Mux(nbits[s] == 0, 0, (ba[:lgw] + nbits[s] + W - 1) >> lgw))]
-                m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += [rows_valid.eq(1), aread.o.ready.eq(act_ready)]
-                with m.If(rows_taken):
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                m.d.comb += aread.o.ready.eq(act_ready)
-                with m.If(o_valid):
-                    m.d.sync += [out[c].eq(o_vals[c]) for c in range(nc)]
-                    m.d.sync += [wc.eq(0), fetching.eq(0)]
-                    m.next = "WSEL"
-            with m.State("WSEL"):
-                with m.Switch(wc):
-                    for c in range(nc):
-                        with m.Case(c):
-                            m.d.sync += [wr_addr.eq(o_row + ((q_row + c) << 2)), wr_val.eq(out[c])]
-                            with m.If(live[c]):
-                                m.next = "W0"
-                            with m.Else():
-                                m.next = "NEXT"
-                    with m.Default():
-                        m.next = "NEXT"
+                    m.next = "DISPATCH"
+            # Writes first (they free sets); a pass is loaded once the runner has taken the one
+            # before and a set is sure to be free when its outputs come.
+            with m.State("DISPATCH"):
+                with m.If(full.bit_select(set_w, 1)):
+                    write_word0()
+                with m.Elif(~load_done & ~next_full & (held < S)):
+                    m.d.comb += [sread.cmd.valid.eq(1), sread.cmd.payload.buf.eq(f("abuf")),
+                                 sread.cmd.payload.addr.eq(load_c.a_row), sread.cmd.payload.nbytes.eq(4),
+                                 sread.cmd.payload.step.eq(4)]
+                    m.next = "L_REC_W"
+            with m.State("L_REC_W"):
+                m.d.comb += sread.o.ready.eq(1)
+                with m.If(sread.o.valid):
+                    m.d.sync += rec_n.eq(sread.o.payload.data[:24])
+                    m.next = "L_SHIFT"
+            load("L_SHIFT", BufferId.WEIGHT, shift_base + load_c.q, load_c.live, 1, shift_n, after_shift)
+            load("L_BIAS", BufferId.WEIGHT, f("bias_addr") + (load_c.q << 2), load_c.live << 2, 4, bias_n,
+                 after_bias)
+            load("L_PREV", f("obuf"), load_c.o_row + (load_c.q << 2), load_c.live << 2, 4, prev_n, loaded)
+            # further chains' int32 (the pass's set is full); W1 when the int32 straddles two words
             with m.State("W0"):
-                m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa), self.oport.we.eq(1),
-                             self.oport.wdata.eq(d0), self.oport.be.eq(be0)]
-                m.next = "W1"
-                with m.If(~two):
-                    m.d.sync += wc.eq(wc + 1)
-                    m.next = "WSEL"
+                write_word0()
             with m.State("W1"):
                 m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa + 1), self.oport.we.eq(1),
                              self.oport.wdata.eq(d1), self.oport.be.eq(be1)]
-                m.d.sync += wc.eq(wc + 1)
-                m.next = "WSEL"
-            with m.State("NEXT"):
-                # MM: every token row for this weight pass, then the next pass.
-                with m.If(r + 1 < rows):
-                    m.d.sync += [r.eq(r + 1), a_row.eq(a_row + k + 4), o_row.eq(o_row + pitch)]
-                    m.next = "REC"
-                with m.Elif(q_row + nc < n):
-                    m.d.sync += [r.eq(0), a_row.eq(f("a_addr")), o_row.eq(f("o_addr")), q_row.eq(q_row + nc)]
-                    for c in range(nc):
-                        for s in STREAMS:
-                            m.d.sync += bitaddr[c, s].eq(bitaddr[c, s] + nc * nbits[s])
-                    m.next = "REC"
-                with m.Else():
-                    m.next = "FINISH"
+                written()
             with m.State("FINISH"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+
+        # Set bookkeeping: a set fills when the engine's outputs come, empties when written.
+        got = Signal(S)
+        m.d.comb += got.eq(Mux(o_valid, 1 << set_in, 0))
+        m.d.sync += full.eq((full & ~Mux(wrote, 1 << set_w, 0)) | got)
+        with m.If(o_valid):
+            for b in range(S):
+                with m.If(set_in == b):
+                    m.d.sync += [out[b][c].eq(o_vals[c]) for c in range(nc)]
+            m.d.sync += set_in.eq(Mux(set_in == S - 1, 0, set_in + 1))
+        m.d.sync += held.eq(held + took_set - wrote)
         return m

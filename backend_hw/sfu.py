@@ -12,7 +12,7 @@ and only the last pass (`Pass.OUT`) emits results. Between passes `i.ready` is l
 pipeline drains and `RowScalars` computes the next pass's scalars. `o` has no backpressure: a
 beat of the output pass leaves `LATENCY` = 3 cycles after its handshake on `i`; a row takes
 `row_cycles(func, cols)` cycles (one-pass functions: ceil(cols / lanes); RMSNORM 3 beats per lane
-group + 170, LAYERNORM 4 + 239, SOFTMAX 3 + 73, QUANT_ROWS 2 + 134).
+group + 72, LAYERNORM 4 + 95, SOFTMAX 3 + 22, QUANT_ROWS 2 + 23: `pass_gap` between passes).
 
 | func | passes | operands (a, b, c, d) | output `y` |
 |---|---|---|---|
@@ -41,7 +41,7 @@ from .sfu_lut import LutEval, Table
 from .sfu_scalars import (MAX_BITS, PASSES, QUANT_SCALAR_CYCLES, RECIP_BITS, SCALAR_CYCLES, SUM_BITS, Pass,
                           RowScalars)
 
-__all__ = ["FUNCS", "PASSES", "SFU", "Pass"]
+__all__ = ["FUNCS", "PASSES", "SFU", "Pass", "pass_gap"]
 
 FUNCS = tuple(PASSES)                    # the MISC functions the SFU computes
 ONE = 1 << 16
@@ -57,6 +57,19 @@ def operand_layout(lanes: int) -> data.StructLayout:
 def result_layout(lanes: int) -> data.StructLayout:
     return data.StructLayout({"y": data.ArrayLayout(signed(32), lanes),
                               "m": unsigned(15), "e": signed(7)})
+
+
+def pass_gap(func: MiscFunc, kind: Pass, skip: bool = False) -> int:
+    """Cycles from the last input beat of a reduction pass `kind` to the next pass's first: SMAX 2
+    (DRAIN0, then the max is final when the next beat's stage 0 reads it); others 4 (DRAIN0,
+    DRAIN1, SCALARS, then WAIT takes the beat when `RowScalars` is done) plus `RowScalars`' busy
+    cycles, none when `skip` (an all-zero QUANT_ROWS row, a SOFTMAX row with no visible key)."""
+    if kind is Pass.SMAX:
+        return 2
+    busy = QUANT_SCALAR_CYCLES if func == MiscFunc.QUANT_ROWS else SCALAR_CYCLES[kind]
+    if skip and kind in (Pass.SSUM, Pass.AMAX):
+        busy = 0
+    return 4 + busy
 
 
 class SFU(wiring.Component):
@@ -79,15 +92,14 @@ class SFU(wiring.Component):
 
     def row_cycles(self, func: MiscFunc, cols: int) -> int:
         """Cycles from a row's first input beat to the next row's, inputs always valid: one per beat
-        of each pass, and after each reduction pass 2 to drain, 2 to start and finish the scalars and
-        the scalar unit's own cycles (the worst case: rows of zeros or with no visible key are faster)."""
+        of each pass, and after each reduction pass `pass_gap` - 1 (the worst case: rows of zeros or
+        with no visible key are faster)."""
         beats = -(-cols // self.lanes)
         total = 0
         for kind in PASSES[MiscFunc(func)]:
             total += beats
             if kind is not Pass.OUT:
-                busy = QUANT_SCALAR_CYCLES if func == MiscFunc.QUANT_ROWS else SCALAR_CYCLES[kind]
-                total += 4 + busy
+                total += pass_gap(func, kind) - 1
         return total
 
     def elaborate(self, platform):
@@ -112,29 +124,39 @@ class SFU(wiring.Component):
         m.d.comb += [take.eq(self.i.valid & self.i.ready),
                      sc.kind.eq(kind), sc.func.eq(self.func), sc.cols.eq(self.cols),
                      sc.eps.eq(self.eps)]
+        def stream():
+            with m.If(take):
+                wrap = hpos + L >= self.depth
+                m.d.sync += [beat.eq(beat + 1), hpos.eq(Mux(wrap, 0, hpos + L))]
+                with m.If(beat == n_beats - 1):
+                    m.d.sync += [beat.eq(0), hpos.eq(0)]
+                    with m.If(kind == Pass.OUT):
+                        m.d.sync += pass_no.eq(0)
+                        m.next = "STREAM"
+                    with m.Else():
+                        m.next = "DRAIN0"
+                with m.Else():
+                    m.next = "STREAM"
+
         with m.FSM() as fsm:
             with m.State("STREAM"):
                 m.d.comb += self.i.ready.eq(1)
-                with m.If(take):
-                    wrap = hpos + L >= self.depth
-                    m.d.sync += [beat.eq(beat + 1), hpos.eq(Mux(wrap, 0, hpos + L))]
-                    with m.If(beat == n_beats - 1):
-                        m.d.sync += [beat.eq(0), hpos.eq(0)]
-                        with m.If(kind == Pass.OUT):
-                            m.d.sync += pass_no.eq(0)
-                        with m.Else():
-                            m.next = "DRAIN0"
+                stream()
             with m.State("DRAIN0"):          # the last beat is in stage 1
-                m.next = "DRAIN1"
+                with m.If(kind == Pass.SMAX):    # SSUM needs only the max: in stage 0 from next cycle
+                    m.d.sync += pass_no.eq(pass_no + 1)
+                    m.next = "STREAM"
+                with m.Else():
+                    m.next = "DRAIN1"
             with m.State("DRAIN1"):          # ... in stage 2: the reduction is complete next cycle
                 m.next = "SCALARS"
             with m.State("SCALARS"):
                 m.d.comb += sc.start.eq(1)
+                m.d.sync += pass_no.eq(pass_no + 1)
                 m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(~sc.busy):
-                    m.d.sync += pass_no.eq(pass_no + 1)
-                    m.next = "STREAM"
+            with m.State("WAIT"):            # the next pass streams once RowScalars is done
+                m.d.comb += self.i.ready.eq(~sc.busy)
+                stream()
 
         # ---- stage 0: the accepted beat
         def lanes_of(shape, name):

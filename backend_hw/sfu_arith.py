@@ -1,12 +1,13 @@
 """Integer building blocks of the special-function unit, bit-exact with `llmfab.ir.fixed_point`.
 
 Combinational helpers (`sat`, `rshr`, `rshr_var`, `bit_length`) and the two sequential units the
-SFU runs once per row: `SeqDivider` (floor division, one quotient bit per cycle) and `SeqSqrt`
-(`isqrt`, one result bit per cycle). Per-row scalars are few, so a bit-serial unit costs nothing in
-throughput next to a row of thousands of elements and saves a wide combinational divider.
+SFU runs once per row: `SeqDivider` (floor division, `radix_bits` quotient bits a cycle, only as
+many as the quotient needs) and `SeqSqrt` (`isqrt`, `radix_bits` result bits a cycle). Per-row
+scalars are few, so a few-bits-a-cycle unit costs little next to a long row and saves a wide
+combinational divider; on short rows (decode) its cycles are what the row waits for.
 """
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -38,69 +39,107 @@ def bit_length(m: Module, v, width: int) -> Signal:
 
 
 class SeqDivider(wiring.Component):
-    """q = floor(n / d) for a signed `n` and a positive `d`, restoring division.
+    """q = floor(n / d) for a signed `n` and a positive `d`, restoring division, `radix_bits`
+    quotient bits a cycle (that many restoring steps chained in one cycle).
 
-    Pulse `start` with `n` and `d` set; `busy` is high for `n_bits` cycles, after which `q` holds
-    the quotient until the next start. A zero divisor gives garbage (callers never divide by 0).
+    Pulse `start` with `n`, `d` and `q_bits` set, where |n| < d 2^q_bits (the quotient's magnitude
+    fits in `q_bits` bits; `q_bits` defaults to `n_bits`, always enough): only those quotient bits
+    are computed, the numerator's bits above them go straight into the remainder. `busy` is high
+    for `ceil(q_bits / radix_bits)` cycles, after which `q` holds the quotient until the next
+    start. A zero divisor, or a `q_bits` too small for the operands, gives garbage.
     """
 
-    def __init__(self, n_bits: int, d_bits: int):
+    def __init__(self, n_bits: int, d_bits: int, radix_bits: int = 1):
         for name, v in (("n_bits", n_bits), ("d_bits", d_bits)):
             if not isinstance(v, int) or v < 2:
                 raise ValueError(f"{name} must be an integer of at least 2, not {v!r}")
-        self.n_bits, self.d_bits = n_bits, d_bits
+        if not isinstance(radix_bits, int) or radix_bits < 1:
+            raise ValueError(f"radix_bits must be a positive integer, not {radix_bits!r}")
+        self.n_bits, self.d_bits, self.radix_bits = n_bits, d_bits, radix_bits
         super().__init__({
             "start": In(1), "n": In(signed(n_bits)), "d": In(unsigned(d_bits)),
+            "q_bits": In(range(n_bits + 1), init=n_bits),
             "busy": Out(1), "q": Out(signed(n_bits + 1)),
         })
 
+    def cycles(self, q_bits: int) -> int:
+        """Cycles `busy` is high for a division with `q_bits` quotient bits."""
+        return -(-q_bits // self.radix_bits)
+
     def elaborate(self, platform):
         m = Module()
-        nb = self.n_bits
-        num = Signal(nb, reset_less=True)          # |n| shifting out on top, quotient bits in below
+        R = self.radix_bits
+        nb = -(-self.n_bits // R) * R                # whole steps: the quotient bits, rounded up
+        num = Signal(nb, reset_less=True)          # numerator bits shifting out on top, quotient bits in below
         rem = Signal(self.d_bits + 1, reset_less=True)
         den = Signal(self.d_bits, reset_less=True)
         neg = Signal(reset_less=True)
-        count = Signal(range(nb + 1))
+        count = Signal(range(nb // R + 1))
         m.d.comb += self.busy.eq(count != 0)
 
-        trial = Signal(self.d_bits + 2)
-        m.d.comb += trial.eq((rem << 1) | num[-1])
         with m.If(self.start):
-            m.d.sync += [num.eq(abs(self.n)), rem.eq(0), den.eq(self.d), neg.eq(self.n < 0),
-                         count.eq(nb)]
+            steps = (self.q_bits + R - 1) // R
+            k = Signal(range(nb + 1))                # quotient bits computed: whole steps
+            m.d.comb += k.eq(steps * R)
+            mag = Signal(nb)
+            m.d.comb += mag.eq(abs(self.n))
+            up = Signal(range(nb + 1))
+            m.d.comb += up.eq(nb - k)
+            m.d.sync += [num.eq(mag << up), rem.eq(mag >> k), den.eq(self.d), neg.eq(self.n < 0),
+                         count.eq(steps)]
         with m.Elif(count != 0):
-            fits = trial >= den
-            m.d.sync += [rem.eq(Mux(fits, trial - den, trial)), num.eq((num << 1) | fits),
-                         count.eq(count - 1)]
+            r, q = rem, num
+            for _ in range(R):
+                trial = Cat(q[-1], r)                # (r << 1) | the next numerator bit
+                fits = trial >= den
+                r = Mux(fits, trial - den, trial)[:self.d_bits + 1]
+                q = Cat(fits, q[:-1])
+            m.d.sync += [rem.eq(r), num.eq(q), count.eq(count - 1)]
         # floor for a negative numerator: -ceil(|n| / d)
         m.d.comb += self.q.eq(Mux(neg, -num - (rem != 0), num))
         return m
 
 
 class SeqSqrt(wiring.Component):
-    """r = isqrt(x) = floor(sqrt(x)) of an unsigned `x`, one result bit per cycle from the top.
+    """r = isqrt(x) = floor(sqrt(x)) of an unsigned `x`, digit by digit from the top (shift and
+    subtract, no multiplier), `radix_bits` result bits a cycle.
 
-    Pulse `start` with `x` set; `busy` is high for `ceil(x_bits / 2)` cycles, then `r` holds."""
+    Pulse `start` with `x` set; `busy` is high for `ceil(x_bits / (2 radix_bits))` cycles, then `r`
+    holds."""
 
-    def __init__(self, x_bits: int):
+    def __init__(self, x_bits: int, radix_bits: int = 1):
         if not isinstance(x_bits, int) or x_bits < 2:
             raise ValueError(f"x_bits must be an integer of at least 2, not {x_bits!r}")
-        self.x_bits = x_bits
+        if not isinstance(radix_bits, int) or radix_bits < 1:
+            raise ValueError(f"radix_bits must be a positive integer, not {radix_bits!r}")
+        self.x_bits, self.radix_bits = x_bits, radix_bits
         self.r_bits = (x_bits + 1) // 2
         super().__init__({"start": In(1), "x": In(unsigned(x_bits)), "busy": Out(1),
                           "r": Out(unsigned(self.r_bits))})
 
+    def cycles(self) -> int:
+        return -(-self.x_bits // (2 * self.radix_bits))
+
     def elaborate(self, platform):
         m = Module()
-        x = Signal(self.x_bits, reset_less=True)
-        bit = Signal(self.r_bits)                  # one-hot: the result bit being tried
-        m.d.comb += self.busy.eq(bit != 0)
+        R = self.radix_bits
+        steps = self.cycles()
+        rb = steps * R                             # result bits, whole cycles (leading zeros)
+        x = Signal(2 * rb, reset_less=True)        # radicand bits left, the next pair on top
+        rem = Signal(rb + 2, reset_less=True)      # x's bits so far - root^2 <= 2 root
+        root = Signal(rb, reset_less=True)
+        count = Signal(range(steps + 1))
+        m.d.comb += [self.busy.eq(count != 0), self.r.eq(root)]
         with m.If(self.start):
-            m.d.sync += [x.eq(self.x), self.r.eq(0), bit.eq(1 << (self.r_bits - 1))]
-        with m.Elif(bit != 0):
-            t = self.r | bit
-            with m.If(t * t <= x):
-                m.d.sync += self.r.eq(t)
-            m.d.sync += bit.eq(bit >> 1)
+            m.d.sync += [x.eq(self.x), rem.eq(0), root.eq(0), count.eq(steps)]
+        with m.Elif(count != 0):
+            xv, r, q = x, rem, root
+            for _ in range(R):
+                cur = Cat(xv[-2:], r)                # (rem << 2) | the next two radicand bits
+                trial = Cat(Const(1, 2), q)          # (root << 2) | 1
+                fits = cur >= trial
+                r = Mux(fits, cur - trial, cur)[:rb + 2]
+                q = Cat(fits, q[:-1])
+                xv = Cat(Const(0, 2), xv[:-2])
+            m.d.sync += [x.eq(xv), rem.eq(r), root.eq(q), count.eq(count - 1)]
         return m

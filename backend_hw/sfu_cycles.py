@@ -4,17 +4,21 @@ from the cycle `SfuUnit` accepts a MISC instruction to the cycle its `done` puls
 `sfu_cycles(target, inst)` replays the unit's sequencer beat by beat (one beat = up to `lanes`
 elements of one pass over one row) with the RTL's recurrences, in cycles after the accept (0):
 
-- start: IDLE accepts, SETUP decodes, RUN starts the first fetch at cycle `RUN_START`; EMBED first
-  waits in GROUPS for the `cols / group` division (`EMBED_DIV_BITS` + 1 cycles).
-- fetch: the two `PieceFetcher`s start together at S; each reads one word a cycle of its enabled
-  pieces, the last word's data lands 2 cycles after its read, so the beat is handed over
-  (`xfer`) at X = S + max(words on src, words on src2) + 2, and not before the previous beat left
-  the hand-over register (X >= its take cycle). The next fetch starts at X + 1.
-- SFU: takes a beat at T = max(X + 1, the SFU back in STREAM); after the last beat of a reduction
-  pass it is out of STREAM for `SFU_PASS_GAP` cycles plus `RowScalars`' busy cycles
-  (`SCALAR_CYCLES`, `QUANT_SCALAR_CYCLES`). An output beat reaches the FIFO `SFU.LATENCY` cycles
-  after T; COPY and EMBED beats skip the SFU and reach it at X + 1. A beat is held while
-  `OUT_DEPTH` results are between take and the writer (never in practice: the fetch is slower).
+- start: IDLE accepts, SETUP decodes, RUN issues the first beat at cycle `RUN_START`; EMBED first
+  waits in GROUPS for the `cols / group` division (`EMBED_DIV_CYCLES` + 1 cycles).
+- fetch: beat j issues at S_j = max(S_{j-1} + w_{j-1}, T_{j-IN_DEPTH}), w = max(words on src,
+  words on src2) (both `PieceFetcher`s read one word a cycle from S + 1, and the next beat issues
+  in the cycle of the last read; the input FIFO holds `SfuUnit.IN_DEPTH` issued beats, a slot
+  freeing in the cycle its beat is taken). Passes that read only `a` split its words: ceil(w/2)
+  on src, the rest on src2. The beat is written into the FIFO at S + w + 1 and readable at
+  S + w + 2 (`FETCH_RETURN`).
+- SFU: takes a beat at T_j = max(S_j + w_j + 2, T_{j-1} + 1, the SFU back in STREAM); after the
+  last beat of a reduction pass the next pass's first beat is taken `pass_gap` cycles later
+  (sfu.py: SMAX 2; else 4 plus `RowScalars`' busy cycles, `SCALAR_CYCLES`,
+  `QUANT_SCALAR_CYCLES`). An output beat reaches the FIFO `SFU.LATENCY` cycles after T; COPY and
+  EMBED beats skip the SFU and reach it at T. A beat is held while `OUT_DEPTH` results are
+  between take and the writer (the writer is the bottleneck of one-pass functions, whose beats
+  write as many words as they read).
 - writer: `ByteWriter` takes a FIFO entry the cycle after it was written, and the next one in the
   cycle it writes the current one's last word (one word a cycle); `done` pulses the cycle after
   the last word is written.
@@ -33,18 +37,18 @@ from __future__ import annotations
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc
 from llmfab.ir.target import Target
 
-from .sfu import SFU
-from .sfu_scalars import PASSES, QUANT_SCALAR_CYCLES, SCALAR_CYCLES, Pass
+from .sfu import SFU, pass_gap
+from .sfu_scalars import PASSES, Pass
 from .sfu_unit import SfuUnit
 
 __all__ = ["sfu_cycles"]
 
 F = MiscFunc
-RUN_START = 2          # cycle of the first fetch start: accept (IDLE) 0, SETUP 1, RUN 2
-EMBED_DIV_BITS = 17    # EMBED's cols / group divider: `SeqDivider(17, 16)` in SfuUnit.elaborate
-SFU_PASS_GAP = 5       # SFU: last beat of a reduction pass -> first beat of the next: DRAIN0, DRAIN1,
-                       # SCALARS, WAIT (one cycle each with RowScalars idle), then STREAM's take
-FETCH_RETURN = 2       # fetch start S -> xfer: the start cycle, then the last word's read data (+1)
+USES_SRC2 = (F.ADD, F.MUL, F.RMSNORM, F.LAYERNORM, F.ROPE)    # output passes that read the src2 port
+RUN_START = 2          # cycle of the first beat's issue: accept (IDLE) 0, SETUP 1, RUN 2
+EMBED_DIV_CYCLES = 9   # EMBED's cols / group divider: `SeqDivider(17, 16, 2)` in SfuUnit.elaborate
+FETCH_RETURN = 2       # issue S -> the beat readable from the input FIFO: S + w + 2 (the last word
+                       # read at S + w, its data and the FIFO write at S + w + 1)
 
 
 def _words(addr: int, n: int, wb: int) -> int:
@@ -83,7 +87,7 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
     if is_embed:
         shift_off = code_bytes + 2 * (cols // group)
         nat_src = shift_off + 1
-        start += EMBED_DIV_BITS + 1
+        start += EMBED_DIV_CYCLES + 1
     spitch, dpitch = ss or nat_src, ds or nat_dst
     src_row = inst["src_addr"] + (imm * spitch if is_copy else 0)
     src2_row, dst_row = inst["src2_addr"], inst["dst_addr"]
@@ -93,10 +97,7 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
     half = depth >> 1
 
     def gap(kind: Pass, skip: bool) -> int:
-        busy = QUANT_SCALAR_CYCLES if func == F.QUANT_ROWS else SCALAR_CYCLES[kind]
-        if skip and kind in (Pass.SSUM, Pass.AMAX):   # Z == 0, or amax == 0: no division
-            busy = 0
-        return SFU_PASS_GAP + busy
+        return pass_gap(func, kind, skip)
 
     def beats(src_row, src2_row, dst_row, tab):
         """Per beat of one row: (pass kind, src words, src2 words, result words or 0, pass end)."""
@@ -123,6 +124,8 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
                 else:
                     wa = _words(elem, 4 * nl, wsrc)
                     wo = 0
+                    if not (is_out and func in USES_SRC2):      # a's words split over both ports
+                        wa, wb_ = (wa + 1) // 2, wa // 2
                     if is_out:
                         if func == F.QUANT_ROWS:
                             wo = _words(o_row, nl + 4, wdst) if k0 == 0 else _words(o_row + 4 + k0, nl, wdst)
@@ -155,19 +158,24 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
                     gpos += nl
         return tuple(out)
 
+    D = SfuUnit.IN_DEPTH
+
     def run_row(row_beats, no_key, state):
-        """Time one row from its first fetch at 0, `state` relative to that: (take of the previous
-        beat, SFU back in STREAM, writer free, (take, writer accept) of results still in flight).
-        Returns the next row's first fetch and the writer's free cycle, relative, and the state."""
-        t_prev, sfu_ready, wr_free, flight = state
-        flight = list(flight)
+        """Time one row from the cycle its first beat may issue (0), `state` relative to that: (the
+        pops of the last `IN_DEPTH` beats, SFU back in STREAM, writer free, (take, writer accept)
+        of results still in flight). Returns the cycle the next row's first beat may issue and the
+        writer's free cycle, relative, and the state."""
+        pops, sfu_ready, wr_free, flight = state
+        pops, flight = list(pops), list(flight)
         s = 0
         for kind, wa, wb_, wo, last in row_beats:
-            x = max(s + max(wa, wb_) + FETCH_RETURN, t_prev)
+            w = max(wa, wb_)
+            s = max(s, pops[-D]) if len(pops) >= D else s      # room in the input FIFO
+            t = max(s + w + FETCH_RETURN, pops[-1] + 1 if pops else 0)
             if bypass:
-                t, lat = x + 1, 0
+                lat = 0
             else:
-                t, lat = max(x + 1, sfu_ready), SFU.LATENCY
+                t, lat = max(t, sfu_ready), SFU.LATENCY
             if wo:
                 while sum(1 for ti, ai in flight if ti < t <= ai) >= SfuUnit.OUT_DEPTH:
                     t += 1
@@ -176,14 +184,15 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
                 flight.append((t, a))
             if not bypass:
                 sfu_ready = t + gap(kind, no_key) if last and kind is not Pass.OUT else t + 1
-            t_prev, s = t, x + 1
-        # the next row's first fetch is at s: state relative to it (clamped where it cannot matter)
-        nxt = (max(t_prev - s, 0), max(sfu_ready - s, 0), max(wr_free - s, 0),
+            pops.append(t)
+            s += w
+        # the next row's first beat may issue at s: state relative to it (clamped where it cannot matter)
+        nxt = (tuple(max(ti - s, 0) for ti in pops[-D:]), max(sfu_ready - s, 0), max(wr_free - s, 0),
                tuple((max(ti - s, 0), ai - s) for ti, ai in flight if ai > s))
         return s, wr_free, nxt
 
     memo_beats, memo_rows = {}, {}
-    state = (0, 0, 0, ())
+    state = ((), 0, 0, ())
     now, done = start, start
     rmod, tab = 0, tab0
     for r in range(rows):

@@ -11,8 +11,10 @@ pass needs, exactly as ir/integer.py does:
 | SUMSQ      | ms = div_round(sum Xs^2, D), S = isqrt(ms + E), r = div_round(2^46, max(S, 1)) | _normalize |
 | SSUM       | R = floor(2^35 / 2Z), the reciprocal that makes div_round(e 2^16, Z) one multiply | int_softmax_rows |
 
-Every division is `SeqDivider` (64 cycles) and the root `SeqSqrt` (31 cycles), so a norm row spends
-~230 cycles here, a quantized row ~130, a softmax row ~65.
+Every division is one `SeqDivider` (2 quotient bits a cycle, only the bits the quotient can have:
+the `Q_*` bounds below) and the root `SeqSqrt` (2 result bits a cycle); QUANT_ROWS' m has a small
+divider of its own beside inv's. After the pass a norm row spends `SCALAR_CYCLES[SUMSQ]` = 66
+cycles here, a quantized row 20, a softmax row 18 (`SCALAR_CYCLES`, `QUANT_SCALAR_CYCLES`).
 """
 
 from enum import IntEnum
@@ -51,14 +53,35 @@ PASSES: dict[MiscFunc, tuple[Pass, ...]] = {
 }
 
 
-# cycles RowScalars is busy after a pass (the worst case: a non-zero row): a division is 65, the root 32
-SCALAR_CYCLES = {Pass.MEAN: 65, Pass.AMAX: 0, Pass.SUMSQ: 65 + 32 + 65, Pass.SMAX: 0, Pass.SSUM: 65}
-QUANT_SCALAR_CYCLES = 65 + 65     # QUANT_ROWS' AMAX: inv, then m
+# Quotient bits each division needs (|n| < d 2^bits, `SeqDivider.q_bits`), from the operands' ranges
+# (x, weights int32; |Xs| <= 2^23 after the norm shift; a = max |x| <= 2^31 for QUANT_ROWS):
+Q_MEAN = 40        # div_round(sum(x) 2^8, D): |mean x| <= 2^31, so |q| <= 2^39
+Q_INV = 40         # div_round(127 2^32, a), a >= 1: q < 2^39
+Q_M = 16           # div_round(scaled, 127), scaled <= 2^21: q < 2^15 (its own divider, beside inv's)
+M_N_BITS = 24      # its numerator 2 scaled + 127 < 2^23
+Q_MS = 48          # div_round(sum Xs^2, D), Xs^2 <= 2^46: q <= 2^46
+Q_R = 48           # div_round(2^46, S), S >= 1: q <= 2^46
+Q_RECIP = 36       # 2^35 // 2Z, Z >= 1: q < 2^34
+RADIX_BITS = 2     # quotient bits a cycle
+SQRT_BITS = 62     # isqrt(ms + E)
+
+
+def _div(q_bits: int) -> int:
+    """Cycles of one division in RowScalars: its start cycle (the state before), then `busy`."""
+    return 1 + -(-q_bits // RADIX_BITS)
+
+
+# cycles RowScalars is busy after a pass (the worst case: a non-zero row); the last step's result
+# registers in the cycle `busy` drops (-1)
+SQRT_CYCLES = 1 + -(-SQRT_BITS // (2 * RADIX_BITS))    # 2 radicand bits a result bit
+SCALAR_CYCLES = {Pass.MEAN: _div(Q_MEAN) - 1, Pass.AMAX: 0,
+                 Pass.SUMSQ: _div(Q_MS) + SQRT_CYCLES + _div(Q_R) - 1, Pass.SMAX: 0, Pass.SSUM: _div(Q_RECIP) - 1}
+QUANT_SCALAR_CYCLES = _div(Q_INV) - 1     # QUANT_ROWS' AMAX: inv, and m beside it
 
 
 class RowScalars(wiring.Component):
     """Pulse `start` after a reduction pass with `kind`, `func` and the reductions set (held while
-    `busy`); the scalars hold from the cycle `busy` is low again until the next start."""
+    `busy`); the scalars hold from the cycle after `busy` is low again until the next start."""
 
     def __init__(self):
         super().__init__({
@@ -74,8 +97,9 @@ class RowScalars(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.div = div = SeqDivider(64, 34)
-        m.submodules.sqrt = sqrt = SeqSqrt(62)
+        m.submodules.div = div = SeqDivider(64, 34, RADIX_BITS)
+        m.submodules.div_m = div_m = SeqDivider(M_N_BITS, 8, RADIX_BITS)     # QUANT_ROWS' m, beside inv
+        m.submodules.sqrt = sqrt = SeqSqrt(SQRT_BITS, RADIX_BITS)
         is_ln = self.func == MiscFunc.LAYERNORM
         cols = self.cols
 
@@ -95,8 +119,8 @@ class RowScalars(wiring.Component):
         s_max = Signal(unsigned(31))
         m.d.comb += s_max.eq(Mux(sqrt.r == 0, 1, sqrt.r))
 
-        def divide(n, d, state):
-            m.d.comb += [div.start.eq(1), div.n.eq(n), div.d.eq(d)]
+        def divide(n, d, q_bits, state):
+            m.d.comb += [div.start.eq(1), div.n.eq(n), div.d.eq(d), div.q_bits.eq(q_bits)]
             m.next = state
 
         with m.FSM() as fsm:
@@ -104,32 +128,30 @@ class RowScalars(wiring.Component):
                 with m.If(self.start):
                     with m.Switch(self.kind):
                         with m.Case(Pass.MEAN):
-                            divide(2 * (self.acc_sum << 8) + cols, 2 * cols, "MEAN")
+                            divide(2 * (self.acc_sum << 8) + cols, 2 * cols, Q_MEAN, "MEAN")
                         with m.Case(Pass.AMAX):
                             with m.If(self.func == MiscFunc.QUANT_ROWS):
                                 m.d.sync += [self.inv.eq(0), self.m.eq(0), self.e.eq(0)]
                                 with m.If(a != 0):
-                                    divide((2 * 127 << 32) + a, 2 * a, "INV")
+                                    divide((2 * 127 << 32) + a, 2 * a, Q_INV, "INV")
+                                    m.d.comb += [div_m.start.eq(1), div_m.n.eq(2 * scaled + 127), div_m.d.eq(254),
+                                                 div_m.q_bits.eq(Q_M)]
                             with m.Else():
                                 m.d.sync += [s.eq(s_new), self.s_right.eq(s_new > 0),
                                              self.s_r1.eq(s_new - 1), self.s_l.eq(-s_new)]
                         with m.Case(Pass.SUMSQ):
-                            divide(2 * self.acc_sum + cols, 2 * cols, "MS")
+                            divide(2 * self.acc_sum + cols, 2 * cols, Q_MS, "MS")
                         with m.Case(Pass.SSUM):
                             m.d.sync += self.zzero.eq(self.acc_sum == 0)
                             with m.If(self.acc_sum != 0):
-                                divide(1 << RECIP_BITS, 2 * self.acc_sum, "RECIP")
+                                divide(1 << RECIP_BITS, 2 * self.acc_sum, Q_RECIP, "RECIP")
             with m.State("MEAN"):
                 with m.If(~div.busy):
                     m.d.sync += self.mu.eq(div.q)
                     m.next = "IDLE"
-            with m.State("INV"):
+            with m.State("INV"):                 # m's division is the shorter
                 with m.If(~div.busy):
-                    m.d.sync += [self.inv.eq(div.q), self.e.eq(e)]
-                    divide(2 * scaled + 127, 254, "M")
-            with m.State("M"):
-                with m.If(~div.busy):
-                    m.d.sync += self.m.eq(div.q)
+                    m.d.sync += [self.inv.eq(div.q), self.e.eq(e), self.m.eq(div_m.q)]
                     m.next = "IDLE"
             with m.State("MS"):
                 with m.If(~div.busy):
@@ -137,7 +159,7 @@ class RowScalars(wiring.Component):
                     m.next = "SQRT"
             with m.State("SQRT"):
                 with m.If(~sqrt.busy):
-                    divide((1 << 47) + s_max, 2 * s_max, "R")
+                    divide((1 << 47) + s_max, 2 * s_max, Q_R, "R")
             with m.State("R"):
                 with m.If(~div.busy):
                     m.d.sync += self.r.eq(div.q)
@@ -146,5 +168,8 @@ class RowScalars(wiring.Component):
                 with m.If(~div.busy):
                     m.d.sync += self.recip.eq(div.q)
                     m.next = "IDLE"
-            m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+            # the last division's quotient is registered in the cycle busy drops: the SFU reads the
+            # scalars from the cycle after its first beat of the next pass is taken
+            last = fsm.ongoing("MEAN") | fsm.ongoing("INV") | fsm.ongoing("R") | fsm.ongoing("RECIP")
+            m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") & ~(last & ~div.busy))
         return m

@@ -18,17 +18,24 @@ to the output), and writes the results through the third port:
 Reduction passes fetch only `a`. EMBED beats end at scale-group boundaries (one mantissa a beat).
 Operands and results may sit at any byte address (sfu_unit_ports.py gearboxes).
 
-Timing: a beat costs its word reads on the busier read port plus about 3 cycles (fetch start, read
-latency, hand-over; the fetch of one beat overlaps the SFU and the writes of the previous ones);
-the SFU adds its scalar cycles between passes (`SFU.row_cycles`). Rows follow each other without
-gaps. `done` pulses once the last result word is written.
+Passes that read only `a` (every reduction pass; the output pass of QUANT_ROWS, SOFTMAX, RELU,
+SILU, GELU, GELU_TANH) read half of its words through `src2` (the buffers give every port its own
+read port).
+
+Timing: the fetch is pipelined. A beat issues (both `PieceFetcher`s start) in the cycle both read
+their previous beat's last word, so a beat costs only its words on the busier read port; its last
+word returns 1 cycle after its read and the beat is written into `ifo`, where up to `IN_DEPTH`
+issued beats wait for the SFU (they keep the fetch going through the hand-over, the SFU's pass
+gaps and the next rows). The SFU takes a beat a cycle while it streams, and adds its scalar
+cycles between passes (`SFU.row_cycles`, `pass_gap`); the writer writes a word a cycle. `done`
+pulses once the last result word is written. backend_hw/sfu_cycles.py counts it exactly.
 ROPE needs `depth` even, and `depth` a multiple of `lanes` unless `cols == depth` (the SFU's
 head counter). ATTN_QK, ATTN_PV (the matrix engine's) and unknown functions complete at once.
 """
 from __future__ import annotations
 
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
@@ -40,7 +47,7 @@ from .dma import BUF_ADDR_BITS, BufferPortSignature
 from .sfu import PASSES, SFU
 from .sfu_arith import SeqDivider
 from .sfu_unit_embed import EmbedLanes
-from .sfu_unit_ports import ByteWriter, PieceFetcher, write_layout
+from .sfu_unit_ports import ByteWriter, PieceFetcher, word_log, write_layout
 
 __all__ = ["SfuUnit"]
 
@@ -60,6 +67,8 @@ class SfuUnit(wiring.Component):
     """
 
     OUT_DEPTH = 4            # result beats between the SFU and the writer (the SFU cannot stall)
+    IN_DEPTH = 16            # fetched beats ahead of the SFU: 4 keep up with beats of one word a port,
+                             # more fetch the next pass during the scalars (distributed RAM: as cheap)
 
     def __init__(self, target: Target):
         if not isinstance(target, Target):
@@ -88,7 +97,7 @@ class SfuUnit(wiring.Component):
         m.submodules.fb = fb = PieceFetcher(2, RB, self.word_bytes)
         m.submodules.wr = wr = ByteWriter(OB, self.word_bytes)
         m.submodules.fifo = fifo = SyncFIFO(width=write_layout(OB).size, depth=self.OUT_DEPTH)
-        m.submodules.div = div = SeqDivider(17, 16)
+        m.submodules.div = div = SeqDivider(17, 16, 2)          # EMBED's cols / group
         m.submodules.emb = emb = EmbedLanes(L, RB)
         wiring.connect(m, fa.port, wiring.flipped(self.src))
         wiring.connect(m, fb.port, wiring.flipped(self.src2))
@@ -119,7 +128,7 @@ class SfuUnit(wiring.Component):
                                                  ("src_row", "src2_row", "dst_row", "tab0", "tab"))
         r, rmod, p = Signal(16), Signal(16), Signal(3)
         k0, hpos, gpos, gidx, kbits = Signal(16), Signal(16), Signal(16), Signal(16), Signal(20)
-        fetching, seq_end = Signal(), Signal()
+        seq_end = Signal()
 
         # ---- the beat: sizes, operand pieces
         left = cols - k0
@@ -171,33 +180,67 @@ class SfuUnit(wiring.Component):
                              sb[0].n.eq(2), sb[1].buf.eq(f["src_buf"]), sb[1].addr.eq(src_row + shift_off),
                              sb[1].n.eq(1), fb.en.eq(0b11)]
 
-        # ---- operand registers, filled by both fetchers (never the same register at once)
-        regs = [Signal(8 * RB, name=f"op_{x}") for x in "abcd"]
-        for fx in (fa, fb):
-            with m.If(fx.ret):
-                for t, reg in enumerate(regs):
-                    with m.If(fx.ret_tgt == t):
-                        bm = Cat(*(b.replicate(8) for b in fx.ret_mask))
-                        m.d.sync += reg.eq((reg & ~bm) | (fx.ret_data & bm))
+        # Passes that read only `a` split its words between both ports (the src2 port reads the src
+        # buffer too): the first half of the words on `src`, the rest on `src2`.
+        lgs = word_log(m, self.word_bytes, f["src_buf"])
+        a_end = Signal(A_W)
+        m.d.comb += a_end.eq(elem + (nl << 2) - 1)
+        a_words = (a_end >> lgs) - (elem >> lgs) + 1
+        split_at = Signal(A_W)
+        m.d.comb += split_at.eq(((elem >> lgs) + ((a_words + 1) >> 1)) << lgs)
+        uses_b = is_out & func.matches(F.ADD, F.MUL, F.RMSNORM, F.LAYERNORM, F.ROPE)
+        split = ~bypass & ~uses_b & (a_words > 1)
+        with m.If(split):
+            m.d.comb += [sa[0].n.eq(split_at - elem),
+                         sb[0].buf.eq(f["src_buf"]), sb[0].addr.eq(split_at), sb[0].off.eq(split_at - elem),
+                         sb[0].n.eq((nl << 2) - (split_at - elem)), sb[0].tgt.eq(0), fb.en.eq(0b01)]
 
-        # ---- the beat handed over: to the SFU, or (COPY, EMBED) straight to the results
-        pregs = [Signal(8 * RB, name=f"p_{x}") for x in "abcd"]
-        pv, p_out, p_bypass = Signal(), Signal(), Signal()
-        p_klim = Signal(signed(32))
-        p_addr, p_n, p_phase = Signal(A_W), Signal(range(OB + 1)), Signal(3)
+        # ---- operand registers, filled by both fetchers (different bytes of them). A beat is
+        # complete in the cycle its last word returns: `full` is the registers with that word.
+        regs = [Signal(8 * RB, name=f"op_{x}") for x in "abcd"]
+        full = [Signal(8 * RB, name=f"full_{x}") for x in "abcd"]
+        for t, (reg, fv) in enumerate(zip(regs, full)):
+            v = reg
+            for fx in (fa, fb):
+                bm = Cat(*(b.replicate(8) for b in fx.ret_mask))
+                v = Mux(fx.ret & (fx.ret_tgt == t), (v & ~bm) | (fx.ret_data & bm), v)
+            m.d.comb += fv.eq(v)
+            m.d.sync += reg.eq(fv)
+
+        # ---- fetched beats wait in `ifo` for the SFU (or, COPY and EMBED, the results). A beat is
+        # issued (both fetchers started) once both read their previous beat's last word, and only
+        # with room for it in `ifo` (`outstanding`: issued and not yet taken), so the fetch of the
+        # next beats runs under the hand-over, the SFU and the scalar unit.
+        meta = data.StructLayout({"out": 1, "klim": signed(32), "addr": A_W, "n": range(OB + 1), "phase": 3})
+        m.submodules.ifo = ifo = SyncFIFO(width=4 * 8 * RB + meta.size, depth=self.IN_DEPTH)
+        f_meta, p_meta = Signal(meta), Signal(meta)   # the beat being read; the beat returning
+        f_busy, p_push = Signal(), Signal()           # reads left to issue; last words return now
+        outstanding = Signal(range(self.IN_DEPTH + 1))
+        head = Signal(meta)
+        hregs = [ifo.r_data[8 * RB * t:8 * RB * (t + 1)] for t in range(4)]
+        m.d.comb += [ifo.w_data.eq(Cat(*full, p_meta)), ifo.w_en.eq(p_push),
+                     head.eq(ifo.r_data[4 * 8 * RB:])]
+
         inflight = Signal(range(self.OUT_DEPTH + 1))
         credit = inflight < self.OUT_DEPTH
         m.d.comb += [sfu.func.eq(func), sfu.cols.eq(cols), sfu.eps.eq(imm), sfu.depth.eq(depth),
-                     sfu.causal.eq((func == F.SOFTMAX) & (f["flags"] & CAUSAL).any()), sfu.key_limit.eq(p_klim),
-                     sfu.i.payload.a.eq(pregs[0]), sfu.i.payload.b.eq(pregs[1]),
-                     sfu.i.payload.c.eq(pregs[2]), sfu.i.payload.d.eq(pregs[3]),
-                     sfu.i.valid.eq(pv & ~p_bypass & (credit | ~p_out))]
+                     sfu.causal.eq((func == F.SOFTMAX) & (f["flags"] & CAUSAL).any()),
+                     sfu.key_limit.eq(head.klim),
+                     sfu.i.payload.a.eq(hregs[0]), sfu.i.payload.b.eq(hregs[1]),
+                     sfu.i.payload.c.eq(hregs[2]), sfu.i.payload.d.eq(hregs[3]),
+                     sfu.i.valid.eq(ifo.r_rdy & ~bypass & (credit | ~head.out))]
         take_sfu = sfu.i.valid & sfu.i.ready
-        push_bypass = pv & p_bypass & credit
-        with m.If(take_sfu | push_bypass):
-            m.d.sync += pv.eq(0)
-        xfer = fetching & fa.done & fb.done & (~pv | take_sfu | push_bypass)
-        m.d.comb += [fa.start.eq(0), fb.start.eq(0)]
+        push_bypass = ifo.r_rdy & bypass & credit
+        pop = take_sfu | push_bypass
+        m.d.comb += ifo.r_en.eq(pop)
+        both_ready = fa.ready & fb.ready
+        last_issue = f_busy & both_ready               # the beat being read reads its last word now
+        issue = Signal()
+        m.d.comb += [issue.eq(0), fa.start.eq(issue), fb.start.eq(issue)]
+        m.d.sync += [p_push.eq(last_issue), f_busy.eq(issue | (f_busy & ~last_issue)),
+                     outstanding.eq(outstanding + issue - pop)]
+        with m.If(last_issue):
+            m.d.sync += p_meta.eq(f_meta)
 
         # ---- results: SFU beats (counted on the output side) or bypass beats, into the FIFO
         o = sfu.o
@@ -208,9 +251,9 @@ class SfuUnit(wiring.Component):
         m.d.comb += e8.eq(o.payload.e)
         codes = Cat(*(o.payload.y[n][:8] for n in range(L)))
         entry = Signal(write_layout(OB))
-        with m.If(p_bypass):
-            m.d.comb += [entry.addr.eq(p_addr), entry.n.eq(p_n),
-                         entry.data.eq(Mux(is_copy, pregs[0], Cat(*(emb.y[n] for n in range(L)))))]
+        with m.If(bypass):
+            m.d.comb += [entry.addr.eq(head.addr), entry.n.eq(head.n),
+                         entry.data.eq(Mux(is_copy, hregs[0], Cat(*(emb.y[n] for n in range(L)))))]
         with m.Elif(func == F.QUANT_ROWS):
             with m.If(o_k0 == 0):
                 m.d.comb += [entry.addr.eq(o_row), entry.n.eq(o_nl + 4),
@@ -220,8 +263,8 @@ class SfuUnit(wiring.Component):
         with m.Else():
             m.d.comb += [entry.addr.eq(o_row + (o_k0 << 2)), entry.n.eq(o_nl << 2),
                          entry.data.eq(Cat(*(o.payload.y[n] for n in range(L))))]
-        m.d.comb += [emb.codes.eq(pregs[0]), emb.phase.eq(p_phase), emb.bits.eq(bits),
-                     emb.mant.eq(pregs[1][:16]), emb.shift.eq(pregs[2][:8]),
+        m.d.comb += [emb.codes.eq(hregs[0]), emb.phase.eq(head.phase), emb.bits.eq(bits),
+                     emb.mant.eq(hregs[1][:16]), emb.shift.eq(hregs[2][:8]),
                      fifo.w_data.eq(entry), fifo.w_en.eq(o.valid | push_bypass),
                      wr.i.payload.eq(fifo.r_data), wr.i.valid.eq(fifo.r_rdy), fifo.r_en.eq(wr.i.ready),
                      wr.buf.eq(f["dst_buf"])]
@@ -230,7 +273,7 @@ class SfuUnit(wiring.Component):
             with m.If(o_k0 + L >= cols):
                 m.d.sync += [o_k0.eq(0), o_row.eq(o_row + dpitch)]
         popped = wr.i.valid & wr.i.ready
-        m.d.sync += inflight.eq(inflight + ((take_sfu & p_out) | push_bypass) - popped)
+        m.d.sync += inflight.eq(inflight + ((take_sfu & head.out) | push_bypass) - popped)
 
         # ---- the sequencer: instruction, rows, passes, beats
         ss, ds = f["src_stride"], f["dst_stride"]
@@ -249,7 +292,7 @@ class SfuUnit(wiring.Component):
                              tab0.eq(f["src2_addr"] + imm * (depth << 3)),
                              tab.eq(f["src2_addr"] + imm * (depth << 3)),
                              r.eq(0), rmod.eq(0), p.eq(0), k0.eq(0), hpos.eq(0), gpos.eq(0), gidx.eq(0),
-                             kbits.eq(0), seq_end.eq(0), fetching.eq(0)]
+                             kbits.eq(0), seq_end.eq(0)]
                 with m.If(is_copy):
                     m.d.sync += src_row.eq(f["src_addr"] + imm * Mux(ss != 0, ss, cols))
                 supported = func.matches(F.COPY, F.EMBED, *PASSES)
@@ -268,16 +311,12 @@ class SfuUnit(wiring.Component):
                                  spitch.eq(Mux(ss != 0, ss, code_bytes + q2 + 1))]
                     m.next = "RUN"
             with m.State("RUN"):
-                with m.If(~fetching & ~seq_end):
-                    m.d.comb += [fa.start.eq(1), fb.start.eq(1)]
-                    m.d.sync += fetching.eq(1)
-                with m.If(xfer):
-                    for dstr, srcr in zip(pregs, regs):
-                        m.d.sync += dstr.eq(srcr)
-                    m.d.sync += [pv.eq(1), p_out.eq(is_out), p_bypass.eq(bypass), p_klim.eq(rmod + imm),
-                                 p_addr.eq(Mux(is_copy, dst_row + k0, dst_row + (k0 << 2))),
-                                 p_n.eq(Mux(is_copy, n_copy, nl << 2)), p_phase.eq(kbits[:3]),
-                                 fetching.eq(0)]
+                room = (outstanding < self.IN_DEPTH) | pop
+                with m.If(~seq_end & both_ready & room):
+                    m.d.comb += issue.eq(1)
+                    m.d.sync += [f_meta.out.eq(is_out), f_meta.klim.eq(rmod + imm),
+                                 f_meta.addr.eq(Mux(is_copy, dst_row + k0, dst_row + (k0 << 2))),
+                                 f_meta.n.eq(Mux(is_copy, n_copy, nl << 2)), f_meta.phase.eq(kbits[:3])]
                     with m.If(last_beat):
                         m.d.sync += [k0.eq(0), hpos.eq(0), gpos.eq(0), gidx.eq(0), kbits.eq(0)]
                         with m.If(is_out):
@@ -299,7 +338,7 @@ class SfuUnit(wiring.Component):
                             m.d.sync += [gpos.eq(0), gidx.eq(gidx + 1)]
                         with m.Else():
                             m.d.sync += gpos.eq(gpos + nl)
-                with m.If(seq_end & ~pv & ~fetching & (inflight == 0) & ~wr.busy):
+                with m.If(seq_end & (outstanding == 0) & (inflight == 0) & ~wr.busy):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
         return m

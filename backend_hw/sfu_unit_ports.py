@@ -57,10 +57,12 @@ def write_layout(max_bytes: int) -> data.StructLayout:
 class PieceFetcher(wiring.Component):
     """Reads the enabled pieces of `slot`, lowest slot first, one word a cycle.
 
-    Pulse `start` with `en` set (`slot` must hold until `done`); the pieces' bytes come back on
-    `ret` (the cycle after each word's read): `ret_data` is the word moved to its place in the
-    target register `ret_tgt`, `ret_mask` the register bytes it fills. `done` is high once every
-    word has come back (not in the `start` cycle). A piece of `w` words costs `w` cycles.
+    Pulse `start` with `slot` and `en` set (both are latched, so the caller may move on to the next
+    beat's pieces at once) while `ready` is high: `ready` is high when no word is left to read, or
+    in the cycle the last word of the pending pieces is read, so the pieces of back-to-back starts
+    are read without a gap. The pieces' bytes come back on `ret` (the cycle after each word's read):
+    `ret_data` is the word moved to its place in the target register `ret_tgt`, `ret_mask` the
+    register bytes it fills. A piece of `w` words costs `w` cycles.
     """
 
     def __init__(self, slots: int, reg_bytes: int, word_bytes: dict[BufferId, int]):
@@ -70,7 +72,7 @@ class PieceFetcher(wiring.Component):
         self.wb = max(self.word_bytes.values())
         super().__init__({
             "slot": In(data.ArrayLayout(slot_layout(reg_bytes), slots)), "en": In(slots),
-            "start": In(1), "done": Out(1),
+            "start": In(1), "ready": Out(1),
             "port": Out(BufferPortSignature(8 * self.wb)),
             "ret": Out(1), "ret_tgt": Out(2), "ret_data": Out(8 * reg_bytes), "ret_mask": Out(reg_bytes),
         })
@@ -79,18 +81,22 @@ class PieceFetcher(wiring.Component):
         m = Module()
         K, RB, WB = self.slots, self.reg_bytes, self.wb
         pend = Signal(K)
+        slots = Signal(data.ArrayLayout(slot_layout(RB), K), reset_less=True)   # latched at start
         wi = Signal(BUF_ADDR_BITS)                   # word of the current piece
         cur = Signal(range(max(K, 2)))
         for k in reversed(range(K)):                 # the lowest pending slot
             with m.If(pend[k]):
                 m.d.comb += cur.eq(k)
-        d = self.slot[cur]
+        d = slots[cur]
         lg = word_log(m, self.word_bytes, d.buf)
         first = d.addr >> lg
         last = Signal(BUF_ADDR_BITS)
         m.d.comb += last.eq((d.addr + d.n - 1) >> lg)
         waddr = Signal(BUF_ADDR_BITS)
         m.d.comb += waddr.eq(first + wi)
+        at_last = waddr == last
+        others = pend & ~(Const(1, K) << cur)[:K]
+        m.d.comb += self.ready.eq(~pend.any() | (at_last & ~others.any()))
 
         # the word in flight: where its bytes go
         rv, rtgt = Signal(), Signal(2)
@@ -99,24 +105,23 @@ class PieceFetcher(wiring.Component):
         rlo, rhi = Signal(range(RB + 1)), Signal(range(RB + 1))
         rwb = Signal(range(WB + 1))
         m.d.sync += rv.eq(0)
-        with m.If(self.start):
-            m.d.sync += [pend.eq(self.en), wi.eq(0)]
-        with m.Elif(pend.any()):
+        with m.If(pend.any()):
             port = self.port
             m.d.comb += [port.buf.eq(d.buf), port.addr.eq(waddr), port.re.eq(1)]
             ph = d.addr & ((Const(1, 1) << lg) - 1)
             m.d.sync += [rv.eq(1), rtgt.eq(d.tgt), rdelta.eq(d.off - ph + (wi << lg)), rlo.eq(d.off),
                          rhi.eq(d.off + d.n), rwb.eq(Const(1, 1) << lg)]
-            with m.If(waddr == last):
-                m.d.sync += [pend.eq(pend & ~(Const(1, K) << cur)), wi.eq(0)]
+            with m.If(at_last):
+                m.d.sync += [pend.eq(others), wi.eq(0)]
             with m.Else():
                 m.d.sync += wi.eq(wi + 1)
+        with m.If(self.start):                       # only when `ready`: the last word is read now
+            m.d.sync += [pend.eq(self.en), slots.eq(self.slot), wi.eq(0)]
 
         shifted = self.port.rdata << ((rdelta + WB).as_unsigned()[:dw] * 8)
         m.d.comb += [self.ret.eq(rv), self.ret_tgt.eq(rtgt),
                      self.ret_data.eq(shifted[8 * WB:8 * (WB + RB)]),
-                     self.ret_mask.eq(_byte_mask(RB, rlo, rhi) & _byte_mask(RB, rdelta, rdelta + rwb)),
-                     self.done.eq(~pend.any() & ~rv & ~self.start)]
+                     self.ret_mask.eq(_byte_mask(RB, rlo, rhi) & _byte_mask(RB, rdelta, rdelta + rwb))]
         return m
 
 

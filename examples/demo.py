@@ -160,6 +160,7 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
     import shutil
 
     from llmfab.backend_hw.accelerator import formats_of
+    from llmfab.backend_hw.cycle_model import RtlCycleModel
     from llmfab.backend_hw.sim_system import VerilatorSystem
     from llmfab.compile import compile_model
     from llmfab.ir.isa import BufferId, Program
@@ -186,13 +187,18 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
     vs = VerilatorSystem(t, formats_of([dec]), [max(c.layout.used)] * t.memory.channels)
     print(f"   Verilog and Verilator model ready in {time.perf_counter() - t0:.0f} s (cached after the first run)")
     hbm, bufs = [bytes(h) for h in m.hbm], {b: bytes(v) for b, v in m.buffers.items() if b is not BufferId.INST}
-    timed = TimingModel(t).run(dec, len(prompt) + 1).seconds * t.clock_mhz * 1e6
-    run = vs.run(dec, len(prompt) + 1, hbm, bufs, max_cycles=int(25 * timed) + 20_000)
+    hz = t.clock_mhz * 1e6
+    timed = TimingModel(t).run(dec, len(prompt) + 1).seconds * hz
+    predicted = RtlCycleModel(t, formats_of([dec])).run(dec, len(prompt) + 1).seconds * hz
+    run = vs.run(dec, len(prompt) + 1, hbm, bufs, max_cycles=int(1.1 * predicted) + 1000)
     m.run(dec, len(prompt) + 1)
     same = run.hbm == [bytes(h) for h in m.hbm]
     print(f"   {len(dec.instructions)} instructions in {run.cycles:,} cycles ({run.sim.cycles_per_second:,.0f} cycles/s "
           f"in Verilator); HBM after the step {'equals' if same else 'DIFFERS from'} the functional simulator")
-    return f"{'decode step on the RTL':28s} {'bit-exact' if same else 'MISMATCH'}, {run.cycles:,} cycles (model {timed:,.0f})"
+    print(f"   the RTL's cycle model (llmfab simulate --model rtl) predicted {predicted:,.0f} cycles; the pipelined "
+          f"design (the default timing model) takes {timed:,.0f}")
+    return (f"{'decode step on the RTL':28s} {'bit-exact' if same else 'MISMATCH'}, {run.cycles:,} cycles "
+            f"(RTL cycle model {predicted:,.0f}, pipelined design {timed:,.0f})")
 
 
 if __name__ == "__main__":

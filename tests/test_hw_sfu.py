@@ -13,6 +13,7 @@ import pytest
 
 from llmfab.backend_hw.sfu import FUNCS, PASSES, SFU
 from llmfab.backend_hw.sfu_arith import SeqDivider, SeqSqrt
+from llmfab.backend_hw.sfu_scalars import Q_INV, Q_M, Q_MEAN, Q_MS, Q_R, Q_RECIP
 from llmfab.ir.integer import (int_add, int_exp, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm,
                                int_rope, int_silu, int_softmax_rows, isqrt, quantize_activation)
 from llmfab.ir.isa import MiscFunc
@@ -254,14 +255,15 @@ def test_one_pass_functions_stream_a_beat_per_cycle():
 
 
 @pytest.mark.sim
-def test_sequential_divider_and_sqrt():
+@pytest.mark.parametrize("radix_bits", [1, 2])
+def test_sequential_divider_and_sqrt(radix_bits):
     from amaranth.sim import Simulator
     rng = np.random.default_rng(3)
     nums = [0, 1, -1, 7, -7, (1 << 62) + 5, -(1 << 62) - 5] + [int(v) for v in rng.integers(-(1 << 62), 1 << 62, 6)]
     dens = [1, 2, 3, (1 << 33) - 1] + [int(v) for v in rng.integers(1, 1 << 33, 9)]
     roots = [0, 1, 2, 3, 4, (1 << 62) - 1, (1 << 61)] + [int(v) for v in rng.integers(0, 1 << 62, 6)]
-    div, sq = SeqDivider(64, 34), SeqSqrt(62)
-    got_q, got_r = [], []
+    div, sq = SeqDivider(64, 34, radix_bits), SeqSqrt(62, radix_bits)
+    got_q, got_r, sq_busy = [], [], []
 
     async def tb(ctx):
         for n, d, x in zip(nums, dens, roots):
@@ -277,8 +279,11 @@ def test_sequential_divider_and_sqrt():
             ctx.set(sq.start, 1)
             await ctx.tick()
             ctx.set(sq.start, 0)
+            k = 0
             while ctx.get(sq.busy):
                 await ctx.tick()
+                k += 1
+            sq_busy.append(k)
             got_r.append(ctx.get(sq.r))
 
     from amaranth import Module
@@ -290,6 +295,60 @@ def test_sequential_divider_and_sqrt():
     sim.run()
     assert got_q == [n // d for n, d in zip(nums, dens)]
     assert got_r == [int(v) for v in isqrt(np.array(roots, np.int64))]
+    assert set(sq_busy) == {sq.cycles()} == {-(-62 // (2 * radix_bits))}
+
+
+def _bound_cases(rng):
+    """(n, d, q_bits) at the bounds RowScalars promises for each of its divisions (sfu_scalars.py),
+    and random ones within them."""
+    cases = []
+    D = 65535
+    for q_bits, worst in ((Q_MEAN, [(-(1 << 40) * D + D, 2 * D), ((LIM << 9) * D + D, 2 * D), (-(1 << 40) + 1, 2)]),
+                          (Q_INV, [((254 << 32) + 1, 2), ((254 << 32) + (1 << 31), 1 << 32)]),
+                          (Q_M, [(2 * (1 << 21) + 127, 254), (127, 254)]),
+                          (Q_MS, [(2 * (1 << 46) * D + D, 2 * D), (1, 2)]),
+                          (Q_R, [((1 << 47) + 1, 2), ((1 << 47) + LIM, 2 * LIM)]),
+                          (Q_RECIP, [(1 << 35, 2), (1 << 35, 2 * (D << 16))])):
+        cases += [(n, d, q_bits) for n, d in worst]
+        for _ in range(3):
+            d = int(rng.integers(1, 1 << min(33, 62 - q_bits)))       # n fits the 64-bit input
+            q = int(rng.integers(-(1 << (q_bits - 1)), 1 << (q_bits - 1)))
+            cases.append((q * d + int(rng.integers(0, d)), d, q_bits))
+    return cases
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("radix_bits", [1, 2, 3])
+def test_divider_computes_only_the_quotient_bits_asked(radix_bits):
+    """`SeqDivider` with `q_bits`: exact floor quotients at the bounds of every RowScalars division
+    (and at the full width), busy for exactly ceil(q_bits / radix_bits) cycles."""
+    from amaranth.sim import Simulator
+    rng = np.random.default_rng(4 + radix_bits)
+    cases = _bound_cases(rng) + [(-(1 << 63), 3, 64), ((1 << 63) - 1, (1 << 34) - 1, 64), (-5, 7, 64)]
+    div = SeqDivider(64, 34, radix_bits)
+    got, busy = [], []
+
+    async def tb(ctx):
+        for n, d, q_bits in cases:
+            ctx.set(div.n, n)
+            ctx.set(div.d, d)
+            ctx.set(div.q_bits, q_bits)
+            ctx.set(div.start, 1)
+            await ctx.tick()
+            ctx.set(div.start, 0)
+            k = 0
+            while ctx.get(div.busy):
+                await ctx.tick()
+                k += 1
+            busy.append(k)
+            got.append(ctx.get(div.q))
+
+    sim = Simulator(div)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == [n // d for n, d, _ in cases]
+    assert busy == [div.cycles(q) for _, _, q in cases] == [-(-q // radix_bits) for _, _, q in cases]
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
