@@ -84,7 +84,7 @@ def test_simulate_the_rtl(tmp_path):
     write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", policy="int8", max_len=16), d)
     design, rtl = simulate(d, 5, 4), simulate(d, 5, 4, model="rtl")
     assert (design.model, rtl.model) == ("design", "rtl")
-    assert rtl.ttft_s > 5 * design.ttft_s and rtl.decode_tokens_per_s < design.decode_tokens_per_s / 5
+    assert rtl.ttft_s > 2 * design.ttft_s and rtl.decode_tokens_per_s < design.decode_tokens_per_s / 2
     assert rtl.roofline_decode_tokens_per_s == design.roofline_decode_tokens_per_s
     p = subprocess.run([sys.executable, "-m", "llmfab.cli", "simulate", str(d), "--prefill", "5", "--decode", "4",
                         "--model", "rtl", "--json"], capture_output=True, text=True)
