@@ -53,7 +53,7 @@ def cases(quick: bool) -> list[tuple[str, list[str], str | None]]:
                                                  dec, "--json", "--model", "rtl"], None))
             out.append((f"execute-{name}", ["execute", f"../compile-{name}/B", "--tokens", "1 2 3 4 5",
                                             "--generate", "3", "--out", "logits.npy"], "logits.npy"))
-    out.append(("disasm", ["disasm", "../compile-llama_ts_op14-sim-small-int8-16/B/programs/decode_0001_0016.bin"], None))
+    out.append(("disasm", ["disasm", "../compile-llama_ts_op14-sim-small-int8-16/B/programs/decode_00001_00016.bin"], None))
     out.append(("rtl-sim-small", ["rtl", "--target", "sim-small", "-o", "R"], "R"))
     out.append(("rtl-ecp5-engine", ["rtl", "--target", "ecp5-85k", "--part", "engine", "-o", "R"], "R"))
     out.append(("compile-rtl-w4", ["compile", str(FIX / "llama_ts_op14.onnx"), "--target", "sim-small", "--policy",
