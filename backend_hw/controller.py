@@ -20,7 +20,6 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.isa import FIELDS, HEADER, INST_BITS, LENGTH_FIELD, QUEUE_OF, Opcode, Queue, SysFunc, lookup_field
 from llmfab.ir.target import Target
 
-QUEUE_DEPTH = 4      # instructions each queue's FIFO holds between dispatch and issue
 QUEUE_NAMES = {Queue.LOAD: "load", Queue.MATRIX: "matrix", Queue.SFU: "sfu", Queue.STORE: "store"}
 _HEADER = {f.name: f for f in HEADER}
 
@@ -57,9 +56,13 @@ class Controller(wiring.Component):
     queues drain. Throughput: one instruction per cycle while the FIFOs have room.
     """
 
-    def __init__(self, target: Target, *, counter_max: int = 31, queue_depth: int = QUEUE_DEPTH, in_flight: int = 4):
+    def __init__(self, target: Target, *, counter_max: int | None = None, queue_depth: int | None = None,
+                 in_flight: int = 4):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
+        # Dependency-token counters are 5 bits by default, as in FlightLLM's artifact ISA.
+        counter_max = target.controller.token_counter_max if counter_max is None else counter_max
+        queue_depth = target.controller.queue_depth if queue_depth is None else queue_depth
         for name, v in (("counter_max", counter_max), ("queue_depth", queue_depth), ("in_flight", in_flight)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")

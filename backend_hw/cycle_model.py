@@ -20,7 +20,7 @@ with the controller's rules as recurrences (controller.py, fetch.py):
   `sfu_cycles`, each derived from its unit's FSMs (long DMA transfers extrapolated from shorter
   copies: `dma_cycles_fast`).
 
-Not modelled: token counters that saturate (the compiler keeps them below `TOKEN_COUNTER_MAX`),
+Not modelled: token counters that saturate (the compiler keeps them at most `target.controller.token_counter_max`),
 AXI contention between the load and store DMAs on one channel, and data-dependent scalar cycles
 (the unit models assume non-zero rows).
 """
@@ -34,7 +34,6 @@ from llmfab.ir.target import Target
 from llmfab.simulator.timing import Timing, macs
 
 from .accelerator import DEFAULT_FORMATS
-from .controller import QUEUE_DEPTH
 from .dma_cycles import dma_cycles
 from .fetch import fetch_cycles
 from .matrix_cycles import matrix_cycles
@@ -89,7 +88,7 @@ class RtlCycleModel:
 
     def __init__(self, target: Target, formats=DEFAULT_FORMATS, cycles: Callable | None = None):
         self.target = target
-        self.depth = QUEUE_DEPTH
+        self.depth = target.controller.queue_depth
         self.fetch = fetch_cycles(target)
         self.cycles = cycles or unit_cycles(target, formats)
 

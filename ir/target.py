@@ -165,6 +165,8 @@ class Memory:
     capacity_gb: float      # total, GB
     port_width_bits: int    # AXI data width of each port
     port_clock_mhz: float   # memory-side clock of each port
+    burst_setup_ns: float = 20.0   # per AXI burst: address phase and turnaround (design model)
+    dma_issue_cycles: int = 4      # a DMA descriptor's issue time, kernel cycles (design model)
 
     @property
     def port_gbps(self) -> float:
@@ -188,6 +190,18 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class Controller:
+    """The instruction controller: queue FIFOs between dispatch and issue, dependency-token
+    counters (the compiler keeps every count at most `token_counter_max`)."""
+    queue_depth: int = 4           # instructions each queue's FIFO holds between dispatch and issue
+    token_counter_bits: int = 5    # width of each (source, destination) token counter
+
+    @property
+    def token_counter_max(self) -> int:
+        return (1 << self.token_counter_bits) - 1
+
+
+@dataclass(frozen=True)
 class Power:
     """Power coefficients; each bundled YAML says where its numbers come from."""
     static_w: float          # device + board static power, W
@@ -208,6 +222,7 @@ class Target:
     buffers: tuple[Buffer, ...]   # one of each BufferName, in BufferName order
     memory: Memory
     power: Power
+    controller: Controller = Controller()
     source: str = field(default="<target>", compare=False)  # the file, for messages
 
     @property
@@ -326,7 +341,8 @@ def parse_target(data: Any, source: str) -> Target:
     t = Target(name=name, description=description.strip(), clock_mhz=top.number("clock_mhz"),
                device=device, engine=engine, sfu=sfu, buffers=_buffers(top),
                memory=_memory(top.section("memory", MEMORY_FIELDS)),
-               power=_power(top.section("power", POWER_FIELDS)), source=source)
+               power=_power(top.section("power", POWER_FIELDS)),
+               controller=_controller(top.section("controller", CONTROLLER_FIELDS, optional=True)), source=source)
     t.check_fits()
     return t
 
@@ -392,7 +408,11 @@ TOP_FIELDS = {
     "clock_mhz": "a positive number (kernel clock, MHz)",
     "device": "a mapping", "engine": "a mapping", "sfu": "a mapping",
     "buffers": f"a list of the {len(BufferName)} on-chip buffers",
-    "memory": "a mapping", "power": "a mapping",
+    "memory": "a mapping", "power": "a mapping", "controller": "a mapping (optional)",
+}
+CONTROLLER_FIELDS = {
+    "queue_depth": "a positive int (instructions per queue FIFO)",
+    "token_counter_bits": "an int in 2..16 (bits per dependency-token counter)",
 }
 DEVICE_FIELDS = {
     "family": f"one of {', '.join(f.value for f in DeviceFamily)}",
@@ -435,6 +455,8 @@ MEMORY_FIELDS = {
     "capacity_gb": "a positive number (GB)",
     "port_width_bits": "a power of two >= 8",
     "port_clock_mhz": "a positive number (MHz)",
+    "burst_setup_ns": "a number >= 0 (ns per AXI burst; optional, 20)",
+    "dma_issue_cycles": "an int >= 0 (cycles per DMA descriptor; optional, 4)",
 }
 POWER_FIELDS = {
     "static_w": "a number >= 0 (W)",
@@ -525,7 +547,15 @@ def _memory(s: _Section) -> Memory:
                   channel_gbps=s.number("channel_gbps"), efficiency=s.number("efficiency", ok=lambda v: 0 < v <= 1),
                   capacity_gb=s.number("capacity_gb"),
                   port_width_bits=s.int("port_width_bits", ok=lambda v: v >= 8 and v & (v - 1) == 0),
-                  port_clock_mhz=s.number("port_clock_mhz"))
+                  port_clock_mhz=s.number("port_clock_mhz"),
+                  burst_setup_ns=s.number("burst_setup_ns", ok=lambda v: v >= 0, default=Memory.burst_setup_ns),
+                  dma_issue_cycles=s.int("dma_issue_cycles", ok=lambda v: v >= 0, default=Memory.dma_issue_cycles))
+
+
+def _controller(s: _Section) -> Controller:
+    return Controller(queue_depth=s.int("queue_depth", default=Controller.queue_depth),
+                      token_counter_bits=s.int("token_counter_bits", ok=lambda v: 2 <= v <= 16,
+                                               default=Controller.token_counter_bits))
 
 
 def _power(s: _Section) -> Power:
@@ -573,8 +603,10 @@ class _Section:
             raise self.fail(key, v)
         return v
 
-    def number(self, key: str, ok: Callable[[float], bool] = lambda v: v > 0) -> float:
-        v = self.get(key)
+    def number(self, key: str, ok: Callable[[float], bool] = lambda v: v > 0, default: Any = _MISSING) -> float:
+        v = self.get(key, default)
+        if v is default and default is not _MISSING:
+            return v
         if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(v) or not ok(v):
             raise self.fail(key, v)
         return float(v)
@@ -598,8 +630,8 @@ class _Section:
             raise self.fail(key, v)
         return v
 
-    def section(self, key: str, fields: dict[str, str]) -> _Section:
-        return _Section(self.get(key), self.src, self.where(key), fields)
+    def section(self, key: str, fields: dict[str, str], optional: bool = False) -> _Section:
+        return _Section(self.get(key, {} if optional else _MISSING), self.src, self.where(key), fields)
 
 
 def _bundled_dir():

@@ -35,11 +35,6 @@ class CompileError(ValueError):
     pass
 
 
-# Dependency-token counters are 5 bits, as in FlightLLM's artifact ISA: no program may need more
-# than 31 unconsumed tokens between two queues to run without deadlock.
-TOKEN_COUNTER_MAX = 31
-
-
 @dataclass
 class Compiled:
     manifest: dict
@@ -132,9 +127,9 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     limits = Limits({BufferId[k.upper()]: v for k, v in bufs.items()}, tgt.memory.channels, capacity)
     try:
         for low in dec:
-            check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=TOKEN_COUNTER_MAX)
+            check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=tgt.controller.token_counter_max)
         if pre:  # every other prefill program is a prefix of the largest
-            check_program(pre[-1].program, limits, (pre[-1].bucket.hi,), counter_max=TOKEN_COUNTER_MAX)
+            check_program(pre[-1].program, limits, (pre[-1].bucket.hi,), counter_max=tgt.controller.token_counter_max)
     except ValueError as e:
         raise CompileError(f"internal error: a compiled program failed its check: {e}") from None
 

@@ -10,7 +10,7 @@ SET_LEN and END wait for every queue to drain.
 Units (all numbers from the Target):
 - memory: each pseudo-channel serves one transfer at a time at min(channel, port) x efficiency
   GB/s; a transfer striped over C channels starts when all are free; each AXI burst costs a set-up
-  (`BURST_NS`) besides its bytes, and a burst covers at most 4 KiB of contiguous bytes (AXI4: no
+  (`memory.burst_setup_ns`) besides its bytes, and a burst covers at most 4 KiB of contiguous bytes (AXI4: no
   burst crosses a 4 KiB boundary), so rows that lie back to back in a channel (stride = row bytes,
   as the KV cache and weight tiles do) share bursts while strided rows pay one each; the LD and ST queues issue in order but keep transfers on
   different channels in flight (outstanding AXI transactions), completing (and releasing their
@@ -36,9 +36,7 @@ from llmfab.ir.target import Target
 
 LOAD, MATRIX, SFU, STORE = (int(q) for q in (Queue.LOAD, Queue.MATRIX, Queue.SFU, Queue.STORE))  # mask bits
 QUEUE_OF = {op: int(q) for op, q in ISA_QUEUE_OF.items() if q is not None}
-BURST_NS = 20.0                                  # per AXI burst: address phase and turnaround
 AXI_BURST_BYTES = 4096                           # AXI4 bursts never cross a 4 KiB boundary
-DMA_ISSUE_CYCLES = 4                             # a DMA descriptor's issue time
 
 
 @dataclass
@@ -105,7 +103,7 @@ class TimingModel:
                 bursts = -(-per_channel // AXI_BURST_BYTES)
             else:
                 bursts = i["rows"] * -(-i["row_bytes"] // AXI_BURST_BYTES)
-            end = begin + per_channel / self.channel_bps + bursts * BURST_NS * 1e-9
+            end = begin + per_channel / self.channel_bps + bursts * self.t.memory.burst_setup_ns * 1e-9
             for c in chans:
                 channel_free[c] = end
             stats.hbm_bytes += per_channel * i["channels"]
@@ -161,7 +159,7 @@ class TimingModel:
                 # The DMA issues in order but keeps transfers on different channels in flight
                 # (AXI outstanding transactions): the next one may start once this one's
                 # descriptor is issued; the channels themselves serialise what shares them.
-                queue_free[q] = begin + DMA_ISSUE_CYCLES * self.cycle
+                queue_free[q] = begin + self.t.memory.dma_issue_cycles * self.cycle
                 stats.busy[q] += max(0.0, end - max(begin, dma_end[q]))   # time any transfer is active
                 dma_end[q] = max(dma_end[q], end)
             else:

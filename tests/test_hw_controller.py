@@ -15,11 +15,13 @@ import pytest
 from amaranth.sim import Simulator
 
 from llmfab.backend_hw.controller import Controller
-from llmfab.compile import TOKEN_COUNTER_MAX, compile_model
+from llmfab.compile import compile_model
 from llmfab.ir.isa import (FIELDS, QUEUE_OF, IsaError, MiscFunc, Opcode, Program, Queue, SysFunc, check_tokens,
                            encode, make, resolve_length)
 from llmfab.ir.target import load_target
 from conftest import FIXTURES
+
+TOKEN_COUNTER_MAX = load_target("sim-small").controller.token_counter_max
 
 DEPTH, IN_FLIGHT = 4, 4
 

@@ -136,7 +136,7 @@ def _set(path: str, value):
         node = data
         parts = path.replace("]", "").replace("[", ".").split(".")
         for p in parts[:-1]:
-            node = node[int(p)] if p.isdigit() else node[p]
+            node = node[int(p)] if p.isdigit() else node.setdefault(p, {})   # controller is optional
         last = parts[-1]
         if value is _DELETE:
             del node[last]
@@ -163,7 +163,7 @@ ERRORS = [
                               r"mac_bits, weight_bits, sparsity, operand_packing, pipeline_depth, dsp_per_mac, "
                               r"dsp_primitive")),
     ("clocks", 1, (r"clocks is not a field of a target; expected one of name, description, clock_mhz, device, "
-                   r"engine, sfu, buffers, memory, power")),
+                   r"engine, sfu, buffers, memory, power, controller")),
     ("engine.mac_bits", 16, r"engine\.mac_bits must be 8 \(int8 activations\), not 16"),
     ("engine.weight_bits", [4, 5], r"engine\.weight_bits\[1\] must be one of 2, 3, 4, 8, not 5"),
     ("engine.weight_bits", [], (r"engine\.weight_bits must be a non-empty list of weight widths from 2, 3, 4, 8, "
@@ -198,6 +198,11 @@ ERRORS = [
     ("memory.channel_gbps", float("inf"), (r"memory\.channel_gbps must be a positive number \(GB/s per channel, "
                                            r"peak\), not inf")),
     ("power.static_w", -1, r"power\.static_w must be a number >= 0 \(W\), not -1"),
+    ("controller.token_counter_bits", 1, (r"controller\.token_counter_bits must be an int in 2\.\.16 \(bits per "
+                                          r"dependency-token counter\), not 1")),
+    ("controller.queue_depth", 0, r"controller\.queue_depth must be a positive int \(instructions per queue FIFO\), not 0"),
+    ("controller.depth", 4, r"controller\.depth is not a field of controller; expected one of queue_depth, token_counter_bits"),
+    ("memory.burst_setup_ns", -1, r"memory\.burst_setup_ns must be a number >= 0 \(ns per AXI burst; optional, 20\), not -1"),
     ("engine.n_chains", 320, r"engine needs 10240 DSPs, device has 9024 \(320 chains x 32 stages x 1 DSP\)"),
     ("buffers[0].bytes", 48 << 20, (r"buffers need 80128 KiB of on-chip memory, device has 43632 KiB \(block RAM "
                                     r"9072 \+ UltraRAM 34560\); 36496 KiB too much")),
@@ -258,7 +263,7 @@ def test_unquoted_sparsity_is_explained():
 
 def test_not_a_mapping():
     with pytest.raises(TargetError, match=r"^t\.yaml: the file must be a mapping with name, description, "
-                                          r"clock_mhz, device, engine, sfu, buffers, memory, power, not None$"):
+                                          r"clock_mhz, device, engine, sfu, buffers, memory, power, controller, not None$"):
         parse_target(None, "t.yaml")
 
 
@@ -319,3 +324,14 @@ def test_format_targets():
                             "hbm", "414", "(460)", "8", "GB", "int2", "int3", "int4", "int8;", "2:4", "1:4", "4:8",
                             "2:8"]
     assert "ddr 1.12 (1.6)" in next(line for line in lines if line.startswith("ecp5-85k"))
+
+
+def test_controller_and_burst_fields_are_optional_and_read():
+    t = parse_target(raw(), "u280.yaml")
+    assert (t.controller.queue_depth, t.controller.token_counter_max) == (4, 31)
+    assert (t.memory.burst_setup_ns, t.memory.dma_issue_cycles) == (20.0, 4)
+    data = raw()
+    data["controller"] = {"queue_depth": 8, "token_counter_bits": 6}
+    data["memory"]["burst_setup_ns"] = 12.5
+    t = parse_target(data, "u280.yaml")
+    assert (t.controller.queue_depth, t.controller.token_counter_max, t.memory.burst_setup_ns) == (8, 63, 12.5)
