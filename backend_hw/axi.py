@@ -14,8 +14,7 @@ from enum import IntEnum
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-MAX_BEATS = 256       # AXI4 INCR burst length limit
-BOUNDARY = 4096       # an AXI burst may not cross a 4 KB address boundary
+from llmfab.ir.memory import AXI_PAGE_BYTES
 
 
 class Burst(IntEnum):
@@ -83,7 +82,7 @@ class AxiMemory:
             raise AxiProtocolError(f"{kind} burst {p.burst} size {p.size}: only full-width INCR is modelled")
         if addr % self.bytes:
             raise AxiProtocolError(f"{kind} at {addr:#x} is not aligned to {self.bytes} bytes")
-        if addr // BOUNDARY != (addr + beats * self.bytes - 1) // BOUNDARY:
+        if addr // AXI_PAGE_BYTES != (addr + beats * self.bytes - 1) // AXI_PAGE_BYTES:
             raise AxiProtocolError(f"{kind} at {addr:#x} of {beats} beats crosses a 4 KB boundary")
         if addr + beats * self.bytes > len(self.mem):
             raise AxiProtocolError(f"{kind} at {addr:#x} of {beats} beats is outside the memory")

@@ -23,9 +23,10 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.isa import FIELDS, INST_BITS, BufferId, Opcode
+from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
-from .axi import BOUNDARY, MAX_BEATS, AxiSignature, Burst
+from .axi import AxiSignature, Burst
 from .controller import field, header
 
 BUF_ADDR_BITS = 24   # buffer byte addresses in the ISA
@@ -197,12 +198,12 @@ class DMA(wiring.Component):
             d = Signal(desc)
             m.d.comb += [d.eq(fifo_a.r_data), fifo_a.r_en.eq(1)]
             m.d.sync += [as_a.eq(d.h & ~(Wa - 1)), as_end.eq(d.h + d.p), as_ch.eq(d.ch), as_busy.eq(1)]
-        beats = Signal(range(MAX_BEATS + 1))
-        to_page = Signal(range(BOUNDARY // Wa + 1))
+        beats = Signal(range(AXI_MAX_BEATS + 1))
+        to_page = Signal(range(AXI_PAGE_BYTES // Wa + 1))
         to_end = Signal(aw + 21)
-        m.d.comb += [to_page.eq((BOUNDARY - as_a[:_log2(BOUNDARY)]) >> _log2(Wa)),
+        m.d.comb += [to_page.eq((AXI_PAGE_BYTES - as_a[:_log2(AXI_PAGE_BYTES)]) >> _log2(Wa)),
                      to_end.eq((as_end - as_a + Wa - 1) >> _log2(Wa)),
-                     beats.eq(_min(_min(to_page, MAX_BEATS), to_end))]
+                     beats.eq(_min(_min(to_page, AXI_MAX_BEATS), to_end))]
         a_hs = Signal()
         for i, axi in enumerate(self.axi):
             for ch in (axi.ar, axi.aw):
@@ -265,7 +266,7 @@ class DMA(wiring.Component):
                      head.eq(acc & _bits_mask(_bytes_mask(m_out, CAP))),
                      out_data.eq((head << (dskip * 8))[:8 * wide])]
         with m.If(is_st):
-            w_last = (w_beat == MAX_BEATS - 1) | (((w_a + Wa) & (BOUNDARY - 1)) == 0) | (dst_left == m_out)
+            w_last = (w_beat == AXI_MAX_BEATS - 1) | (((w_a + Wa) & (AXI_PAGE_BYTES - 1)) == 0) | (dst_left == m_out)
             for i, axi in enumerate(self.axi):
                 sel = ds_ch == i
                 m.d.comb += [axi.w.valid.eq(sel & can_pop), axi.w.payload.data.eq(out_data[:8 * Wa]),

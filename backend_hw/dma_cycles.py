@@ -8,8 +8,8 @@ axi_ram.py write them; no table of measurements):
 - the slice generator: accept (1 cycle), then per row ROW (1) [+ ID (1) when indirect: the row id is
   read from the buffer, and that read takes the buffer port from the data side for one cycle], then one
   EMIT cycle per channel slice, stalled while the descriptor FIFOs (depth `FIFO_DEPTH`) are full;
-- the address side: one cycle to take a slice, then one AR/AW per burst (<= `MAX_BEATS` beats, never
-  across a `BOUNDARY` page), each waiting until that channel's AxiRam has no burst in flight
+- the address side: one cycle to take a slice, then one AR/AW per burst (<= `AXI_MAX_BEATS` beats, never
+  across a `AXI_PAGE_BYTES` page), each waiting until that channel's AxiRam has no burst in flight
   (read: every beat of the previous burst fetched; write: its W beats and B done);
 - the data side, one slice at a time: one cycle to take it, then the byte gearbox of `GEARBOX_BYTES`
   bytes: LD takes an R beat when the beat fits (count after this cycle's pop + beat <= capacity) and
@@ -37,9 +37,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llmfab.ir.isa import BufferId, Instruction, Opcode
+from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
-
-from .axi import BOUNDARY, MAX_BEATS
 
 __all__ = ["AXI_RAM_READ_LATENCY", "AXI_RAM_WRITE_LATENCY", "FIFO_DEPTH", "dma_cycles"]
 
@@ -123,9 +122,9 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
             take_a = fifo_a.pop(0)
         a_hs = False
         if as_busy:
-            to_page = (BOUNDARY - as_a % BOUNDARY) // Wa
+            to_page = (AXI_PAGE_BYTES - as_a % AXI_PAGE_BYTES) // Wa
             to_end = (as_end - as_a + Wa - 1) // Wa
-            beats = min(to_page, MAX_BEATS, to_end)
+            beats = min(to_page, AXI_MAX_BEATS, to_end)
             if st:
                 a_hs = wleft[as_ch] == 0 and b_at[as_ch] is None
             else:
@@ -185,7 +184,7 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
         # ---- data side registers
         if pop:
             if st:
-                w_last = w_beat == MAX_BEATS - 1 or (w_a + Wa) % BOUNDARY == 0 or dst_left == m_out
+                w_last = w_beat == AXI_MAX_BEATS - 1 or (w_a + Wa) % AXI_PAGE_BYTES == 0 or dst_left == m_out
                 w_a += Wa
                 w_beat = 0 if w_last else w_beat + 1
             if dst_left == m_out:

@@ -82,7 +82,7 @@ def main() -> int:
     from llmfab.compile import compile_model, write_build
     print(f"== compile {MODELS[0].name} for u280 (int4-g128-gptq, max length 128)")
     c = compile_model(str(MODELS[0]), "u280", policy="int4-g128-gptq", max_len=128)
-    from llmfab.simulator.run import simulate
+    from llmfab.timing import simulate_build as simulate
     with tempfile.TemporaryDirectory() as d:
         write_build(c, Path(d) / "build")
         files = sorted(str(p.relative_to(Path(d) / "build")) for p in (Path(d) / "build").rglob("*.bin"))
@@ -160,13 +160,13 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
     import shutil
 
     from llmfab.backend_hw.accelerator import formats_of
-    from llmfab.backend_hw.cycle_model import RtlCycleModel
+    from llmfab.backend_hw.cycle_model import RtlUnits
     from llmfab.backend_hw.sim_system import VerilatorSystem
     from llmfab.compile import compile_model
     from llmfab.ir.isa import BufferId, Program
     from llmfab.ir.target import load_target
     from llmfab.simulator.functional import Machine
-    from llmfab.simulator.timing import TimingModel
+    from llmfab.simulator import DesignUnits, schedule
 
     print("== the accelerator RTL (Amaranth -> Verilog) for sim-small runs one decode step in Verilator")
     if shutil.which("verilator") is None:
@@ -188,8 +188,8 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
     print(f"   Verilog and Verilator model ready in {time.perf_counter() - t0:.0f} s (cached after the first run)")
     hbm, bufs = [bytes(h) for h in m.hbm], {b: bytes(v) for b, v in m.buffers.items() if b is not BufferId.INST}
     hz = t.clock_mhz * 1e6
-    timed = TimingModel(t).run(dec, len(prompt) + 1).seconds * hz
-    predicted = RtlCycleModel(t, formats_of([dec])).run(dec, len(prompt) + 1).seconds * hz
+    timed = schedule(dec, len(prompt) + 1, DesignUnits(t)).seconds * hz
+    predicted = schedule(dec, len(prompt) + 1, RtlUnits(t, formats_of([dec]))).seconds * hz
     run = vs.run(dec, len(prompt) + 1, hbm, bufs, max_cycles=int(1.1 * predicted) + 1000)
     m.run(dec, len(prompt) + 1)
     same = run.hbm == [bytes(h) for h in m.hbm]

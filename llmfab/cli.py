@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmfab.timing import TIMING_MODELS
+
 
 def _write_atomic(path: Path, write) -> None:
     """Write through a temporary file in the same folder, so a failure leaves `path` untouched."""
@@ -141,18 +143,18 @@ def _format(f) -> str:
 
 
 def cmd_simulate(args) -> int:
-    from llmfab.simulator.run import format_report, simulate
+    from llmfab.timing import simulate_build
+    from llmfab.simulator.run import format_report
 
-    r = simulate(args.build, args.prefill, args.decode, trace=args.trace, model=args.model)
+    r = simulate_build(args.build, args.prefill, args.decode, model=args.model, trace=args.trace)
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else format_report(r), end="\n" if args.json else "")
     return 0
 
 
 def cmd_execute(args) -> int:
-    from llmfab.flow import parse_tokens
-    from llmfab.simulator.execute import execute
+    from llmfab.flow import execute_build, parse_tokens
 
-    logits, generated = execute(args.build, parse_tokens(args.tokens), args.generate)
+    logits, generated = execute_build(args.build, parse_tokens(args.tokens), args.generate)
     _write_atomic(Path(args.out), lambda f: np.save(f, logits))
     print(f"wrote {args.out}: logits {list(logits.shape)} float32 from the integer model run on the simulator"
           + (f"; generated {' '.join(map(str, generated))}" if generated else ""))
@@ -291,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--trace", metavar="FILE", help="write each instruction of the middle decode step with its "
                    "queue and begin/end cycle (CSV)")
-    s.add_argument("--model", choices=("design", "rtl"), default="design",
+    s.add_argument("--model", choices=tuple(TIMING_MODELS), default="design",
                    help="time the pipelined design the target describes (default), or the accelerator RTL "
                    "`llmfab rtl` emits today")
     s.set_defaults(func=cmd_simulate)

@@ -9,6 +9,8 @@ from llmfab.frontend import ImportOptions, import_onnx
 from llmfab.ir import Graph, InputRole, OpKind, run, verify
 from llmfab.passes import FUSION_PIPELINE, PASSES, parse_pipeline, run_pipeline
 
+from .build import Build
+
 
 class FlowError(ValueError):
     pass
@@ -68,3 +70,9 @@ def interpret(g: Graph, tokens: np.ndarray) -> dict[str, np.ndarray]:
         else:
             raise FlowError(f"graph input {n.name!r} ({n.attrs.role.value}) has no value to feed")
     return run(g, feeds)
+
+
+def execute_build(path, tokens: np.ndarray, generate: int = 0):
+    """`llmfab execute`: the prompt's logits and `generate` greedy tokens from the build's images."""
+    from llmfab.simulator.execute import execute
+    return execute(Build.open(path), tokens, generate)

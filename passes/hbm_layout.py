@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmfab.ir import Graph, OpKind
+from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight, kept
 
 from .quantize import weight_sites
@@ -34,31 +35,16 @@ class LayoutError(ValueError):
 
 
 @dataclass(frozen=True)
-class Object:
-    """`rows` rows of `row_bytes` (all channels together) over channels [channel, channel + channels),
-    row r at per-channel address `addr + r * pitch` (pitch = row_bytes / channels)."""
-    addr: int
-    channel: int
-    channels: int
-    row_bytes: int
-    rows: int
-
-    @property
-    def pitch(self) -> int:
-        return self.row_bytes // self.channels
-
-
-@dataclass(frozen=True)
 class Tile:
     rows: tuple[int, int]                  # output rows [start, stop)
-    obj: Object                            # one row: the tile image
+    obj: Region                            # one row: the tile image
     streams: tuple[int, int, int, int]     # offsets of values, indices, mant(+shift), bias in the image
 
 
 @dataclass(frozen=True)
 class KVHead:
-    k: Object
-    v: Object
+    k: Region
+    v: Region
 
 
 @dataclass
@@ -66,16 +52,16 @@ class HbmLayout:
     channels: int
     channel_capacity: int
     tiles: dict[str, tuple[Tile, ...]] = field(default_factory=dict)     # linear / lm_head node -> tiles
-    tables: dict[str, Object] = field(default_factory=dict)              # embedding table const -> rows
-    params: dict[str, Object] = field(default_factory=dict)              # param key -> one row
+    tables: dict[str, Region] = field(default_factory=dict)              # embedding table const -> rows
+    params: dict[str, Region] = field(default_factory=dict)              # param key -> one row
     kv: dict[int, list[KVHead]] = field(default_factory=dict)            # layer -> per KV head
-    output: Object | None = None
+    output: Region | None = None
     used: list[int] = field(default_factory=list)                        # bytes used per channel
 
     def __post_init__(self):
         self.used = [0] * self.channels
 
-    def alloc(self, row_bytes: int, rows: int, channels: int | None = None, group: int = 0) -> Object:
+    def alloc(self, row_bytes: int, rows: int, channels: int | None = None, group: int = 0) -> Region:
         """Place `rows` rows of `row_bytes`, padded to a multiple of the channels used."""
         c = channels or self.channels
         first = (group * c) % self.channels
@@ -83,7 +69,7 @@ class HbmLayout:
         addr = max(self.used[first:first + c])
         for ch in range(first, first + c):
             self.used[ch] = addr + pitch * rows
-        return Object(addr, first, c, pitch * c, rows)
+        return Region(addr, first, c, pitch * c, rows)
 
     @property
     def bytes_used(self) -> int:
@@ -208,7 +194,7 @@ def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, ti
 # ---- images -----------------------------------------------------------------------------
 
 
-def _write(images: list[bytearray], obj: Object, row: int, data: bytes) -> None:
+def _write(images: list[bytearray], obj: Region, row: int, data: bytes) -> None:
     data = data.ljust(obj.row_bytes, b"\0")
     p = obj.pitch
     at = obj.addr + row * p

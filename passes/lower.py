@@ -25,10 +25,11 @@ from llmfab.ir import Graph, InputRole, OpKind
 from llmfab.ir.isa import (CAUSAL, CONTINUE, HOLD, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program,
                            SysFunc, lookup_field, make, weight_fields)
 from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
+from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
 
 from .buckets import Bucket, Stage
-from .hbm_layout import HbmLayout, LayoutError, Object
+from .hbm_layout import HbmLayout, LayoutError
 from .tokens import TokenTracker
 
 LOAD, MATRIX, SFU, STORE = 0, 1, 2, 3
@@ -136,7 +137,7 @@ class Lowerer:
         self.ping[buf] ^= 1
         return h * self.half[buf], (buf, h)
 
-    def dma(self, op: Opcode, obj: Object, row0: int, rows: int, buf: BufferId, buf_addr: int, reads=(), writes=(),
+    def dma(self, op: Opcode, obj: Region, row0: int, rows: int, buf: BufferId, buf_addr: int, reads=(), writes=(),
             len_field=None, **extra) -> None:
         self.emit(op, reads, writes, len_field, channel=obj.channel, channels=obj.channels,
                   hbm_addr=obj.addr + row0 * obj.pitch, hbm_stride=obj.pitch, buf=buf, buf_addr=buf_addr,

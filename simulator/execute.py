@@ -3,51 +3,41 @@ model (simulator/functional.py) from its weight images: the prefill program for 
 one decode step per `--generate` token (greedy), and write the prompt's logits."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from llmfab.ir.fixed_point import from_fixed
 from llmfab.ir.isa import BufferId
-from llmfab.ir.target import load_target
-from llmfab.passes.hbm_layout import Object
+from llmfab.ir.memory import Region
 
 from .functional import Machine
-from .run import program_for
 
 
 class ExecuteError(ValueError):
     pass
 
 
-def execute(build: str | Path, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, list[int]]:
-    """Logits [1, L, vocab] (float32) of the prompt, and `generate` greedily decoded token ids."""
-    build = Path(build)
-    try:
-        m = json.loads((build / "manifest.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ExecuteError(f"{build}: not a build folder with a manifest.json ({e})") from None
+def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, list[int]]:
+    """Logits [1, L, vocab] (float32) of the prompt, and `generate` greedily decoded token ids, of
+    `build` (a `llmfab.build.Build`: `.manifest`, `.target`, `.images()`, `.program_for`)."""
+    m = build.manifest
     if not m["weights"]:
-        raise ExecuteError(f"{build}: a config-only build has no weight images to execute")
+        raise ExecuteError(f"{build.path}: a config-only build has no weight images to execute")
     ids = np.asarray(tokens, np.int64).ravel()
     vocab = m["output"]["vocab"]
     if ids.size == 0 or ids.size + generate > m["max_len"]:
         raise ExecuteError(f"{ids.size} prompt tokens + {generate} generated must fit max_len {m['max_len']}")
     if ids.min() < 0 or ids.max() >= vocab:
         raise ExecuteError(f"token ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}")
-    t = load_target(m["target"]["name"])
-    images = [(build / w["file"]).read_bytes() for w in m["weights"]]
-    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
-    machine = Machine.create(images, m["hbm"]["bytes_per_channel"], bufs)
+    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in build.target.buffers}
+    machine = Machine.create(build.images(), m["hbm"]["bytes_per_channel"], bufs)
     o = m["output"]
-    out = Object(o["addr"], o["channel"], o["channels"], o["row_bytes"], o["rows"])
+    out = Region(o["addr"], o["channel"], o["channels"], o["row_bytes"], o["rows"])
 
     def row(r: int) -> np.ndarray:
         return np.frombuffer(machine.read_row(out, r), "<i4")[:vocab].astype(np.int64)
 
     machine.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
-    machine.run(program_for(build, m, "prefill", ids.size), ids.size)
+    machine.run(build.program_for("prefill", ids.size), ids.size)
     logits = np.stack([row(r) for r in range(ids.size)])
     generated = []
     last = logits[-1]
@@ -56,6 +46,6 @@ def execute(build: str | Path, tokens: np.ndarray, generate: int = 0) -> tuple[n
         generated.append(nxt)
         length = ids.size + len(generated)
         machine.write(BufferId.ACT, 0, np.array([nxt], "<i4").tobytes())
-        machine.run(program_for(build, m, "decode", length), length)
+        machine.run(build.program_for("decode", length), length)
         last = row(0)
     return from_fixed(logits).astype(np.float32)[None], generated

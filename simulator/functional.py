@@ -79,7 +79,7 @@ class Machine:
 
     # -- execution ----------------------------------------------------------------------------
     def read_row(self, obj, row: int) -> bytes:
-        """Row `row` of a striped HBM object (passes/hbm_layout.Object): its channel slices joined."""
+        """Row `row` of a striped HBM object (ir/memory.Region): its channel slices joined."""
         at = obj.addr + row * obj.pitch
         return b"".join(bytes(self.hbm[obj.channel + c][at:at + obj.pitch]) for c in range(obj.channels))
 

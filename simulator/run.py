@@ -10,24 +10,18 @@ matrix, sfu, store), unit seconds per opcode or function, and seconds per sectio
 manifest). `--trace FILE` writes every instruction of the middle decode step with its queue and
 its begin and end cycle.
 
-`--model design` (the default) times the pipelined design the Target describes
-(simulator/timing.py); `--model rtl` times the accelerator RTL that `llmfab rtl` emits today
-(backend_hw/cycle_model.py, held within 2% of Verilator on whole programs).
+The walk is `schedule.py`'s; the `Units` say what each instruction costs: `--model design` (the
+default) the pipelined design the Target describes (`design.DesignUnits`), `--model rtl` the
+accelerator RTL that `llmfab rtl` emits today (`llmfab.backend_hw.RtlUnits`, held within 2% of
+Verilator on whole programs). The driver (llmfab/flow.py) wires the name to the units.
 """
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmfab.ir.isa import Program
-from llmfab.ir.target import load_target
-
-from .timing import LOAD, MATRIX, SFU, STORE, Timing, TimingModel
-
-UNITS = {LOAD: "load", MATRIX: "matrix", SFU: "sfu", STORE: "store"}
-MODELS = ("design", "rtl")
+from .schedule import UNIT_NAMES, Timing, Units, schedule
 
 
 class SimulateError(ValueError):
@@ -55,13 +49,9 @@ class SimReport:
 
 def _breakdown(t: Timing, sections: list) -> dict:
     return {"seconds": t.seconds,
-            "units": {UNITS[q]: s for q, s in t.busy.items()},
+            "units": {UNIT_NAMES[q]: s for q, s in t.busy.items()},
             "ops": dict(sorted(t.per_op.items(), key=lambda kv: -kv[1])),
             "sections": t.sections([(s, label) for s, label in sections])}
-
-
-def _entry(manifest: dict, stage: str, length: int) -> dict:
-    return next(e for e in manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1])
 
 
 def write_trace(t: Timing, clock_mhz: float, path: str | Path) -> None:
@@ -71,46 +61,20 @@ def write_trace(t: Timing, clock_mhz: float, path: str | Path) -> None:
         w = csv.writer(f)
         w.writerow(["index", "queue", "op", "begin_cycle", "end_cycle", "cycles"])
         for idx, q, key, b, e in t.spans:
-            w.writerow([idx, UNITS[q], key, round(b * hz), round(e * hz), round(e * hz) - round(b * hz)])
+            w.writerow([idx, UNIT_NAMES[q], key, round(b * hz), round(e * hz), round(e * hz) - round(b * hz)])
 
 
-def program_for(build: Path, manifest: dict, stage: str, length: int) -> Program:
-    """The program of `build` that serves `length` in `stage` (its bucket)."""
-    for e in manifest["programs"]:
-        if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1]:
-            return Program.from_bytes((build / e["file"]).read_bytes())
-    raise SimulateError(f"{build}: no {stage} program for length {length} (max_len {manifest['max_len']})")
-
-
-def timing_model(target, model: str = "design", programs: list[Program] = ()):
-    """The timing model `model` ("design" or "rtl") of `target`: `.run(program, length) -> Timing`.
-    The RTL is the accelerator built for the weight formats of `programs` (the build's)."""
-    if model == "design":
-        return TimingModel(target)
-    if model == "rtl":
-        from llmfab.backend_hw.accelerator import formats_of     # imports amaranth: only when asked
-        from llmfab.backend_hw.cycle_model import RtlCycleModel
-        return RtlCycleModel(target, formats_of(programs))
-    raise SimulateError(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
-
-
-def simulate(build: str | Path, prefill: int, decode: int, trace: str | Path | None = None,
-             model: str = "design") -> SimReport:
-    build = Path(build)
-    try:
-        manifest = json.loads((build / "manifest.json").read_text())
-    except (OSError, ValueError) as e:
-        raise SimulateError(f"{build}: not a build folder with a manifest.json ({e})") from None
-    if prefill < 1 or decode < 1 or prefill + decode > manifest["max_len"]:
+def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path | None = None) -> SimReport:
+    """Time `build` (a `llmfab.build.Build`: `.target`, `.max_len`, `.program_for(stage, length)`,
+    `.sections(stage, length)`) on `units`: the prefill of `prefill` tokens, then `decode` steps."""
+    if prefill < 1 or decode < 1 or prefill + decode > build.max_len:
         raise SimulateError(f"--prefill {prefill} + --decode {decode} must be positive and fit max_len "
-                            f"{manifest['max_len']} of {build}")
-    target = load_target(manifest["target"]["name"])
-    programs = [Program.from_bytes((build / e["file"]).read_bytes()) for e in manifest["programs"]] if model == "rtl" else []
-    name, model = model, timing_model(target, model, programs)
-    pre = model.run(program_for(build, manifest, "prefill", prefill), prefill)
+                            f"{build.max_len} of {build.path}")
+    target = build.target
+    pre = schedule(build.program_for("prefill", prefill), prefill, units)
     ttft = pre.seconds
     contexts = sorted({prefill + 1, prefill + (decode + 1) // 2, prefill + decode})
-    steps: dict[int, Timing] = {c: model.run(program_for(build, manifest, "decode", c), c) for c in contexts}
+    steps: dict[int, Timing] = {c: schedule(build.program_for("decode", c), c, units) for c in contexts}
     # integrate seconds per step over contexts L+1 .. L+N, linear between the timed ones
     total = 0.0
     for ctx in range(prefill + 1, prefill + decode + 1):
@@ -123,9 +87,9 @@ def simulate(build: str | Path, prefill: int, decode: int, trace: str | Path | N
     if trace is not None:
         write_trace(mid, target.clock_mhz, trace)
     peak = target.memory.peak_gbps * 1e9
-    breakdown = {"prefill": _breakdown(pre, _entry(manifest, "prefill", prefill).get("sections", [])),
-                 "decode": _breakdown(mid, _entry(manifest, "decode", mid_ctx).get("sections", []))}
-    return SimReport(target.name, name, prefill, decode, ttft, decode / total, {c: s.seconds for c, s in steps.items()},
+    breakdown = {"prefill": _breakdown(pre, build.sections("prefill", prefill)),
+                 "decode": _breakdown(mid, build.sections("decode", mid_ctx))}
+    return SimReport(target.name, units.name, prefill, decode, ttft, decode / total, {c: s.seconds for c, s in steps.items()},
                      mid.hbm_utilization(target), mid.dsp_utilization(target), peak / mid.hbm_bytes,
                      mid.instructions, breakdown)
 

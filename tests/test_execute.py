@@ -121,13 +121,14 @@ def test_execute_cli_matches_the_integer_model(tmp_path):
 
 def test_execute_needs_weights(tmp_path):
     from llmfab.compile import write_build
-    from llmfab.simulator.execute import ExecuteError, execute
+    from llmfab.flow import execute_build
+    from llmfab.simulator.execute import ExecuteError
     cfg = tmp_path / "config.json"
     cfg.write_text('{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, '
                    '"num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 64}')
     write_build(compile_model(str(cfg), "sim-small", max_len=8), tmp_path / "build")
     with pytest.raises(ExecuteError, match=r"a config-only build has no weight images to execute$"):
-        execute(tmp_path / "build", np.array([1, 2]))
+        execute_build(tmp_path / "build", np.array([1, 2]))
 
 
 def test_kv_rows_padded_over_many_channels(tmp_path, monkeypatch):

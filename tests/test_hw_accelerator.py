@@ -15,7 +15,7 @@ from llmfab.compile import compile_model
 from llmfab.ir.isa import INST_BYTES, BufferId, Opcode, Program, SysFunc, encode, make
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine
-from llmfab.simulator.timing import TimingModel
+from llmfab.simulator import DesignUnits, schedule
 
 pytestmark = pytest.mark.sim
 
@@ -80,7 +80,7 @@ def test_first_decode_instructions_equal_the_functional_simulator():
     t0 = time.perf_counter()
     hbm, got, cycles = run_rtl(t, prog, 6, start_hbm, start_bufs, formats_of([full]), max_cycles=5_000)
     wall = time.perf_counter() - t0
-    timed = TimingModel(t).run(prog, 6).seconds * t.clock_mhz * 1e6
+    timed = schedule(prog, 6, DesignUnits(t)).seconds * t.clock_mhz * 1e6
     print(f"decode head: {len(prog.instructions)} instructions, {cycles} RTL cycles in {wall:.1f} s "
           f"(including elaboration); timing model {timed:.0f} cycles")
     assert bytes(m.buffers[BufferId.ACT]) != start_bufs[BufferId.ACT]     # EMBED wrote its rows

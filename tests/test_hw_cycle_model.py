@@ -3,11 +3,12 @@ cycle-by-cycle DMA model (`dma_cycles`; the whole model is checked against Veril
 tests/test_hw_system.py), and the controller recurrences on hand-made programs."""
 import pytest
 
-from llmfab.backend_hw.cycle_model import LONG_ROW, MANY_ROWS, RtlCycleModel, dma_cycles_fast
+from llmfab.backend_hw.cycle_model import LONG_ROW, MANY_ROWS, RtlUnits, dma_cycles_fast
 from llmfab.backend_hw.dma_cycles import dma_cycles
 from llmfab.backend_hw.fetch import fetch_cycles
 from llmfab.ir.isa import BufferId, MiscFunc, Opcode, ProgramBuilder, Queue, make
 from llmfab.ir.target import load_target
+from llmfab.simulator import schedule
 
 SHAPES = [dict(rows=1, row_bytes=30013, hbm_addr=100, buf_addr=4, channels=1),
           dict(rows=1, row_bytes=20000, hbm_addr=4000, buf_addr=0, channels=3),
@@ -45,8 +46,7 @@ def test_fetch_bound_and_token_chains():
                     dst_buf=BufferId.ACT)
     b.end()
     p = b.build()
-    model = RtlCycleModel(t, cycles=lambda i: 1)
-    r = model.run(p, 1)
+    r = schedule(p, 1, RtlUnits(t, cycles=lambda i: 1))
     hz = t.clock_mhz * 1e6
     starts = [round(s * hz) for _, _, _, s, _ in r.spans]
     f = fetch_cycles(t)
@@ -56,7 +56,7 @@ def test_fetch_bound_and_token_chains():
                 dst_buf=BufferId.ACT, release=Queue.STORE)
     b.emit(Opcode.ST, wait=Queue.SFU, channel=0, channels=1, buf=BufferId.ACT, rows=1, row_bytes=4)
     b.end()
-    r = RtlCycleModel(t, cycles=lambda i: 500).run(b.build(), 1)
+    r = schedule(b.build(), 1, RtlUnits(t, cycles=lambda i: 500))
     (_, _, _, s0, e0), (_, _, _, s1, e1) = r.spans
     assert round(s1 * hz) == round(e0 * hz) + 1
     assert round(r.seconds * hz) == round(e1 * hz) + 2

@@ -319,7 +319,7 @@ def test_compiled_program_matrix_instructions():
 
 
 def cycles_line(i, e) -> str:
-    """The instruction and simulator/timing.py's estimate of its cycles."""
+    """The instruction and simulator/design.py's estimate of its cycles."""
     if i.op is Opcode.ATTN:
         f = i["func"]
         n, k = (i["cols"], i["depth"]) if f is MiscFunc.ATTN_QK else (i["depth"], i["cols"])

@@ -111,7 +111,7 @@ def check(name, insts, buffers, target=T):
 
 
 def timing_estimate(i) -> int:
-    """simulator/timing.py's SFU cycles: elements / lanes + latency (COPY: words of 4 bytes)."""
+    """simulator/design.py's SFU cycles: elements / lanes + latency (COPY: words of 4 bytes)."""
     elems = i["rows"] * (-(-i["cols"] // 4) if i["func"] is MiscFunc.COPY else max(i["cols"], 1))
     return -(-elems // T.sfu.lanes) + T.sfu.latency_cycles
 

@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """The whole accelerator with AXI RAMs (`SimSystem`) runs compiled programs of a fixture model in
 Verilator and ends with the same HBM and buffer bytes as the functional simulator, bit for bit, in
-the number of cycles `RtlCycleModel` predicts (within 2%; its controller recurrence alone, given the
+the number of cycles `RtlUnits` predicts (within 2%; its controller recurrence alone, given the
 units' measured cycles, to the cycle); `AxiRam` serves random bursts like a plain bytearray in
 amaranth.sim."""
 import random
@@ -15,13 +15,13 @@ from amaranth.sim import Simulator
 from conftest import FIXTURES
 from llmfab.backend_hw.accelerator import formats_of
 from llmfab.backend_hw.axi_ram import AxiRam
-from llmfab.backend_hw.cycle_model import RtlCycleModel
+from llmfab.backend_hw.cycle_model import RtlUnits
 from llmfab.backend_hw.sim_system import SimSystem, VerilatorSystem
 from llmfab.compile import compile_model
 from llmfab.ir.isa import BufferId, Program
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine
-from llmfab.simulator.timing import TimingModel
+from llmfab.simulator import DesignUnits, schedule
 
 pytestmark = pytest.mark.sim
 
@@ -61,14 +61,14 @@ def _check(t, vs, formats, m, prog, length, what):
     cycles with the RTL's cycle model."""
     hz = t.clock_mhz * 1e6
     hbm, bufs = _state(m)
-    model_run = TimingModel(t).run(prog, length)
+    model_run = schedule(prog, length, DesignUnits(t))
     timed = model_run.seconds * hz
-    rtl_model = RtlCycleModel(t, formats).run(prog, length)
+    rtl_model = schedule(prog, length, RtlUnits(t, formats))
     predicted = rtl_model.seconds * hz
     run = vs.run(prog, length, hbm, bufs, max_cycles=int(1.1 * predicted) + 1000)
     m.run(prog, length)
     _compare_trace(t, prog, length, run, rtl_model, model_run, what)
-    print(f"{what}: {len(prog.instructions)} instructions, {run.cycles} RTL cycles, RtlCycleModel {predicted:.0f} "
+    print(f"{what}: {len(prog.instructions)} instructions, {run.cycles} RTL cycles, RtlUnits {predicted:.0f} "
           f"({predicted / run.cycles - 1:+.3%}), the pipelined design's timing model {timed:.0f} (RTL / design "
           f"{run.cycles / timed:.2f}); {run.sim.cycles} cycles simulated in {run.sim.seconds:.2f} s = "
           f"{run.sim.cycles_per_second:,.0f} cycles/s")
@@ -91,7 +91,7 @@ def _compare_trace(t, prog, length, run, rtl_model, model_run, what):
     hz = t.clock_mhz * 1e6
     measured = {k: done - took for k, _, _, took, done in run.trace}
     order = iter(sorted(measured))
-    replay = RtlCycleModel(t, cycles=lambda i: measured[next(order)]).run(prog, length)
+    replay = schedule(prog, length, RtlUnits(t, cycles=lambda i: measured[next(order)]))
     assert {k: round(b * hz) for k, _, _, b, _ in replay.spans} == {k: took for k, _, _, took, _ in run.trace}
     assert round(replay.seconds * hz) == run.cycles
     per = [{}, {}, {}]
@@ -100,7 +100,7 @@ def _compare_trace(t, prog, length, run, rtl_model, model_run, what):
     for d, spans in ((per[1], rtl_model.spans), (per[2], model_run.spans)):
         for _, _, key, b, e in spans:
             d[key] = d.get(key, 0) + (e - b) * hz
-    print(f"{what}, unit cycles per function (RTL / RtlCycleModel / design): " +
+    print(f"{what}, unit cycles per function (RTL / RtlUnits / design): " +
           ", ".join(f"{k} {per[0][k]:,}/{per[1].get(k, 0):,.0f}/{per[2].get(k, 0):,.0f}"
                     for k in sorted(per[0], key=lambda k: -per[0][k])))
 

@@ -9,8 +9,9 @@ from conftest import FIXTURES
 from llmfab.compile import compile_model, write_build
 from llmfab.ir.isa import BufferId, MiscFunc, ProgramBuilder, Queue
 from llmfab.ir.target import load_target
-from llmfab.simulator.run import SimulateError, simulate
-from llmfab.simulator.timing import TimingModel
+from llmfab.simulator import DesignUnits, schedule
+from llmfab.simulator.run import SimulateError
+from llmfab.timing import TimingModelError, simulate_build as simulate
 
 pytestmark = pytest.mark.sim
 
@@ -34,11 +35,11 @@ def _programs(build):
 @pytest.mark.parametrize("kind", ["int4", "sparse"])
 def test_never_faster_than_the_memory_roofline(builds, kind):
     t = load_target("u280")
-    model = TimingModel(t)
+    units = DesignUnits(t)
     peak = t.memory.peak_gbps * 1e9
     for e, prog in _programs(builds[kind]):
         for length in {e["bucket"][0], (e["bucket"][0] + e["bucket"][1]) // 2, e["bucket"][1]}:
-            st = model.run(prog, length)
+            st = schedule(prog, length, units)
             assert st.seconds >= st.hbm_bytes / peak           # the bandwidth bound
             assert 0 < st.hbm_utilization(t) <= 1 and 0 < st.dsp_utilization(t) <= 1
             assert all(0 <= b <= st.seconds * 1.000001 for b in st.busy.values())
@@ -47,20 +48,20 @@ def test_never_faster_than_the_memory_roofline(builds, kind):
 
 def test_trends(builds):
     t = load_target("u280")
-    model = TimingModel(t)
+    units = DesignUnits(t)
     dec = [p for e, p in _programs(builds["int4"]) if e["stage"] == "decode"][0]
-    short, long = model.run(dec, 8), model.run(dec, 128)
+    short, long = schedule(dec, 8, units), schedule(dec, 128, units)
     assert long.seconds > short.seconds and long.hbm_bytes > short.hbm_bytes   # more keys to read
     sdec = [p for e, p in _programs(builds["sparse"]) if e["stage"] == "decode"][0]
-    assert model.run(sdec, 8).per_op["MV"] < short.per_op["MV"]               # 2:4 halves the engine passes
+    assert schedule(sdec, 8, units).per_op["MV"] < short.per_op["MV"]               # 2:4 halves the engine passes
 
 
 def test_a_wait_without_release_is_reported():
     b = ProgramBuilder("bad")
     b.misc(MiscFunc.RELU, wait=Queue.LOAD, rows=1, cols=4, src_buf=BufferId.ACT, dst_buf=BufferId.ACT)
     b.end()
-    with pytest.raises(RuntimeError, match=r"^program 'bad': a wait on 1 from 4 has no earlier release$"):
-        TimingModel(load_target("sim-small")).run(b.build(), 1)
+    with pytest.raises(RuntimeError, match=r"^program 'bad': instruction 0 waits on load with no earlier release$"):
+        schedule(b.build(), 1, DesignUnits(load_target("sim-small")))
 
 
 def test_simulate_report_and_cli(builds):
@@ -78,7 +79,7 @@ def test_simulate_report_and_cli(builds):
 
 
 def test_simulate_the_rtl(tmp_path):
-    """`--model rtl` times the accelerator RTL (backend_hw/cycle_model.py, checked against Verilator
+    """`--model rtl` times the accelerator RTL (backend_hw's RtlUnits, checked against Verilator
     in tests/test_hw_system.py): slower than the pipelined design it does not reach yet."""
     d = tmp_path / "build"
     write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", policy="int8", max_len=16), d)
@@ -91,7 +92,7 @@ def test_simulate_the_rtl(tmp_path):
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["model"] == "rtl" and out["ttft_s"] == pytest.approx(rtl.ttft_s)
-    with pytest.raises(SimulateError, match=r"--model must be one of design, rtl, not 'fast'"):
+    with pytest.raises(TimingModelError, match=r"--model must be one of design, rtl, not 'fast'"):
         simulate(d, 5, 4, model="fast")
 
 
@@ -123,12 +124,12 @@ def test_simulated_time_never_beats_the_roofline_bound(target, policy):
     from llmfab.passes.roofline import roofline
     t = load_target(target)
     c = compile_model(str(FIXTURES / "gpt2_ts_op14.onnx"), target, policy=policy, max_len=32)
-    model = TimingModel(t)
+    units = DesignUnits(t)
     files = dict(c.programs)
     for e in c.manifest["programs"]:
         prog = Program.from_bytes(files[e["file"]])
         for length in {e["bucket"][0], e["bucket"][1]}:
-            sim = model.run(prog, length).seconds
+            sim = schedule(prog, length, units).seconds
             if e["stage"] == "decode":
                 bound = roofline(c.graph, t, "decode", 1, length).bound_seconds(t)
             else:
