@@ -21,15 +21,16 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.isa import BufferId, Opcode, Program, Queue
 from llmfab.ir.target import Target
 
-from .axi import AxiSignature
 from .buffers import BufferBank, data_width
-from .controller import Controller
-from .dma import DMA, BufferPortSignature
-from .fetch import FetchUnit
-from .matrix_engine import MatrixEngine
-from .matrix_unit import MatrixUnit
+from .control.controller import Controller
+from .control.fetch import FetchUnit
+from .dma.unit import DMA
+from .engine.matrix_engine import MatrixEngine
+from .matrix.unit import MatrixUnit
+from .protocol.axi import AxiSignature
+from .protocol.buffer_port import BufferPortSignature
 from .serial_shell import SerialShell
-from .sfu_unit import SfuUnit
+from .sfu.unit import SfuUnit
 
 DEFAULT_FORMATS = ((8, None, 128),)
 

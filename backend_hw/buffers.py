@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In
 from llmfab.ir.isa import BufferId
 from llmfab.ir.target import Target
 
-from .dma import BufferPortSignature
+from .protocol.buffer_port import BufferPortSignature
 
 
 def buffer_ids(target: Target) -> dict[BufferId, tuple[int, int]]:

@@ -5,7 +5,7 @@ that `backend_hw` emits today, from the same program and through the same walk
 (`simulator/schedule.py`, which `llmfab simulate --model rtl` wires to these units), so that the
 two can be told apart and the RTL's cycle count is predicted without simulating it
 (tests/test_hw_system.py holds it within 2% of Verilator on whole programs). The walk's
-latencies are the controller's (controller.py, fetch.py), one cycle per register (`step`):
+latencies are the controller's (control/controller.py, control/fetch.py), one cycle per register (`step`):
 
 - fetch: the first instruction is offered `FIRST_FETCH` cycles after `start`, each next one
   `fetch_cycles` after the previous was accepted into the dispatch register;
@@ -34,10 +34,10 @@ from llmfab.ir.memory import AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
 from .accelerator import DEFAULT_FORMATS
-from .dma_cycles import dma_cycles
-from .fetch import fetch_cycles
-from .matrix_cycles import matrix_cycles
-from .sfu_cycles import sfu_cycles
+from .control.fetch import fetch_cycles
+from .dma.cycles import dma_cycles
+from .matrix.cycles import matrix_cycles
+from .sfu.cycles import sfu_cycles
 
 FIRST_FETCH = 10      # start -> the first instruction offered: `running` rises, 8 reads, their data
 LONG_ROW = 3 * AXI_PAGE_BYTES   # a single-row slice longer than this is timed on shorter copies

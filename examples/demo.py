@@ -161,7 +161,7 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
 
     from llmfab.backend_hw.accelerator import formats_of
     from llmfab.backend_hw.cycle_model import RtlUnits
-    from llmfab.backend_hw.sim_system import VerilatorSystem
+    from llmfab.backend_hw.sim.system import VerilatorSystem
     from llmfab.compile import compile_model
     from llmfab.ir.isa import BufferId, Program
     from llmfab.ir.target import load_target

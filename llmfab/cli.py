@@ -126,7 +126,7 @@ def cmd_compile(args) -> int:
     print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")
     if args.rtl:  # the accelerator for this build's weight formats, beside the programs
         from llmfab.backend_hw.accelerator import build_top, formats_of
-        from llmfab.backend_hw.emit import write_rtl
+        from llmfab.backend_hw.toolflow.emit import write_rtl
         from llmfab.ir.isa import Program
         from llmfab.ir.target import load_target
 
@@ -208,7 +208,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_rtl(args) -> int:
-    from llmfab.backend_hw.emit import write_rtl
+    from llmfab.backend_hw.toolflow.emit import write_rtl
     from llmfab.ir.target import load_target
 
     t = load_target(args.target)
@@ -225,8 +225,8 @@ def cmd_rtl(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from llmfab.backend_hw import synth
-    from llmfab.backend_hw.emit import read_rtl
+    from llmfab.backend_hw.toolflow import synth
+    from llmfab.backend_hw.toolflow.emit import read_rtl
     from llmfab.ir.target import DeviceFamily, load_target
 
     manifest, sources = read_rtl(args.build)

@@ -71,7 +71,7 @@ def tmp_fixture_copy(tmp_path):
 
 
 def run_per_cycle(dut, inputs: list, outputs: dict, n: int) -> dict[str, list[int]]:
-    """amaranth.sim in Verilator's cycle convention (backend_hw/verilator.py): each cycle set the
+    """amaranth.sim in Verilator's cycle convention (backend_hw/toolflow/verilator.py): each cycle set the
     inputs (`inputs`: (signal, one value per cycle) pairs), read the settled outputs (`outputs`:
     name -> signal; unsigned), tick."""
     from amaranth.sim import Simulator

@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from conftest import FIXTURES
 from llmfab.backend_hw.accelerator import Accelerator, formats_of
-from llmfab.backend_hw.axi import AxiMemory
+from llmfab.backend_hw.protocol.axi import AxiMemory
 from llmfab.compile import compile_model
 from llmfab.ir.isa import INST_BYTES, BufferId, Opcode, Program, SysFunc, encode, make
 from llmfab.ir.target import load_target

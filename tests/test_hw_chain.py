@@ -9,8 +9,8 @@ import pytest
 from amaranth.back import verilog
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
-from llmfab.backend_hw.dsp48e2 import DSP48E2Model
-from llmfab.backend_hw.dsp_chain import DSPChain
+from llmfab.backend_hw.engine.dsp48e2 import DSP48E2Model
+from llmfab.backend_hw.engine.dsp_chain import DSPChain
 from llmfab.ir.target import DSPPrimitive
 
 VARIANTS = {"behavioural": {"primitive": "behavioural"},

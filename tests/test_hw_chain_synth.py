@@ -3,10 +3,10 @@
 fabric adder, and the behavioural chain becomes DSP48E1 cascades for `-family xc7`."""
 import pytest
 from amaranth.back import verilog
-from llmfab.backend_hw.dsp48e2 import OPMODE_M, OPMODE_PCIN
-from llmfab.backend_hw.dsp_chain import SUM_BITS, DSPChain
-from llmfab.backend_hw.synth import cascade_links
-from llmfab.backend_hw.yosys import run_yosys
+from llmfab.backend_hw.engine.dsp48e2 import OPMODE_M, OPMODE_PCIN
+from llmfab.backend_hw.engine.dsp_chain import SUM_BITS, DSPChain
+from llmfab.backend_hw.toolflow.synth import cascade_links
+from llmfab.backend_hw.toolflow.yosys import run_yosys
 
 CARRY = ("CARRY4", "CARRY8")
 XC7_OPMODE_PCIN = 0b0010101   # DSP48E1: Z=PCIN, Y=M, X=M (7 bits)

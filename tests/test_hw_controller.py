@@ -14,7 +14,7 @@ from collections import deque
 import pytest
 from amaranth.sim import Simulator
 
-from llmfab.backend_hw.controller import Controller
+from llmfab.backend_hw.control.controller import Controller
 from llmfab.compile import compile_model
 from llmfab.ir.isa import (FIELDS, QUEUE_OF, IsaError, MiscFunc, Opcode, Program, Queue, SysFunc, check_tokens,
                            encode, make, resolve_length)
@@ -338,7 +338,7 @@ def test_constructor_checks():
 def test_field_slices_follow_the_tables():
     """The controller's slicing is FIELDS: change a field's value and only its slice changes."""
     from amaranth.sim import Simulator as _S
-    from llmfab.backend_hw.controller import field
+    from llmfab.backend_hw.protocol.isa_fields import field
     from amaranth import Module, Signal
     rng = random.Random(3)
     for op in (Opcode.LD, Opcode.MISC):

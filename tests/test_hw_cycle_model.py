@@ -4,8 +4,8 @@ tests/test_hw_system.py), and the controller recurrences on hand-made programs."
 import pytest
 
 from llmfab.backend_hw.cycle_model import LONG_ROW, MANY_ROWS, RtlUnits, dma_cycles_fast
-from llmfab.backend_hw.dma_cycles import dma_cycles
-from llmfab.backend_hw.fetch import fetch_cycles
+from llmfab.backend_hw.dma.cycles import dma_cycles
+from llmfab.backend_hw.control.fetch import fetch_cycles
 from llmfab.ir.isa import BufferId, MiscFunc, Opcode, ProgramBuilder, Queue, make
 from llmfab.ir.target import load_target
 from llmfab.simulator import schedule

@@ -13,10 +13,10 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from llmfab.backend_hw.axi_ram import AxiRam
+from llmfab.backend_hw.sim.axi_ram import AxiRam
 from llmfab.backend_hw.buffers import BufferBank
-from llmfab.backend_hw.dma import DMA
-from llmfab.backend_hw.dma_cycles import AXI_RAM_READ_LATENCY, AXI_RAM_WRITE_LATENCY, dma_cycles
+from llmfab.backend_hw.dma.unit import DMA
+from llmfab.backend_hw.dma.cycles import AXI_RAM_READ_LATENCY, AXI_RAM_WRITE_LATENCY, dma_cycles
 from llmfab.ir.isa import BufferId, Opcode, Program, encode, make, resolve_length
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine

@@ -1,13 +1,13 @@
 # amaranth: UnusedElaboratable=no
-"""backend_hw/matrix_cycles.py against MatrixUnit in amaranth.sim on sim-small: the cycles from
+"""backend_hw/matrix/cycles.py against MatrixUnit in amaranth.sim on sim-small: the cycles from
 accepting an instruction to its `done` pulse (run_unit's count: n = done_cycle - accept_cycle), equal
 exactly, on random MV / MM over every weight format and on random ATTN_QK / ATTN_PV, and on the
 matrix instructions of compiled fixture programs (int8, int4-g128, w4-2of4)."""
 import numpy as np
 import pytest
 from llmfab.backend_hw.accelerator import formats_of
-from llmfab.backend_hw.matrix_cycles import matrix_cycles
-from llmfab.backend_hw.matrix_unit import MatrixUnit
+from llmfab.backend_hw.matrix.cycles import matrix_cycles
+from llmfab.backend_hw.matrix.unit import MatrixUnit
 from llmfab.compile import compile_model
 from llmfab.ir.isa import CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, encode, resolve_length
 from llmfab.ir.quant import kept

@@ -1,4 +1,4 @@
-"""`sfu_cycles` (backend_hw/sfu_cycles.py) against the SFU instruction unit in amaranth.sim.
+"""`sfu_cycles` (backend_hw/sfu/cycles.py) against the SFU instruction unit in amaranth.sim.
 
 The instructions are those of tests/test_hw_sfu_unit.py's generators (every function, random rows,
 cols, strides, byte alignments, BROADCAST, CAUSAL with periods and key offsets, EMBED code widths
@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from llmfab.backend_hw.sfu_cycles import _cycles, sfu_cycles
+from llmfab.backend_hw.sfu.cycles import _cycles, sfu_cycles
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc, Opcode, Program, make, resolve_length
 
 from test_hw_sfu_unit import (T, gen_copy, gen_elementwise, gen_embed, gen_norm, gen_quant, gen_rope,

@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 from amaranth.sim import Simulator
 
-from llmfab.backend_hw.axi import AxiMemory, AxiSignature
-from llmfab.backend_hw.dma import DMA
+from llmfab.backend_hw.protocol.axi import AxiMemory, AxiSignature
+from llmfab.backend_hw.dma.unit import DMA
 from llmfab.ir.isa import BufferId, Opcode, encode, make
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine, _dma

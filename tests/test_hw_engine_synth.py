@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from llmfab.backend_hw import synth
-from llmfab.backend_hw.matrix_engine import MatrixEngine
+from llmfab.backend_hw.toolflow import synth
+from llmfab.backend_hw.engine.matrix_engine import MatrixEngine
 from llmfab.ir.target import DSPPrimitive, load_target
 from llmfab.passes.roofline import engine_dsp
 

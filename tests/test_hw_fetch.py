@@ -7,7 +7,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from llmfab.backend_hw.buffers import BufferBank
-from llmfab.backend_hw.fetch import FetchUnit
+from llmfab.backend_hw.control.fetch import FetchUnit
 from conftest import FIXTURES
 from llmfab.compile import compile_model
 from llmfab.ir.isa import BufferId, Program, encode

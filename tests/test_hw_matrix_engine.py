@@ -11,7 +11,7 @@ import pytest
 from amaranth.sim import Simulator
 from test_hw_weight_unpack import buffer_image, random_weight, row_jobs, words_of
 
-from llmfab.backend_hw.matrix_engine import MatrixEngine
+from llmfab.backend_hw.engine.matrix_engine import MatrixEngine
 from llmfab.ir.fixed_point import sat
 from llmfab.ir.integer import int_linear, quantize_activation
 from llmfab.ir.packing import pack

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
-from llmfab.backend_hw.matrix_cycles import matrix_cycles
-from llmfab.backend_hw.matrix_unit import MatrixUnit
-from llmfab.backend_hw.matrix_unit_mm import OUT_SETS
+from llmfab.backend_hw.matrix.cycles import matrix_cycles
+from llmfab.backend_hw.matrix.unit import MatrixUnit
+from llmfab.backend_hw.matrix.mm import OUT_SETS
 from llmfab.ir.integer import quantize_activation
 from llmfab.ir.isa import (
     CONTINUE,

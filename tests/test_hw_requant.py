@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from llmfab.backend_hw.requant import Requantizer
+from llmfab.backend_hw.engine.requant import Requantizer
 from llmfab.ir.fixed_point import sat
 from llmfab.ir.integer import _shr_sat
 from llmfab.ir.quant import MANT_BITS

@@ -12,7 +12,7 @@ from amaranth.lib import wiring
 
 from conftest import FIXTURES, run_per_cycle
 from llmfab.backend_hw.accelerator import DEFAULT_FORMATS, build_top, formats_of
-from llmfab.backend_hw.verilator import VerilatorSim, lint
+from llmfab.backend_hw.toolflow.verilator import VerilatorSim, lint
 from llmfab.compile import compile_model
 from llmfab.ir.isa import BufferId, Program, encode
 from llmfab.ir.target import load_target

@@ -1,4 +1,4 @@
-"""The SFU (backend_hw/sfu.py) in amaranth.sim against the ir/integer.py kernels, bit for bit.
+"""The SFU (backend_hw/sfu/datapath.py) in amaranth.sim against the ir/integer.py kernels, bit for bit.
 
 One simulation per lane count runs every implemented MISC function on a few short random rows
 (fixed seed, with saturation limits, table edges, zero rows and huge magnitudes mixed in); each
@@ -11,9 +11,9 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from llmfab.backend_hw.sfu import FUNCS, PASSES, SFU
-from llmfab.backend_hw.sfu_arith import SeqDivider, SeqSqrt
-from llmfab.backend_hw.sfu_scalars import Q_INV, Q_M, Q_MEAN, Q_MS, Q_R, Q_RECIP
+from llmfab.backend_hw.sfu.datapath import FUNCS, PASSES, SFU
+from llmfab.backend_hw.sfu.arith import SeqDivider, SeqSqrt
+from llmfab.backend_hw.sfu.scalars import Q_INV, Q_M, Q_MEAN, Q_MS, Q_R, Q_RECIP
 from llmfab.ir.integer import (int_add, int_exp, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm,
                                int_rope, int_silu, int_softmax_rows, isqrt, quantize_activation)
 from llmfab.ir.isa import MiscFunc
@@ -299,7 +299,7 @@ def test_sequential_divider_and_sqrt(radix_bits):
 
 
 def _bound_cases(rng):
-    """(n, d, q_bits) at the bounds RowScalars promises for each of its divisions (sfu_scalars.py),
+    """(n, d, q_bits) at the bounds RowScalars promises for each of its divisions (sfu/scalars.py),
     and random ones within them."""
     cases = []
     D = 65535

@@ -1,4 +1,4 @@
-"""The SFU instruction unit (backend_hw/sfu_unit.py) in amaranth.sim against `simulator.functional._misc`.
+"""The SFU instruction unit (backend_hw/sfu/unit.py) in amaranth.sim against `simulator.functional._misc`.
 
 Each test builds random MISC instructions of one function (random addresses, alignments, strides,
 flags) over random buffer contents, runs them through `_misc` on a `Machine` and through the unit
@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from llmfab.backend_hw.sfu_unit import SfuUnit
+from llmfab.backend_hw.sfu.unit import SfuUnit
 from llmfab.ir.integer import MAX_NORM_D
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc, Opcode, Program, encode, make, resolve_length
 from llmfab.ir.target import load_target

@@ -14,9 +14,9 @@ from amaranth.sim import Simulator
 
 from conftest import FIXTURES
 from llmfab.backend_hw.accelerator import formats_of
-from llmfab.backend_hw.axi_ram import AxiRam
+from llmfab.backend_hw.sim.axi_ram import AxiRam
 from llmfab.backend_hw.cycle_model import RtlUnits
-from llmfab.backend_hw.sim_system import SimSystem, VerilatorSystem
+from llmfab.backend_hw.sim.system import SimSystem, VerilatorSystem
 from llmfab.compile import compile_model
 from llmfab.ir.isa import BufferId, Program
 from llmfab.ir.target import load_target
@@ -205,5 +205,5 @@ def test_axi_ram_lints_clean():
     if shutil.which("verilator") is None:
         pytest.skip("needs Verilator: apt-get install verilator")
     from amaranth.back import verilog
-    from llmfab.backend_hw.verilator import lint
+    from llmfab.backend_hw.toolflow.verilator import lint
     assert lint(verilog.convert(AxiRam(4096, 128, 28, init=b"abc"), name="axi_ram"), "axi_ram") == []

@@ -12,8 +12,8 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from llmfab.backend_hw import emit, synth
-from llmfab.backend_hw.yosys import SynthError, find_tool, run_yosys
+from llmfab.backend_hw.toolflow import emit, synth
+from llmfab.backend_hw.toolflow.yosys import SynthError, find_tool, run_yosys
 from llmfab.cli import main
 from llmfab.ir.target import load_target
 

@@ -10,7 +10,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from conftest import run_per_cycle
-from llmfab.backend_hw.verilator import LINT_WAIVERS, VerilatorError, VerilatorSim, lint
+from llmfab.backend_hw.toolflow.verilator import LINT_WAIVERS, VerilatorError, VerilatorSim, lint
 
 pytestmark = pytest.mark.sim
 

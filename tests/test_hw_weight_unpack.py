@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from llmfab.backend_hw.weight_unpack import WeightUnpacker, row_words
+from llmfab.backend_hw.engine.weight_unpack import WeightUnpacker, row_words
 from llmfab.ir.packing import MANT_FIELD_BITS, _fields, pack
 from llmfab.ir.quant import MANT_BITS, QuantizedWeight, QuantScheme, kept
 

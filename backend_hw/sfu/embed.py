@@ -11,7 +11,7 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .sfu_arith import rshr_var, sat
+from .arith import rshr_var, sat
 
 __all__ = ["CODE_BITS", "EmbedLanes"]
 

@@ -1,4 +1,4 @@
-"""Byte-level access to the on-chip buffers for the SFU instruction unit (backend_hw/sfu_unit.py).
+"""Byte-level access to the on-chip buffers for the SFU instruction unit (backend_hw/sfu/unit.py).
 
 Buffers are byte-addressed in the ISA but read and written a word (`Buffer.width_bits`) at a time,
 and operands need not be word-aligned (a quantized row is 4 + cols bytes). Two gearboxes:
@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.isa import BufferId
 
-from .dma import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
 
 __all__ = ["ByteWriter", "PieceFetcher", "slot_layout", "word_log", "write_layout"]
 

@@ -20,11 +20,11 @@ image at run time instead of through `init`, so one build serves every image).
 from __future__ import annotations
 
 from amaranth import *
-from amaranth.utils import exact_log2
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
-from .axi import AxiSignature, Burst
+from ..protocol.axi import AxiSignature, Burst
 
 __all__ = ["AxiRam"]
 

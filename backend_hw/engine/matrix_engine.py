@@ -32,7 +32,8 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.quant import kept
 from llmfab.ir.target import BufferName, DSPPrimitive, Target
 
-from .dsp_chain import DSPChain, Valid
+from ..protocol.valid import Valid
+from .dsp_chain import DSPChain
 from .requant import OUT_BITS, Requantizer, RowScale
 from .weight_unpack import WeightUnpacker
 

@@ -1,4 +1,4 @@
-"""The SFU instruction unit's cycles per instruction, derived from its RTL (backend_hw/sfu_unit.py):
+"""The SFU instruction unit's cycles per instruction, derived from its RTL (backend_hw/sfu/unit.py):
 from the cycle `SfuUnit` accepts a MISC instruction to the cycle its `done` pulses.
 
 `sfu_cycles(target, inst)` replays the unit's sequencer beat by beat (one beat = up to `lanes`
@@ -14,7 +14,7 @@ elements of one pass over one row) with the RTL's recurrences, in cycles after t
   S + w + 2 (`FETCH_RETURN`).
 - SFU: takes a beat at T_j = max(S_j + w_j + 2, T_{j-1} + 1, the SFU back in STREAM); after the
   last beat of a reduction pass the next pass's first beat is taken `pass_gap` cycles later
-  (sfu.py: SMAX 2; else 4 plus `RowScalars`' busy cycles, `SCALAR_CYCLES`,
+  (sfu/datapath.py: SMAX 2; else 4 plus `RowScalars`' busy cycles, `SCALAR_CYCLES`,
   `QUANT_SCALAR_CYCLES`). An output beat reaches the FIFO `SFU.LATENCY` cycles after T; COPY and
   EMBED beats skip the SFU and reach it at T. A beat is held while `OUT_DEPTH` results are
   between take and the writer (the writer is the bottleneck of one-pass functions, whose beats
@@ -37,9 +37,9 @@ from __future__ import annotations
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc
 from llmfab.ir.target import Target
 
-from .sfu import SFU, pass_gap
-from .sfu_scalars import PASSES, Pass
-from .sfu_unit import SfuUnit
+from .datapath import SFU, pass_gap
+from .scalars import PASSES, Pass
+from .unit import SfuUnit
 
 __all__ = ["sfu_cycles"]
 

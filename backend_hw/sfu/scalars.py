@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.isa import MiscFunc
 
-from .sfu_arith import SeqDivider, SeqSqrt, bit_length, rshr_var
+from .arith import SeqDivider, SeqSqrt, bit_length, rshr_var
 
 RECIP_BITS = 35        # softmax: 2 e 2^16 + Z < 2^35, so one correction step makes the quotient exact
 MAX_BITS = 48          # the max register: |x 2^8 - mu| < 2^40, softmax's empty-row max -2^40

@@ -11,11 +11,12 @@ _shr_sat(sum, 16, 32). An instruction whose rows * depth exceeds `hold` sets `er
 from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
+
 from llmfab.ir.isa import CONTINUE, HOLD, INST_BITS, BufferId, MiscFunc, Opcode
 
-from .controller import field
-from .dma import BufferPortSignature
-from .matrix_unit_io import ByteReader, int32_write, rshr64, shr_sat, wrap64
+from ..protocol.buffer_port import BufferPortSignature
+from ..protocol.isa_fields import field
+from .buffer_io import ByteReader, int32_write, rshr64, shr_sat, wrap64
 
 
 class AttnSequencer(wiring.Component):

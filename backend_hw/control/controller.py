@@ -17,25 +17,12 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.isa import FIELDS, HEADER, INST_BITS, LENGTH_FIELD, QUEUE_OF, Opcode, Queue, SysFunc, lookup_field
+from llmfab.ir.isa import FIELDS, INST_BITS, LENGTH_FIELD, QUEUE_OF, Opcode, Queue, SysFunc, lookup_field
 from llmfab.ir.target import Target
 
+from ..protocol.isa_fields import field, header
+
 QUEUE_NAMES = {Queue.LOAD: "load", Queue.MATRIX: "matrix", Queue.SFU: "sfu", Queue.STORE: "store"}
-_HEADER = {f.name: f for f in HEADER}
-
-
-def header(word: Value, name: str) -> Value:
-    """Header field `name` (op, wait, release, len_reg) of an instruction word."""
-    f = _HEADER[name]
-    return word[f.offset:f.offset + f.bits]
-
-
-def field(word: Value, op: Opcode, name: str) -> Value:
-    """Field `name` of opcode `op` in an instruction word, sliced where `FIELDS[op]` puts it."""
-    f = lookup_field(op, name)
-    v = word[f.offset:f.offset + f.bits]
-    return v.as_signed() if f.signed else v
-
 
 class Controller(wiring.Component):
     """Decodes and dispatches instructions; orders the queues with dependency tokens.

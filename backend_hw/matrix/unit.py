@@ -1,22 +1,23 @@
 """The matrix instruction unit: runs the matrix queue's MV, MM and ATTN words on the on-chip buffers.
 
 MV and MM go to the `MatrixEngine` of their weight format (fields `bits`, `sparsity` and the
-effective group min(group or k, k)) through `MatmulSequencer` (backend_hw/matrix_unit_mm.py);
-ATTN_QK / ATTN_PV run on `AttnSequencer`'s small datapath (backend_hw/matrix_unit_attn.py). Both
+effective group min(group or k, k)) through `MatmulSequencer` (backend_hw/matrix/mm.py);
+ATTN_QK / ATTN_PV run on `AttnSequencer`'s small datapath (backend_hw/matrix/attn.py). Both
 are bit-exact with simulator/functional.py (`_matrix`, `_misc`). One instruction at a time.
 """
 from amaranth import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from llmfab.ir.isa import INST_BITS, Group, MiscFunc, Opcode, Sparsity, WeightBits
 from llmfab.ir.target import Target
 
-from .controller import field, header
-from .dma import BufferPortSignature
-from .matrix_engine import MatrixEngine
-from .matrix_unit_attn import AttnSequencer
-from .matrix_unit_io import buffer_words
-from .matrix_unit_mm import OUT_SETS, MatmulSequencer
+from ..engine.matrix_engine import MatrixEngine
+from ..protocol.buffer_port import BufferPortSignature
+from ..protocol.isa_fields import field, header
+from .attn import AttnSequencer
+from .buffer_io import buffer_words
+from .mm import OUT_SETS, MatmulSequencer
 
 PORT_OUTS = ("buf", "addr", "re", "we", "be", "wdata")
 

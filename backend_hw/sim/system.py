@@ -26,11 +26,11 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.isa import QUEUE_OF, BufferId, Opcode, Program, Queue, SysFunc, encode, op_name
 from llmfab.ir.target import Target
 
-from .accelerator import DEFAULT_FORMATS, Accelerator
+from ..accelerator import DEFAULT_FORMATS, Accelerator
+from ..buffers import buffer_ids, data_width
+from ..protocol.buffer_port import BufferPortSignature
+from ..toolflow.verilator import SimRun, VerilatorError, VerilatorSim
 from .axi_ram import AxiRam
-from .buffers import buffer_ids, data_width
-from .dma import BufferPortSignature
-from .verilator import SimRun, VerilatorError, VerilatorSim
 
 __all__ = ["SimSystem", "SystemRun", "VerilatorSystem", "system_verilog"]
 

@@ -2,15 +2,16 @@
 of a chosen size out), int32 writes at any byte address, and numpy-exact shift arithmetic.
 
 Buffers have their own word widths (`Target.buffer(..).width_bits`); a port is as wide as the widest
-and narrower buffers use its low lanes (backend_hw/dma.py `BufferPortSignature`).
+and narrower buffers use its low lanes (backend_hw/dma/unit.py `BufferPortSignature`).
 """
 from amaranth import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from llmfab.ir.isa import BufferId
 from llmfab.ir.target import Target
 
-from .dma import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
 
 LEN_BITS = 21        # bytes of one read command
 

@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.quant import MANT_BITS
 
-from .dsp_chain import Valid
+from ..protocol.valid import Valid
 
 P_BITS = 32          # group partial sums: |P| <= 127 * 127 * K < 2^31
 MX_BITS = 15         # activation scale mantissa m < 2^15 (docs/integer.md)

@@ -15,8 +15,8 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.isa import INST_BITS, BufferId
 from llmfab.ir.target import BufferName, Target
 
-from .buffers import data_width
-from .dma import BufferPortSignature
+from ..buffers import data_width
+from ..protocol.buffer_port import BufferPortSignature
 
 
 def fetch_cycles(target: Target) -> int:

@@ -6,7 +6,7 @@
     stage 1  LayerNorm's x 2^8 - mu, the norm shift Xs = rshr(X, s), |X|, the table address
     stage 2  the function (or the pass's reduction), saturation; registered into `o`
 
-A function runs over a row in the passes `PASSES[func]` (sfu_scalars.py): the row is streamed in
+A function runs over a row in the passes `PASSES[func]` (sfu/scalars.py): the row is streamed in
 once per pass (`cols` elements, `ceil(cols / lanes)` beats, the last beat's extra lanes ignored),
 and only the last pass (`Pass.OUT`) emits results. Between passes `i.ready` is low while the
 pipeline drains and `RowScalars` computes the next pass's scalars. `o` has no backpressure: a
@@ -36,10 +36,9 @@ from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.isa import MiscFunc
 
-from .sfu_arith import rshr, rshr_var, sat
-from .sfu_lut import LutEval, Table
-from .sfu_scalars import (MAX_BITS, PASSES, QUANT_SCALAR_CYCLES, RECIP_BITS, SCALAR_CYCLES, SUM_BITS, Pass,
-                          RowScalars)
+from .arith import rshr, rshr_var, sat
+from .lut import LutEval, Table
+from .scalars import MAX_BITS, PASSES, QUANT_SCALAR_CYCLES, RECIP_BITS, SCALAR_CYCLES, SUM_BITS, Pass, RowScalars
 
 __all__ = ["FUNCS", "PASSES", "SFU", "Pass", "pass_gap"]
 

@@ -26,21 +26,9 @@ from llmfab.ir.isa import FIELDS, INST_BITS, BufferId, Opcode
 from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
-from .axi import AxiSignature, Burst
-from .controller import field, header
-
-BUF_ADDR_BITS = 24   # buffer byte addresses in the ISA
-
-
-class BufferPortSignature(wiring.Signature):
-    """A byte-enabled buffer port, from the DMA's side: `buf` selects the buffer (BufferId),
-    `addr` is a word address in that buffer's words (`Buffer.width_bits` each; narrower buffers use
-    the low lanes of `wdata`/`rdata`), `rdata` is valid the cycle after `re`."""
-
-    def __init__(self, data_width: int, addr_width: int = BUF_ADDR_BITS):
-        self.data_width, self.addr_width = data_width, addr_width
-        super().__init__({"buf": Out(3), "addr": Out(addr_width), "re": Out(1), "we": Out(1),
-                          "be": Out(data_width // 8), "wdata": Out(data_width), "rdata": In(data_width)})
+from ..protocol.axi import AxiSignature, Burst
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.isa_fields import field, header
 
 
 def _log2(n: int) -> int:

@@ -31,13 +31,14 @@ from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
+
 from llmfab.ir.isa import INST_BITS, BufferId, Opcode
 from llmfab.ir.packing import MANT_FIELD_BITS
 
-from .controller import field, header
-from .dma import BufferPortSignature
-from .matrix_engine import MatrixEngine
-from .matrix_unit_io import ByteReader, int32_write
+from ..engine.matrix_engine import MatrixEngine
+from ..protocol.buffer_port import BufferPortSignature
+from ..protocol.isa_fields import field, header
+from .buffer_io import ByteReader, int32_write
 
 STREAMS = ("codes", "idx", "mant")
 FIFO_DEPTH = 3

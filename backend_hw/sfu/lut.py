@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.integer import Lut, act_table
 
-from .sfu_arith import rshr
+from .arith import rshr
 
 U_BITS = 44           # u = x - lo * 2^16 for |x| < 2^42 (softmax's d = s - max with an empty row)
 

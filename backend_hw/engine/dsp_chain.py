@@ -22,22 +22,16 @@ import math
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+
 from llmfab.ir.quant import BITS, PATTERNS
 from llmfab.ir.target import ACT_BITS, DSPPrimitive
 
+from ..protocol.valid import Valid
 from .dsp48e2 import LATENCY as DSP_LATENCY
 from .dsp48e2 import OPMODE_M, OPMODE_PCIN, DSP48E2Model, dsp48e2_instance
 
 SUM_BITS = 32
 _PRIMITIVES = (DSPPrimitive.BEHAVIOURAL, DSPPrimitive.DSP48E2)
-
-
-class Valid(wiring.Signature):
-    """A payload qualified by `valid`, without `ready`: the chain never stalls, so a stream's
-    ready would be a constant (and constants cannot be Verilog ports)."""
-
-    def __init__(self, layout):
-        super().__init__({"valid": Out(1), "payload": Out(layout)})
 
 
 def _is_pow2(x) -> bool:

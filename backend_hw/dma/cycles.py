@@ -1,9 +1,9 @@
-"""The cycles of one LD or ST on the DMA (`backend_hw/dma.py`) against `AxiRam`, the RTL memory of
+"""The cycles of one LD or ST on the DMA (`backend_hw/dma/unit.py`) against `AxiRam`, the RTL memory of
 the whole-system simulation: from the cycle the DMA accepts the instruction to the cycle `done` pulses.
 
 The DMA is three machines coupled by handshakes, and its time is where they meet, so
-`dma_cycles` steps exactly those machines one cycle at a time (state for state as dma.py and
-axi_ram.py write them; no table of measurements):
+`dma_cycles` steps exactly those machines one cycle at a time (state for state as dma/unit.py and
+sim/axi_ram.py write them; no table of measurements):
 
 - the slice generator: accept (1 cycle), then per row ROW (1) [+ ID (1) when indirect: the row id is
   read from the buffer, and that read takes the buffer port from the data side for one cycle], then one
@@ -42,17 +42,17 @@ from llmfab.ir.target import Target
 
 __all__ = ["AXI_RAM_READ_LATENCY", "AXI_RAM_WRITE_LATENCY", "FIFO_DEPTH", "dma_cycles"]
 
-# AxiRam (axi_ram.py): AR handshake -> `rleft` registered -> the read port's registered data: the
+# AxiRam (sim/axi_ram.py): AR handshake -> `rleft` registered -> the read port's registered data: the
 # first R beat is valid two cycles after AR.
 AXI_RAM_READ_LATENCY = 2
 # AxiRam: `bvalid` is registered on the WLAST beat: B is valid one cycle after WLAST.
 AXI_RAM_WRITE_LATENCY = 1
-# dma.py: `fifo_a` / `fifo_d`, the slice descriptors between the generator and the two sides.
+# dma/unit.py: `fifo_a` / `fifo_d`, the slice descriptors between the generator and the two sides.
 FIFO_DEPTH = 4
 
 
 def _gearbox_bytes(beat: int, max_word: int) -> int:
-    """dma.py's CAP: room for a word in, a word out and slack (beat and widest buffer word)."""
+    """dma/unit.py's CAP: room for a word in, a word out and slack (beat and widest buffer word)."""
     return 2 * (beat + max_word)
 
 

@@ -42,10 +42,10 @@ from llmfab.ir.packing import MANT_FIELD_BITS
 from llmfab.ir.quant import kept as kept_of
 from llmfab.ir.target import Target
 
-from .dsp48e2 import LATENCY as DSP_LATENCY
-from .matrix_unit_io import buffer_words
-from .matrix_unit_mm import FIFO_DEPTH, OUT_SETS, STREAMS
-from .requant import Requantizer
+from ..engine.dsp48e2 import LATENCY as DSP_LATENCY
+from ..engine.requant import Requantizer
+from .buffer_io import buffer_words
+from .mm import FIFO_DEPTH, OUT_SETS, STREAMS
 
 # States that are always one cycle each (their names in the sequencers' FSMs).
 MM_ENTRY = 3            # SETUP, CHECK, FINISH

@@ -1,5 +1,5 @@
 """The SFU instruction unit: executes MISC instructions on the on-chip buffers, exactly as
-`simulator.functional._misc` (docs/isa.md MISC), around the `SFU` datapath (backend_hw/sfu.py).
+`simulator.functional._misc` (docs/isa.md MISC), around the `SFU` datapath (backend_hw/sfu/datapath.py).
 
 Per instruction, rows one after the other; per row, the passes `PASSES[func]` of the SFU; per
 pass, beats of `lanes` elements. For each beat the unit fetches the operands (a, b, c, d of the
@@ -16,7 +16,7 @@ to the output), and writes the results through the third port:
 | EMBED | the beat's packed codes | the group's mantissa, the row's shift |
 
 Reduction passes fetch only `a`. EMBED beats end at scale-group boundaries (one mantissa a beat).
-Operands and results may sit at any byte address (sfu_unit_ports.py gearboxes).
+Operands and results may sit at any byte address (sfu/ports.py gearboxes).
 
 Passes that read only `a` (every reduction pass; the output pass of QUANT_ROWS, SOFTMAX, RELU,
 SILU, GELU, GELU_TANH) read half of its words through `src2` (the buffers give every port its own
@@ -28,7 +28,7 @@ word returns 1 cycle after its read and the beat is written into `ifo`, where up
 issued beats wait for the SFU (they keep the fetch going through the hand-over, the SFU's pass
 gaps and the next rows). The SFU takes a beat a cycle while it streams, and adds its scalar
 cycles between passes (`SFU.row_cycles`, `pass_gap`); the writer writes a word a cycle. `done`
-pulses once the last result word is written. backend_hw/sfu_cycles.py counts it exactly.
+pulses once the last result word is written. backend_hw/sfu/cycles.py counts it exactly.
 ROPE needs `depth` even, and `depth` a multiple of `lanes` unless `cols == depth` (the SFU's
 head counter). ATTN_QK, ATTN_PV (the matrix engine's) and unknown functions complete at once.
 """
@@ -42,12 +42,12 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.isa import BROADCAST, CAUSAL, INST_BITS, BufferId, MiscFunc, Opcode
 from llmfab.ir.target import Target
 
-from .controller import field
-from .dma import BUF_ADDR_BITS, BufferPortSignature
-from .sfu import PASSES, SFU
-from .sfu_arith import SeqDivider
-from .sfu_unit_embed import EmbedLanes
-from .sfu_unit_ports import ByteWriter, PieceFetcher, word_log, write_layout
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.isa_fields import field
+from .arith import SeqDivider
+from .datapath import PASSES, SFU
+from .embed import EmbedLanes
+from .ports import ByteWriter, PieceFetcher, word_log, write_layout
 
 __all__ = ["SfuUnit"]
 

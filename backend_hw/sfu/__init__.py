@@ -1,0 +1,8 @@
+"""The special-function unit: the fixed-point datapath (`datapath.py` with `arith.py`, `lut.py`,
+`scalars.py`), the instruction unit that runs MISC on the buffers (`unit.py` with `ports.py`,
+`embed.py`), and its cycle formula (`cycles.py`)."""
+from .cycles import sfu_cycles
+from .datapath import FUNCS, PASSES, SFU
+from .unit import SfuUnit
+
+__all__ = ["FUNCS", "PASSES", "SFU", "SfuUnit", "sfu_cycles"]
