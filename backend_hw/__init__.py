@@ -18,7 +18,9 @@ _WHERE = {"Accelerator": "accelerator", "DEFAULT_FORMATS": "accelerator", "build
           "formats_of": "accelerator", "BufferBank": "buffers", "SerialShell": "serial_shell",
           "RtlUnits": "cycle_model"}
 
-__all__ = sorted(_WHERE)
+PARTS = ("accelerator", "engine")   # the tops `llmfab rtl --part` writes (accelerator.build_top)
+
+__all__ = sorted(_WHERE) + ["PARTS"]
 
 
 def __getattr__(name: str):

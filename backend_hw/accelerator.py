@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 from llmfab.ir.isa import BufferId, Opcode, Program, Queue
 from llmfab.ir.target import Target
 
+from . import PARTS
 from .buffers import BufferBank, data_width
 from .control.controller import Controller
 from .control.fetch import FetchUnit
@@ -112,7 +113,6 @@ class Accelerator(wiring.Component):
         return m
 
 
-PARTS = ("accelerator", "engine")
 
 
 def build_top(target: Target, formats=DEFAULT_FORMATS, part: str = "accelerator") -> dict[str, wiring.Component]:
@@ -128,4 +128,4 @@ def build_top(target: Target, formats=DEFAULT_FORMATS, part: str = "accelerator"
     raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
 
 
-__all__ = ["Accelerator", "DEFAULT_FORMATS", "PARTS", "build_top", "formats_of"]
+__all__ = ["Accelerator", "DEFAULT_FORMATS", "build_top", "formats_of"]

@@ -31,9 +31,18 @@ def _write_atomic(path: Path, write) -> None:
 
 def cmd_inspect(args) -> int:
     from llmfab.flow import leftover_primitives, load_model
+    from llmfab.passes.pass_base import PipelineReport
     from llmfab.passes.summary import format_summary, summarize
 
-    g = load_model(args.model, seq_len=args.seq_len, past_len=args.past_len)
+    report = PipelineReport(print_between=args.print_between_passes)
+    g = load_model(args.model, seq_len=args.seq_len, past_len=args.past_len, passes=args.passes, report=report)
+    if report.printed:
+        print("".join(report.printed), end="")
+    if args.time_passes:
+        width = max(map(len, report.seconds), default=4)
+        for name, sec in report.seconds.items():
+            print(f"{name:{width}s} {sec * 1e3:9.2f} ms", file=sys.stderr)
+        print(f"{'total':{width}s} {sum(report.seconds.values()) * 1e3:9.2f} ms", file=sys.stderr)
     s = summarize(g)
     left = leftover_primitives(g)
     if args.json:
@@ -138,13 +147,14 @@ def cmd_compile(args) -> int:
 
 
 def _format(f) -> str:
+    from llmfab.ir.quant import NM
     bits, pattern, group = f
-    return f"int{bits}" + (f" {pattern[0]}:{pattern[1]}" if pattern else "") + f" g{group}"
+    return f"int{bits}" + (f" {NM(*pattern)}" if pattern else "") + f" g{group}"
 
 
 def cmd_simulate(args) -> int:
-    from llmfab.timing import simulate_build
     from llmfab.simulator.run import format_report
+    from llmfab.timing import simulate_build
 
     r = simulate_build(args.build, args.prefill, args.decode, model=args.model, trace=args.trace)
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else format_report(r), end="\n" if args.json else "")
@@ -248,6 +258,8 @@ def cmd_synth(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llmfab.backend_hw import PARTS  # light: names only, no Amaranth
+    from llmfab.backend_hw.toolflow.synth import FLOWS
     p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -257,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--past-len", type=int, default=0, help="tokens already in the KV cache (default 0)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--print-ir", action="store_true", help="also print the fused graph")
+    i.add_argument("--passes", metavar="P1,P2{opt=v},...", default=None,
+                   help="the pass pipeline to run after import instead of the default fusion; an unknown "
+                   "name lists the registry (llmfab.passes.PASSES)")
+    i.add_argument("--print-between-passes", action="store_true", help="print the graph after each pass")
+    i.add_argument("--time-passes", action="store_true", help="print each pass's time (to stderr)")
     i.set_defaults(func=cmd_inspect)
 
     q = sub.add_parser("quantize", help="quantize a model by a policy and measure the result")
@@ -332,14 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     hr = sub.add_parser("rtl", help="write the accelerator's Verilog, Vivado script and FuseSoC core (no model)")
     hr.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small) or a YAML file")
     hr.add_argument("-o", "--out", required=True, help="the folder to write (replaced only if it holds an earlier output)")
-    hr.add_argument("--part", choices=["accelerator", "engine"], default="accelerator",
+    hr.add_argument("--part", choices=PARTS, default="accelerator",
                     help="the whole accelerator (default) or the matrix engine alone behind a serial shell "
                          "(small packages: make bitstream)")
     hr.set_defaults(func=cmd_rtl)
 
     hs = sub.add_parser("synth", help="synthesize RTL: Yosys cell counts (xilinx, xc7) or an ECP5 bitstream (ecp5)")
     hs.add_argument("build", help="a folder written by `llmfab rtl` (or a BUILD folder holding one)")
-    hs.add_argument("--flow", required=True, choices=["xilinx", "xc7", "ecp5"],
+    hs.add_argument("--flow", required=True, choices=FLOWS,
                     help="xilinx: synth_xilinx -family xcup; xc7: -family xc7; ecp5: synth_ecp5 + nextpnr-ecp5 + ecppack")
     hs.add_argument("--json", action="store_true", help="print one JSON object")
     hs.set_defaults(func=cmd_synth)

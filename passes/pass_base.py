@@ -86,6 +86,7 @@ def parse_pipeline(spec: str, registry: dict[str, type[Pass]]) -> list[Pass]:
 class PipelineReport:
     seconds: dict[str, float] = field(default_factory=dict)
     printed: list[str] = field(default_factory=list)
+    print_between: bool = False       # asked of a caller that passes a report in (llmfab.flow.load_model)
 
 
 def run_pipeline(graph: Graph, passes: list[Pass], *, verify_each: bool = True,

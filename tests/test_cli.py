@@ -91,3 +91,19 @@ def test_disasm_round_trips_a_program_file(tmp_path):
     f.write_bytes(b"junk" * 10)
     bad = llmfab("disasm", f, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith(f"llmfab: error: {f}: not an llmfab program")
+
+
+def test_inspect_runs_a_chosen_pipeline_and_prints_and_times_it():
+    """`--passes` replaces the fusion pipeline (xdsl-opt style), `--print-between-passes` prints the
+    graph after each pass, `--time-passes` times each on stderr; an unknown pass lists the registry."""
+    f = FIXTURES / "llama_ts_op14.onnx"
+    partial = json.loads(llmfab("inspect", f, "--json", "--seq-len", "4", "--passes", "fuse-linear,cleanup").stdout)
+    assert partial["unfused"] and partial["ops"].get("attention", 0) == 0     # fusion stopped early
+    p = llmfab("inspect", f, "--seq-len", "4", "--passes", "fuse-linear,fuse-norm", "--print-between-passes",
+               "--time-passes")
+    assert p.stdout.index("// after fuse-linear\n") < p.stdout.index("// after fuse-norm\n")
+    assert "rms_norm(" not in p.stdout.split("// after fuse-norm")[0] and "rms_norm(" in p.stdout
+    names = [line.split()[0] for line in p.stderr.splitlines() if line.endswith(" ms")]
+    assert names == ["fuse-linear", "fuse-norm", "total"]
+    bad = llmfab("inspect", f, "--passes", "fuse-everything", check=False)
+    assert bad.returncode != 0 and "unknown pass 'fuse-everything'; known passes: annotate," in bad.stderr
