@@ -24,7 +24,7 @@ from .protocol.buffer_port import BufferPortSignature
 
 def buffer_ids(target: Target) -> dict[BufferId, tuple[int, int]]:
     """BufferId -> (bytes, width_bits) for the buffers the target has."""
-    return {BufferId[b.name.value.upper()]: (b.bytes, b.width_bits) for b in target.buffers}
+    return {b.id: (b.bytes, b.width_bits) for b in target.buffers}
 
 
 def data_width(target: Target) -> int:

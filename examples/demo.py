@@ -104,7 +104,7 @@ def main() -> int:
     from llmfab.ir.target import load_target
     from llmfab.simulator.functional import Machine
     t = load_target("u280")
-    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
+    bufs = t.buffer_bytes
     machine = Machine.create([d for _, d in c.images], max(c.layout.used), bufs)
     prompt = np.array(PROMPT)
     machine.write(BufferId.ACT, 0, prompt.astype("<i4").tobytes())
@@ -165,8 +165,8 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
     from llmfab.compile import compile_model
     from llmfab.ir.isa import BufferId, Program
     from llmfab.ir.target import load_target
-    from llmfab.simulator.functional import Machine
     from llmfab.simulator import DesignUnits, schedule
+    from llmfab.simulator.functional import Machine
 
     print("== the accelerator RTL (Amaranth -> Verilog) for sim-small runs one decode step in Verilator")
     if shutil.which("verilator") is None:
@@ -179,7 +179,7 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
         e = next(e for e in c.manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= n <= e["bucket"][1])
         return Program.from_bytes(dict(c.programs)[e["file"]])
     dec = prog("decode", len(prompt) + 1)
-    m = Machine.create([d for _, d in c.images], max(c.layout.used), {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers})
+    m = Machine.create([d for _, d in c.images], max(c.layout.used), t.buffer_bytes)
     m.write(BufferId.ACT, 0, np.array(prompt, "<i4").tobytes())
     m.run(prog("prefill", len(prompt)), len(prompt))
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())

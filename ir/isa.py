@@ -128,6 +128,15 @@ class SysFunc(IntEnum):
     END = 3
 
 
+ROW_SCALE_BYTES = 4   # a quantized int8 row (QUANT_ROWS' output, MV/MM activations, K/V cache rows)
+                      # is its int32 scale then its codes
+
+
+def quant_row_bytes(cols: int) -> int:
+    """Bytes of one quantized row of `cols` int8 codes: the scale record, then the codes."""
+    return ROW_SCALE_BYTES + cols
+
+
 BROADCAST = 1   # MISC flag of ADD, MUL: src2 is one row, combined with every row of src
 CAUSAL = 1      # MISC flag of SOFTMAX: key t takes part in row r iff t <= (r mod period) + imm
 CONTINUE = 1    # ATTN flag of ATTN_PV: start from the engine's held sums instead of zero

@@ -11,16 +11,43 @@ Stored, that is 16 bits per group plus 8 bits per row; indices cost log2(M) bits
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from .dtypes import DType
 from .tensor_data import TensorData
 
+
+class NM(NamedTuple):
+    """An N:M sparsity pattern: `n` weights kept in every `m` consecutive ones along K. A tuple,
+    so `(2, 4)` and `NM(2, 4)` are equal; printed and parsed as "n:m"."""
+    n: int
+    m: int
+
+    @classmethod
+    def parse(cls, text: str) -> NM | None:
+        """ "n:m" (spaces allowed) -> NM; anything else -> None (the caller names what it read)."""
+        found = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text) if isinstance(text, str) else None
+        return cls(int(found[1]), int(found[2])) if found else None
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    def kept(self, k: int) -> int:
+        return k * self.n // self.m
+
+    @property
+    def index_bits(self) -> int:
+        """Bits of one kept weight's position in its block."""
+        return int(math.ceil(math.log2(self.m)))
+
+
 BITS = (2, 3, 4, 8)
 GROUPS = (0, 32, 64, 128)             # 0: one group per output row (per-channel)
-PATTERNS = ((2, 4), (1, 4), (4, 8), (2, 8))
+PATTERNS = (NM(2, 4), NM(1, 4), NM(4, 8), NM(2, 8))
 MANT_BITS = 15                        # scale mantissas are unsigned 15-bit: [0, 2^15)
 SCALE_BITS_PER_GROUP = 16             # storage of one mantissa
 SHIFT_BITS_PER_ROW = 8
@@ -32,7 +59,7 @@ class QuantError(ValueError):
 
 def kept(k: int, pattern: tuple[int, int] | None) -> int:
     """Weights kept of `k` along K under an N:M pattern (all of them when dense)."""
-    return k if pattern is None else k * pattern[0] // pattern[1]
+    return k if pattern is None else NM(*pattern).kept(k)
 
 
 @dataclass(frozen=True)
@@ -47,7 +74,7 @@ class QuantScheme:
         if self.group not in GROUPS:
             raise QuantError(f"group must be one of {GROUPS} (0 = per output channel), not {self.group!r}")
         if self.sparsity is not None and tuple(self.sparsity) not in PATTERNS:
-            raise QuantError(f"sparsity must be one of {[f'{n}:{m}' for n, m in PATTERNS]}, not {self.sparsity!r}")
+            raise QuantError(f"sparsity must be one of {[str(p) for p in PATTERNS]}, not {self.sparsity!r}")
 
     @property
     def qmax(self) -> int:
@@ -66,7 +93,7 @@ class QuantScheme:
         return 1.0 if self.sparsity is None else self.sparsity[0] / self.sparsity[1]
 
     def index_bits(self) -> int:
-        return 0 if self.sparsity is None else int(math.ceil(math.log2(self.sparsity[1])))
+        return 0 if self.sparsity is None else NM(*self.sparsity).index_bits
 
     def storage_bits(self, n: int, k: int) -> int:
         """Exact bits of an [n, k] weight: codes, indices, scale mantissas and row shifts."""
@@ -80,7 +107,7 @@ class QuantScheme:
 
     def __str__(self) -> str:
         g = "ch" if self.group == 0 else f"g{self.group}"
-        s = f"-{self.sparsity[0]}:{self.sparsity[1]}" if self.sparsity else ""
+        s = f"-{NM(*self.sparsity)}" if self.sparsity else ""
         return f"int{self.bits}-{g}{s}"
 
 

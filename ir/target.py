@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from .quant import BITS, PATTERNS
+from .isa import BufferId
+from .quant import BITS, NM, PATTERNS
 
 BRAM36_KB = 4.5      # KiB in one Xilinx BRAM36 (36 Kbit)
 URAM_KB = 36.0       # KiB in one Xilinx UltraRAM (288 Kbit)
@@ -154,6 +155,16 @@ class Buffer:
     def kb(self) -> float:
         return self.bytes / 1024
 
+    @property
+    def id(self) -> BufferId:
+        """The ISA's number for this buffer (instruction fields `buf`, `src_buf`, ...)."""
+        return BufferId[self.name.name]
+
+    @property
+    def word_bytes(self) -> int:
+        """Bytes one bank reads or writes per cycle."""
+        return self.width_bits // 8
+
 
 @dataclass(frozen=True)
 class Memory:
@@ -167,6 +178,11 @@ class Memory:
     port_clock_mhz: float   # memory-side clock of each port
     burst_setup_ns: float = 20.0   # per AXI burst: address phase and turnaround (design model)
     dma_issue_cycles: int = 4      # a DMA descriptor's issue time, kernel cycles (design model)
+
+    @property
+    def beat_bytes(self) -> int:
+        """Bytes of one AXI data beat on a port."""
+        return self.port_width_bits // 8
 
     @property
     def port_gbps(self) -> float:
@@ -234,6 +250,16 @@ class Target:
         return next(b for b in self.buffers if b.name is name)
 
     @property
+    def buffer_bytes(self) -> dict[BufferId, int]:
+        """Each buffer's size, keyed by the ISA's buffer number."""
+        return {b.id: b.bytes for b in self.buffers}
+
+    @property
+    def word_bytes(self) -> dict[BufferId, int]:
+        """Each buffer's word (bytes per bank access), keyed by the ISA's buffer number."""
+        return {b.id: b.word_bytes for b in self.buffers}
+
+    @property
     def dsp_used(self) -> int:
         return self.engine.dsp_used
 
@@ -254,8 +280,8 @@ class Target:
                               f"(engine.weight_bits: {_join(self.engine.weight_bits)})")
         nm = _pattern(sparsity)
         if nm is not None and nm not in self.engine.sparsity:
-            have = _join(_nm(p) for p in self.engine.sparsity) or "none"
-            raise TargetError(f"{self.source}: the engine does not run {_nm(nm)} sparsity "
+            have = _join(str(NM(*p)) for p in self.engine.sparsity) or "none"
+            raise TargetError(f"{self.source}: the engine does not run {NM(*nm)} sparsity "
                               f"(engine.sparsity: {have})")
 
     def weights_per_cycle(self, bits: int, sparsity: tuple[int, int] | str | None = None) -> float:
@@ -354,7 +380,7 @@ def format_targets(targets: list[Target]) -> str:
     rows = [head]
     for t in targets:
         e, d, m = t.engine, t.device, t.memory
-        nm = " ".join(_nm(p) for p in e.sparsity) or "dense"
+        nm = " ".join(str(NM(*p)) for p in e.sparsity) or "dense"
         rows.append((t.name, d.part, f"{_num(t.clock_mhz)} MHz", f"{e.n_chains} x {e.chain_len}",
                      f"{t.dsp_used}/{d.dsp} ({100 * t.dsp_used / d.dsp:.0f}%)",
                      f"{m.kind.value} {_num(round(m.bandwidth_gbps, 2))} ({_num(round(m.peak_gbps, 2))})",
@@ -374,16 +400,12 @@ def _pattern(p: tuple[int, int] | str | None) -> tuple[int, int] | None:
     if p is None:
         return None
     if isinstance(p, str):
-        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", p)
-        if m:
-            return int(m[1]), int(m[2])
+        nm = NM.parse(p)
+        if nm:
+            return tuple(nm)
     elif isinstance(p, tuple) and len(p) == 2 and all(_is_int(x) for x in p):
         return p
     raise TargetError(f"a sparsity pattern must be None, (n, m) or \"n:m\", not {p!r}")
-
-
-def _nm(p: tuple[int, int]) -> str:
-    return f"{p[0]}:{p[1]}"
 
 
 def _join(items) -> str:
@@ -430,7 +452,7 @@ ENGINE_FIELDS = {
     "chain_len": "a positive power of two",
     "mac_bits": f"{ACT_BITS} (int8 activations)",
     "weight_bits": f"a non-empty list of weight widths from {', '.join(map(str, BITS))}",
-    "sparsity": f"a list of quoted N:M patterns from {', '.join(_nm(p) for p in PATTERNS)}",
+    "sparsity": f"a list of quoted N:M patterns from {', '.join(str(p) for p in PATTERNS)}",
     "operand_packing": "1 or 2",
     "pipeline_depth": "a positive int (cycles)",
     "dsp_per_mac": "a positive int",
@@ -494,7 +516,7 @@ def _engine(s: _Section, device: Device) -> Engine:
             hint = (" (YAML reads an unquoted N:M as a base-60 number: write \"2:4\")"
                     if _is_int(p) else "")
             raise TargetError(f"{s.src}: engine.sparsity[{i}] must be one of "
-                              f"{', '.join(_nm(q) for q in PATTERNS)}, not {p!r}{hint}")
+                              f"{', '.join(str(q) for q in PATTERNS)}, not {p!r}{hint}")
         patterns.append(nm)
     for what, seq in (("weight_bits", bits), ("sparsity", patterns)):
         if len(set(seq)) != len(seq):

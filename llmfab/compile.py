@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmfab.ir import OpKind
-from llmfab.ir.isa import BufferId, encode
-from llmfab.ir.quant import QuantError
+from llmfab.ir.isa import encode, quant_row_bytes
+from llmfab.ir.quant import NM, QuantError
 from llmfab.ir.target import Target, load_target
 from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
@@ -51,7 +51,7 @@ def _check_formats(g, target: Target, plans) -> None:
         if s.bits not in target.engine.weight_bits or (s.sparsity and tuple(s.sparsity) not in target.engine.sparsity):
             raise CompileError(f"target {target.name} does not run {s} weights ({const}); it supports "
                                f"bits {list(target.engine.weight_bits)} and N:M "
-                               f"{[f'{n}:{m}' for n, m in target.engine.sparsity]}")
+                               f"{[str(NM(*p)) for p in target.engine.sparsity]}")
 
 
 def _program_bytes(lowered: list[Lowered]) -> list[tuple[Lowered, bytes]]:
@@ -96,13 +96,13 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     capacity = int(tgt.memory.capacity_gb * 1e9) // tgt.memory.channels
     attn = [n for n in g.nodes() if n.op is OpKind.ATTENTION]
     dh = g.node(attn[0].inputs[1]).type.shape[-1] if attn else 1
-    kv_keys = (bufs["kv"] // 2) // (4 + dh)
+    kv_keys = (bufs["kv"] // 2) // quant_row_bytes(dh)
     if kv_keys < 1:
         raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
-                           f"of {4 + dh} bytes")
+                           f"of {quant_row_bytes(dh)} bytes")
     if decode_step is not None and decode_step > kv_keys:
         raise CompileError(f"--decode-step {decode_step} needs KV tiles of {decode_step} keys; half the KV buffer "
-                           f"of {tgt.name} holds {kv_keys} keys of {4 + dh} bytes")
+                           f"of {tgt.name} holds {kv_keys} keys of {quant_row_bytes(dh)} bytes")
     d_step = decode_step or min(max_len, kv_keys)
     try:
         lay = place(g, channels=tgt.memory.channels, channel_capacity=capacity, chain_rows=tgt.engine.n_chains,
@@ -124,7 +124,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         dec = [lower_bucket(g, lay, eng, b) for b in all_buckets if b.stage is Stage.DECODE]
     except LayoutError as e:
         raise CompileError(str(e)) from None
-    limits = Limits({BufferId[k.upper()]: v for k, v in bufs.items()}, tgt.memory.channels, capacity)
+    limits = Limits(tgt.buffer_bytes, tgt.memory.channels, capacity)
     try:
         for low in dec:
             check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=tgt.controller.token_counter_max)

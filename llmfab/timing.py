@@ -19,8 +19,8 @@ def _design_units(build: Build):
 
 
 def _rtl_units(build: Build):
-    from llmfab.backend_hw.cycle_model import RtlUnits
     from llmfab.backend_hw.accelerator import formats_of
+    from llmfab.backend_hw.cycle_model import RtlUnits
     return RtlUnits(build.target, formats_of(build.programs()))
 
 

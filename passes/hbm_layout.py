@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmfab.ir import Graph, OpKind
+from llmfab.ir.isa import quant_row_bytes
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight, kept
 
@@ -174,8 +175,9 @@ def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, ti
     for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
         kt = g.node(a.inputs[1]).type
         hkv, dh = kt.shape[1], kt.shape[3]
-        c = kv_channels(4 + dh, channels)
-        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(4 + dh, padded, c, group=h), lay.alloc(4 + dh, padded, c, group=h))
+        row = quant_row_bytes(dh)
+        c = kv_channels(row, channels)
+        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(row, padded, c, group=h), lay.alloc(row, padded, c, group=h))
                                  for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
     lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels, 1.0))  # a row per prompt position, unpadded

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmfab.ir import Graph, InputRole, OpKind
-from llmfab.ir.isa import (CAUSAL, CONTINUE, HOLD, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program,
-                           SysFunc, lookup_field, make, weight_fields)
+from llmfab.ir.isa import (CAUSAL, CONTINUE, HOLD, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc,
+                           lookup_field, make, quant_row_bytes, weight_fields)
 from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
@@ -32,8 +32,10 @@ from .buckets import Bucket, Stage
 from .hbm_layout import HbmLayout, LayoutError
 from .tokens import TokenTracker
 
-LOAD, MATRIX, SFU, STORE = 0, 1, 2, 3
-QUEUE_OF = {op: int(q).bit_length() - 1 for op, q in ISA_QUEUE_OF.items() if q is not None}  # ISA queue -> index
+# the token tracker's queue index of each opcode: the bit of its ISA queue. SYS has none; it is
+# recorded under MISC's index with no regions, so it orders nothing and waits for nothing.
+QUEUE_INDEX = {op: int(q).bit_length() - 1 for op, q in ISA_QUEUE_OF.items() if q is not None}
+QUEUE_INDEX[Opcode.SYS] = QUEUE_INDEX[Opcode.MISC]
 ACT, SCRATCH, KV, WEIGHT = BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT
 IDS_ADDR = 0      # the host writes the step's token ids (int32, one per row) at the start of the act buffer
 
@@ -129,7 +131,7 @@ class Lowerer:
             alloc = {"act": self.act, "scratch": self.scratch}.get(w[0])
             if alloc is not None and w[1] in alloc.reused:
                 writes += [(w[0], k) for k in alloc.reused.pop(w[1])]
-        self.tokens.add(QUEUE_OF.get(op, SFU), reads, writes)
+        self.tokens.add(QUEUE_INDEX[op], reads, writes)
         self.ops.append((op, fields, len_field))
 
     def next_half(self, buf: str) -> tuple[int, tuple]:
@@ -350,11 +352,11 @@ def _embedding(lw: Lowerer, node) -> None:
 
 
 def _quant_rows(lw: Lowerer, src: str, key, rows: int, cols: int, offset: int = 0, pitch: int = 0) -> int:
-    """Quantize `rows` rows into scratch, `pitch` bytes apart (0: the natural 4 + cols)."""
-    at = lw.scratch.alloc(key, rows * (pitch or cols + 4), f"int8 rows of {src!r}")
+    """Quantize `rows` rows into scratch, `pitch` bytes apart (0: the natural `quant_row_bytes(cols)`)."""
+    at = lw.scratch.alloc(key, rows * (pitch or quant_row_bytes(cols)), f"int8 rows of {src!r}")
     lw.emit(Opcode.MISC, [("act", lw.key(src))], [("scratch", key)], func=MiscFunc.QUANT_ROWS, rows=rows, cols=cols,
             src_buf=ACT, src_addr=lw.addr(src) + offset, dst_buf=SCRATCH, dst_addr=at,
-            dst_stride=pitch if pitch != cols + 4 else 0)
+            dst_stride=pitch if pitch != quant_row_bytes(cols) else 0)
     return at
 
 
@@ -404,7 +406,7 @@ def _attention(lw: Lowerer, node) -> None:
     rep = a.num_heads // a.num_kv_heads
     decode = lw.bucket.stage is Stage.DECODE
     qrow = heads_kv[0].k.row_bytes                      # 4 + dh, padded to whole bytes per HBM channel
-    pad = qrow - (4 + dh)
+    pad = qrow - quant_row_bytes(dh)
     step = lw.half["kv"] // qrow                        # keys per KV tile: as many as half the buffer holds
     if decode:
         step = min(step, lw.bucket.step)                # (a decode bucket spans one tile)
@@ -425,7 +427,7 @@ def _attention(lw: Lowerer, node) -> None:
         lw.scratch.free(key)
     qkey = (node.name, "q")
     qat = _quant_rows(lw, q, qkey, rows, dh)
-    q_row = 4 + dh
+    q_row = quant_row_bytes(dh)
     dst = lw.new_act(node.name)
     width = 4 * lw.p_keys                               # bytes of one row of scores
     scale = int(np.floor(a.scale * 2 ** 16 + 0.5))

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import yaml
 
-from llmfab.ir.quant import QuantError, QuantScheme
+from llmfab.ir.quant import NM, QuantError, QuantScheme
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "examples" / "policies"
 ROLES = ("embedding", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
@@ -97,10 +97,9 @@ class Policy:
 def _pattern(v, where: str):
     if v is None:
         return None
-    if isinstance(v, str) and ":" in v:
-        n, m = v.split(":", 1)
-        if n.strip().isdigit() and m.strip().isdigit():
-            return int(n), int(m)
+    nm = NM.parse(v)
+    if nm:
+        return tuple(nm)
     raise PolicyError(f"{where}: sparsity must be null or a pattern like \"2:4\", not {v!r}")
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmfab.ir.isa import BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, check_tokens, resolve_length
+from llmfab.ir.isa import (BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, check_tokens, quant_row_bytes,
+                           resolve_length)
 from llmfab.ir.quant import kept
 
 
@@ -47,7 +48,7 @@ def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
         groups = k // min(f["group"].size or k, k)
         out = [("weights", BufferId.WEIGHT, f["wbuf_addr"], f["wbuf_addr"] + -(-n * n_kept * f["bits"].bits // 8)),
                ("scales", BufferId.WEIGHT, f["scale_addr"], f["scale_addr"] + 2 * n * groups + n),
-               ("activations", f["abuf"], f["a_addr"], f["a_addr"] + m * (k + 4)),
+               ("activations", f["abuf"], f["a_addr"], f["a_addr"] + m * quant_row_bytes(k)),
                ("outputs", f["obuf"], *_span(f["o_addr"], m, f.get("o_stride", 0) or 4 * n, 4 * n))]
         if pat:
             idx_bits = (pat[1] - 1).bit_length()
@@ -57,13 +58,13 @@ def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
         return out
     if i.op in (Opcode.MISC, Opcode.ATTN):
         fn, rows, cols, depth = f["func"], f["rows"], f["cols"], f["depth"]
-        src_row = {MiscFunc.COPY: cols, MiscFunc.ATTN_QK: 4 + depth, MiscFunc.EMBED: f["src_stride"]}.get(fn, 4 * cols)
-        dst_row = {MiscFunc.COPY: cols, MiscFunc.QUANT_ROWS: 4 + cols, MiscFunc.ATTN_PV: 4 * depth}.get(fn, 4 * cols)
+        src_row = {MiscFunc.COPY: cols, MiscFunc.ATTN_QK: quant_row_bytes(depth), MiscFunc.EMBED: f["src_stride"]}.get(fn, 4 * cols)
+        dst_row = {MiscFunc.COPY: cols, MiscFunc.QUANT_ROWS: quant_row_bytes(cols), MiscFunc.ATTN_PV: 4 * depth}.get(fn, 4 * cols)
         out = [("src", f["src_buf"], *_span(f["src_addr"], rows, f["src_stride"] or src_row, src_row)),
                ("dst", f["dst_buf"], *_span(f["dst_addr"], rows, f["dst_stride"] or dst_row, dst_row))]
         src2 = {MiscFunc.ADD: rows * 4 * cols, MiscFunc.MUL: rows * 4 * cols, MiscFunc.RMSNORM: 4 * cols,
-                MiscFunc.LAYERNORM: 8 * cols, MiscFunc.ATTN_QK: cols * (4 + depth + f["src2_pad"]),
-                MiscFunc.ATTN_PV: cols * (4 + depth + f["src2_pad"]),
+                MiscFunc.LAYERNORM: 8 * cols, MiscFunc.ATTN_QK: cols * (quant_row_bytes(depth) + f["src2_pad"]),
+                MiscFunc.ATTN_PV: cols * (quant_row_bytes(depth) + f["src2_pad"]),
                 MiscFunc.ROPE: 8 * depth * (f["imm"] + (f["period"] or rows))}.get(fn)
         if src2 is not None:
             out.append(("src2", f["src2_buf"], f["src2_addr"], f["src2_addr"] + src2))

@@ -15,8 +15,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from llmfab.ir import Graph, OpKind
+from llmfab.ir.isa import quant_row_bytes
 from llmfab.ir.quant import QuantizedWeight, kept
-from llmfab.ir.target import DSPPrimitive, EngineMode, Target
+from llmfab.ir.target import BRAM36_KB, URAM_KB, BufferKind, DSPPrimitive, EngineMode, Target
 
 MATRIX_OPS = (OpKind.LINEAR, OpKind.LMHEAD)
 
@@ -91,7 +92,7 @@ def roofline(g: Graph, t: Target, stage: str, tokens: int, context: int) -> Roof
             keys = context if stage == "decode" else (tokens + 1) / 2    # causal prefill: half the keys
             ops = 2.0 * 2 * a.num_heads * tokens * keys * d               # QK and PV
             kv_rows = context if stage == "decode" else tokens
-            nbytes = 2.0 * a.num_kv_heads * kv_rows * (d + 4) * (1 if stage == "decode" else 2)  # read (+ write)
+            nbytes = 2.0 * a.num_kv_heads * kv_rows * quant_row_bytes(d) * (1 if stage == "decode" else 2)  # read (+ write)
             peak = 2 * t.peak_macs(EngineMode.MV)                         # ATTN: no operand packing
         elif n.op is OpKind.EMBEDDING:
             table = g.node(n.inputs[0])
@@ -142,10 +143,9 @@ def engine_dsp(t: Target) -> int:
 def resources(t: Target) -> dict[str, Resource]:
     stages, chains = t.engine.n_chains * t.engine.chain_len, t.engine.n_chains
     lanes = t.sfu.lanes
-    uram_kb = 36.0
-    uram = sum(math.ceil(b.bytes / 1024 / uram_kb) for b in t.buffers if b.kind.value == "uram")
-    bram_bytes = sum(b.bytes for b in t.buffers if b.kind.value != "uram")
-    bram36 = math.ceil(bram_bytes / 1024 / 4.5)
+    uram = sum(math.ceil(b.bytes / 1024 / URAM_KB) for b in t.buffers if b.kind is BufferKind.URAM)
+    bram_bytes = sum(b.bytes for b in t.buffers if b.kind is not BufferKind.URAM)
+    bram36 = math.ceil(bram_bytes / 1024 / BRAM36_KB)
     dev = t.device
     return {
         "dsp": Resource(engine_dsp(t) + DSP_PER_LANE * lanes, dev.dsp),
@@ -153,7 +153,7 @@ def resources(t: Target) -> dict[str, Resource]:
                        + LUT_PER_CHANNEL * t.memory.channels + LUT_FIXED, dev.lut),
         "ff": Resource(FF_PER_STAGE * stages + FF_PER_CHAIN * chains + FF_PER_LANE * lanes
                       + FF_PER_CHANNEL * t.memory.channels + FF_FIXED, dev.ff),
-        "bram": Resource(bram36, dev.bram_kb / 4.5),
+        "bram": Resource(bram36, dev.bram_kb / BRAM36_KB),
         "uram": Resource(uram, dev.uram),
     }
 
@@ -170,7 +170,7 @@ def power(t: Target, res: dict[str, Resource], seconds_per_token: float, bytes_p
     p = t.power
     mhz = t.clock_mhz
     dyn = (p.dsp_mw_per_mhz * res["dsp"].used * dsp_activity + p.lut_mw_per_mhz * res["lut"].used * 0.1
-           + p.bram_mw_per_mhz * (res["bram"].used * 4.5 + res["uram"].used * 36.0) * 0.5) * mhz / 1e3
+           + p.bram_mw_per_mhz * (res["bram"].used * BRAM36_KB + res["uram"].used * URAM_KB) * 0.5) * mhz / 1e3
     hbm_w = p.hbm_pj_per_bit * 1e-12 * bytes_per_token * 8 / seconds_per_token if seconds_per_token else 0.0
     total = p.static_w + dyn + hbm_w
     return Power(p.static_w, dyn + hbm_w, total * seconds_per_token)

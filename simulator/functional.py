@@ -13,7 +13,7 @@ import numpy as np
 from llmfab.ir.fixed_point import rshr, sat
 from llmfab.ir.integer import (_shr_sat, int_add, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm,
                                int_rope, int_silu, int_softmax_rows, quantize_activation)
-from llmfab.ir.isa import BROADCAST, CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, resolve_length
+from llmfab.ir.isa import BROADCAST, CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, quant_row_bytes, resolve_length
 from llmfab.ir.ops import GeluApprox
 from llmfab.ir.packing import unpack_bits
 from llmfab.ir.quant import kept
@@ -61,10 +61,10 @@ class Machine:
 
     def qrows(self, buf, addr, rows, cols, stride=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Quantized rows: (codes [rows, cols], m [rows], e [rows]) from scale records + int8 codes."""
-        stride = stride or 4 + cols
+        stride = stride or quant_row_bytes(cols)
         codes, m, e = [], [], []
         for r in range(rows):
-            raw = self.read(buf, addr + r * stride, 4 + cols)
+            raw = self.read(buf, addr + r * stride, quant_row_bytes(cols))
             m.append(int.from_bytes(raw[0:2], "little"))
             e.append(int.from_bytes(raw[2:3], "little", signed=True))
             codes.append(np.frombuffer(raw[4:], np.int8))
@@ -72,7 +72,7 @@ class Machine:
 
     def put_qrows(self, buf, addr, codes, m, e, stride=0) -> None:
         cols = codes.shape[1]
-        stride = stride or 4 + cols
+        stride = stride or quant_row_bytes(cols)
         for r in range(codes.shape[0]):
             rec = int(m[r]).to_bytes(2, "little") + int(e[r]).to_bytes(1, "little", signed=True) + b"\0"
             self.write(buf, addr + r * stride, rec + codes[r].astype(np.int8).tobytes())

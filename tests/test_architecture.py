@@ -57,3 +57,17 @@ def test_protocol_signatures_compare_by_value():
     assert AxiSignature(32, 256) == AxiSignature(32, 256) != AxiSignature(32, 128)
     assert Valid(8) == Valid(8) != Valid(16)
     assert repr(BufferPortSignature(64)) == "BufferPortSignature(64, 24)"
+
+
+def test_state_names_the_cycle_formulas_count_are_the_sequencers_states():
+    """matrix/cycles.py counts FSM states by the names the sequencers declare; each name must be
+    a state their `elaborate` defines, so renaming or removing one fails here."""
+    import inspect
+    import re
+
+    from llmfab.backend_hw.matrix.attn import AttnSequencer
+    from llmfab.backend_hw.matrix.mm import MatmulSequencer
+    for cls in (MatmulSequencer, AttnSequencer):
+        defined = set(re.findall(r'm\.State\("(\w+)"\)', inspect.getsource(cls.elaborate)))
+        named = {s for k, v in vars(cls).items() if k.endswith("_STATES") for s in v}
+        assert named and named <= defined, (cls.__name__, named - defined)

@@ -17,7 +17,7 @@ from llmfab.passes.program_check import Limits, ProgramCheckError, check_program
 
 def _limits(target: str) -> Limits:
     t = load_target(target)
-    return Limits({BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}, t.memory.channels,
+    return Limits(t.buffer_bytes, t.memory.channels,
                   int(t.memory.capacity_gb * 1e9) // t.memory.channels)
 
 

@@ -21,7 +21,7 @@ MAX_LEN = 16
 
 def _machine(c, target="sim-small"):
     t = load_target(target)
-    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
+    bufs = t.buffer_bytes
     return Machine.create([d for _, d in c.images], max(c.layout.used), bufs)  # the bytes the layout uses
 
 

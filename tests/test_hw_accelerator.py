@@ -66,7 +66,7 @@ def test_first_decode_instructions_equal_the_functional_simulator():
     design at under 100 cycles/s."""
     t = load_target("sim-small")
     c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
-    bufs = {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers}
+    bufs = t.buffer_bytes
     m = Machine.create([d for _, d in c.images], max(c.layout.used), bufs)
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
     start_hbm = [bytes(h) for h in m.hbm]

@@ -114,7 +114,7 @@ def test_bursts_split_at_pages_and_256_beats(case, op):
     """Rows across a 4 KiB page (unaligned on both sides), and on the 32-bit port a row of more than
     256 beats; also an empty instruction."""
     t = target(**CASES[case])
-    beat = t.memory.port_width_bits // 8
+    beat = t.memory.beat_bytes
     p = 300 if beat >= 16 else 1030
     insts = [make(op, channels=1, buf=BufferId.ACT, hbm_addr=4096 - 37, hbm_stride=p, buf_addr=3, buf_stride=p,
                   rows=1, row_bytes=p),

@@ -59,7 +59,7 @@ def random_inst(rng, t, machine, op):
 def run_dma(t, insts, hbm, buffers, *, stall, seed):
     """Run `insts` through the RTL; `hbm` and `buffers` are updated in place. Returns cycles per instruction."""
     dut = DMA(t)
-    wb = {b: t.buffer(b.name.lower()).width_bits // 8 for b in BufferId}
+    wb = t.word_bytes
     mems = [AxiMemory(hbm[c], t.memory.port_width_bits, latency=3, stall=stall, seed=seed + c)
             for c in range(t.memory.channels)]
     cycles = []

@@ -12,19 +12,8 @@ from llmfab.backend_hw.matrix.cycles import matrix_cycles
 from llmfab.backend_hw.matrix.unit import MatrixUnit
 from llmfab.backend_hw.matrix.mm import OUT_SETS
 from llmfab.ir.integer import quantize_activation
-from llmfab.ir.isa import (
-    CONTINUE,
-    HOLD,
-    BufferId,
-    MiscFunc,
-    Opcode,
-    Program,
-    SysFunc,
-    encode,
-    make,
-    resolve_length,
-    weight_fields,
-)
+from llmfab.ir.isa import (CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, encode, make, resolve_length,
+                           weight_fields)
 from llmfab.ir.packing import pack
 from llmfab.ir.quant import kept
 from llmfab.ir.target import load_target
@@ -37,7 +26,7 @@ T = load_target("sim-small")
 SIZES = {BufferId[b.name.name]: b.bytes for b in T.buffers}
 MATRIX_OPS = (Opcode.MV, Opcode.MM, Opcode.ATTN)
 FIXTURES = Path(__file__).parent / "fixtures"
-WORDS = {BufferId[b.name.name]: b.width_bits // 8 for b in T.buffers}
+WORDS = T.word_bytes
 
 
 def run_unit(unit: MatrixUnit, buffers: dict, insts, max_cycles: int = 200_000, starts=None, after=None):

@@ -11,11 +11,11 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from llmfab.backend_hw.sfu.datapath import FUNCS, PASSES, SFU
 from llmfab.backend_hw.sfu.arith import SeqDivider, SeqSqrt
+from llmfab.backend_hw.sfu.datapath import FUNCS, SFU, SWEEPS
 from llmfab.backend_hw.sfu.scalars import Q_INV, Q_M, Q_MEAN, Q_MS, Q_R, Q_RECIP
-from llmfab.ir.integer import (int_add, int_exp, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm,
-                               int_rope, int_silu, int_softmax_rows, isqrt, quantize_activation)
+from llmfab.ir.integer import (int_add, int_exp, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm, int_rope,
+                               int_silu, int_softmax_rows, isqrt, quantize_activation)
 from llmfab.ir.isa import MiscFunc
 from llmfab.ir.ops import GeluApprox
 from llmfab.ir.target import load_target
@@ -139,7 +139,7 @@ def simulate(lanes: int, cases: list[Case]) -> list[tuple]:
             for r in range(rows):
                 ctx.set(dut.key_limit, case.limits[r] if case.limits else 0)
                 starts.append(cyc)
-                for kind in PASSES[case.func]:
+                for kind in SWEEPS[case.func]:
                     for bt in range(nb):
                         for name in "abcd":
                             src = case.x if name == "a" else case.ops.get(name)
@@ -217,7 +217,7 @@ def test_sfu_matches_integer_kernels(lanes, func):
             np.testing.assert_array_equal(e, case.e)
         assert set(lat) == {SFU.LATENCY}
         # back-to-back rows: never slower than row_cycles, exactly it for a row of non-zero data
-        assert max(times) == row_cycles and min(times) >= len(PASSES[func]) * -(-case.x.shape[1] // lanes)
+        assert max(times) == row_cycles and min(times) >= len(SWEEPS[func]) * -(-case.x.shape[1] // lanes)
         checked += 1
     assert checked
 

@@ -24,7 +24,7 @@ ONE = 1 << 16
 LIM = (1 << 31) - 1
 T = load_target("sim-small")
 SIZES = {BufferId[b.name.name]: b.bytes for b in T.buffers}
-WORD = {BufferId[b.name.name]: b.width_bits // 8 for b in T.buffers}
+WORD = T.word_bytes
 DATA = (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT)
 CYCLES: dict[str, list[tuple]] = {}
 
@@ -34,7 +34,7 @@ def simulate(insts, buffers: dict[BufferId, bytearray], target=T) -> tuple[list[
     and the cycles from each instruction's hand-over to its `done`."""
     from amaranth.sim import Simulator
     dut = SfuUnit(target)
-    WORD = {BufferId[b.name.name]: b.width_bits // 8 for b in target.buffers}
+    WORD = target.word_bytes
     mem = {b: bytearray(v) for b, v in buffers.items()}
     snaps, cycles = [], []
     ports = (dut.src, dut.src2, dut.dst)

@@ -49,7 +49,7 @@ def model():
 
 def _machine(t, c):
     return Machine.create([d for _, d in c.images], max(c.layout.used),
-                          {BufferId[b.name.value.upper()]: b.bytes for b in t.buffers})
+                          t.buffer_bytes)
 
 
 def _state(m):

@@ -40,20 +40,13 @@ from llmfab.ir.isa import BufferId, Instruction, Opcode
 from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
+from ..sim.axi_ram import AxiRam
+from .unit import FIFO_DEPTH, gearbox_bytes
+
 __all__ = ["AXI_RAM_READ_LATENCY", "AXI_RAM_WRITE_LATENCY", "FIFO_DEPTH", "dma_cycles"]
 
-# AxiRam (sim/axi_ram.py): AR handshake -> `rleft` registered -> the read port's registered data: the
-# first R beat is valid two cycles after AR.
-AXI_RAM_READ_LATENCY = 2
-# AxiRam: `bvalid` is registered on the WLAST beat: B is valid one cycle after WLAST.
-AXI_RAM_WRITE_LATENCY = 1
-# dma/unit.py: `fifo_a` / `fifo_d`, the slice descriptors between the generator and the two sides.
-FIFO_DEPTH = 4
-
-
-def _gearbox_bytes(beat: int, max_word: int) -> int:
-    """dma/unit.py's CAP: room for a word in, a word out and slack (beat and widest buffer word)."""
-    return 2 * (beat + max_word)
+AXI_RAM_READ_LATENCY = AxiRam.READ_LATENCY      # the memories the RTL is checked against
+AXI_RAM_WRITE_LATENCY = AxiRam.WRITE_LATENCY
 
 
 def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM_READ_LATENCY,
@@ -71,9 +64,9 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, not {v!r}")
     st = inst.op is Opcode.ST
-    Wa = target.memory.port_width_bits // 8
-    word = {BufferId[b.name.name]: b.width_bits // 8 for b in target.buffers}
-    cap = _gearbox_bytes(Wa, max(word.values()))
+    Wa = target.memory.beat_bytes
+    word = target.word_bytes
+    cap = gearbox_bytes(Wa, max(word.values()))
     rows, P, nch = inst["rows"], inst["row_bytes"], inst["channels"]
     if rows == 0 or P == 0 or nch == 0:
         return 1                                   # accept, then FINISH with nothing to wait for

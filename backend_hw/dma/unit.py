@@ -22,13 +22,20 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.isa import FIELDS, INST_BITS, BufferId, Opcode
+from llmfab.ir.isa import FIELDS, INST_BITS, Opcode
 from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
 from ..protocol.axi import AxiSignature, Burst
-from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature, checked_word_bytes, word_log
 from ..protocol.isa_fields import field, header
+
+FIFO_DEPTH = 4     # slice descriptors queued between the generator and the address / data sides
+
+
+def gearbox_bytes(beat: int, max_word: int) -> int:
+    """The data side's byte gearbox: room for an AXI beat in, a buffer word out, and slack."""
+    return 2 * (beat + max_word)
 
 
 def _log2(n: int) -> int:
@@ -72,16 +79,10 @@ class DMA(wiring.Component):
         mem = target.memory
         self.target = target
         self.ports = mem.channels
-        self.beat_bytes = mem.port_width_bits // 8
+        self.beat_bytes = mem.beat_bytes
         if mem.port_width_bits < 32 or mem.port_width_bits & (mem.port_width_bits - 1):
             raise ValueError(f"memory.port_width_bits must be a power of two of at least 32, not {mem.port_width_bits}")
-        self.word_bytes = {}
-        for b in target.buffers:
-            wb = b.width_bits // 8
-            if b.width_bits < 32 or b.width_bits & (b.width_bits - 1):
-                raise ValueError(f"buffer {b.name.value} width_bits must be a power of two of at least 32, "
-                                 f"not {b.width_bits}")
-            self.word_bytes[BufferId[b.name.name]] = wb
+        self.word_bytes = checked_word_bytes(target)
         self.max_word = max(self.word_bytes.values())
         channel_bytes = int(mem.capacity_gb * 1e9) // mem.channels
         self.addr_width = max(12, (channel_bytes - 1).bit_length())
@@ -98,7 +99,7 @@ class DMA(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         aw, Wa, WB = self.addr_width, self.beat_bytes, self.max_word
-        CAP = 2 * (Wa + WB)                      # gearbox bytes: room for a word in, a word out, slack
+        CAP = gearbox_bytes(Wa, WB)
         wide = max(Wa, WB)
         ir = Signal(INST_BITS)
         f = {name: field(ir, Opcode.LD, name) for name in
@@ -106,18 +107,9 @@ class DMA(wiring.Component):
               "row_bytes", "indirect", "ids_buf", "ids_addr")}
         is_st = Signal()
 
-        def word_log(buf: Value) -> Value:
-            """log2 of the word bytes of buffer `buf`."""
-            v = Signal(range(_log2(WB) + 1))
-            with m.Switch(buf):
-                for b, wb in self.word_bytes.items():
-                    with m.Case(b):
-                        m.d.comb += v.eq(_log2(wb))
-            return v
-
         desc = data.StructLayout({"ch": 7, "h": aw, "b": BUF_ADDR_BITS, "p": 20})
-        fifo_a = m.submodules.fifo_a = SyncFIFO(width=desc.size, depth=4)
-        fifo_d = m.submodules.fifo_d = SyncFIFO(width=desc.size, depth=4)
+        fifo_a = m.submodules.fifo_a = SyncFIFO(width=desc.size, depth=FIFO_DEPTH)
+        fifo_d = m.submodules.fifo_d = SyncFIFO(width=desc.size, depth=FIFO_DEPTH)
         port = self.buffer
 
         # -- slice generator ----------------------------------------------------------------------
@@ -147,7 +139,7 @@ class DMA(wiring.Component):
             with m.State("ROW"):
                 with m.If(f["indirect"]):
                     at = Signal(BUF_ADDR_BITS)
-                    lg = word_log(f["ids_buf"])
+                    lg = word_log(m, f["ids_buf"], self.word_bytes)
                     m.d.comb += [at.eq(f["ids_addr"] + (r << 2)), gen_read.eq(1),
                                  port.buf.eq(f["ids_buf"]), port.addr.eq(at >> lg), port.re.eq(1)]
                     m.d.sync += id_lane.eq((at & ((Const(1, 1) << lg) - 1)) >> 2)
@@ -226,7 +218,7 @@ class DMA(wiring.Component):
         acc = Signal(8 * CAP)
         cnt = Signal(range(CAP + 1))
         pend, pend_n, pend_skip = Signal(), Signal(range(WB + 1)), Signal(range(WB))
-        blog = word_log(f["buf"])
+        blog = word_log(m, f["buf"], self.word_bytes)
         wbuf = Signal(range(WB + 1))
         m.d.comb += wbuf.eq(Const(1, 1) << blog)
 

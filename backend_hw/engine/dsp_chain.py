@@ -17,13 +17,12 @@ over the cycles from `first` to `last`, K products in all, each at most 128 * 12
 magnitude (int8 x int8; narrower weights less), so it is exact while K < 2^17 (K <= 2^17 with the
 integer contract's symmetric codes, |code| <= 127). Beyond that it wraps modulo 2^32.
 """
-import math
 
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.quant import BITS, PATTERNS
+from llmfab.ir.quant import BITS, NM, PATTERNS
 from llmfab.ir.target import ACT_BITS, DSPPrimitive
 
 from ..protocol.valid import Valid
@@ -36,10 +35,6 @@ _PRIMITIVES = (DSPPrimitive.BEHAVIOURAL, DSPPrimitive.DSP48E2)
 
 def _is_pow2(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0 and x & (x - 1) == 0
-
-
-def _fmt_pattern(p) -> str:
-    return f"{p[0]}:{p[1]}"
 
 
 class DSPChain(wiring.Component):
@@ -69,7 +64,7 @@ class DSPChain(wiring.Component):
             pattern = tuple(pattern) if isinstance(pattern, (tuple, list)) else pattern
             if pattern not in PATTERNS:
                 raise ValueError(f"pattern must be None (dense) or one of "
-                                 f"{', '.join(map(_fmt_pattern, PATTERNS))}, not {pattern!r}")
+                                 f"{', '.join(map(str, PATTERNS))}, not {pattern!r}")
         if group_kept is None:
             group_kept = chain_len
         if not (isinstance(group_kept, int) and not isinstance(group_kept, bool)
@@ -78,7 +73,7 @@ class DSPChain(wiring.Component):
                              f"not {group_kept!r}")
         if pattern is not None and group_kept % pattern[0]:
             raise ValueError(f"group_kept must be a multiple of N ({pattern[0]} for "
-                             f"{_fmt_pattern(pattern)}) so that groups hold whole blocks, not {group_kept!r}")
+                             f"{NM(*pattern)}) so that groups hold whole blocks, not {group_kept!r}")
         try:
             kind = DSPPrimitive(primitive)
         except ValueError:
@@ -96,7 +91,7 @@ class DSPChain(wiring.Component):
         self.n_groups = chain_len // group_kept
         self.primitive = primitive
         self.sim_model = sim_model
-        self.index_bits = 0 if pattern is None else math.ceil(math.log2(pattern[1]))
+        self.index_bits = 0 if pattern is None else NM(*pattern).index_bits
         self.n_act = chain_len if pattern is None else chain_len * pattern[1] // pattern[0]
 
         fields = {"w": data.ArrayLayout(signed(weight_bits), chain_len)}

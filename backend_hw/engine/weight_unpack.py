@@ -20,14 +20,13 @@ group_kept < chain_len, then every beat is `first` and `last`); `row_last` marks
 Each stream goes through a bit gearbox of W + 2B bits (B bits per beat), so with W >= B a beat
 leaves every cycle; with W < B, one every B / W cycles.
 """
-import math
 
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.packing import MANT_FIELD_BITS
-from llmfab.ir.quant import BITS, MANT_BITS, PATTERNS
+from llmfab.ir.quant import BITS, MANT_BITS, NM, PATTERNS
 
 CODE_BITS = 8        # codes leave sign-extended to the int8 operand width
 BEAT_COUNT_BITS = 18  # beats per row: K <= 2^17 kept codes at chain_len >= 1
@@ -37,14 +36,11 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _nm(p) -> str:
-    return f"{p[0]}:{p[1]}"
-
-
 class _Gearbox(wiring.Component):
     """Words of `in_bits` in, `out_bits` fields out, LSB first; `flush` empties it and drops the
     first `skip` bits of the next word and sets the row's word count: no word of the next row
     is taken before the next flush."""
+    HOLD_BEATS = 2    # a word is taken while the gearbox holds at most this many beats
 
     def __init__(self, in_bits: int, out_bits: int):
         self.in_bits, self.out_bits = in_bits, out_bits
@@ -63,7 +59,7 @@ class _Gearbox(wiring.Component):
         skip = Signal(range(w))          # bits still to drop from the next word
         left = Signal(BEAT_COUNT_BITS)   # words of this row still to take
         m.d.comb += [self.o.valid.eq(n >= b), self.o.payload.eq(buf[:b]),
-                     self.i.ready.eq((left != 0) & ~self.flush & (n <= 2 * b))]
+                     self.i.ready.eq((left != 0) & ~self.flush & (n <= self.HOLD_BEATS * b))]
         take = self.o.valid & self.o.ready
         n1 = Signal(range(self.cap + 1))  # after this cycle's beat left
         m.d.comb += n1.eq(Mux(take, n - b, n))
@@ -104,10 +100,10 @@ class WeightUnpacker(wiring.Component):
         if pattern is not None:
             pattern = tuple(pattern) if isinstance(pattern, (tuple, list)) else pattern
             if pattern not in PATTERNS:
-                raise ValueError(f"pattern must be None (dense) or one of {', '.join(map(_nm, PATTERNS))}, "
+                raise ValueError(f"pattern must be None (dense) or one of {', '.join(map(str, PATTERNS))}, "
                                  f"not {pattern!r}")
             if chain_len % pattern[0]:
-                raise ValueError(f"chain_len must be a multiple of N ({pattern[0]} for {_nm(pattern)}) so "
+                raise ValueError(f"chain_len must be a multiple of N ({pattern[0]} for {NM(*pattern)}) so "
                                  f"that a beat holds whole blocks, not {chain_len!r}")
         if not (_is_int(group_kept) and group_kept > 0
                 and (group_kept % chain_len == 0 or chain_len % group_kept == 0)):
@@ -115,7 +111,7 @@ class WeightUnpacker(wiring.Component):
                              f"not {group_kept!r}")
         self.chain_len, self.word_bits, self.weight_bits = chain_len, word_bits, weight_bits
         self.pattern, self.group_kept = pattern, group_kept
-        self.index_bits = 0 if pattern is None else math.ceil(math.log2(pattern[1]))
+        self.index_bits = 0 if pattern is None else NM(*pattern).index_bits
         self.groups_per_beat = max(1, chain_len // group_kept)
         self.beats_per_group = max(1, group_kept // chain_len)
         fields = {"w": data.ArrayLayout(signed(CODE_BITS), chain_len)}

@@ -23,6 +23,15 @@ class AttnSequencer(wiring.Component):
     """Ports: `start` (in): take `ir` (an ATTN word); `done` (out): one-cycle pulse; `error` (out):
     a pulse with `done` when the PV sums do not fit; `aport` (K/V rows), `oport` (q/p rows and the
     results) (out, `BufferPortSignature`)."""
+    # FSM states the cycle formula (matrix/cycles.py) counts as one cycle each, by name
+    QK_ENTRY_STATES = ("SETUP", "QK_ROW", "FINISH")   # the last QK_ROW finds r == rows
+    QK_ROW_STATES = ("QK_ROW",)
+    QK_KEY_STATES = ("DOT_CMD", "R1", "R2", "R3", "QK_NEXT")   # per key, besides reads and the write
+    PV_ENTRY_STATES = ("SETUP", "PV_ROW", "FINISH")   # the last PV_ROW finds r == rows
+    PV_ROW_STATES = ("PV_ROW",)
+    PV_KEY_STATES = ("PV_W", "PV_CMD")                # per key, then PV_ACC until the last V byte
+    PV_OUT_STATES = ("PV_OUT", "PV_ONEXT")            # per output, besides the write
+    PV_OUT_END_STATES = ("PV_OUT",)                   # with r == rows
 
     def __init__(self, chain_len: int, words: dict[BufferId, int], hold: int):
         self.chain_len, self.words, self.hold = chain_len, words, hold

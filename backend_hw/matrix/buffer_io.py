@@ -9,26 +9,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.isa import BufferId
-from llmfab.ir.target import Target
 
-from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature, word_log
 
 LEN_BITS = 21        # bytes of one read command
-
-
-def buffer_words(target: Target) -> dict[BufferId, int]:
-    """Word bytes of every buffer, by BufferId."""
-    return {BufferId[b.name.name]: b.width_bits // 8 for b in target.buffers}
-
-
-def word_log(m: Module, buf, words: dict[BufferId, int]) -> Signal:
-    """log2 of the word bytes of buffer `buf` (a Value)."""
-    lg = Signal(range(max(words.values()).bit_length() + 1))
-    with m.Switch(buf):
-        for b, wb in words.items():
-            with m.Case(b):
-                m.d.comb += lg.eq(wb.bit_length() - 1)
-    return lg
 
 
 class ByteReader(wiring.Component):
@@ -42,10 +26,16 @@ class ByteReader(wiring.Component):
     byte store has room; a chunk leaves the cycle after the word that completes it arrives.
     """
 
+    @staticmethod
+    def capacity(out_bytes: int, word_bytes: int) -> int:
+        """The byte store: two chunks and two words (a word is read only while the store keeps
+        room for it and the one in flight)."""
+        return 2 * out_bytes + 2 * word_bytes
+
     def __init__(self, words: dict[BufferId, int], out_bytes: int):
         self.words, self.out_bytes = dict(words), out_bytes
         self.wb = max(self.words.values())
-        self.cap = 2 * out_bytes + 2 * self.wb
+        self.cap = self.capacity(out_bytes, self.wb)
         super().__init__({
             "cmd": In(stream.Signature(data.StructLayout({
                 "buf": 3, "addr": BUF_ADDR_BITS, "nbytes": LEN_BITS, "step": range(out_bytes + 1)}))),

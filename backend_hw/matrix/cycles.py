@@ -39,35 +39,33 @@ from __future__ import annotations
 
 from llmfab.ir.isa import HOLD, BufferId, MiscFunc, Opcode
 from llmfab.ir.packing import MANT_FIELD_BITS
+from llmfab.ir.quant import NM
 from llmfab.ir.quant import kept as kept_of
 from llmfab.ir.target import Target
 
 from ..engine.dsp48e2 import LATENCY as DSP_LATENCY
 from ..engine.requant import Requantizer
-from .buffer_io import buffer_words
-from .mm import FIFO_DEPTH, OUT_SETS, STREAMS
+from ..engine.weight_unpack import _Gearbox
+from .attn import AttnSequencer
+from .buffer_io import ByteReader
+from .mm import FIFO_DEPTH, OUT_SETS, STREAMS, MatmulSequencer
 
-# States that are always one cycle each (their names in the sequencers' FSMs).
-MM_ENTRY = 3            # SETUP, CHECK, FINISH
-LOAD_FIRST = 3          # the cycle of the first L_REC (after SETUP, CHECK)
-SCALAR_BYTES = 4        # MatmulSequencer's scalar reader hands out up to 4 bytes a chunk
+# FSM states that take one cycle each, named where the sequencers define them
+MM_ENTRY = len(MatmulSequencer.ENTRY_STATES)
+LOAD_FIRST = 1 + len(MatmulSequencer.FIRST_LOAD_STATES)   # the cycle of the first L_REC (accept = 0)
+SCALAR_BYTES = MatmulSequencer.SCALAR_BYTES
 SCALAR_FIXED = 3        # a scalar read: the command state, and in its _W state the word's read and
                         # store cycles (the chunk leaves the cycle after its last word arrives)
-QK_ENTRY = 3            # SETUP, the final QK_ROW (r == rows), FINISH
-QK_ROW = 1              # QK_ROW
-QK_KEY_FIXED = 5        # DOT_CMD, R1, R2, R3, QK_NEXT (+ the write, 1 or 2)
-PV_ENTRY = 3            # SETUP, the final PV_ROW, FINISH
-PV_ROW = 1              # PV_ROW
-PV_KEY_FIXED = 2        # PV_W, PV_CMD (then PV_ACC until the last V byte)
-PV_OUT_FIXED = 2        # PV_OUT, PV_ONEXT (+ the write, 1 or 2)
-PV_OUT_END = 1          # PV_OUT with r == rows
-GEARBOX_HOLD = 2        # a weight gearbox takes a word while it holds <= 2 beats (weight_unpack._Gearbox)
-
-
-def _reader_cap(out_bytes: int, wb: int) -> int:
-    """ByteReader.cap: its byte store holds two chunks and two words (it issues a word only while
-    the store keeps room for it and the one in flight)."""
-    return 2 * out_bytes + 2 * wb
+QK_ENTRY = len(AttnSequencer.QK_ENTRY_STATES)
+QK_ROW = len(AttnSequencer.QK_ROW_STATES)
+QK_KEY_FIXED = len(AttnSequencer.QK_KEY_STATES)          # (+ the write, 1 or 2)
+PV_ENTRY = len(AttnSequencer.PV_ENTRY_STATES)
+PV_ROW = len(AttnSequencer.PV_ROW_STATES)
+PV_KEY_FIXED = len(AttnSequencer.PV_KEY_STATES)
+PV_OUT_FIXED = len(AttnSequencer.PV_OUT_STATES)          # (+ the write, 1 or 2)
+PV_OUT_END = len(AttnSequencer.PV_OUT_END_STATES)
+GEARBOX_HOLD = _Gearbox.HOLD_BEATS
+_reader_cap = ByteReader.capacity
 
 
 def _words(addr: int, nbytes: int, wb: int) -> int:
@@ -251,7 +249,7 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
     e = target.engine
     nc, cl = e.n_chains, e.chain_len
     W = target.buffer("weight").width_bits
-    words = buffer_words(target)
+    words = target.word_bytes
     wwb = words[BufferId.WEIGHT]
     abuf, obuf = BufferId(inst["abuf"]), BufferId(inst["obuf"])
     awb, owb = words[abuf], words[obuf]
@@ -264,8 +262,8 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
     bits, pattern, size = inst["bits"].bits, inst["sparsity"].pattern, inst["group"].size
     groups = k // size if size and k > size else 1
     g_eff = k if size == 0 or size >= k else size
-    kept = k if pattern is None else (k // pattern[1]) * pattern[0]
-    ib = 0 if pattern is None else (pattern[1] - 1).bit_length()
+    kept = kept_of(k, pattern)
+    ib = 0 if pattern is None else NM(*pattern).index_bits
     nbits = (kept * bits, kept * ib, groups * MANT_FIELD_BITS)
     beat_bits = (cl * bits, cl * ib, MANT_FIELD_BITS)
     bpg = max(1, kept_of(g_eff, pattern) // cl)
@@ -354,7 +352,7 @@ def _stream_one(a) -> int:
 
 def _attn(target: Target, inst) -> int:
     cl = target.engine.chain_len
-    words = buffer_words(target)
+    words = target.word_bytes
     ob = max(4, cl)
     is_qk = inst["func"] is MiscFunc.ATTN_QK
     rows, cols, depth = inst["rows"], inst["cols"], inst["depth"]

@@ -54,6 +54,10 @@ class MatmulSequencer(wiring.Component):
     `oport`: the scalars (token records, shifts, biases, old outputs) and the output writes.
     `out_sets`: output register sets (passes whose outputs may await their writes).
     """
+    # FSM states the cycle formula (matrix/cycles.py) counts as one cycle each, by name
+    ENTRY_STATES = ("SETUP", "CHECK", "FINISH")       # once per instruction
+    FIRST_LOAD_STATES = ("SETUP", "CHECK")             # between the accept and the first L_REC
+    SCALAR_BYTES = 4                                   # the scalar reader's chunk
 
     def __init__(self, target, engines: list[MatrixEngine], words: dict[BufferId, int], *,
                  out_sets: int = OUT_SETS):
@@ -82,7 +86,7 @@ class MatmulSequencer(wiring.Component):
         areads = [ByteReader(self.words, max(4, self.n_act)) for _ in range(2)]
         m.submodules.aread0, m.submodules.aread1 = areads
         nxt = Signal()                                    # the reader of the next START
-        sread = m.submodules.sread = ByteReader(self.words, 4)
+        sread = m.submodules.sread = ByteReader(self.words, self.SCALAR_BYTES)
         for name in ("buf", "addr", "re"):
             # the output writes take oport in their own states
             m.d.comb += getattr(self.oport, name).eq(getattr(sread.port, name))

@@ -16,7 +16,6 @@ from ..engine.matrix_engine import MatrixEngine
 from ..protocol.buffer_port import BufferPortSignature
 from ..protocol.isa_fields import field, header
 from .attn import AttnSequencer
-from .buffer_io import buffer_words
 from .mm import OUT_SETS, MatmulSequencer
 
 PORT_OUTS = ("buf", "addr", "re", "we", "be", "wdata")
@@ -56,7 +55,7 @@ class MatrixUnit(wiring.Component):
         self.target, self.hold, self.out_sets = target, hold, out_sets
         self.formats = tuple((b, None if p is None else tuple(p), g) for b, p, g in formats)
         self.engines = [MatrixEngine(target, weight_bits=b, pattern=p, group=g) for b, p, g in self.formats]
-        self.words = buffer_words(target)
+        self.words = target.word_bytes
         self.data_bits = 8 * max(self.words.values())
         port = BufferPortSignature(self.data_bits)
         super().__init__({"inst": In(stream.Signature(INST_BITS)), "done": Out(1), "error": Out(1),

@@ -1,8 +1,11 @@
 """The on-chip buffer port every unit drives: a byte-enabled read/write port on one buffer."""
 from __future__ import annotations
 
+from amaranth import Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
+from llmfab.ir.isa import BufferId
 
 BUF_ADDR_BITS = 24   # buffer byte addresses in the ISA
 
@@ -23,3 +26,24 @@ class BufferPortSignature(wiring.Signature):
 
     def __repr__(self):
         return f"BufferPortSignature({self.data_width}, {self.addr_width})"
+
+
+def checked_word_bytes(target) -> dict[BufferId, int]:
+    """The target's buffer word bytes, after checking that each unit can address them: every
+    word a power of two of at least 4 bytes (byte lanes in whole 32-bit groups)."""
+    for b in target.buffers:
+        if b.width_bits < 32 or b.width_bits & (b.width_bits - 1):
+            raise ValueError(f"buffer {b.name.value} width_bits must be a power of two of at least 32, "
+                             f"not {b.width_bits}")
+    return target.word_bytes
+
+
+def word_log(m: Module, buf: Value, word_bytes: dict[BufferId, int]) -> Signal:
+    """log2 of the word bytes of buffer `buf` (a BufferId-valued signal), for byte <-> word
+    addresses of whichever buffer an instruction names."""
+    lg = Signal(range(max(word_bytes.values()).bit_length()), name="word_log")
+    with m.Switch(buf):
+        for b, wb in word_bytes.items():
+            with m.Case(b):
+                m.d.comb += lg.eq(wb.bit_length() - 1)
+    return lg

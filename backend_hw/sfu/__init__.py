@@ -2,7 +2,7 @@
 `scalars.py`), the instruction unit that runs MISC on the buffers (`unit.py` with `ports.py`,
 `embed.py`), and its cycle formula (`cycles.py`)."""
 from .cycles import sfu_cycles
-from .datapath import FUNCS, PASSES, SFU
+from .datapath import FUNCS, SFU, SWEEPS
 from .unit import SfuUnit
 
-__all__ = ["FUNCS", "PASSES", "SFU", "SfuUnit", "sfu_cycles"]
+__all__ = ["FUNCS", "SWEEPS", "SFU", "SfuUnit", "sfu_cycles"]

@@ -64,7 +64,12 @@ class SeqDivider(wiring.Component):
 
     def cycles(self, q_bits: int) -> int:
         """Cycles `busy` is high for a division with `q_bits` quotient bits."""
-        return -(-q_bits // self.radix_bits)
+        return self.steps(q_bits, self.radix_bits)
+
+    @staticmethod
+    def steps(q_bits: int, radix_bits: int) -> int:
+        """`cycles` without building the divider (for cycle formulas)."""
+        return -(-q_bits // radix_bits)
 
     def elaborate(self, platform):
         m = Module()

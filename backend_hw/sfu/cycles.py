@@ -13,7 +13,7 @@ elements of one pass over one row) with the RTL's recurrences, in cycles after t
   on src, the rest on src2. The beat is written into the FIFO at S + w + 1 and readable at
   S + w + 2 (`FETCH_RETURN`).
 - SFU: takes a beat at T_j = max(S_j + w_j + 2, T_{j-1} + 1, the SFU back in STREAM); after the
-  last beat of a reduction pass the next pass's first beat is taken `pass_gap` cycles later
+  last beat of a reduction pass the next pass's first beat is taken `sweep_gap` cycles later
   (sfu/datapath.py: SMAX 2; else 4 plus `RowScalars`' busy cycles, `SCALAR_CYCLES`,
   `QUANT_SCALAR_CYCLES`). An output beat reaches the FIFO `SFU.LATENCY` cycles after T; COPY and
   EMBED beats skip the SFU and reach it at T. A beat is held while `OUT_DEPTH` results are
@@ -37,8 +37,9 @@ from __future__ import annotations
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc
 from llmfab.ir.target import Target
 
-from .datapath import SFU, pass_gap
-from .scalars import PASSES, Pass
+from .arith import SeqDivider
+from .datapath import SFU, sweep_gap
+from .scalars import SWEEPS, Sweep
 from .unit import SfuUnit
 
 __all__ = ["sfu_cycles"]
@@ -46,7 +47,8 @@ __all__ = ["sfu_cycles"]
 F = MiscFunc
 USES_SRC2 = (F.ADD, F.MUL, F.RMSNORM, F.LAYERNORM, F.ROPE)    # output passes that read the src2 port
 RUN_START = 2          # cycle of the first beat's issue: accept (IDLE) 0, SETUP 1, RUN 2
-EMBED_DIV_CYCLES = 9   # EMBED's cols / group divider: `SeqDivider(17, 16, 2)` in SfuUnit.elaborate
+N_BITS, _, RADIX = SfuUnit.EMBED_DIVIDER
+EMBED_DIV_CYCLES = SeqDivider.steps(N_BITS, RADIX)   # EMBED's cols / group division, its whole numerator
 FETCH_RETURN = 2       # issue S -> the beat readable from the input FIFO: S + w + 2 (the last word
                        # read at S + w, its data and the FIFO write at S + w + 1)
 
@@ -66,18 +68,18 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
     """`sfu_cycles`, with the QUANT_ROWS rows (indices) that are all zeros given: their scalars
     skip both divisions."""
     func, rows, cols = inst["func"], inst["rows"], inst["cols"]
-    if rows == 0 or cols == 0 or not (func in PASSES or func in (F.COPY, F.EMBED)):
+    if rows == 0 or cols == 0 or not (func in SWEEPS or func in (F.COPY, F.EMBED)):
         return 1
     L = target.sfu.lanes
     RB = 4 * L
-    wbytes = {BufferId[b.name.name]: b.width_bits // 8 for b in target.buffers}
+    wbytes = target.word_bytes
     depth, imm, period, flags = inst["depth"], inst["imm"], inst["period"], inst["flags"]
     ss, ds = inst["src_stride"], inst["dst_stride"]
     wsrc, wsrc2, wdst = wbytes[BufferId(inst["src_buf"])], wbytes[BufferId(inst["src2_buf"])], \
         wbytes[BufferId(inst["dst_buf"])]
     is_copy, is_embed = func == F.COPY, func == F.EMBED
     bypass = is_copy or is_embed
-    passes = (Pass.OUT,) if bypass else PASSES[func]
+    passes = (Sweep.OUT,) if bypass else SWEEPS[func]
     bits = imm & 15
     group = depth or cols
     code_bytes = (cols * bits + 7) >> 3
@@ -96,14 +98,14 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
     causal = func == F.SOFTMAX and bool(flags & CAUSAL)
     half = depth >> 1
 
-    def gap(kind: Pass, skip: bool) -> int:
-        return pass_gap(func, kind, skip)
+    def gap(kind: Sweep, skip: bool) -> int:
+        return sweep_gap(func, kind, skip)
 
     def beats(src_row, src2_row, dst_row, tab):
         """Per beat of one row: (pass kind, src words, src2 words, result words or 0, pass end)."""
         out = []
         for kind in passes:
-            is_out = kind is Pass.OUT
+            is_out = kind is Sweep.OUT
             k0 = hpos = gpos = gidx = kbits = 0
             o_row = dst_row
             while True:
@@ -183,7 +185,7 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
                 wr_free = a + wo
                 flight.append((t, a))
             if not bypass:
-                sfu_ready = t + gap(kind, no_key) if last and kind is not Pass.OUT else t + 1
+                sfu_ready = t + gap(kind, no_key) if last and kind is not Sweep.OUT else t + 1
             pops.append(t)
             s += w
         # the next row's first beat may issue at s: state relative to it (clamped where it cannot matter)

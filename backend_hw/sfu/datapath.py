@@ -6,13 +6,13 @@
     stage 1  LayerNorm's x 2^8 - mu, the norm shift Xs = rshr(X, s), |X|, the table address
     stage 2  the function (or the pass's reduction), saturation; registered into `o`
 
-A function runs over a row in the passes `PASSES[func]` (sfu/scalars.py): the row is streamed in
+A function runs over a row in the passes `SWEEPS[func]` (sfu/scalars.py): the row is streamed in
 once per pass (`cols` elements, `ceil(cols / lanes)` beats, the last beat's extra lanes ignored),
-and only the last pass (`Pass.OUT`) emits results. Between passes `i.ready` is low while the
+and only the last pass (`Sweep.OUT`) emits results. Between passes `i.ready` is low while the
 pipeline drains and `RowScalars` computes the next pass's scalars. `o` has no backpressure: a
 beat of the output pass leaves `LATENCY` = 3 cycles after its handshake on `i`; a row takes
 `row_cycles(func, cols)` cycles (one-pass functions: ceil(cols / lanes); RMSNORM 3 beats per lane
-group + 72, LAYERNORM 4 + 95, SOFTMAX 3 + 22, QUANT_ROWS 2 + 23: `pass_gap` between passes).
+group + 72, LAYERNORM 4 + 95, SOFTMAX 3 + 22, QUANT_ROWS 2 + 23: `sweep_gap` between passes).
 
 | func | passes | operands (a, b, c, d) | output `y` |
 |---|---|---|---|
@@ -38,11 +38,11 @@ from llmfab.ir.isa import MiscFunc
 
 from .arith import rshr, rshr_var, sat
 from .lut import LutEval, Table
-from .scalars import MAX_BITS, PASSES, QUANT_SCALAR_CYCLES, RECIP_BITS, SCALAR_CYCLES, SUM_BITS, Pass, RowScalars
+from .scalars import MAX_BITS, QUANT_SCALAR_CYCLES, RECIP_BITS, SCALAR_CYCLES, SUM_BITS, SWEEPS, RowScalars, Sweep
 
-__all__ = ["FUNCS", "PASSES", "SFU", "Pass", "pass_gap"]
+__all__ = ["FUNCS", "SWEEPS", "SFU", "Sweep", "sweep_gap"]
 
-FUNCS = tuple(PASSES)                    # the MISC functions the SFU computes
+FUNCS = tuple(SWEEPS)                    # the MISC functions the SFU computes
 ONE = 1 << 16
 _TABLES = {MiscFunc.SILU: Table.SILU, MiscFunc.GELU: Table.GELU,
            MiscFunc.GELU_TANH: Table.GELU_TANH, MiscFunc.SOFTMAX: Table.EXP}
@@ -58,15 +58,15 @@ def result_layout(lanes: int) -> data.StructLayout:
                               "m": unsigned(15), "e": signed(7)})
 
 
-def pass_gap(func: MiscFunc, kind: Pass, skip: bool = False) -> int:
+def sweep_gap(func: MiscFunc, kind: Sweep, skip: bool = False) -> int:
     """Cycles from the last input beat of a reduction pass `kind` to the next pass's first: SMAX 2
     (DRAIN0, then the max is final when the next beat's stage 0 reads it); others 4 (DRAIN0,
     DRAIN1, SCALARS, then WAIT takes the beat when `RowScalars` is done) plus `RowScalars`' busy
     cycles, none when `skip` (an all-zero QUANT_ROWS row, a SOFTMAX row with no visible key)."""
-    if kind is Pass.SMAX:
+    if kind is Sweep.SMAX:
         return 2
     busy = QUANT_SCALAR_CYCLES if func == MiscFunc.QUANT_ROWS else SCALAR_CYCLES[kind]
-    if skip and kind in (Pass.SSUM, Pass.AMAX):
+    if skip and kind in (Sweep.SSUM, Sweep.AMAX):
         busy = 0
     return 4 + busy
 
@@ -91,14 +91,14 @@ class SFU(wiring.Component):
 
     def row_cycles(self, func: MiscFunc, cols: int) -> int:
         """Cycles from a row's first input beat to the next row's, inputs always valid: one per beat
-        of each pass, and after each reduction pass `pass_gap` - 1 (the worst case: rows of zeros or
+        of each pass, and after each reduction pass `sweep_gap` - 1 (the worst case: rows of zeros or
         with no visible key are faster)."""
         beats = -(-cols // self.lanes)
         total = 0
-        for kind in PASSES[MiscFunc(func)]:
+        for kind in SWEEPS[MiscFunc(func)]:
             total += beats
-            if kind is not Pass.OUT:
-                total += pass_gap(func, kind) - 1
+            if kind is not Sweep.OUT:
+                total += sweep_gap(func, kind) - 1
         return total
 
     def elaborate(self, platform):
@@ -113,7 +113,7 @@ class SFU(wiring.Component):
         m.d.comb += n_beats.eq((self.cols + L - 1) >> lg)
         kind = Signal(3)
         with m.Switch(self.func):
-            for f, passes in PASSES.items():
+            for f, passes in SWEEPS.items():
                 with m.Case(f):
                     with m.Switch(pass_no):
                         for p, k in enumerate(passes):
@@ -129,7 +129,7 @@ class SFU(wiring.Component):
                 m.d.sync += [beat.eq(beat + 1), hpos.eq(Mux(wrap, 0, hpos + L))]
                 with m.If(beat == n_beats - 1):
                     m.d.sync += [beat.eq(0), hpos.eq(0)]
-                    with m.If(kind == Pass.OUT):
+                    with m.If(kind == Sweep.OUT):
                         m.d.sync += pass_no.eq(0)
                         m.next = "STREAM"
                     with m.Else():
@@ -142,7 +142,7 @@ class SFU(wiring.Component):
                 m.d.comb += self.i.ready.eq(1)
                 stream()
             with m.State("DRAIN0"):          # the last beat is in stage 1
-                with m.If(kind == Pass.SMAX):    # SSUM needs only the max: in stage 0 from next cycle
+                with m.If(kind == Sweep.SMAX):    # SSUM needs only the max: in stage 0 from next cycle
                     m.d.sync += pass_no.eq(pass_no + 1)
                     m.next = "STREAM"
                 with m.Else():
@@ -201,17 +201,17 @@ class SFU(wiring.Component):
 
         # ---- stage 2: the function or the pass's reduction
         y = lanes_of(signed(32), "y")
-        sums = {Pass.MEAN: [], Pass.SUMSQ: [], Pass.SSUM: []}
-        maxes = {Pass.AMAX: [], Pass.SMAX: []}
+        sums = {Sweep.MEAN: [], Sweep.SUMSQ: [], Sweep.SSUM: []}
+        maxes = {Sweep.AMAX: [], Sweep.SMAX: []}
         two_z = acc_sum << 1
         for n in range(L):
             x, b, c, dd, e_lut = x1[n], b1[n], c1[n], d1[n], lut.y[n]
-            sums[Pass.MEAN].append(Mux(ok1[n], x, 0))
-            sums[Pass.SUMSQ].append(Mux(ok1[n], xs1[n] * xs1[n], 0))
+            sums[Sweep.MEAN].append(Mux(ok1[n], x, 0))
+            sums[Sweep.SUMSQ].append(Mux(ok1[n], xs1[n] * xs1[n], 0))
             e = Mux(vis1[n], e_lut, 0)
-            sums[Pass.SSUM].append(e)
-            maxes[Pass.AMAX].append(Mux(ok1[n], ax1[n], 0))
-            maxes[Pass.SMAX].append(Mux(vis1[n], x, -(1 << 40)))
+            sums[Sweep.SSUM].append(e)
+            maxes[Sweep.AMAX].append(Mux(ok1[n], ax1[n], 0))
+            maxes[Sweep.SMAX].append(Mux(vis1[n], x, -(1 << 40)))
             # softmax: div_round(e 2^16, Z) = floor(nn / 2Z), nn < 2^35: one correction step
             nn = (e << 17) + acc_sum
             q0 = Signal(signed(20), name=f"q0_{n}")
@@ -252,7 +252,7 @@ class SFU(wiring.Component):
         with m.If(v1 & kind1.matches(*maxes)):
             m.d.sync += acc_max.eq(Mux(first1 | (beat_max > acc_max), beat_max, acc_max))
 
-        m.d.sync += self.o.valid.eq(v1 & (kind1 == Pass.OUT))
+        m.d.sync += self.o.valid.eq(v1 & (kind1 == Sweep.OUT))
         for n in range(L):
             m.d.sync += self.o.payload.y[n].eq(y[n])
         m.d.comb += [self.o.payload.m.eq(sc.m), self.o.payload.e.eq(sc.e),

@@ -17,20 +17,9 @@ from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.isa import BufferId
 
-from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature, word_log
 
-__all__ = ["ByteWriter", "PieceFetcher", "slot_layout", "word_log", "write_layout"]
-
-
-def word_log(m: Module, word_bytes: dict[BufferId, int], buf: Value) -> Signal:
-    """log2 of the word bytes of buffer `buf`."""
-    top = max(word_bytes.values()).bit_length() - 1
-    v = Signal(range(top + 1))
-    with m.Switch(buf):
-        for b, wb in word_bytes.items():
-            with m.Case(b):
-                m.d.comb += v.eq(wb.bit_length() - 1)
-    return v
+__all__ = ["ByteWriter", "PieceFetcher", "slot_layout", "write_layout"]
 
 
 def _byte_mask(n_lanes: int, lo, hi) -> Value:
@@ -88,7 +77,7 @@ class PieceFetcher(wiring.Component):
             with m.If(pend[k]):
                 m.d.comb += cur.eq(k)
         d = slots[cur]
-        lg = word_log(m, self.word_bytes, d.buf)
+        lg = word_log(m, d.buf, self.word_bytes)
         first = d.addr >> lg
         last = Signal(BUF_ADDR_BITS)
         m.d.comb += last.eq((d.addr + d.n - 1) >> lg)
@@ -143,7 +132,7 @@ class ByteWriter(wiring.Component):
         msk = Signal(MB + WB)
         waddr = Signal(BUF_ADDR_BITS)
         left = Signal(range((MB + WB) // 1 + 2))
-        lg = word_log(m, self.word_bytes, self.buf)
+        lg = word_log(m, self.buf, self.word_bytes)
         wb = Signal(range(WB + 1))
         m.d.comb += [wb.eq(Const(1, 1) << lg), self.busy.eq(left != 0)]
         with m.If(left != 0):

@@ -1,6 +1,6 @@
 """Per-row scalars of the SFU's multi-pass functions, computed between passes over a row.
 
-Each MISC function streams its row through the SFU once per entry of `PASSES[func]`; after each
+Each MISC function streams its row through the SFU once per entry of `SWEEPS[func]`; after each
 reduction pass `RowScalars` turns the pass's reduction (a sum or a max) into the scalars the next
 pass needs, exactly as ir/integer.py does:
 
@@ -32,8 +32,9 @@ MAX_BITS = 48          # the max register: |x 2^8 - mu| < 2^40, softmax's empty-
 SUM_BITS = 64
 
 
-class Pass(IntEnum):
-    """What one pass over a row does."""
+class Sweep(IntEnum):
+    """What one sweep over a row does (a function makes one to four sweeps of each row; the
+    name `Pass` is kept for compiler passes)."""
     OUT = 0      # compute and emit the results
     MEAN = 1     # sum x
     AMAX = 2     # max |X| (X = x, or x 2^8 - mu for LayerNorm)
@@ -42,14 +43,14 @@ class Pass(IntEnum):
     SSUM = 5     # sum of exp over the visible keys
 
 
-PASSES: dict[MiscFunc, tuple[Pass, ...]] = {
-    MiscFunc.ADD: (Pass.OUT,), MiscFunc.MUL: (Pass.OUT,), MiscFunc.RELU: (Pass.OUT,),
-    MiscFunc.SILU: (Pass.OUT,), MiscFunc.GELU: (Pass.OUT,), MiscFunc.GELU_TANH: (Pass.OUT,),
-    MiscFunc.ROPE: (Pass.OUT,),
-    MiscFunc.QUANT_ROWS: (Pass.AMAX, Pass.OUT),
-    MiscFunc.RMSNORM: (Pass.AMAX, Pass.SUMSQ, Pass.OUT),
-    MiscFunc.LAYERNORM: (Pass.MEAN, Pass.AMAX, Pass.SUMSQ, Pass.OUT),
-    MiscFunc.SOFTMAX: (Pass.SMAX, Pass.SSUM, Pass.OUT),
+SWEEPS: dict[MiscFunc, tuple[Sweep, ...]] = {
+    MiscFunc.ADD: (Sweep.OUT,), MiscFunc.MUL: (Sweep.OUT,), MiscFunc.RELU: (Sweep.OUT,),
+    MiscFunc.SILU: (Sweep.OUT,), MiscFunc.GELU: (Sweep.OUT,), MiscFunc.GELU_TANH: (Sweep.OUT,),
+    MiscFunc.ROPE: (Sweep.OUT,),
+    MiscFunc.QUANT_ROWS: (Sweep.AMAX, Sweep.OUT),
+    MiscFunc.RMSNORM: (Sweep.AMAX, Sweep.SUMSQ, Sweep.OUT),
+    MiscFunc.LAYERNORM: (Sweep.MEAN, Sweep.AMAX, Sweep.SUMSQ, Sweep.OUT),
+    MiscFunc.SOFTMAX: (Sweep.SMAX, Sweep.SSUM, Sweep.OUT),
 }
 
 
@@ -74,8 +75,8 @@ def _div(q_bits: int) -> int:
 # cycles RowScalars is busy after a pass (the worst case: a non-zero row); the last step's result
 # registers in the cycle `busy` drops (-1)
 SQRT_CYCLES = 1 + -(-SQRT_BITS // (2 * RADIX_BITS))    # 2 radicand bits a result bit
-SCALAR_CYCLES = {Pass.MEAN: _div(Q_MEAN) - 1, Pass.AMAX: 0,
-                 Pass.SUMSQ: _div(Q_MS) + SQRT_CYCLES + _div(Q_R) - 1, Pass.SMAX: 0, Pass.SSUM: _div(Q_RECIP) - 1}
+SCALAR_CYCLES = {Sweep.MEAN: _div(Q_MEAN) - 1, Sweep.AMAX: 0,
+                 Sweep.SUMSQ: _div(Q_MS) + SQRT_CYCLES + _div(Q_R) - 1, Sweep.SMAX: 0, Sweep.SSUM: _div(Q_RECIP) - 1}
 QUANT_SCALAR_CYCLES = _div(Q_INV) - 1     # QUANT_ROWS' AMAX: inv, and m beside it
 
 
@@ -127,9 +128,9 @@ class RowScalars(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     with m.Switch(self.kind):
-                        with m.Case(Pass.MEAN):
+                        with m.Case(Sweep.MEAN):
                             divide(2 * (self.acc_sum << 8) + cols, 2 * cols, Q_MEAN, "MEAN")
-                        with m.Case(Pass.AMAX):
+                        with m.Case(Sweep.AMAX):
                             with m.If(self.func == MiscFunc.QUANT_ROWS):
                                 m.d.sync += [self.inv.eq(0), self.m.eq(0), self.e.eq(0)]
                                 with m.If(a != 0):
@@ -139,9 +140,9 @@ class RowScalars(wiring.Component):
                             with m.Else():
                                 m.d.sync += [s.eq(s_new), self.s_right.eq(s_new > 0),
                                              self.s_r1.eq(s_new - 1), self.s_l.eq(-s_new)]
-                        with m.Case(Pass.SUMSQ):
+                        with m.Case(Sweep.SUMSQ):
                             divide(2 * self.acc_sum + cols, 2 * cols, Q_MS, "MS")
-                        with m.Case(Pass.SSUM):
+                        with m.Case(Sweep.SSUM):
                             m.d.sync += self.zzero.eq(self.acc_sum == 0)
                             with m.If(self.acc_sum != 0):
                                 divide(1 << RECIP_BITS, 2 * self.acc_sum, Q_RECIP, "RECIP")

@@ -1,7 +1,7 @@
 """The SFU instruction unit: executes MISC instructions on the on-chip buffers, exactly as
 `simulator.functional._misc` (docs/isa.md MISC), around the `SFU` datapath (backend_hw/sfu/datapath.py).
 
-Per instruction, rows one after the other; per row, the passes `PASSES[func]` of the SFU; per
+Per instruction, rows one after the other; per row, the passes `SWEEPS[func]` of the SFU; per
 pass, beats of `lanes` elements. For each beat the unit fetches the operands (a, b, c, d of the
 SFU's table) through two read ports, hands the beat to the SFU (or, for COPY and EMBED, straight
 to the output), and writes the results through the third port:
@@ -27,7 +27,7 @@ their previous beat's last word, so a beat costs only its words on the busier re
 word returns 1 cycle after its read and the beat is written into `ifo`, where up to `IN_DEPTH`
 issued beats wait for the SFU (they keep the fetch going through the hand-over, the SFU's pass
 gaps and the next rows). The SFU takes a beat a cycle while it streams, and adds its scalar
-cycles between passes (`SFU.row_cycles`, `pass_gap`); the writer writes a word a cycle. `done`
+cycles between passes (`SFU.row_cycles`, `sweep_gap`); the writer writes a word a cycle. `done`
 pulses once the last result word is written. backend_hw/sfu/cycles.py counts it exactly.
 ROPE needs `depth` even, and `depth` a multiple of `lanes` unless `cols == depth` (the SFU's
 head counter). ATTN_QK, ATTN_PV (the matrix engine's) and unknown functions complete at once.
@@ -39,15 +39,15 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.isa import BROADCAST, CAUSAL, INST_BITS, BufferId, MiscFunc, Opcode
+from llmfab.ir.isa import BROADCAST, CAUSAL, INST_BITS, MiscFunc, Opcode
 from llmfab.ir.target import Target
 
-from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature
+from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature, checked_word_bytes, word_log
 from ..protocol.isa_fields import field
 from .arith import SeqDivider
-from .datapath import PASSES, SFU
+from .datapath import SFU, SWEEPS
 from .embed import EmbedLanes
-from .ports import ByteWriter, PieceFetcher, word_log, write_layout
+from .ports import ByteWriter, PieceFetcher, write_layout
 
 __all__ = ["SfuUnit"]
 
@@ -67,6 +67,7 @@ class SfuUnit(wiring.Component):
     """
 
     OUT_DEPTH = 4            # result beats between the SFU and the writer (the SFU cannot stall)
+    EMBED_DIVIDER = (17, 16, 2)   # EMBED's cols / group: SeqDivider numerator, divisor and radix bits
     IN_DEPTH = 16            # fetched beats ahead of the SFU: 4 keep up with beats of one word a port,
                              # more fetch the next pass during the scalars (distributed RAM: as cheap)
 
@@ -76,12 +77,7 @@ class SfuUnit(wiring.Component):
         lanes = target.sfu.lanes
         if not isinstance(lanes, int) or lanes < 1 or lanes & (lanes - 1):
             raise ValueError(f"sfu lanes must be a positive power of two, not {lanes!r}")
-        self.word_bytes = {}
-        for b in target.buffers:
-            if b.width_bits < 32 or b.width_bits & (b.width_bits - 1):
-                raise ValueError(f"buffer {b.name.value} width_bits must be a power of two of at least 32, "
-                                 f"not {b.width_bits}")
-            self.word_bytes[BufferId[b.name.name]] = b.width_bits // 8
+        self.word_bytes = checked_word_bytes(target)
         self.target, self.lanes = target, lanes
         width = 8 * max(self.word_bytes.values())
         super().__init__({"inst": In(stream.Signature(INST_BITS)), "done": Out(1),
@@ -97,7 +93,7 @@ class SfuUnit(wiring.Component):
         m.submodules.fb = fb = PieceFetcher(2, RB, self.word_bytes)
         m.submodules.wr = wr = ByteWriter(OB, self.word_bytes)
         m.submodules.fifo = fifo = SyncFIFO(width=write_layout(OB).size, depth=self.OUT_DEPTH)
-        m.submodules.div = div = SeqDivider(17, 16, 2)          # EMBED's cols / group
+        m.submodules.div = div = SeqDivider(*self.EMBED_DIVIDER)
         m.submodules.emb = emb = EmbedLanes(L, RB)
         wiring.connect(m, fa.port, wiring.flipped(self.src))
         wiring.connect(m, fb.port, wiring.flipped(self.src2))
@@ -113,7 +109,7 @@ class SfuUnit(wiring.Component):
         bypass = is_copy | is_embed
         npass = Signal(3)
         with m.Switch(func):
-            for fn, passes in PASSES.items():
+            for fn, passes in SWEEPS.items():
                 with m.Case(fn):
                     m.d.comb += npass.eq(len(passes))
             with m.Case(F.COPY, F.EMBED):
@@ -182,7 +178,7 @@ class SfuUnit(wiring.Component):
 
         # Passes that read only `a` split its words between both ports (the src2 port reads the src
         # buffer too): the first half of the words on `src`, the rest on `src2`.
-        lgs = word_log(m, self.word_bytes, f["src_buf"])
+        lgs = word_log(m, f["src_buf"], self.word_bytes)
         a_end = Signal(A_W)
         m.d.comb += a_end.eq(elem + (nl << 2) - 1)
         a_words = (a_end >> lgs) - (elem >> lgs) + 1
@@ -295,7 +291,7 @@ class SfuUnit(wiring.Component):
                              kbits.eq(0), seq_end.eq(0)]
                 with m.If(is_copy):
                     m.d.sync += src_row.eq(f["src_addr"] + imm * Mux(ss != 0, ss, cols))
-                supported = func.matches(F.COPY, F.EMBED, *PASSES)
+                supported = func.matches(F.COPY, F.EMBED, *SWEEPS)
                 with m.If((f["rows"] == 0) | (cols == 0) | ~supported):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"

@@ -1,7 +1,15 @@
 """Simulation-only harnesses: `AxiRam` (an AXI4 slave memory per HBM channel) and the
 accelerator with its memories (`SimSystem`), run in amaranth.sim or Verilator
-(`VerilatorSystem`). Nothing here is part of the emitted accelerator."""
-from .axi_ram import AxiRam
-from .system import SimSystem, SystemRun, VerilatorSystem
+(`VerilatorSystem`). Nothing here is part of the emitted accelerator. Names load on first use:
+the units' cycle formulas read `AxiRam`'s latencies while the accelerator is still importing."""
+from importlib import import_module
 
-__all__ = ["AxiRam", "SimSystem", "SystemRun", "VerilatorSystem"]
+_WHERE = {"AxiRam": "axi_ram", "SimSystem": "system", "SystemRun": "system", "VerilatorSystem": "system"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,6 +35,10 @@ class AxiRam(wiring.Component):
 
     Ports: `axi`; `dbg_addr` (word address), `dbg_data` (`data_width`, one cycle after),
     `dbg_we`, `dbg_wdata` (`data_width`); `error` (sticky protocol error)."""
+    # AR handshake -> `rleft` registered -> the read port's registered data: the first R beat is
+    # valid two cycles after AR; `bvalid` is registered on the WLAST beat: B one cycle after it.
+    READ_LATENCY = 2
+    WRITE_LATENCY = 1
 
     def __init__(self, size_bytes: int, data_width: int, addr_width: int, init: bytes = b""):
         sig = AxiSignature(addr_width, data_width)     # checks the widths

@@ -155,7 +155,7 @@ class VerilatorSystem:
 
     def __init__(self, target: Target, formats=DEFAULT_FORMATS, channel_bytes: list[int] | None = None, *,
                  cache_dir=None):
-        beat = target.memory.port_width_bits // 8
+        beat = target.memory.beat_bytes
         if channel_bytes is None or len(channel_bytes) != target.memory.channels:
             raise ValueError(f"channel_bytes must give one size per memory channel ({target.memory.channels}), "
                              f"not {channel_bytes!r}")
