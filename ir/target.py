@@ -16,7 +16,7 @@ import importlib.resources
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from fractions import Fraction
 from pathlib import Path
@@ -240,6 +240,7 @@ class Target:
     power: Power
     controller: Controller = Controller()
     source: str = field(default="<target>", compare=False)  # the file, for messages
+    text: str = field(default="", compare=False, repr=False)  # the YAML it was read from (builds keep a copy)
 
     @property
     def clock_hz(self) -> float:
@@ -348,7 +349,7 @@ def load_target(spec: str | Path) -> Target:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}:" if mark is not None else ""
         raise TargetError(f"{source}:{at} not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    return parse_target(data, source)
+    return replace(parse_target(data, source), text=text)
 
 
 def parse_target(data: Any, source: str) -> Target:

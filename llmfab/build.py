@@ -5,6 +5,7 @@ manifest, target, programs and weight images) and never read paths themselves.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,6 +13,9 @@ from pathlib import Path
 
 from llmfab.ir.isa import Program
 from llmfab.ir.target import Target, load_target
+
+
+TARGET_FILE = "target.yaml"    # the target a build was compiled for, as it was read
 
 
 class BuildError(ValueError):
@@ -34,7 +38,23 @@ class Build:
 
     @cached_property
     def target(self) -> Target:
-        return load_target(self.manifest["target"]["name"])
+        """The target compiled for: the build's own copy of its file (a bundled name for builds
+        made before builds kept one)."""
+        t = self.manifest["target"]
+        if "file" not in t:
+            return load_target(t["name"])
+        path = self.path / t["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BuildError(f"{path}: the build's target file cannot be read ({e.strerror})") from None
+        if hashlib.sha256(data).hexdigest() != t.get("sha256"):
+            raise BuildError(f"{path}: the target file differs from the one the build was compiled for "
+                             f"(sha256 mismatch with manifest.json)")
+        target = load_target(path)
+        if target.name != t["name"]:
+            raise BuildError(f"{path}: names target {target.name!r}, the manifest {t['name']!r}")
+        return target
 
     @property
     def max_len(self) -> int:

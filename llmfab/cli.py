@@ -245,7 +245,7 @@ def cmd_synth(args) -> int:
     work = here / f"synth-{args.flow}"
     try:
         if args.flow == "ecp5":
-            t = load_target(manifest["target"])
+            t = load_target(here / manifest["target_file"] if "target_file" in manifest else manifest["target"])
             if t.device.family is not DeviceFamily.LATTICE_ECP5:
                 t = load_target("ecp5-85k")  # RTL for another device: place it on the bundled ECP5
             r = synth.ecp5(sources, top, target=t, out_dir=work)

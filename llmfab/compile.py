@@ -28,6 +28,7 @@ from llmfab.passes.policy import load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
 
+from .build import TARGET_FILE
 from .flow import load_model
 
 
@@ -43,6 +44,7 @@ class Compiled:
     seconds: float
     layout: HbmLayout | None = None    # where everything lives (not written; for tests and reports)
     graph: object = None               # the quantized graph the programs compute (not written)
+    target_yaml: bytes = b""           # the target file compiled for, written as BUILD/target.yaml
 
 
 def _check_formats(g, target: Target, plans) -> None:
@@ -152,7 +154,9 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     manifest = {
         "llmfab_manifest": 1,
         "model": str(model), "family": g.meta.get("family"), "policy": pol.name,
-        "target": {"name": tgt.name, "clock_mhz": tgt.clock_mhz, "chains": tgt.engine.n_chains,
+        "target": {"name": tgt.name, **({"file": TARGET_FILE, "sha256": hashlib.sha256(tgt.text.encode()).hexdigest()}
+                                      if tgt.text else {}),
+                   "clock_mhz": tgt.clock_mhz, "chains": tgt.engine.n_chains,
                    "chain_len": tgt.engine.chain_len, "hbm_channels": tgt.memory.channels,
                    "bandwidth_gbps": tgt.memory.bandwidth_gbps},
         "max_len": max_len, "prefill_step": p_step, "decode_step": d_step,
@@ -169,7 +173,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         "buffers_peak": {"act": max(lo.peak["act"] for lo in pre + dec), "scratch": max(lo.peak["scratch"] for lo in pre + dec),
                          "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
     }
-    return Compiled(manifest, programs, images, time.perf_counter() - t0, lay, g)
+    return Compiled(manifest, programs, images, time.perf_counter() - t0, lay, g, tgt.text.encode())
 
 
 def write_build(c: Compiled, out: Path) -> None:
@@ -178,7 +182,8 @@ def write_build(c: Compiled, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for name, data in c.programs + c.images:
+        extra = [(TARGET_FILE, c.target_yaml)] if c.target_yaml else []
+        for name, data in c.programs + c.images + extra:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         (tmp / "manifest.json").write_text(json.dumps(c.manifest, indent=2, sort_keys=True) + "\n")

@@ -1,6 +1,7 @@
 """Compiled programs, executed instruction by instruction (simulator/functional.py), compute
 exactly what the integer interpreter (the specification) computes: logits bit for bit."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,30 @@ def test_kv_rows_padded_over_many_channels(tmp_path, monkeypatch):
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
     m.run(_program(c, "decode", len(ids) + 1), len(ids) + 1)
     assert np.array_equal(_logits(m, c, 1, 128)[0], _reference(c, "llama_ts_op14", np.append(ids, 7))[len(ids)])
+
+
+def test_a_build_for_a_target_file_carries_it(tmp_path):
+    """A build compiled for the user's own target file is simulated and executed with that file's
+    numbers (kept in BUILD/target.yaml), not a bundled target looked up by name; a changed copy is
+    refused."""
+    from llmfab.build import Build, BuildError
+    from llmfab.flow import execute_build
+    from llmfab.timing import simulate_build
+    from llmfab.compile import write_build
+    text = (Path(__file__).parent.parent / "llmfab" / "targets" / "sim-small.yaml").read_text()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text.replace("name: sim-small", "name: my-board").replace("\nclock_mhz: 100", "\nclock_mhz: 50"))
+    write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), str(mine), max_len=16), tmp_path / "b")
+    mine.unlink()                                       # the build needs nothing but itself
+    b = Build.open(tmp_path / "b")
+    assert b.target.name == "my-board" and b.target.clock_mhz == 50
+    slow = simulate_build(tmp_path / "b", 4, 4)
+    write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16), tmp_path / "s")
+    fast = simulate_build(tmp_path / "s", 4, 4)
+    assert slow.target == "my-board" and slow.ttft_s > 1.9 * fast.ttft_s     # half the clock
+    logits, _ = execute_build(tmp_path / "b", np.array([1, 2, 3]))
+    assert logits.shape[1] == 3
+    (tmp_path / "b" / "target.yaml").write_text(text.replace("name: sim-small", "name: my-board"))
+    with pytest.raises(BuildError, match=r"target.yaml: the target file differs from the one the build was "
+                                         r"compiled for \(sha256 mismatch with manifest.json\)$"):
+        Build.open(tmp_path / "b").target

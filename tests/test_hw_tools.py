@@ -172,8 +172,9 @@ def test_write_rtl_is_deterministic(tmp_path, target, part, period):
     b = emit.write_rtl({"mac": MAC(), "counter": Counter(4)}, t, tmp_path / "b")
     first = _tree(a)
     assert first == _tree(b)
-    assert sorted(first) == ["mac.core", "rtl.json", "rtl/counter.v", "rtl/mac.v",
+    assert sorted(first) == ["mac.core", "rtl.json", "rtl/counter.v", "rtl/mac.v", "target.yaml",
                              "vivado/clocks.xdc", "vivado/create_project.tcl"]
+    assert first["target.yaml"].decode() == t.text and f"name: {target}\n" in t.text
     emit.write_rtl(designs, t, a)   # rewriting in place gives the same bytes too
     assert _tree(a) == first
     tcl = first["vivado/create_project.tcl"].decode()
@@ -185,6 +186,7 @@ def test_write_rtl_is_deterministic(tmp_path, target, part, period):
     assert b"/work/" not in first["rtl/mac.v"] and b"module mac(" in first["rtl/mac.v"]
     manifest, sources = emit.read_rtl(a)
     assert manifest["top"] == "mac" and manifest["target"] == target and sorted(sources) == ["counter.v", "mac.v"]
+    assert manifest["target_file"] == "target.yaml"
 
 
 class Broken(wiring.Component):

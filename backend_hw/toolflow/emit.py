@@ -7,6 +7,7 @@
     out_dir/vivado/clocks.xdc          the `clk` port at target.clock_mhz
     out_dir/<top>.core                 FuseSoC CAPI2: targets default, sim (Verilator), synth
     out_dir/rtl.json                   top, target, clock, files: what `llmfab synth DIR` reads
+    out_dir/target.yaml                the target file the RTL was generated for (when read from one)
 
 The bytes depend only on the designs and the target. The folder is built beside `out_dir` and
 renamed into place, so a failure leaves any previous output untouched; an existing folder is only
@@ -25,6 +26,7 @@ from .synth import _check_name, to_verilog
 __all__ = ["MANIFEST", "U280_PART", "write_rtl", "read_rtl"]
 
 MANIFEST = "rtl.json"
+TARGET_FILE = "target.yaml"
 U280_PART = "xcu280-fsvh2892-2L-e"   # the Vivado project's part when the target is not a Xilinx device
 CLOCK_PORT = "clk"                   # Amaranth's `sync` domain clock
 
@@ -57,9 +59,12 @@ def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = N
     files["vivado/clocks.xdc"] = _xdc(t)
     files["vivado/create_project.tcl"] = _tcl(t, top, rtl, part)
     files[f"{top}.core"] = _core(t, top, rtl, part)
+    keep = {"target_file": TARGET_FILE} if t.text else {}     # the target as read, for `llmfab synth`
+    if t.text:
+        files[TARGET_FILE] = t.text
     files[MANIFEST] = json.dumps({"top": top, "target": t.name, "clock_mhz": t.clock_mhz,
                                   "family": t.device.family.value, "part": t.device.part,
-                                  "vivado_part": part, "files": rtl}, indent=2, sort_keys=True) + "\n"
+                                  "vivado_part": part, "files": rtl, **keep}, indent=2, sort_keys=True) + "\n"
     _replace_dir(out, files)
     return out
 
