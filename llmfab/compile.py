@@ -1,8 +1,9 @@
 """`llmfab compile`: model + target + policy -> BUILD/ with programs, weight images and a manifest.
 
-The flow: load (fused graph with shapes at max_len, so position tables cover every position) ->
-quantize by the policy -> lay out HBM -> lower every length bucket -> check every program ->
-write. Writing is atomic (a temporary folder renamed into place), so a failed compile leaves an
+The flow is `STEPS`, named functions over one `Flow` (as FINN's build steps): load (the fused
+graph with shapes at max_len, so position tables cover every position) -> quantize by the
+policy -> lay out HBM -> lower every length bucket -> check every program -> package; then
+`write_build`. Writing is atomic (a temporary folder renamed into place), so a failed compile leaves an
 earlier BUILD untouched; the same inputs give byte-identical files (no timestamps, sorted JSON).
 """
 from __future__ import annotations
@@ -13,10 +14,10 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmfab.ir import OpKind
+from llmfab.ir import Graph, OpKind
 from llmfab.ir.isa import encode, quant_row_bytes
 from llmfab.ir.quant import NM, QuantError
 from llmfab.ir.target import Target, load_target
@@ -24,7 +25,7 @@ from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
 from llmfab.passes.lower import Engine, Lowered, lower_bucket, prefill_programs
-from llmfab.passes.policy import load_policy
+from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
 
@@ -69,8 +70,157 @@ def _program_bytes(lowered: list[Lowered]) -> list[tuple[Lowered, bytes]]:
     return [(low, low.program.to_bytes(enc)) for low in lowered]
 
 
+@dataclass
+class Flow:
+    """What the compile steps hand each other: the inputs, then each step's results."""
+    model: str
+    target: Target
+    policy: Policy
+    max_len: int
+    prefill_step: int | None            # as asked (None: the largest that fits)
+    decode_step: int | None
+    graph: Graph | None = None
+    has_data: bool = False              # weights with values (not a config-only model)
+    layout: HbmLayout | None = None
+    engine: Engine | None = None
+    capacity: int = 0                   # bytes per HBM channel
+    p_step: int = 0                     # the prefill and decode bucket steps chosen
+    d_step: int = 0
+    prefill: list[Lowered] = field(default_factory=list)
+    decode: list[Lowered] = field(default_factory=list)
+    programs: list[tuple[str, bytes]] = field(default_factory=list)
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+
+def step_load(f: Flow) -> None:
+    """The fused graph, with shapes at max_len so position tables cover every position."""
+    f.graph = load_model(f.model, seq_len=f.max_len)
+    f.has_data = all(f.graph.node(s.const).data.has_values for s in weight_sites(f.graph))
+
+
+def step_quantize(f: Flow) -> None:
+    """Quantize every weight by the policy (calibrating on the float model when it asks)."""
+    g, pol, sites = f.graph, f.policy, weight_sites(f.graph)
+    inputs = None
+    if f.has_data and (pol.auto or any(p.needs_calibration for p in assign(g, pol, None).values())):
+        inputs = layer_inputs(g, sites, token_streams(g, pol.calibration.samples, pol.calibration.seed,
+                                                      pol.calibration.tokens))
+    try:
+        plans = assign(g, pol, inputs)
+        _check_formats(g, f.target, plans)
+        quantize_graph(g, plans, inputs)
+    except QuantError as e:
+        raise CompileError(f"{pol.source}: {e}") from None
+
+
+def step_layout(f: Flow) -> None:
+    """Choose the decode step (KV tiles that fit half the KV buffer) and place everything in HBM."""
+    g, tgt = f.graph, f.target
+    bufs = {b.name.value: b.bytes for b in tgt.buffers}
+    f.engine = Engine(tgt.engine.n_chains, bufs)
+    f.capacity = int(tgt.memory.capacity_gb * 1e9) // tgt.memory.channels
+    attn = [n for n in g.nodes() if n.op is OpKind.ATTENTION]
+    dh = g.node(attn[0].inputs[1]).type.shape[-1] if attn else 1
+    kv_keys = (bufs["kv"] // 2) // quant_row_bytes(dh)
+    if kv_keys < 1:
+        raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
+                           f"of {quant_row_bytes(dh)} bytes")
+    if f.decode_step is not None and f.decode_step > kv_keys:
+        raise CompileError(f"--decode-step {f.decode_step} needs KV tiles of {f.decode_step} keys; half the KV "
+                           f"buffer of {tgt.name} holds {kv_keys} keys of {quant_row_bytes(dh)} bytes")
+    f.d_step = f.decode_step or min(f.max_len, kv_keys)
+    try:
+        f.layout = place(g, channels=tgt.memory.channels, channel_capacity=f.capacity,
+                         chain_rows=tgt.engine.n_chains, tile_bytes=bufs["weight"] // 2, max_len=f.max_len,
+                         max_rows=min(f.prefill_step or 128, f.max_len),
+                         capacity_label=f"{tgt.memory.kind.value.upper()} ({tgt.name})")
+    except LayoutError as e:
+        raise CompileError(str(e)) from None
+
+
+def step_lower(f: Flow) -> None:
+    """Lower every length bucket; the prefill row tile is as asked, or the largest of 128, 64, ...
+    whose programs fit the buffers."""
+    g, lay, eng = f.graph, f.layout, f.engine
+    steps = [f.prefill_step] if f.prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= f.max_len]
+    for p_step in steps:
+        try:
+            all_buckets = buckets(f.max_len, p_step, f.d_step)
+            f.prefill = prefill_programs(g, lay, eng, [b for b in all_buckets if b.stage is Stage.PREFILL])
+            f.p_step = p_step
+            break
+        except LayoutError as e:
+            if f.prefill_step or p_step == steps[-1]:
+                raise CompileError(str(e)) from None
+    try:
+        f.decode = [lower_bucket(g, lay, eng, b) for b in all_buckets if b.stage is Stage.DECODE]
+    except LayoutError as e:
+        raise CompileError(str(e)) from None
+
+
+def step_check(f: Flow) -> None:
+    """Operand bounds at each bucket's shortest and longest length, and the token counters."""
+    tgt = f.target
+    limits = Limits(tgt.buffer_bytes, tgt.memory.channels, f.capacity)
+    counter_max = tgt.controller.token_counter_max
+    try:
+        for low in f.decode:
+            check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=counter_max)
+        if f.prefill:  # every other prefill program is a prefix of the largest
+            check_program(f.prefill[-1].program, limits, (f.prefill[-1].bucket.hi,), counter_max=counter_max)
+    except ValueError as e:
+        raise CompileError(f"internal error: a compiled program failed its check: {e}") from None
+
+
+def step_package(f: Flow) -> None:
+    """Program files, per-channel weight images and the manifest."""
+    g, lay, tgt, lowered = f.graph, f.layout, f.target, f.prefill + f.decode
+    entries = []
+    for low, data in _program_bytes(lowered):
+        b: Bucket = low.bucket
+        name = f"programs/{b.name}.bin"
+        f.programs.append((name, data))
+        entries.append({"stage": b.stage.value, "bucket": [b.lo, b.hi], "file": name,
+                        "instructions": len(low.program.instructions), "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        # where each layer (or other top-level op) starts, for per-layer timing
+                        "sections": [[start, label] for start, label in low.sections]})
+    if f.has_data:
+        for ch, img in enumerate(channel_images(g, lay)):
+            f.images.append((f"weights/ch{ch:02d}.bin", bytes(img)))
+    total = sum(e["bytes"] for e in entries)
+    per_exact = sum(e["bytes"] * (e["bucket"][1] - e["bucket"][0] + 1) for e in entries)
+    kept = {"file": TARGET_FILE, "sha256": hashlib.sha256(tgt.text.encode()).hexdigest()} if tgt.text else {}
+    f.manifest = {
+        "llmfab_manifest": 1,
+        "model": str(f.model), "family": g.meta.get("family"), "policy": f.policy.name,
+        "target": {"name": tgt.name, **kept, "clock_mhz": tgt.clock_mhz, "chains": tgt.engine.n_chains,
+                   "chain_len": tgt.engine.chain_len, "hbm_channels": tgt.memory.channels,
+                   "bandwidth_gbps": tgt.memory.bandwidth_gbps},
+        "max_len": f.max_len, "prefill_step": f.p_step, "decode_step": f.d_step,
+        "programs": entries,
+        "instruction_bytes_total": total,
+        "instruction_bytes_per_exact_length": per_exact,
+        "weights": [{"file": n, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in f.images],
+        "hbm": {"bytes_per_channel": max(lay.used), "capacity_per_channel": f.capacity,
+                "bytes_total": lay.bytes_used},
+        # where the logits land: row p (prefill position p, or 0 for a decode step), int32 Q.16
+        "output": {"addr": lay.output.addr, "channel": lay.output.channel, "channels": lay.output.channels,
+                   "row_bytes": lay.output.row_bytes, "rows": lay.output.rows,
+                   "vocab": max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=0)},
+        "buffers_peak": {"act": max(lo.peak["act"] for lo in lowered),
+                         "scratch": max(lo.peak["scratch"] for lo in lowered),
+                         "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
+    }
+
+
+STEPS = (step_load, step_quantize, step_layout, step_lower, step_check, step_package)
+
+
 def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int = 2048,
                   prefill_step: int | None = None, decode_step: int | None = None) -> Compiled:
+    """Run `STEPS` on the model for the target; `write_build` writes the result."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     pol = load_policy(policy)
@@ -79,101 +229,11 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     for name, v in (("--prefill-step", prefill_step), ("--decode-step", decode_step)):
         if v is not None and not 1 <= v <= max_len:
             raise CompileError(f"{name} must be between 1 and --max-len ({max_len}), not {v}")
-    g = load_model(model, seq_len=max_len)
-    sites = weight_sites(g)
-    has_data = all(g.node(s.const).data.has_values for s in sites)
-    inputs = None
-    if has_data and (pol.auto or any(p.needs_calibration for p in assign(g, pol, None).values())):
-        inputs = layer_inputs(g, sites, token_streams(g, pol.calibration.samples, pol.calibration.seed,
-                                                      pol.calibration.tokens))
-    try:
-        plans = assign(g, pol, inputs)
-        _check_formats(g, tgt, plans)
-        quantize_graph(g, plans, inputs)
-    except QuantError as e:
-        raise CompileError(f"{pol.source}: {e}") from None
-
-    bufs = {b.name.value: b.bytes for b in tgt.buffers}
-    eng = Engine(tgt.engine.n_chains, bufs)
-    capacity = int(tgt.memory.capacity_gb * 1e9) // tgt.memory.channels
-    attn = [n for n in g.nodes() if n.op is OpKind.ATTENTION]
-    dh = g.node(attn[0].inputs[1]).type.shape[-1] if attn else 1
-    kv_keys = (bufs["kv"] // 2) // quant_row_bytes(dh)
-    if kv_keys < 1:
-        raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
-                           f"of {quant_row_bytes(dh)} bytes")
-    if decode_step is not None and decode_step > kv_keys:
-        raise CompileError(f"--decode-step {decode_step} needs KV tiles of {decode_step} keys; half the KV buffer "
-                           f"of {tgt.name} holds {kv_keys} keys of {quant_row_bytes(dh)} bytes")
-    d_step = decode_step or min(max_len, kv_keys)
-    try:
-        lay = place(g, channels=tgt.memory.channels, channel_capacity=capacity, chain_rows=tgt.engine.n_chains,
-                    tile_bytes=bufs["weight"] // 2, max_len=max_len, max_rows=min(prefill_step or 128, max_len),
-                    capacity_label=f"{tgt.memory.kind.value.upper()} ({tgt.name})")
-    except LayoutError as e:
-        raise CompileError(str(e)) from None
-    # The prefill row tile: as asked, or the largest of 128, 64, ... whose programs fit the buffers.
-    steps = [prefill_step] if prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= max_len]
-    for p_step in steps:
-        try:
-            all_buckets = buckets(max_len, p_step, d_step)
-            pre = prefill_programs(g, lay, eng, [b for b in all_buckets if b.stage is Stage.PREFILL])
-            break
-        except LayoutError as e:
-            if prefill_step or p_step == steps[-1]:
-                raise CompileError(str(e)) from None
-    try:
-        dec = [lower_bucket(g, lay, eng, b) for b in all_buckets if b.stage is Stage.DECODE]
-    except LayoutError as e:
-        raise CompileError(str(e)) from None
-    limits = Limits(tgt.buffer_bytes, tgt.memory.channels, capacity)
-    try:
-        for low in dec:
-            check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=tgt.controller.token_counter_max)
-        if pre:  # every other prefill program is a prefix of the largest
-            check_program(pre[-1].program, limits, (pre[-1].bucket.hi,), counter_max=tgt.controller.token_counter_max)
-    except ValueError as e:
-        raise CompileError(f"internal error: a compiled program failed its check: {e}") from None
-
-    programs, entries = [], []
-    for low, data in _program_bytes(pre + dec):
-        b: Bucket = low.bucket
-        name = f"programs/{b.name}.bin"
-        programs.append((name, data))
-        entries.append({"stage": b.stage.value, "bucket": [b.lo, b.hi], "file": name,
-                        "instructions": len(low.program.instructions), "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        # where each layer (or other top-level op) starts, for per-layer timing
-                        "sections": [[start, label] for start, label in low.sections]})
-    images = []
-    if has_data:
-        for ch, img in enumerate(channel_images(g, lay)):
-            images.append((f"weights/ch{ch:02d}.bin", bytes(img)))
-    total = sum(e["bytes"] for e in entries)
-    per_exact = sum(e["bytes"] * (e["bucket"][1] - e["bucket"][0] + 1) for e in entries)
-    manifest = {
-        "llmfab_manifest": 1,
-        "model": str(model), "family": g.meta.get("family"), "policy": pol.name,
-        "target": {"name": tgt.name, **({"file": TARGET_FILE, "sha256": hashlib.sha256(tgt.text.encode()).hexdigest()}
-                                      if tgt.text else {}),
-                   "clock_mhz": tgt.clock_mhz, "chains": tgt.engine.n_chains,
-                   "chain_len": tgt.engine.chain_len, "hbm_channels": tgt.memory.channels,
-                   "bandwidth_gbps": tgt.memory.bandwidth_gbps},
-        "max_len": max_len, "prefill_step": p_step, "decode_step": d_step,
-        "programs": entries,
-        "instruction_bytes_total": total,
-        "instruction_bytes_per_exact_length": per_exact,
-        "weights": [{"file": n, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in images],
-        "hbm": {"bytes_per_channel": max(lay.used), "capacity_per_channel": capacity,
-                "bytes_total": lay.bytes_used},
-        # where the logits land: row p (prefill position p, or 0 for a decode step), int32 Q.16
-        "output": {"addr": lay.output.addr, "channel": lay.output.channel, "channels": lay.output.channels,
-                   "row_bytes": lay.output.row_bytes, "rows": lay.output.rows,
-                   "vocab": max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=0)},
-        "buffers_peak": {"act": max(lo.peak["act"] for lo in pre + dec), "scratch": max(lo.peak["scratch"] for lo in pre + dec),
-                         "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
-    }
-    return Compiled(manifest, programs, images, time.perf_counter() - t0, lay, g, tgt.text.encode())
+    f = Flow(model, tgt, pol, max_len, prefill_step, decode_step)
+    for step in STEPS:
+        step(f)
+    return Compiled(f.manifest, f.programs, f.images, time.perf_counter() - t0, f.layout, f.graph,
+                    tgt.text.encode())
 
 
 def write_build(c: Compiled, out: Path) -> None:
