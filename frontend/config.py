@@ -14,20 +14,20 @@ import importlib.resources
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from llmfab.ir import (AbsentData, ArrayData, AttentionAttrs, AxisAttrs, ConstAttrs, DType, GeluApprox,
+from llmfab.ir import (AbsentData, ArrayData, AttentionAttrs, AxisAttrs, DType, GeluApprox,
                        GeluAttrs, Graph, InputAttrs, InputRole, LinearAttrs, LinearRole, NormAttrs,
                        OpKind, PermAttrs, RopeAttrs, RopeStyle, ShapeAttrs, SliceAttrs, TensorType,
                        verify)
 
-
-class ConfigError(ValueError):
-    """A config.json llmfab cannot build a graph from; the message names the file and the field."""
+from .config_fields import ConfigError, _Fields
+from .random_weights import with_random_weights
+from .rope import rope_cos_sin
 
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "opt")
@@ -46,94 +46,8 @@ _ACTIVATIONS = {  # HF activation name -> (op, gelu approximation)
     "gelu_new": (OpKind.GELU, GeluApprox.TANH), "gelu_pytorch_tanh": (OpKind.GELU, GeluApprox.TANH),
     "gelu_fast": (OpKind.GELU, GeluApprox.TANH), "silu": (OpKind.SILU, None), "swish": (OpKind.SILU, None),
 }
-_REQUIRED = object()
-
-
 # ---------------------------------------------------------------------------------------------
-# typed field access
-
-
-class _Fields:
-    """Reads typed fields from a parsed config; every error names the file and the field."""
-
-    def __init__(self, cfg: Mapping, label: str):
-        self.cfg, self.label = cfg, label
-
-    def fail(self, msg: str):
-        raise ConfigError(f"{self.label}: {msg}")
-
-    def get(self, key: str, default=_REQUIRED, aliases: tuple[str, ...] = ()):
-        for k in (key, *aliases):
-            if self.cfg.get(k) is not None:
-                return k, self.cfg[k]
-        if default is _REQUIRED:
-            self.fail(f"missing required field {key!r}")
-        return key, default
-
-    def int(self, key: str, default=_REQUIRED, aliases=(), minimum: int = 1) -> int:
-        k, v = self.get(key, default, aliases)
-        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-            what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-            self.fail(f"field {k!r} must be {what}, not {v!r}")
-        return v
-
-    def float(self, key: str, default=_REQUIRED, aliases=()) -> float:
-        k, v = self.get(key, default, aliases)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
-            self.fail(f"field {k!r} must be a positive number, not {v!r}")
-        return float(v)
-
-    def bool(self, key: str, default=_REQUIRED) -> bool:
-        k, v = self.get(key, default)
-        if not isinstance(v, bool):
-            self.fail(f"field {k!r} must be true or false, not {v!r}")
-        return v
-
-    def choice(self, key: str, choices, default=_REQUIRED) -> str:
-        k, v = self.get(key, default)
-        if v not in choices:
-            self.fail(f"field {k!r} must be one of {', '.join(map(str, choices))}, not {v!r}")
-        return v
-
-    def heads(self, key: str, dividing: int, dividing_name: str, default=_REQUIRED, aliases=()) -> int:
-        k, v = self.get(key, default, aliases)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or dividing % v:
-            self.fail(f"field {k!r} must be a positive int dividing {dividing_name}={dividing}, not {v!r}")
-        return v
-
-
-# ---------------------------------------------------------------------------------------------
-# rotary tables
-
-
-def rope_cos_sin(head_dim: int, theta: float, start: int, length: int,
-                 scaling: Mapping | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin tables [length, head_dim] (float32) for positions start..start+length-1, as HF computes them.
-
-    `scaling` is a resolved rope-scaling dict: {"rope_type": "linear", "factor": f} or the Llama 3.1
-    rule {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
-    "original_max_position_embeddings"}.
-    """
-    f32 = np.float32
-    inv_freq = f32(1.0) / (f32(theta) ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(f32) / f32(head_dim)))
-    kind = scaling["rope_type"] if scaling else "default"
-    if kind == "linear":
-        inv_freq = inv_freq / f32(scaling["factor"])
-    elif kind == "llama3":
-        factor, lo, hi = (f32(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
-        old = f32(scaling["original_max_position_embeddings"])
-        wavelen = f32(2 * math.pi) / inv_freq
-        scaled = np.where(wavelen > old / lo, inv_freq / factor, inv_freq)
-        smooth = (old / wavelen - lo) / (hi - lo)
-        smoothed = (f32(1) - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
-        inv_freq = np.where(medium, smoothed, scaled).astype(f32)
-    elif kind != "default":
-        raise ValueError(f"rope scaling type {kind!r} is not supported")
-    pos = np.arange(start, start + length, dtype=np.int64).astype(f32)
-    freqs = np.outer(pos, inv_freq).astype(f32)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(f32), np.sin(emb).astype(f32)
+# rotary parameters (the tables: rope.py)
 
 
 def _rope_params(f: _Fields) -> tuple[float, dict | None]:
@@ -514,28 +428,6 @@ def load_preset(name: str, **kw) -> Graph:
 def _load_preset(name: str, path: Path, *, seq_len: int = 16, past_len: int = 0, batch: int = 1) -> Graph:
     g = _build(_read(path, str(path)), str(path), seq_len, past_len, batch, name)
     g.meta.update(config_path=str(path), preset=name)
-    return g
-
-
-def with_random_weights(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
-    """A copy of a config-only graph with random values for every weight (for tests and demos).
-
-    Norm scales are drawn around 1 and everything else around 0, in the weight's own dtype.
-    """
-    rng = np.random.default_rng(seed)
-    g = graph.copy()
-    for node in g.nodes():
-        if node.op is not OpKind.CONST or node.data.has_values:
-            continue
-        shape, dt = node.data.shape, node.data.dtype
-        is_scale = len(shape) == 1 and node.name.endswith(".weight")
-        a = (1.0 if is_scale else 0.0) + rng.standard_normal(shape) * (0.1 if is_scale else std)
-        a = a.astype(np.float32)
-        if dt is DType.BF16:  # round to nearest-even bf16, stored in float32
-            u = a.view(np.uint32)
-            a = ((u + np.uint32(0x7FFF) + ((u >> 16) & 1)) & np.uint32(0xFFFF0000)).view(np.float32)
-        data = ArrayData(a.astype(dt.numpy), dt)
-        g.set_node(replace(node, attrs=ConstAttrs(data, node.attrs.weight)))
     return g
 
 

@@ -209,7 +209,8 @@ def _bind_inputs(ctx: ImportContext, proto: onnx.ModelProto, opts: ImportOptions
 
 def import_onnx(path, options: ImportOptions = ImportOptions()) -> Graph:
     """Read an ONNX decoder model into an IR graph of primitive and structural ops (unfused)."""
-    from .onnx_ops import HANDLERS, SUPPORTED_OPS, attributes
+    from .onnx_args import attributes
+    from .onnx_ops import HANDLERS, SUPPORTED_OPS
 
     loaded = load_onnx(path)
     proto, opset = loaded.proto, loaded.opset

@@ -3,7 +3,7 @@
 A handler receives the import context and the IR value names of its inputs (None for an omitted
 optional input) and returns the IR value name(s) of its outputs. `ctx.emit` folds an op to a
 constant when all its inputs are known, so the same handler serves shape math and dataflow.
-Ops marked `_const_only` exist in LLM exports only to compute shapes, masks and positions.
+Ops that exist in LLM exports only to compute shapes, masks and positions are in onnx_ops_const.py.
 """
 from __future__ import annotations
 
@@ -11,32 +11,15 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from llmfab.ir import (AxisAttrs, CastAttrs, DType, GeluApprox, GeluAttrs, LinearAttrs, NormAttrs,
                        OpKind, PermAttrs, ReduceAttrs, ShapeAttrs, SliceAttrs, TransposedData)
 
+from .onnx_args import axes_arg, norm_axis
 from .onnx_loader import ir_dtype
-
-
-def attributes(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        if a.type == onnx.AttributeProto.TENSOR:
-            if v.data_location == onnx.TensorProto.EXTERNAL:  # (also refused by the loader)
-                raise ValueError(f"attribute {a.name!r} keeps its tensor in external data")
-            v = numpy_helper.to_array(v)
-        elif isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list) and v and isinstance(v[0], bytes):
-            v = [x.decode() for x in v]
-        out[a.name] = v
-    return out
-
-
-def _axis(ax: int, rank: int) -> int:
-    return ax + rank if ax < 0 else ax
+from .onnx_ops_const import (ConstantOfShape, Range, Trilu, CumSum, ScatterND, GatherND, Tile, Mod, Clip,
+                             Equal, Less, LessOrEqual, Greater, GreaterOrEqual, Not, And, Or, Xor, Abs, Floor,
+                             Ceil, Sin, Cos, Log, Sign, IsInf, ReduceMin, ReduceProd)
 
 
 # ---- structural and pass-through --------------------------------------------------------------
@@ -109,32 +92,26 @@ def Reshape(ctx, x, shape, allowzero=0):
     return ctx.emit(OpKind.RESHAPE, [x], ShapeAttrs(tuple(target)))
 
 
-def _axes_arg(ctx, axes_input, axes_attr):
-    if axes_input is not None:
-        return [int(a) for a in np.ravel(ctx.const(axes_input, "axes"))]
-    return list(axes_attr) if axes_attr is not None else None
-
-
 def Unsqueeze(ctx, x, axes=None):
     # opset >= 13 passes axes as an input (a value name), older opsets as an attribute (a list)
-    ax = _axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
+    ax = axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
     shape = list(ctx.type(x).shape)
     rank = len(shape) + len(ax)
-    for a in sorted(_axis(a, rank) for a in ax):
+    for a in sorted(norm_axis(a, rank) for a in ax):
         shape.insert(a, 1)
     return _reshape_to(ctx, x, shape)
 
 
 def Squeeze(ctx, x, axes=None):
-    ax = _axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
+    ax = axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
     shape = ctx.type(x).shape
-    drop = {_axis(a, len(shape)) for a in ax} if ax else {i for i, d in enumerate(shape) if d == 1}
+    drop = {norm_axis(a, len(shape)) for a in ax} if ax else {i for i, d in enumerate(shape) if d == 1}
     return _reshape_to(ctx, x, [d for i, d in enumerate(shape) if i not in drop])
 
 
 def Flatten(ctx, x, axis=1):
     shape = ctx.type(x).shape
-    axis = _axis(axis, len(shape))
+    axis = norm_axis(axis, len(shape))
     return _reshape_to(ctx, x, [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))])
 
 
@@ -153,7 +130,7 @@ def Transpose(ctx, x, perm=None):
 
 
 def Concat(ctx, *xs, axis):
-    ax = _axis(axis, ctx.type(xs[0]).rank)
+    ax = norm_axis(axis, ctx.type(xs[0]).rank)
     # Empty parts (a KV cache with no past tokens) contribute nothing.
     parts = [x for x in xs if ctx.type(x).numel > 0]
     if not parts:  # all empty: an empty constant of the concatenated shape
@@ -171,7 +148,7 @@ def Slice(ctx, x, starts, ends, axes=None, steps=None):
     rank = ctx.type(x).rank
     ax = [int(v) for v in np.ravel(ctx.const(axes, "axes"))] if axes is not None else list(range(len(st)))
     sp = [int(v) for v in np.ravel(ctx.const(steps, "steps"))] if steps is not None else [1] * len(st)
-    ax = [_axis(a, rank) for a in ax]
+    ax = [norm_axis(a, rank) for a in ax]
     if any(p < 0 for p in sp):
         xv = ctx.const(x, "data (Slice with a negative step)")
         idx = [slice(None)] * rank
@@ -189,7 +166,7 @@ def Slice(ctx, x, starts, ends, axes=None, steps=None):
 
 def Split(ctx, x, split=None, axis=0, num_outputs=None):
     shape = ctx.type(x).shape
-    axis = _axis(axis, len(shape))
+    axis = norm_axis(axis, len(shape))
     if isinstance(split, str):
         sizes = [int(v) for v in ctx.const(split, "split")]
     elif split is not None:
@@ -207,7 +184,7 @@ def Split(ctx, x, split=None, axis=0, num_outputs=None):
 
 def Gather(ctx, data, indices, axis=0):
     rank = ctx.type(data).rank
-    axis = _axis(axis, rank)
+    axis = norm_axis(axis, rank)
     idx = ctx.value(indices)
     if idx is not None and (idx < 0).any():
         indices = ctx.constant(np.where(idx < 0, idx + ctx.type(data).shape[axis], idx), "idx")
@@ -296,7 +273,7 @@ def Gelu(ctx, x, approximate="none"):
 
 
 def Softmax(ctx, x, axis=-1):
-    return ctx.emit(OpKind.SOFTMAX, [x], AxisAttrs(_axis(axis, ctx.type(x).rank)))
+    return ctx.emit(OpKind.SOFTMAX, [x], AxisAttrs(norm_axis(axis, ctx.type(x).rank)))
 
 
 def MatMul(ctx, a, b):
@@ -327,13 +304,13 @@ def Gemm(ctx, a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
 
 def _reduce(op: OpKind):
     def handler(ctx, x, axes=None, keepdims=1, noop_with_empty_axes=0):
-        ax = _axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
+        ax = axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
         rank = ctx.type(x).rank
         if not ax:
             if noop_with_empty_axes:
                 return x
             ax = list(range(rank))
-        return ctx.emit(op, [x], ReduceAttrs(tuple(sorted(_axis(a, rank) for a in ax)), bool(keepdims)))
+        return ctx.emit(op, [x], ReduceAttrs(tuple(sorted(norm_axis(a, rank) for a in ax)), bool(keepdims)))
     return handler
 
 
@@ -342,123 +319,13 @@ ReduceMean, ReduceSum, ReduceMax = _reduce(OpKind.REDUCE_MEAN), _reduce(OpKind.R
 
 def LayerNormalization(ctx, x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
     rank = ctx.type(x).rank
-    if _axis(axis, rank) != rank - 1:
+    if norm_axis(axis, rank) != rank - 1:
         raise ctx.error(f"LayerNormalization over axis {axis} is not supported (only the last axis)")
     if bias is None:
         bias = ctx.constant(np.zeros(ctx.type(x).shape[-1], np.float32), "bias")
     return ctx.emit(OpKind.LAYERNORM, [x, scale, bias], NormAttrs(float(epsilon))), None, None
 
 
-# ---- ops that only compute shapes, masks and positions (their inputs must be known) ---------
-
-def _const_only(fn: Callable, n_out: int = 1) -> Callable:
-    def handler(ctx, *ins, **attrs):
-        vals = [None if i is None else ctx.const(i, f"#{k}") for k, i in enumerate(ins)]
-        return ctx.constant(fn(*vals, **attrs), "")
-    return handler
-
-
-def _trilu(x, k=None, upper=1):
-    kk = int(k) if k is not None else 0
-    return np.triu(x, kk) if upper else np.tril(x, kk)
-
-
-def _cumsum(x, axis, exclusive=0, reverse=0):
-    ax = int(axis)
-    y = np.flip(x, ax) if reverse else x
-    out = np.cumsum(y, axis=ax)
-    if exclusive:
-        out = out - y
-    return (np.flip(out, ax) if reverse else out).astype(x.dtype)
-
-
-def _scatter_nd(data, indices, updates, reduction="none"):
-    combine = {"none": lambda old, new: new, "add": np.add, "mul": np.multiply,
-               "max": np.maximum, "min": np.minimum}
-    if reduction not in combine:
-        raise ValueError(f"ScatterND reduction {reduction!r} is not supported")
-    out = np.array(data, copy=True)
-    for idx in np.ndindex(indices.shape[:-1]):
-        at = tuple(indices[idx])
-        out[at] = combine[reduction](out[at], updates[idx])
-    return out
-
-
-def _gather_nd(data, indices, batch_dims=0):
-    if batch_dims:
-        raise ValueError("GatherND with batch_dims is not supported")
-    k = indices.shape[-1]
-    flat = indices.reshape(-1, k)
-    out = np.stack([data[tuple(ix)] for ix in flat]) if len(flat) else np.zeros((0,) + data.shape[k:], data.dtype)
-    return out.reshape(indices.shape[:-1] + data.shape[k:])
-
-
-def _const_of_shape(shape, value=None):
-    v = np.zeros(1, np.float32) if value is None else np.asarray(value)
-    return np.full([int(d) for d in shape], v.ravel()[0], dtype=v.dtype)
-
-
-def _range(start, limit, delta):
-    start, limit, delta = (np.asarray(v) for v in (start, limit, delta))
-    return np.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
-
-
-def _tile(x, repeats):
-    return np.tile(x, [int(r) for r in repeats])
-
-
-def _mod(a, b, fmod=0):
-    return np.fmod(a, b) if fmod else np.mod(a, b)
-
-
-def _clip(x, lo=None, hi=None, min=None, max=None):
-    lo = lo if lo is not None else min
-    hi = hi if hi is not None else max
-    return np.clip(x, lo, hi)
-
-
-ConstantOfShape = _const_only(_const_of_shape)
-Range = _const_only(_range)
-Trilu = _const_only(_trilu)
-CumSum = _const_only(_cumsum)
-ScatterND = _const_only(_scatter_nd)
-GatherND = _const_only(_gather_nd)
-Tile = _const_only(_tile)
-Mod = _const_only(_mod)
-Clip = _const_only(_clip)
-Equal = _const_only(np.equal)
-Less = _const_only(np.less)
-LessOrEqual = _const_only(np.less_equal)
-Greater = _const_only(np.greater)
-GreaterOrEqual = _const_only(np.greater_equal)
-Not = _const_only(np.logical_not)
-And = _const_only(np.logical_and)
-Or = _const_only(np.logical_or)
-Xor = _const_only(np.logical_xor)
-Abs = _const_only(np.abs)
-Floor = _const_only(np.floor)
-Ceil = _const_only(np.ceil)
-Sin = _const_only(lambda x: np.sin(x).astype(x.dtype))
-Cos = _const_only(lambda x: np.cos(x).astype(x.dtype))
-Log = _const_only(np.log)
-Sign = _const_only(np.sign)
-IsInf = _const_only(lambda x, detect_negative=1, detect_positive=1:
-                    (np.isneginf(x) & bool(detect_negative)) | (np.isposinf(x) & bool(detect_positive)))
-def _const_reduce(fn):
-    """A reduction used only on known values, with ReduceMean's axes rules (input or attribute)."""
-    def handler(ctx, x, axes=None, keepdims=1, noop_with_empty_axes=0):
-        ax = _axes_arg(ctx, axes if isinstance(axes, str) else None, None if isinstance(axes, str) else axes)
-        v = ctx.const(x, "data")
-        if not ax:
-            if noop_with_empty_axes:
-                return x
-            ax = list(range(v.ndim))
-        return ctx.constant(fn(v, axis=tuple(_axis(a, v.ndim) for a in ax), keepdims=bool(keepdims)), "")
-    return handler
-
-
-ReduceMin = _const_reduce(np.min)
-ReduceProd = _const_reduce(np.prod)
 
 
 HANDLERS: dict[str, Callable] = {

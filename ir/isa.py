@@ -7,6 +7,10 @@ unused bits are reserved and must be zero. The tables are the whole encoding: `e
 the disassembler and docs/isa.md's tables are all driven by them.
 docs/isa.md says what each field means, how dependency tokens and the length register work, and
 the binary program format.
+
+One file, over the ~450 lines we aim for, on purpose: it is the contract between the compiler, the
+simulator and the RTL (field tables, encoding, program files, the builder and the token-deadlock
+check all read the same tables), and a reader checking one against another wants them together.
 """
 from __future__ import annotations
 

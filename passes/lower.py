@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmfab.ir import Graph, InputRole, OpKind
-from llmfab.ir.isa import (CAUSAL, CONTINUE, HOLD, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc,
-                           lookup_field, make, quant_row_bytes, weight_fields)
 from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
+from llmfab.ir.isa import (BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc, lookup_field, make,
+                           weight_fields)
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
 
 from .buckets import Bucket, Stage
+from .buffer_alloc import Allocator
 from .hbm_layout import HbmLayout, LayoutError
+from .lower_attention import attention, quant_rows
 from .tokens import TokenTracker
 
 # the token tracker's queue index of each opcode: the bit of its ISA queue. SYS has none; it is
@@ -38,52 +40,6 @@ QUEUE_INDEX = {op: int(q).bit_length() - 1 for op, q in ISA_QUEUE_OF.items() if 
 QUEUE_INDEX[Opcode.SYS] = QUEUE_INDEX[Opcode.MISC]
 ACT, SCRATCH, KV, WEIGHT = BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT
 IDS_ADDR = 0      # the host writes the step's token ids (int32, one per row) at the start of the act buffer
-
-
-class Allocator:
-    """First-fit allocation in one on-chip buffer; freed blocks coalesce."""
-
-    def __init__(self, name: str, base: int, size: int, align: int = 64):
-        self.name, self.base, self.size, self.align = name, base, size, align
-        self.free_list = [(base, size)]
-        self.live: dict[object, tuple[int, int]] = {}
-        self.peak = base
-        self.history: list[tuple[int, int, object]] = []   # blocks ever handed out, latest owner
-        self.reused: dict[object, list] = {}               # new key -> earlier keys it overwrites
-
-    def alloc(self, key, nbytes: int, what: str) -> int:
-        n = -(-max(nbytes, 1) // self.align) * self.align
-        for i, (a, sz) in enumerate(self.free_list):
-            if sz >= n:
-                self.free_list[i] = (a + n, sz - n)
-                self.live[key] = (a, n)
-                self.peak = max(self.peak, a + n)
-                # reusing bytes that an earlier value held: writing them must wait for its readers
-                old = [h for h in self.history if h[0] < a + n and a < h[0] + h[1]]
-                self.reused[key] = [k for _, _, k in old]
-                keep = [h for h in self.history if h not in old]
-                for a2, n2, k2 in old:  # the parts of an old block outside the new one keep their owner
-                    if a2 < a:
-                        keep.append((a2, a - a2, k2))
-                    if a2 + n2 > a + n:
-                        keep.append((a + n, a2 + n2 - a - n, k2))
-                self.history = keep + [(a, n, key)]
-                return a
-        used = sum(s for _, s in self.live.values())
-        largest = max((sz for _, sz in self.free_list), default=0)
-        raise LayoutError(f"{self.name} buffer ({self.base + self.size} bytes) is too small: {what} needs {n} "
-                          f"bytes, {used} are in use and the largest free block is {largest} ({n - largest} short)")
-
-    def free(self, key) -> None:
-        a, n = self.live.pop(key)
-        blocks = sorted(self.free_list + [(a, n)])
-        merged = [blocks[0]]
-        for a, n in blocks[1:]:
-            if merged[-1][0] + merged[-1][1] == a:
-                merged[-1] = (merged[-1][0], merged[-1][1] + n)
-            else:
-                merged.append((a, n))
-        self.free_list = merged
 
 
 @dataclass(frozen=True)
@@ -351,21 +307,12 @@ def _embedding(lw: Lowerer, node) -> None:
             dst_buf=ACT, dst_addr=dst)
 
 
-def _quant_rows(lw: Lowerer, src: str, key, rows: int, cols: int, offset: int = 0, pitch: int = 0) -> int:
-    """Quantize `rows` rows into scratch, `pitch` bytes apart (0: the natural `quant_row_bytes(cols)`)."""
-    at = lw.scratch.alloc(key, rows * (pitch or quant_row_bytes(cols)), f"int8 rows of {src!r}")
-    lw.emit(Opcode.MISC, [("act", lw.key(src))], [("scratch", key)], func=MiscFunc.QUANT_ROWS, rows=rows, cols=cols,
-            src_buf=ACT, src_addr=lw.addr(src) + offset, dst_buf=SCRATCH, dst_addr=at,
-            dst_stride=pitch if pitch != quant_row_bytes(cols) else 0)
-    return at
-
-
 def _linear(lw: Lowerer, node) -> None:
     x = node.inputs[0]
     qw: QuantizedWeight = lw.g.node(node.inputs[1]).data
     rows, k = lw.rows_cols(x)
     _, n = lw.rows_cols(node.name)
-    xq = _quant_rows(lw, x, (node.name, "xq"), rows, k)
+    xq = quant_rows(lw, x, (node.name, "xq"), rows, k)
     dst = lw.new_act(node.name)
     decode = lw.bucket.stage is Stage.DECODE
     wf = weight_fields(qw.scheme, k)
@@ -397,80 +344,9 @@ def _concat(lw: Lowerer, node) -> None:
     lw.alias(node.name, node.inputs[-1])
 
 
-def _attention(lw: Lowerer, node) -> None:
-    q, k, v = node.inputs[:3]
-    a = node.attrs
-    heads_kv = lw.lay.kv[a.layer]
-    rows, dh = lw.rows_cols(node.name)                 # rows = H x S, head-major
-    s = lw.p_rows
-    rep = a.num_heads // a.num_kv_heads
-    decode = lw.bucket.stage is Stage.DECODE
-    qrow = heads_kv[0].k.row_bytes                      # 4 + dh, padded to whole bytes per HBM channel
-    pad = qrow - quant_row_bytes(dh)
-    step = lw.half["kv"] // qrow                        # keys per KV tile: as many as half the buffer holds
-    if decode:
-        step = min(step, lw.bucket.step)                # (a decode bucket spans one tile)
-    if step < 1:
-        raise LayoutError(f"one key row of {qrow} bytes does not fit half the KV buffer ({lw.half['kv']} bytes)")
-    tiles = -(-lw.p_keys // step)
-    # the new rows join the cache: quantized per (head, token) row, one ST per KV head
-    # HBM regions of the cache, per row tile: this pass writes its own, attention reads all so far
-    # (naming them per tile keeps a store from waiting for loads of rows it does not touch)
-    tile_no = 0 if decode else lw.p_first // lw.p_rows   # (a decode step writes one row, reads all)
-    for name, src in (("k", k), ("v", v)):
-        key = (node.name, name)
-        at = _quant_rows(lw, src, key, a.num_kv_heads * s, dh, pitch=qrow)
-        for h, kvh in enumerate(heads_kv):
-            obj = kvh.k if name == "k" else kvh.v
-            lw.dma(Opcode.ST, obj, lw.p_first, s, SCRATCH, at + h * s * qrow, reads=[("scratch", key)],
-                   writes=[("hbm", a.layer, name, h, tile_no)], len_field="hbm_addr" if decode else None)
-        lw.scratch.free(key)
-    qkey = (node.name, "q")
-    qat = _quant_rows(lw, q, qkey, rows, dh)
-    q_row = quant_row_bytes(dh)
-    dst = lw.new_act(node.name)
-    width = 4 * lw.p_keys                               # bytes of one row of scores
-    scale = int(np.floor(a.scale * 2 ** 16 + 0.5))
-
-    def kv_tiles(obj, name: str, h: int):
-        """LD each KV tile of head h into the next KV half; yields (j, keys, last, address, half)."""
-        for j in range(tiles):
-            last = decode and j == tiles - 1   # its extent comes from the length register
-            n_keys = min(step, lw.p_keys - j * step)
-            at, half = lw.next_half("kv")
-            lw.dma(Opcode.LD, obj, j * step, n_keys, KV, at, writes=[("kv", half)], len_field="rows" if last else None,
-                   reads=[("hbm", a.layer, name, h, t) for t in range(tile_no + 1)])
-            yield j, n_keys, last, at, half
-
-    for h, kvh in enumerate(heads_kv):                 # one KV head and its `rep` query heads at a time
-        g_rows = rep * s
-        skey = (node.name, "scores", h)
-        sat = lw.scratch.alloc(skey, g_rows * width, f"attention scores of {node.name!r}")
-        q_at = qat + h * g_rows * q_row
-        for j, n_keys, last, at, half in kv_tiles(kvh.k, "k", h):
-            lw.emit(Opcode.ATTN, [("kv", half), ("scratch", qkey)], [("scratch", skey)],
-                    "cols" if last else None, func=MiscFunc.ATTN_QK, rows=g_rows, cols=n_keys, depth=dh, imm=scale,
-                    src2_pad=pad,
-                    src_buf=SCRATCH, src_addr=q_at, src2_buf=KV, src2_addr=at, dst_buf=SCRATCH,
-                    dst_addr=sat + 4 * j * step, dst_stride=width)
-        lw.emit(Opcode.MISC, [("scratch", skey)], [("scratch", skey)], "cols" if decode else None,
-                func=MiscFunc.SOFTMAX, rows=g_rows, cols=lw.p_keys, period=s, imm=lw.p_first,
-                flags=CAUSAL if a.causal and not decode else 0, src_buf=SCRATCH, src_addr=sat, src_stride=width,
-                dst_buf=SCRATCH, dst_addr=sat, dst_stride=width)
-        for j, n_keys, last, at, half in kv_tiles(kvh.v, "v", h):
-            flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)
-            lw.emit(Opcode.ATTN, [("kv", half), ("scratch", skey)], [("act", node.name)],
-                    "cols" if last else None, func=MiscFunc.ATTN_PV, rows=g_rows, cols=n_keys, depth=dh, flags=flags,
-                    src2_pad=pad,
-                    src_buf=SCRATCH, src_addr=sat + 4 * j * step, src_stride=width, src2_buf=KV, src2_addr=at,
-                    dst_buf=ACT, dst_addr=dst + 4 * h * g_rows * dh)
-        lw.scratch.free(skey)
-    lw.scratch.free(qkey)
-
-
 LOWER = {
     OpKind.EMBEDDING: _embedding, OpKind.LINEAR: _linear, OpKind.LMHEAD: _linear,
-    OpKind.RMSNORM: _norm, OpKind.LAYERNORM: _norm, OpKind.ROPE: _rope, OpKind.ATTENTION: _attention,
+    OpKind.RMSNORM: _norm, OpKind.LAYERNORM: _norm, OpKind.ROPE: _rope, OpKind.ATTENTION: attention,
     OpKind.SILU: _unary(MiscFunc.SILU), OpKind.RELU: _unary(MiscFunc.RELU), OpKind.GELU: _gelu,
     OpKind.ADD: _binary(MiscFunc.ADD), OpKind.MUL: _binary(MiscFunc.MUL),
     OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: _slice, OpKind.CONCAT: _concat,

@@ -71,3 +71,17 @@ def test_state_names_the_cycle_formulas_count_are_the_sequencers_states():
         defined = set(re.findall(r'm\.State\("(\w+)"\)', inspect.getsource(cls.elaborate)))
         named = {s for k, v in vars(cls).items() if k.endswith("_STATES") for s in v}
         assert named and named <= defined, (cls.__name__, named - defined)
+
+
+def test_long_files_are_few_and_say_why():
+    """Small files with names that explain themselves: at most two product modules over 450
+    lines, each saying in its docstring why it stays whole."""
+    long = []
+    for stage in STAGES + ("llmfab",):
+        for f in sorted((ROOT / stage).rglob("*.py")):
+            if len(f.read_text().splitlines()) > 450:
+                long.append(f)
+    assert len(long) <= 2, long
+    for f in long:
+        doc = ast.get_docstring(ast.parse(f.read_text())) or ""
+        assert "over the ~450 lines" in doc, f"{f.relative_to(ROOT)} is long and does not say why"

@@ -1,0 +1,30 @@
+"""Random weights for a config-only graph, so a model too big to ship can still be run small."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from llmfab.ir import ArrayData, ConstAttrs, DType, Graph, OpKind
+
+
+def with_random_weights(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
+    """A copy of a config-only graph with random values for every weight (for tests and demos).
+
+    Norm scales are drawn around 1 and everything else around 0, in the weight's own dtype.
+    """
+    rng = np.random.default_rng(seed)
+    g = graph.copy()
+    for node in g.nodes():
+        if node.op is not OpKind.CONST or node.data.has_values:
+            continue
+        shape, dt = node.data.shape, node.data.dtype
+        is_scale = len(shape) == 1 and node.name.endswith(".weight")
+        a = (1.0 if is_scale else 0.0) + rng.standard_normal(shape) * (0.1 if is_scale else std)
+        a = a.astype(np.float32)
+        if dt is DType.BF16:  # round to nearest-even bf16, stored in float32
+            u = a.view(np.uint32)
+            a = ((u + np.uint32(0x7FFF) + ((u >> 16) & 1)) & np.uint32(0xFFFF0000)).view(np.float32)
+        data = ArrayData(a.astype(dt.numpy), dt)
+        g.set_node(replace(node, attrs=ConstAttrs(data, node.attrs.weight)))
+    return g
