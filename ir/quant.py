@@ -57,6 +57,19 @@ class QuantError(ValueError):
     pass
 
 
+def check_format(weight_bits, pattern) -> tuple[int, int] | None:
+    """A hardware part's weight format, checked: `weight_bits` one of `BITS`, `pattern` None (dense)
+    or one of `PATTERNS` (a tuple or list); returns the pattern as a tuple. ValueError otherwise."""
+    if not isinstance(weight_bits, int) or isinstance(weight_bits, bool) or weight_bits not in BITS:
+        raise ValueError(f"weight_bits must be one of {', '.join(map(str, BITS))}, not {weight_bits!r}")
+    if pattern is None:
+        return None
+    pattern = tuple(pattern) if isinstance(pattern, (tuple, list)) else pattern
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be None (dense) or one of {', '.join(map(str, PATTERNS))}, not {pattern!r}")
+    return pattern
+
+
 def kept(k: int, pattern: tuple[int, int] | None) -> int:
     """Weights kept of `k` along K under an N:M pattern (all of them when dense)."""
     return k if pattern is None else NM(*pattern).kept(k)

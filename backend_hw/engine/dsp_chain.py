@@ -22,7 +22,7 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.quant import BITS, NM, PATTERNS
+from llmfab.ir.quant import NM, check_format
 from llmfab.ir.target import ACT_BITS, DSPPrimitive
 
 from ..protocol.valid import Valid
@@ -58,13 +58,7 @@ class DSPChain(wiring.Component):
                  sim_model: bool = False):
         if not _is_pow2(chain_len):
             raise ValueError(f"chain_len must be a positive power of two, not {chain_len!r}")
-        if type(weight_bits) is not int or weight_bits not in BITS:
-            raise ValueError(f"weight_bits must be one of {', '.join(map(str, BITS))}, not {weight_bits!r}")
-        if pattern is not None:
-            pattern = tuple(pattern) if isinstance(pattern, (tuple, list)) else pattern
-            if pattern not in PATTERNS:
-                raise ValueError(f"pattern must be None (dense) or one of "
-                                 f"{', '.join(map(str, PATTERNS))}, not {pattern!r}")
+        pattern = check_format(weight_bits, pattern)
         if group_kept is None:
             group_kept = chain_len
         if not (isinstance(group_kept, int) and not isinstance(group_kept, bool)

@@ -26,7 +26,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from llmfab.ir.packing import MANT_FIELD_BITS
-from llmfab.ir.quant import BITS, MANT_BITS, NM, PATTERNS
+from llmfab.ir.quant import MANT_BITS, NM, check_format
 
 CODE_BITS = 8        # codes leave sign-extended to the int8 operand width
 BEAT_COUNT_BITS = 18  # beats per row: K <= 2^17 kept codes at chain_len >= 1
@@ -95,13 +95,8 @@ class WeightUnpacker(wiring.Component):
             raise ValueError(f"chain_len must be a positive power of two, not {chain_len!r}")
         if not (_is_int(word_bits) and word_bits > 0 and word_bits % 8 == 0):
             raise ValueError(f"word_bits must be a positive multiple of 8, not {word_bits!r}")
-        if not _is_int(weight_bits) or weight_bits not in BITS:
-            raise ValueError(f"weight_bits must be one of {', '.join(map(str, BITS))}, not {weight_bits!r}")
+        pattern = check_format(weight_bits, pattern)
         if pattern is not None:
-            pattern = tuple(pattern) if isinstance(pattern, (tuple, list)) else pattern
-            if pattern not in PATTERNS:
-                raise ValueError(f"pattern must be None (dense) or one of {', '.join(map(str, PATTERNS))}, "
-                                 f"not {pattern!r}")
             if chain_len % pattern[0]:
                 raise ValueError(f"chain_len must be a multiple of N ({pattern[0]} for {NM(*pattern)}) so "
                                  f"that a beat holds whole blocks, not {chain_len!r}")
