@@ -22,7 +22,8 @@ latencies are the controller's (control/controller.py, control/fetch.py), one cy
   copies: `dma_cycles_fast`).
 
 Not modelled: token counters that saturate (the compiler keeps them within
-`target.controller.token_counter_max`), AXI contention between the load and store DMAs on one channel, and data-dependent scalar cycles
+`target.controller.token_counter_max`), AXI contention between the load and store DMAs on one
+channel, and data-dependent scalar cycles
 (the unit models assume non-zero rows).
 """
 from __future__ import annotations

@@ -29,6 +29,7 @@ from .quant import NM
 BRAM36_KB = 4.5      # KiB in one Xilinx BRAM36 (36 Kbit)
 URAM_KB = 36.0       # KiB in one Xilinx UltraRAM (288 Kbit)
 EBR_KB = 2.25        # KiB in one Lattice ECP5 EBR (18 Kbit)
+TARGET_FILE = "target.yaml"   # the copy of its target a build or RTL folder keeps (`Target.text`)
 ACT_BITS = 8         # activations are int8 (docs/integer.md)
 
 

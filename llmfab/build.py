@@ -15,9 +15,6 @@ from llmfab.ir.isa import Program
 from llmfab.ir.target import Target, load_target
 
 
-TARGET_FILE = "target.yaml"    # the target a build was compiled for, as it was read
-
-
 class BuildError(ValueError):
     pass
 

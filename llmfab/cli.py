@@ -34,8 +34,9 @@ def cmd_inspect(args) -> int:
     from llmfab.passes.pass_base import PipelineReport
     from llmfab.passes.summary import format_summary, summarize
 
-    report = PipelineReport(print_between=args.print_between_passes)
-    g = load_model(args.model, seq_len=args.seq_len, past_len=args.past_len, passes=args.passes, report=report)
+    report = PipelineReport()
+    g = load_model(args.model, seq_len=args.seq_len, past_len=args.past_len, passes=args.passes,
+                   print_between=args.print_between_passes, report=report)
     if report.printed:
         print("".join(report.printed), end="")
     if args.time_passes:

@@ -20,7 +20,7 @@ from pathlib import Path
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.isa import encode, quant_row_bytes
 from llmfab.ir.quant import NM, QuantError
-from llmfab.ir.target import Target, load_target
+from llmfab.ir.target import TARGET_FILE, Target, load_target
 from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
@@ -29,7 +29,6 @@ from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
 
-from .build import TARGET_FILE
 from .flow import load_model
 
 

@@ -18,18 +18,20 @@ class FlowError(ValueError):
 
 
 def load_model(source: str, *, seq_len: int | None = None, past_len: int = 0, batch: int = 1,
-               passes: str | None = None, report: PipelineReport | None = None) -> Graph:
+               passes: str | None = None, print_between: bool = False,
+               report: PipelineReport | None = None) -> Graph:
     """An .onnx file, a Hugging Face config.json or a preset name -> fused graph. `passes`: the
     pipeline to run after import instead of the default (`FUSION_PIPELINE` for ONNX,
-    `canonical-names` for a config); `report`: filled with each pass's time and, if its
-    `printed` is a list the caller asked for, the graph after each pass."""
+    `canonical-names` for a config); `report`: filled with each pass's time and, with
+    `print_between`, the graph after each pass."""
     from llmfab.frontend.config import PRESETS, load_config, load_preset
 
     p = Path(source)
     pipeline = parse_pipeline(passes, PASSES) if passes is not None else None
     if p.suffix == ".onnx" or p.is_file() and p.suffix != ".json":
         g = import_onnx(p, ImportOptions(seq_len=seq_len, past_len=past_len, batch=batch))
-        _run(g, pipeline or parse_pipeline(FUSION_PIPELINE, PASSES), report)
+        run_pipeline(g, pipeline or parse_pipeline(FUSION_PIPELINE, PASSES), print_between=print_between,
+                     report=report)
         verify(g)
         return g
     kw = dict(seq_len=seq_len or 16, past_len=past_len, batch=batch)
@@ -40,15 +42,9 @@ def load_model(source: str, *, seq_len: int | None = None, past_len: int = 0, ba
     else:
         raise FlowError(f"{source}: not an .onnx file, a config.json or a preset "
                         f"(presets: {', '.join(sorted(PRESETS))})")
-    _run(g, pipeline or parse_pipeline("canonical-names", PASSES), report)  # the same names as ONNX imports
+    run_pipeline(g, pipeline or parse_pipeline("canonical-names", PASSES),   # the same names as ONNX imports
+                 print_between=print_between, report=report)
     return g
-
-
-def _run(g: Graph, pipeline, report: PipelineReport | None) -> None:
-    r = run_pipeline(g, pipeline, print_between=report is not None and report.print_between)
-    if report is not None:
-        report.seconds.update(r.seconds)
-        report.printed.extend(r.printed)
 
 
 def leftover_primitives(g: Graph) -> list[str]:

@@ -86,12 +86,12 @@ def parse_pipeline(spec: str, registry: dict[str, type[Pass]]) -> list[Pass]:
 class PipelineReport:
     seconds: dict[str, float] = field(default_factory=dict)
     printed: list[str] = field(default_factory=list)
-    print_between: bool = False       # asked of a caller that passes a report in (llmfab.flow.load_model)
 
 
 def run_pipeline(graph: Graph, passes: list[Pass], *, verify_each: bool = True,
-                 print_between: bool = False) -> PipelineReport:
-    report = PipelineReport()
+                 print_between: bool = False, report: PipelineReport | None = None) -> PipelineReport:
+    """Apply `passes` in order; times and printed graphs go into `report` (a new one by default)."""
+    report = PipelineReport() if report is None else report
     for p in passes:
         t0 = time.perf_counter()
         p.apply(graph)

@@ -11,8 +11,8 @@ sim/axi_ram.py write them; no table of measurements):
 - the address side: one cycle to take a slice, then one AR/AW per burst (<= `AXI_MAX_BEATS` beats, never
   across a `AXI_PAGE_BYTES` page), each waiting until that channel's AxiRam has no burst in flight
   (read: every beat of the previous burst fetched; write: its W beats and B done);
-- the data side, one slice at a time: one cycle to take it, then the byte gearbox of `GEARBOX_BYTES`
-  bytes: LD takes an R beat when the beat fits (count after this cycle's pop + beat <= capacity) and
+- the data side, one slice at a time: one cycle to take it, then the byte gearbox of `gearbox_bytes`
+  (dma/unit.py) bytes: LD takes an R beat when the beat fits (count after this cycle's pop + beat <= capacity) and
   writes a buffer word when the word's bytes are in; ST reads a buffer word (data next cycle) when it
   will fit and sends a W beat when the beat's bytes are in and W is ready. One cycle after the slice's
   last word/beat it takes the next slice.

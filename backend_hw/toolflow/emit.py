@@ -26,7 +26,6 @@ from .synth import _check_name, to_verilog
 __all__ = ["MANIFEST", "U280_PART", "write_rtl", "read_rtl"]
 
 MANIFEST = "rtl.json"
-TARGET_FILE = "target.yaml"
 U280_PART = "xcu280-fsvh2892-2L-e"   # the Vivado project's part when the target is not a Xilinx device
 CLOCK_PORT = "clk"                   # Amaranth's `sync` domain clock
 
@@ -34,7 +33,7 @@ CLOCK_PORT = "clk"                   # Amaranth's `sync` domain clock
 def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = None) -> Path:
     """`designs`: name -> an Amaranth Component, an `(elaboratable, ports)` pair or Verilog text.
     `top`: the top-level design (default: the first name). Returns `out_dir` as a Path."""
-    from llmfab.ir.target import DeviceFamily, load_target
+    from llmfab.ir.target import TARGET_FILE, DeviceFamily, load_target
     t = target if not isinstance(target, (str, Path)) else load_target(target)
     if not isinstance(designs, dict) or not designs:
         raise TypeError(f"designs must be a non-empty dict of name to design, not {designs!r:.80}")
