@@ -21,7 +21,7 @@ from llmfab.ir.isa import BufferId, Opcode, Program, encode, make, resolve_lengt
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine
 
-from test_hw_dma import BUFS, CASES, HBM_BYTES, random_inst, target
+from test_hw_dma import BUFS, CASES, HBM_BYTES, random_inst, seed_of, target
 
 
 class _Bench(Elaboratable):
@@ -99,11 +99,12 @@ def random_setup(t, seed):
 @pytest.mark.parametrize("op", [Opcode.LD, Opcode.ST])
 def test_random_instructions(case, op):
     t = target(**CASES[case])
-    rng, machine = random_setup(t, hash((case, int(op))) & 0xFFFF)
-    insts = [random_inst(rng, t, machine, op) for _ in range(2)]
-    insts.append(random_inst(rng, t, machine, op))
+    rng, machine = random_setup(t, seed_of(case, int(op)))
+    taken = []
+    insts = [random_inst(rng, t, machine, op, taken) for _ in range(2)]
+    insts.append(random_inst(rng, t, machine, op, taken))
     while not insts[-1]["indirect"]:                     # at least one gather / scatter each
-        insts[-1] = random_inst(rng, t, machine, op)
+        insts[-1] = random_inst(rng, t, machine, op, taken)
     check(t, insts, [bytes(HBM_BYTES)] * t.memory.channels, {b: bytes(v) for b, v in machine.buffers.items()})
 
 
