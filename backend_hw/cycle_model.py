@@ -4,7 +4,7 @@
 that `backend_hw` emits today, from the same program and through the same walk
 (`simulator/schedule.py`, which `llmfab simulate --model rtl` wires to these units), so that the
 two can be told apart and the RTL's cycle count is predicted without simulating it
-(tests/test_hw_system.py holds it within 2% of Verilator on whole programs). The walk's
+(tests/hw/system/test_hw_system.py holds it within 2% of Verilator on whole programs). The walk's
 latencies are the controller's (control/controller.py, control/fetch.py), one cycle per register (`step`):
 
 - fetch: the first instruction is offered `FIRST_FETCH` cycles after `start`, each next one

@@ -129,7 +129,7 @@ LUT_FIXED, FF_FIXED = 5_000, 5_000                  # controller, fetch, SFU uni
 
 
 # DSP blocks of one chain's requantizer (group sum x 15-bit mantissa, 48-bit sum x 15-bit activation
-# scale): measured with synth_xilinx -family xcup (tests/test_hw_engine_synth.py); the 18 x 18
+# scale): measured with synth_xilinx -family xcup (tests/hw/toolflow/test_hw_engine_synth.py); the 18 x 18
 # multipliers of ECP5 need more of them per product.
 REQUANT_DSP = {DSPPrimitive.DSP48E2: 5, DSPPrimitive.DSP58: 5, DSPPrimitive.BEHAVIOURAL: 5,
                DSPPrimitive.MULT18X18D: 5}

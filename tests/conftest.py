@@ -1,3 +1,6 @@
+"""Shared by every test folder (tests/<stage>/ mirror the packages; tests/hw/{unit,cycles,system,toolflow}):
+paths, the ONNX fixtures' manifest, onnxruntime helpers and the tiny compiled build most hardware tests use."""
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -5,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY = FIXTURES / "llama_ts_op14.onnx"     # the tiny LLaMA (2 layers) the hardware tests run
 
 
 def manifest() -> list[dict]:
@@ -56,6 +61,19 @@ def tolerance(entry: dict) -> float:
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+@functools.cache
+def tiny_compiled(policy: str = "int8", target: str = "sim-small", max_len: int = 16):
+    """The tiny LLaMA compiled once per session and weight policy; callers must not modify it."""
+    from llmfab.compile import compile_model
+    return compile_model(str(TINY), target, max_len=max_len, policy=policy)
+
+
+@pytest.fixture(scope="session")
+def tiny_build():
+    """`tiny_compiled` as a fixture: `tiny_build()` is the int8 sim-small build, `tiny_build("int4-g128")` another."""
+    return tiny_compiled
 
 
 @pytest.fixture

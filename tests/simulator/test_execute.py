@@ -1,12 +1,11 @@
 """Compiled programs, executed instruction by instruction (simulator/functional.py), compute
 exactly what the integer interpreter (the specification) computes: logits bit for bit."""
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
 from llmfab.compile import compile_model
 from llmfab.flow import load_model
 from llmfab.ir import ConstAttrs, OpKind, TensorType
@@ -163,7 +162,7 @@ def test_a_build_for_a_target_file_carries_it(tmp_path):
     from llmfab.flow import execute_build
     from llmfab.timing import simulate_build
     from llmfab.compile import write_build
-    text = (Path(__file__).parent.parent / "llmfab" / "targets" / "sim-small.yaml").read_text()
+    text = (ROOT / "llmfab" / "targets" / "sim-small.yaml").read_text()
     mine = tmp_path / "mine.yaml"
     mine.write_text(text.replace("name: sim-small", "name: my-board").replace("\nclock_mhz: 100", "\nclock_mhz: 50"))
     write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), str(mine), max_len=16), tmp_path / "b")

@@ -8,8 +8,7 @@ from amaranth.sim import Simulator
 
 from llmfab.backend_hw.buffers import BufferBank
 from llmfab.backend_hw.control.fetch import FetchUnit
-from conftest import FIXTURES
-from llmfab.compile import compile_model
+from conftest import tiny_compiled
 from llmfab.ir.isa import BufferId, Program, encode
 from llmfab.ir.target import load_target
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.sim
 
 def test_fetches_a_compiled_program_in_order():
     t = load_target("sim-small")
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     prog = Program.from_bytes(dict(c.programs)[c.manifest["programs"][-1]["file"]])   # the decode program
     words = [encode(i) for i in prog.instructions]
     m = Module()

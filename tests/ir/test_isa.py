@@ -2,7 +2,6 @@
 the disassembler, the length register and the token deadlock check."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,8 +14,10 @@ from llmfab.ir.isa import (ATTN_FUNCS, BARRIERS, BROADCAST, CAUSAL, CONTINUE, FI
                            resolve_length, weight_fields)
 from llmfab.ir.quant import BITS, GROUPS, PATTERNS, QuantScheme
 
+from conftest import ROOT
+
 L, M, F, S = Queue.LOAD, Queue.MATRIX, Queue.SFU, Queue.STORE
-DOCS = Path(__file__).parent.parent / "docs" / "isa.md"
+DOCS = ROOT / "docs" / "isa.md"
 
 
 def word(inst: Instruction) -> int:

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import tiny_compiled
 from llmfab.backend_hw.sfu.unit import SfuUnit
 from llmfab.ir.integer import MAX_NORM_D
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc, Opcode, Program, encode, make, resolve_length
@@ -330,8 +331,7 @@ def test_embed():
 def test_compiled_fixture_instructions():
     """The first MISC instruction of each function in the fixture's prefill and decode programs,
     length-resolved, on random buffers (RoPE tables in [-1, 1], as the compiler writes them)."""
-    from llmfab.compile import compile_model
-    c = compile_model("tests/fixtures/llama_ts_op14.onnx", "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     picked = {}
     for name, data in c.programs:
         length = 5 if "prefill" in name else 7

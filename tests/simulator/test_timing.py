@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, tiny_compiled
 from llmfab.compile import compile_model, write_build
 from llmfab.ir.isa import BufferId, MiscFunc, ProgramBuilder, Queue
 from llmfab.ir.target import load_target
@@ -80,9 +80,9 @@ def test_simulate_report_and_cli(builds):
 
 def test_simulate_the_rtl(tmp_path):
     """`--model rtl` times the accelerator RTL (backend_hw's RtlUnits, checked against Verilator
-    in tests/test_hw_system.py): slower than the pipelined design it does not reach yet."""
+    in tests/hw/system/test_hw_system.py): slower than the pipelined design it does not reach yet."""
     d = tmp_path / "build"
-    write_build(compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", policy="int8", max_len=16), d)
+    write_build(tiny_compiled(), d)
     design, rtl = simulate(d, 5, 4), simulate(d, 5, 4, model="rtl")
     assert (design.model, rtl.model) == ("design", "rtl")
     assert rtl.ttft_s > 2 * design.ttft_s and rtl.decode_tokens_per_s < design.decode_tokens_per_s / 2

@@ -5,13 +5,13 @@ exactly, on random MV / MM over every weight format and on random ATTN_QK / ATTN
 matrix instructions of compiled fixture programs (int8, int4-g128, w4-2of4)."""
 import numpy as np
 import pytest
+from conftest import tiny_compiled
 from llmfab.backend_hw.accelerator import formats_of
 from llmfab.backend_hw.matrix.cycles import matrix_cycles
 from llmfab.backend_hw.matrix.unit import MatrixUnit
-from llmfab.compile import compile_model
 from llmfab.ir.isa import CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, encode, resolve_length
 from llmfab.ir.quant import kept
-from test_hw_matrix_unit import FIXTURES, T, attn, matrix_case, random_buffers, run_unit
+from test_hw_matrix_unit import T, attn, matrix_case, random_buffers, run_unit
 
 PATTERNS = [None, (2, 4), (1, 4), (4, 8), (2, 8)]
 BITS = [8, 4, 3, 2]
@@ -136,7 +136,7 @@ def test_compiled_fixture_instructions(policy):
     """The MV / MM / ATTN instructions of the tiny LLaMA's prefill and decode programs (lengths
     resolved at each bucket's end): the cheapest of every kind (op, function, format, flags), on
     random buffers (the unit's cycles do not depend on data)."""
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy=policy)
+    c = tiny_compiled(policy)
     progs = []
     for e in c.manifest["programs"]:
         progs.append((Program.from_bytes(dict(c.programs)[e["file"]]), e["bucket"][1]))

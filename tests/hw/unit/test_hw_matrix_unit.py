@@ -3,11 +3,11 @@
 random buffers (real packed weights), and the matrix instructions of a compiled program, buffer
 contents compared byte for byte with `_matrix` / `_misc` on a `Machine` with the same start."""
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
+from conftest import tiny_compiled
 from llmfab.backend_hw.matrix.cycles import matrix_cycles
 from llmfab.backend_hw.matrix.unit import MatrixUnit
 from llmfab.backend_hw.matrix.mm import OUT_SETS
@@ -20,12 +20,10 @@ from llmfab.ir.target import load_target
 from llmfab.simulator.functional import EXEC, Machine
 from test_hw_weight_unpack import random_weight
 
-from llmfab.compile import compile_model
 
 T = load_target("sim-small")
 SIZES = {BufferId[b.name.name]: b.bytes for b in T.buffers}
 MATRIX_OPS = (Opcode.MV, Opcode.MM, Opcode.ATTN)
-FIXTURES = Path(__file__).parent / "fixtures"
 WORDS = T.word_bytes
 
 
@@ -278,7 +276,7 @@ def matrix_steps(m: Machine, program, length: int):
 def test_compiled_program_matrix_instructions():
     """A prefill (5 tokens) then a decode step of tests/fixtures/llama_ts_op14.onnx: a sample of
     its MM, MV, ATTN_QK and ATTN_PV instructions on the buffers the program gives them."""
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     m = Machine.create([d for _, d in c.images], max(c.layout.used), SIZES)
     m.write(BufferId.ACT, 0, np.array([3, 14, 15, 92, 65], "<i4").tobytes())
     steps = matrix_steps(m, _program(c, "prefill", 5), 5)

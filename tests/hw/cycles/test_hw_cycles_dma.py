@@ -2,7 +2,7 @@
 
 The DMA runs against one `AxiRam` per channel (the whole-system memory) and the real `BufferBank`;
 each instruction's cycles (accept -> `done`) must equal `dma_cycles` exactly: on random LD/ST of
-tests/test_hw_dma.py's generator (rows, strides, channel striping, indirect rows, any alignment) on
+tests/hw/unit/test_hw_dma.py's generator (rows, strides, channel striping, indirect rows, any alignment) on
 its target variants (32/64/128-bit buffers, 128/64/32-bit AXI ports), on bursts split at 256 beats
 and at 4 KiB pages, and on every LD/ST shape of the compiled tiny LLaMA's programs.
 """
@@ -13,6 +13,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
+from conftest import tiny_compiled
 from llmfab.backend_hw.sim.axi_ram import AxiRam
 from llmfab.backend_hw.buffers import BufferBank
 from llmfab.backend_hw.dma.unit import DMA
@@ -139,9 +140,8 @@ def test_compiled_fixture_instructions():
     """The LD/ST instructions of the tiny LLaMA's prefill and decode programs on sim-small, one per
     shape (one or more rows, buffer, gather, alignment mod a beat / word, page crossing; the one
     with the fewest bytes), the gathers with random ids."""
-    from llmfab.compile import compile_model
     t = load_target("sim-small")
-    c = compile_model("tests/fixtures/llama_ts_op14.onnx", "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     hbm_bytes = max(c.layout.used)
     hbm_bytes += -hbm_bytes % 16
     picked = {}

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from conftest import FIXTURES
+from conftest import tiny_compiled
 from llmfab.backend_hw.accelerator import Accelerator, formats_of
 from llmfab.backend_hw.protocol.axi import AxiMemory
-from llmfab.compile import compile_model
 from llmfab.ir.isa import INST_BYTES, BufferId, Opcode, Program, SysFunc, encode, make
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine
@@ -62,10 +61,10 @@ def run_rtl(target, program: Program, length: int, hbm: list[bytes], buffers: di
 
 def test_first_decode_instructions_equal_the_functional_simulator():
     """The AxiMemory testbench path on the head of a decode step (the embedding gather: an indirect
-    LD and EMBED); whole programs run in Verilator (tests/test_hw_system.py): amaranth.sim runs this
+    LD and EMBED); whole programs run in Verilator (tests/hw/system/test_hw_system.py): amaranth.sim runs this
     design at under 100 cycles/s."""
     t = load_target("sim-small")
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     bufs = t.buffer_bytes
     m = Machine.create([d for _, d in c.images], max(c.layout.used), bufs)
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())

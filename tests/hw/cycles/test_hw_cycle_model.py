@@ -1,6 +1,6 @@
 """backend_hw.cycle_model: long DMA transfers extrapolated from shorter copies agree with the
 cycle-by-cycle DMA model (`dma_cycles`; the whole model is checked against Verilator in
-tests/test_hw_system.py), and the controller recurrences on hand-made programs."""
+tests/hw/system/test_hw_system.py), and the controller recurrences on hand-made programs."""
 import pytest
 
 from llmfab.backend_hw.cycle_model import LONG_ROW, MANY_ROWS, RtlUnits, dma_cycles_fast

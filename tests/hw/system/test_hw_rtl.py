@@ -10,10 +10,9 @@ import pytest
 from amaranth import Value
 from amaranth.lib import wiring
 
-from conftest import FIXTURES, run_per_cycle
+from conftest import FIXTURES, run_per_cycle, tiny_compiled
 from llmfab.backend_hw.accelerator import DEFAULT_FORMATS, build_top, formats_of
 from llmfab.backend_hw.toolflow.verilator import VerilatorSim, lint
-from llmfab.compile import compile_model
 from llmfab.ir.isa import BufferId, Program, encode
 from llmfab.ir.target import load_target
 
@@ -35,7 +34,7 @@ def _leaves(dut):
 def _stimulus(t, dut) -> dict[str, list[int]]:
     """The host writes the first instructions of a compiled prefill program into INST, sets LEN and
     starts; the memory accepts every address but returns no data (the loads wait)."""
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     prog = next(p for name, p in c.programs if "prefill" in name)
     words = b"".join(encode(i) for i in Program.from_bytes(prog).instructions[:6])
     inst = next(b for b in t.buffers if b.name.value == "inst")

@@ -1,6 +1,6 @@
 """`sfu_cycles` (backend_hw/sfu/cycles.py) against the SFU instruction unit in amaranth.sim.
 
-The instructions are those of tests/test_hw_sfu_unit.py's generators (every function, random rows,
+The instructions are those of tests/hw/unit/test_hw_sfu_unit.py's generators (every function, random rows,
 cols, strides, byte alignments, BROADCAST, CAUSAL with periods and key offsets, EMBED code widths
 and groups, ROPE heads and positions), more rows and wider shapes than there (long rows, many rows,
 64-bit words), and the MISC instructions of the compiled fixture programs. The unit runs them
@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import tiny_compiled
 from llmfab.backend_hw.sfu.cycles import _cycles, sfu_cycles
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc, Opcode, Program, make, resolve_length
 
@@ -127,9 +128,7 @@ def test_empty_and_foreign_instructions():
 def fixture_instructions():
     """The distinct MISC instructions (by shape, flags and word alignments) of the fixture's
     compiled prefill and decode programs, length-resolved."""
-    from conftest import FIXTURES
-    from llmfab.compile import compile_model
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     picked = {}
     for name, data in c.programs:
         length = 5 if "prefill" in name else 7

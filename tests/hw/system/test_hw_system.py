@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from conftest import FIXTURES
+from conftest import tiny_compiled
 from llmfab.backend_hw.accelerator import formats_of
 from llmfab.backend_hw.sim.axi_ram import AxiRam
 from llmfab.backend_hw.cycle_model import RtlUnits
 from llmfab.backend_hw.sim.system import SimSystem, VerilatorSystem
-from llmfab.compile import compile_model
 from llmfab.ir.isa import BufferId, Program
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine
@@ -38,7 +37,7 @@ def model():
     if shutil.which("verilator") is None:
         pytest.skip("needs Verilator: apt-get install verilator")
     t = load_target("sim-small")
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=16, policy="int8")
+    c = tiny_compiled()
     progs = [_program(c, "prefill", len(PROMPT)), _program(c, "decode", len(PROMPT) + 1)]
     t0 = time.perf_counter()
     vs = VerilatorSystem(t, formats_of(progs), [max(c.layout.used)] * t.memory.channels)

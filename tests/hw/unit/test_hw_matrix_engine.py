@@ -2,7 +2,7 @@
 """MatrixEngine on sim-small (2 chains x 4) against the integer contract: `int_linear` of
 ir/integer.py (what the simulator's `_matrix` computes), with bias and the fused residual add.
 The test plays the sequencer: it streams each pass's weight words from a weight-buffer image laid
-out as lowering lays it out (tests/test_hw_weight_unpack.py), MV (one token row) and MM (every
+out as lowering lays it out (tests/hw/unit/test_hw_weight_unpack.py), MV (one token row) and MM (every
 token row over the same weight rows)."""
 import re
 

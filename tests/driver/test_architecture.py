@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 STAGES = ("ir", "frontend", "passes", "simulator", "backend_hw")
 # the llmfab packages each stage may import (besides itself); the driver (`llmfab`) is never one
 ALLOWED = {"ir": set(), "frontend": {"ir"}, "passes": {"ir"}, "simulator": {"ir"}, "backend_hw": {"ir"}}

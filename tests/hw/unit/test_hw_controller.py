@@ -15,11 +15,10 @@ import pytest
 from amaranth.sim import Simulator
 
 from llmfab.backend_hw.control.controller import Controller
-from llmfab.compile import compile_model
 from llmfab.ir.isa import (FIELDS, QUEUE_OF, IsaError, MiscFunc, Opcode, Program, Queue, SysFunc, check_tokens,
                            encode, make, resolve_length)
 from llmfab.ir.target import load_target
-from conftest import FIXTURES
+from conftest import tiny_compiled
 
 TOKEN_COUNTER_MAX = load_target("sim-small").controller.token_counter_max
 
@@ -313,7 +312,7 @@ def test_full_counter_stalls_the_releaser():
 
 @pytest.fixture(scope="module")
 def compiled():
-    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", policy="int8", max_len=16)
+    c = tiny_compiled()
     return {e["stage"] + str(e["bucket"]): Program.from_bytes(data) for e, (_, data) in
             zip(c.manifest["programs"], c.programs)}
 
