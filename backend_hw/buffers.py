@@ -62,6 +62,7 @@ class BufferBank(wiring.Component):
             m.submodules[f"buf_{bid.name.lower()}"] = mem
         for i, c in enumerate(self.clients):
             sel = Signal(3, name=f"c{i}_sel")
+            m.d.comb += c.ready.eq(1)                    # a port of its own: every request is taken
             m.d.sync += sel.eq(c.buf)                    # which buffer answers the read next cycle
             reads = {}
             for bid, mem in self.memories.items():

@@ -53,8 +53,9 @@ class FetchUnit(wiring.Component):
                      self.inst.payload.eq(word), self.inst.valid.eq(running & (got == n))]
         with m.If(running & (k < n)):
             m.d.comb += self.port.re.eq(1)
-            m.d.sync += k.eq(k + 1)
-        m.d.sync += pending.eq(self.port.re)
+            with m.If(self.port.ready):
+                m.d.sync += k.eq(k + 1)
+        m.d.sync += pending.eq(self.port.re & self.port.ready)
         with m.If(pending):
             m.d.sync += [word.eq(Cat(word[w:], self.port.rdata[:w])), got.eq(got + 1)]
         with m.If(self.inst.valid & self.inst.ready):

@@ -143,7 +143,8 @@ class DMA(wiring.Component):
                     m.d.comb += [at.eq(f["ids_addr"] + (r << 2)), gen_read.eq(1),
                                  port.buf.eq(f["ids_buf"]), port.addr.eq(at >> lg), port.re.eq(1)]
                     m.d.sync += id_lane.eq((at & ((Const(1, 1) << lg) - 1)) >> 2)
-                    m.next = "ID"
+                    with m.If(port.ready):
+                        m.next = "ID"
                 with m.Else():
                     m.d.sync += [h_cur.eq(h_row), b_k.eq(b_row)]
                     m.next = "EMIT"
@@ -257,7 +258,7 @@ class DMA(wiring.Component):
                 m.d.sync += [w_a.eq(w_a + Wa), w_beat.eq(Mux(w_last, 0, w_beat + 1))]
         with m.Elif(~gen_read):
             m.d.comb += [port.buf.eq(f["buf"]), port.addr.eq(dst_addr), port.we.eq(can_pop),
-                         port.be.eq(lanes[:WB]), port.wdata.eq(out_data[:8 * WB]), pop.eq(can_pop)]
+                         port.be.eq(lanes[:WB]), port.wdata.eq(out_data[:8 * WB]), pop.eq(can_pop & port.ready)]
             with m.If(pop):
                 m.d.sync += dst_addr.eq(dst_addr + 1)
         with m.If(pop):
@@ -280,9 +281,10 @@ class DMA(wiring.Component):
             issue = ds_busy & (src_left != 0) & ~gen_read & (cnt + Mux(pend, wbuf, 0) + wbuf <= CAP)
             with m.If(issue):
                 m.d.comb += [port.buf.eq(f["buf"]), port.addr.eq(src_addr), port.re.eq(1)]
+            with m.If(issue & port.ready):
                 m.d.sync += [src_addr.eq(src_addr + 1), src_left.eq(src_left - n_issue), sskip.eq(0),
                              pend_n.eq(n_issue), pend_skip.eq(sskip)]
-            m.d.sync += pend.eq(issue)
+            m.d.sync += pend.eq(issue & port.ready)
             m.d.comb += [push.eq(pend), n_in.eq(pend_n), new.eq(port.rdata >> (pend_skip * 8))]
         with m.Else():
             m.d.comb += n_in.eq(_min(Wa - sskip, src_left))

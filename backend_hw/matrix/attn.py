@@ -50,7 +50,7 @@ class AttnSequencer(wiring.Component):
         for port, rd in ((self.aport, kread), (self.oport, sread)):
             for name in ("buf", "addr", "re"):
                 m.d.comb += getattr(port, name).eq(getattr(rd.port, name))
-            m.d.comb += rd.port.rdata.eq(port.rdata)
+            m.d.comb += [rd.port.rdata.eq(port.rdata), rd.port.ready.eq(port.ready)]
         mem = m.submodules.held = memory.Memory(shape=signed(64), depth=self.hold, init=[])
         rp = mem.read_port(domain="comb")
         wp = mem.write_port()
@@ -99,13 +99,15 @@ class AttnSequencer(wiring.Component):
             with m.State(state):
                 m.d.comb += [self.oport.buf.eq(f("dst_buf")), self.oport.addr.eq(wa), self.oport.we.eq(1),
                              self.oport.wdata.eq(d0), self.oport.be.eq(be0)]
-                m.next = state + "_HI"
-                with m.If(~two):
-                    m.next = nxt
+                with m.If(self.oport.ready):
+                    m.next = state + "_HI"
+                    with m.If(~two):
+                        m.next = nxt
             with m.State(state + "_HI"):
                 m.d.comb += [self.oport.buf.eq(f("dst_buf")), self.oport.addr.eq(wa + 1), self.oport.we.eq(1),
                              self.oport.wdata.eq(d1), self.oport.be.eq(be1)]
-                m.next = nxt
+                with m.If(self.oport.ready):
+                    m.next = nxt
 
         qa = sread.o.payload.data
         ka = kread.o.payload.data

@@ -90,9 +90,10 @@ class ByteReader(wiring.Component):
         issue = Signal()
         m.d.comb += [issue.eq((words_left != 0) & (n + (pend + 1) * self.wb <= cap) & ~self.hold),
                      self.port.buf.eq(buf), self.port.addr.eq(waddr), self.port.re.eq(issue)]
-        m.d.sync += pend.eq(issue)
+        taken = issue & self.port.ready
+        m.d.sync += pend.eq(taken)
         m.d.comb += self.busy.eq(words_left != 0)
-        with m.If(issue):
+        with m.If(taken):
             m.d.sync += [waddr.eq(waddr + 1), words_left.eq(words_left - 1)]
         wmask = Signal(8 * self.wb)
         m.d.comb += wmask.eq(Cat(*((j < wb).replicate(8) for j in range(self.wb))))

@@ -90,11 +90,11 @@ class MatmulSequencer(wiring.Component):
         for name in ("buf", "addr", "re"):
             # the output writes take oport in their own states
             m.d.comb += getattr(self.oport, name).eq(getattr(sread.port, name))
-        m.d.comb += sread.port.rdata.eq(self.oport.rdata)
+        m.d.comb += [sread.port.rdata.eq(self.oport.rdata), sread.port.ready.eq(self.oport.ready)]
         # the running pass's reader first: the other reads once the first has issued all its words
         m.d.comb += [areads[0].hold.eq(~nxt & areads[1].busy), areads[1].hold.eq(nxt & areads[0].busy)]
         for i, rd in enumerate(areads):
-            m.d.comb += rd.port.rdata.eq(self.aport.rdata)
+            m.d.comb += [rd.port.rdata.eq(self.aport.rdata), rd.port.ready.eq(self.aport.ready)]
             with m.If(rd.port.re):
                 m.d.comb += [getattr(self.aport, name).eq(getattr(rd.port, name)) for name in ("buf", "addr", "re")]
         # the running pass's reader, as one (its outputs; its `o.ready`)
@@ -199,9 +199,10 @@ class MatmulSequencer(wiring.Component):
                 blocked = blocked | ok
                 with m.If(t):
                     m.d.comb += [port.re.eq(1), port.addr.eq(waddr[key]), port.buf.eq(BufferId.WEIGHT)]
-                    m.d.sync += [left[key].eq(left[key] - 1), waddr[key].eq(waddr[key] + 1), pend_s.eq(j)]
+                    with m.If(port.ready):
+                        m.d.sync += [left[key].eq(left[key] - 1), waddr[key].eq(waddr[key] + 1), pend_s.eq(j)]
                 m.d.comb += [fi.w_data.eq(port.rdata[:W]), fi.w_en.eq(pend & (pend_s == j))]
-            m.d.sync += pend.eq(port.re)
+            m.d.sync += pend.eq(port.re & port.ready)
 
         # The engines: everything goes to the engine of `fmt`.
         start_go = Signal()
@@ -367,10 +368,11 @@ class MatmulSequencer(wiring.Component):
             """The first (or only) word of chain wc's int32."""
             m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa), self.oport.we.eq(1),
                          self.oport.wdata.eq(d0), self.oport.be.eq(be0)]
-            with m.If(two):
-                m.next = "W1"
-            with m.Else():
-                written()
+            with m.If(self.oport.ready):
+                with m.If(two):
+                    m.next = "W1"
+                with m.Else():
+                    written()
 
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
@@ -414,7 +416,8 @@ class MatmulSequencer(wiring.Component):
             with m.State("W1"):
                 m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa + 1), self.oport.we.eq(1),
                              self.oport.wdata.eq(d1), self.oport.be.eq(be1)]
-                written()
+                with m.If(self.oport.ready):
+                    written()
             with m.State("FINISH"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"

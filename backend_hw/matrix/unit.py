@@ -19,6 +19,7 @@ from .attn import AttnSequencer
 from .mm import OUT_SETS, MatmulSequencer
 
 PORT_OUTS = ("buf", "addr", "re", "we", "be", "wdata")
+PORT_INS = ("rdata", "ready")
 
 
 class MatrixUnit(wiring.Component):
@@ -119,7 +120,9 @@ class MatrixUnit(wiring.Component):
             for p in ("aport", "oport"):
                 m.d.comb += getattr(getattr(self, p), name).eq(
                     Mux(in_attn, getattr(getattr(attn, p), name), getattr(getattr(mm, p), name)))
-        m.d.comb += [mm.wports[c].rdata.eq(wp.rdata) for c, wp in enumerate(self.wports)]
-        for p in ("aport", "oport"):
-            m.d.comb += [getattr(mm, p).rdata.eq(getattr(self, p).rdata), getattr(attn, p).rdata.eq(getattr(self, p).rdata)]
+        for name in PORT_INS:
+            m.d.comb += [getattr(mm.wports[c], name).eq(getattr(wp, name)) for c, wp in enumerate(self.wports)]
+            for p in ("aport", "oport"):
+                m.d.comb += [getattr(getattr(mm, p), name).eq(getattr(getattr(self, p), name)),
+                             getattr(getattr(attn, p), name).eq(getattr(getattr(self, p), name))]
         return m

@@ -13,12 +13,15 @@ BUF_ADDR_BITS = 24   # buffer byte addresses in the ISA
 class BufferPortSignature(wiring.Signature):
     """A byte-enabled buffer port, from the unit's side: `buf` selects the buffer (BufferId),
     `addr` is a word address in that buffer's words (`Buffer.width_bits` each; narrower buffers use
-    the low lanes of `wdata`/`rdata`), `rdata` is valid the cycle after `re`."""
+    the low lanes of `wdata`/`rdata`). A request (`re` or `we`) happens only in a cycle where the
+    bank raises `ready` (its grant, which may depend on the request); a unit whose request is not
+    taken asks again. `rdata` is valid the cycle after a taken `re`."""
 
     def __init__(self, data_width: int, addr_width: int = BUF_ADDR_BITS):
         self.data_width, self.addr_width = data_width, addr_width
         super().__init__({"buf": Out(3), "addr": Out(addr_width), "re": Out(1), "we": Out(1),
-                          "be": Out(data_width // 8), "wdata": Out(data_width), "rdata": In(data_width)})
+                          "be": Out(data_width // 8), "wdata": Out(data_width), "rdata": In(data_width),
+                          "ready": In(1)})
 
     def __eq__(self, other):
         return (isinstance(other, BufferPortSignature)

@@ -48,7 +48,7 @@ class PieceFetcher(wiring.Component):
 
     Pulse `start` with `slot` and `en` set (both are latched, so the caller may move on to the next
     beat's pieces at once) while `ready` is high: `ready` is high when no word is left to read, or
-    in the cycle the last word of the pending pieces is read, so the pieces of back-to-back starts
+    in the cycle the last word of the pending pieces is read (its request taken), so the pieces of back-to-back starts
     are read without a gap. The pieces' bytes come back on `ret` (the cycle after each word's read):
     `ret_data` is the word moved to its place in the target register `ret_tgt`, `ret_mask` the
     register bytes it fills. A piece of `w` words costs `w` cycles.
@@ -85,7 +85,7 @@ class PieceFetcher(wiring.Component):
         m.d.comb += waddr.eq(first + wi)
         at_last = waddr == last
         others = pend & ~(Const(1, K) << cur)[:K]
-        m.d.comb += self.ready.eq(~pend.any() | (at_last & ~others.any()))
+        m.d.comb += self.ready.eq(~pend.any() | (at_last & ~others.any() & self.port.ready))
 
         # the word in flight: where its bytes go
         rv, rtgt = Signal(), Signal(2)
@@ -97,6 +97,7 @@ class PieceFetcher(wiring.Component):
         with m.If(pend.any()):
             port = self.port
             m.d.comb += [port.buf.eq(d.buf), port.addr.eq(waddr), port.re.eq(1)]
+        with m.If(pend.any() & self.port.ready):
             ph = d.addr & ((Const(1, 1) << lg) - 1)
             m.d.sync += [rv.eq(1), rtgt.eq(d.tgt), rdelta.eq(d.off - ph + (wi << lg)), rlo.eq(d.off),
                          rhi.eq(d.off + d.n), rwb.eq(Const(1, 1) << lg)]
@@ -139,8 +140,9 @@ class ByteWriter(wiring.Component):
             p = self.port
             m.d.comb += [p.buf.eq(self.buf), p.addr.eq(waddr), p.we.eq(1), p.wdata.eq(reg[:8 * WB]),
                          p.be.eq(msk[:WB] & _byte_mask(WB, 0, wb))]
-            m.d.sync += [reg.eq(reg >> (wb * 8)), msk.eq(msk >> wb), waddr.eq(waddr + 1), left.eq(left - 1)]
-        m.d.comb += self.i.ready.eq(left <= 1)
+            with m.If(p.ready):
+                m.d.sync += [reg.eq(reg >> (wb * 8)), msk.eq(msk >> wb), waddr.eq(waddr + 1), left.eq(left - 1)]
+        m.d.comb += self.i.ready.eq((left == 0) | ((left == 1) & self.port.ready))
         with m.If(self.i.valid & self.i.ready):
             e = self.i.payload
             ph = Signal(range(WB), name="ph")

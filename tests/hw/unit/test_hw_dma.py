@@ -83,8 +83,10 @@ def _draw(rng, t, machine, op):
     return make(op, **kw), regions, ids
 
 
-def run_dma(t, insts, hbm, buffers, *, stall, seed):
-    """Run `insts` through the RTL; `hbm` and `buffers` are updated in place. Returns cycles per instruction."""
+def run_dma(t, insts, hbm, buffers, *, stall, seed, buffer_stall: float = 0.0):
+    """Run `insts` through the RTL; `hbm` and `buffers` are updated in place. Returns cycles per
+    instruction. `stall`: the AXI memories' stall probability; `buffer_stall`: the buffer port's
+    (a request not taken that cycle)."""
     dut = DMA(t)
     wb = t.word_bytes
     mems = [AxiMemory(hbm[c], t.memory.port_width_bits, latency=3, stall=stall, seed=seed + c)
@@ -107,9 +109,12 @@ def run_dma(t, insts, hbm, buffers, *, stall, seed):
             await ctx.tick()
             cycles.append(n + 1)
 
+    grants = random.Random(seed + 100)
+
     async def buffer_model(ctx):
         port, pending, shown = dut.buffer, None, None
         while True:
+            ctx.set(port.ready, grants.random() >= buffer_stall)
             if pending is not None:
                 b, a = pending
                 w = wb[BufferId(b)]
@@ -119,9 +124,10 @@ def run_dma(t, insts, hbm, buffers, *, stall, seed):
                     ctx.set(port.rdata, v)
             pending = None
             b, a = ctx.get(port.buf), ctx.get(port.addr)
-            if ctx.get(port.re):
+            taken = ctx.get(port.ready)
+            if ctx.get(port.re) and taken:
                 pending = (b, a)
-            if ctx.get(port.we):
+            if ctx.get(port.we) and taken:
                 w, be, data = wb[BufferId(b)], ctx.get(port.be), ctx.get(port.wdata)
                 assert be >> w == 0, "byte enables outside the buffer's width"
                 for j in range(w):
@@ -148,9 +154,9 @@ CASES = {
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("case,stall", [("sim-small", 0.0), ("2ch-64bit", 0.3), ("4ch-wide-buffers", 0.0),
-                                        ("narrow-port", 0.3)])
-def test_random_transfers_match_the_functional_simulator(case, stall):
+@pytest.mark.parametrize("case,stall,buffer_stall", [("sim-small", 0.0, 0.0), ("2ch-64bit", 0.3, 0.3),
+                                                     ("4ch-wide-buffers", 0.0, 0.5), ("narrow-port", 0.3, 0.0)])
+def test_random_transfers_match_the_functional_simulator(case, stall, buffer_stall):
     t = target(**CASES[case])
     rng = random.Random(seed_of(case, stall))
     sizes = {b: t.buffer(b.name.lower()).bytes for b in BUFS}
@@ -162,7 +168,7 @@ def test_random_transfers_match_the_functional_simulator(case, stall):
     insts = [random_inst(rng, t, ref, rng.choice([Opcode.LD, Opcode.ST]), taken) for _ in range(6)]
     hbm = [bytearray(h) for h in ref.hbm]
     buffers = {b: bytearray(v) for b, v in ref.buffers.items()}
-    run_dma(t, insts, hbm, buffers, stall=stall, seed=1)
+    run_dma(t, insts, hbm, buffers, stall=stall, seed=1, buffer_stall=buffer_stall)
     for i in insts:
         _dma(ref, i)
     for c in range(t.memory.channels):

@@ -9,6 +9,7 @@ fixture program on its own shapes. Cycles per instruction are kept in `CYCLES` (
 from __future__ import annotations
 
 import gc
+import random
 from dataclasses import replace
 
 import numpy as np
@@ -30,9 +31,11 @@ DATA = (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT)
 CYCLES: dict[str, list[tuple]] = {}
 
 
-def simulate(insts, buffers: dict[BufferId, bytearray], target=T) -> tuple[list[dict], list[int]]:
+def simulate(insts, buffers: dict[BufferId, bytearray], target=T, *, grant: float = 1.0,
+             seed: int = 0) -> tuple[list[dict], list[int]]:
     """Run `insts` through one SfuUnit on copies of `buffers`: the buffers after each instruction
-    and the cycles from each instruction's hand-over to its `done`."""
+    and the cycles from each instruction's hand-over to its `done`. Each port's request is taken
+    with probability `grant` a cycle."""
     from amaranth.sim import Simulator
     dut = SfuUnit(target)
     WORD = target.word_bytes
@@ -40,10 +43,14 @@ def simulate(insts, buffers: dict[BufferId, bytearray], target=T) -> tuple[list[
     snaps, cycles = [], []
     ports = (dut.src, dut.src2, dut.dst)
 
+    rng = random.Random(seed)
+
     async def memory(ctx):
         while True:
-            req = [(ctx.get(p.re), ctx.get(p.we), ctx.get(p.buf), ctx.get(p.addr), ctx.get(p.be), ctx.get(p.wdata))
-                   for p in ports]
+            for p in ports:
+                ctx.set(p.ready, rng.random() < grant)
+            req = [(ctx.get(p.re) & ctx.get(p.ready), ctx.get(p.we) & ctx.get(p.ready), ctx.get(p.buf),
+                    ctx.get(p.addr), ctx.get(p.be), ctx.get(p.wdata)) for p in ports]
             await ctx.tick()
             for p, (re, _, buf, addr, _, _) in zip(ports, req):
                 if re:
@@ -96,9 +103,9 @@ def reference(insts, buffers) -> list[dict]:
     return out
 
 
-def check(name, insts, buffers, target=T):
+def check(name, insts, buffers, target=T, grant=1.0):
     want = reference(insts, buffers)
-    got, cycles = simulate(insts, buffers, target)
+    got, cycles = simulate(insts, buffers, target, grant=grant)
     for n, (inst, w, g) in enumerate(zip(insts, want, got)):
         for b in w:
             if w[b] != g[b]:
@@ -348,6 +355,7 @@ def test_compiled_fixture_instructions():
             n = (i["imm"] + (i["period"] or i["rows"])) * 2 * i["depth"]
             put_q16(bufs, i["src2_buf"], i["src2_addr"], rng.integers(-ONE, ONE, n, endpoint=True))
     check("fixture", insts, bufs)
+    check("fixture, half the requests taken", insts, bufs, grant=0.5)
 
 
 @pytest.mark.sim
