@@ -53,7 +53,8 @@ class Accelerator(wiring.Component):
     `axi[c]` (one AXI4 manager port per memory channel); `issued` / `completed` (4 bits, one per
     `Queue` bit: a unit took / finished an instruction this cycle), for per-instruction traces."""
 
-    def __init__(self, target: Target, formats=DEFAULT_FORMATS, *, init: dict[BufferId, bytes] | None = None):
+    def __init__(self, target: Target, formats=DEFAULT_FORMATS, *, init: dict[BufferId, bytes] | None = None,
+                 buffers: str = "ports"):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         self.target = target
@@ -63,10 +64,12 @@ class Accelerator(wiring.Component):
         self.dma_store = DMA(target)
         self.matrix = MatrixUnit(target, formats)
         self.sfu = SfuUnit(target)
+        # the bank's clients in priority order (the host first: it is never refused); the matrix
+        # unit's activation and scalar loads before its weight fetches, which run ahead into FIFOs
         self.clients = [self.fetch.port, self.dma_load.buffer, self.dma_store.buffer,
-                        *self.matrix.wports, self.matrix.aport, self.matrix.oport,
+                        self.matrix.aport, self.matrix.oport, *self.matrix.wports,
                         self.sfu.src, self.sfu.src2, self.sfu.dst]
-        self.bank = BufferBank(target, len(self.clients) + 1, init=init)     # + the host
+        self.bank = BufferBank(target, len(self.clients) + 1, init=init, organisation=buffers)
         axi = AxiSignature(self.dma_load.addr_width, target.memory.port_width_bits)
         super().__init__({"start": In(1), "length": In(32), "running": Out(1), "halted": Out(1), "error": Out(1),
                           "issued": Out(len(Queue)), "completed": Out(len(Queue)),
@@ -83,9 +86,9 @@ class Accelerator(wiring.Component):
         m.submodules.sfu = sfu = self.sfu
         m.submodules.bank = bank = self.bank
 
+        wiring.connect(m, wiring.flipped(self.host), bank.clients[0])
         for i, port in enumerate(self.clients):
-            wiring.connect(m, port, bank.clients[i])
-        wiring.connect(m, wiring.flipped(self.host), bank.clients[len(self.clients)])
+            wiring.connect(m, port, bank.clients[1 + i])
 
         wiring.connect(m, self.fetch.inst, c.inst)
         wiring.connect(m, c.load, ld.inst)
@@ -115,13 +118,15 @@ class Accelerator(wiring.Component):
 
 
 
-def build_top(target: Target, formats=DEFAULT_FORMATS, part: str = "accelerator") -> dict[str, wiring.Component]:
-    """The design `llmfab rtl` writes for `target`: the whole accelerator, or (`part="engine"`)
+def build_top(target: Target, formats=DEFAULT_FORMATS, part: str = "accelerator",
+              buffers: str = "ports") -> dict[str, wiring.Component]:
+    """The design `llmfab rtl` writes for `target`: the whole accelerator with its buffers in the
+    `buffers` organisation (buffers.py: "block_ram" synthesizes; "ports", the default until the
+    cycle model covers the arbitration, is what the timing is validated on), or (`part="engine"`)
     the matrix engine of the first format behind a `SerialShell`, which fits a small package's
-    pins and block RAM-free fabric: what `make bitstream` places on the ECP5 (the accelerator's
-    buffers are not block RAM yet, see buffers.py)."""
+    pins and block RAM-free fabric: what `make bitstream` places on the ECP5."""
     if part == "accelerator":
-        return {"accelerator": Accelerator(target, formats)}
+        return {"accelerator": Accelerator(target, formats, buffers=buffers)}
     if part == "engine":
         bits, pattern, group = formats[0]
         return {"engine": SerialShell(MatrixEngine(target, weight_bits=bits, pattern=pattern, group=group))}

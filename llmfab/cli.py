@@ -141,10 +141,20 @@ def cmd_compile(args) -> int:
         from llmfab.ir.target import load_target
 
         formats = formats_of([Program.from_bytes(data) for _, data in c.programs])
-        out = write_rtl(build_top(load_target(args.target), formats), load_target(args.target), Path(args.out) / "hw")
+        out = write_rtl(build_top(load_target(args.target), formats, buffers=args.buffers), load_target(args.target),
+                        Path(args.out) / "hw", notes={"buffers": args.buffers})
         print(f"wrote {out}/ (the accelerator's RTL for weight formats {', '.join(map(_format, formats))}; "
               f"`llmfab synth {args.out} --flow ...`)")
     return 0
+
+
+def _buffers_arg(p) -> None:
+    from llmfab.backend_hw.buffers import ORGANISATIONS
+    p.add_argument("--buffers", choices=ORGANISATIONS, default="ports",
+                   help="the buffers' organisation in the RTL: block_ram (banks of simple dual-port memories "
+                        "behind arbiters: synthesizes to block RAM; a few %% more cycles than the cycle model "
+                        "says until it covers the arbitration) or ports (default: every unit its own port on "
+                        "every memory, what `simulate --model rtl` times exactly; simulation only)")
 
 
 def _format(f) -> str:
@@ -227,9 +237,9 @@ def cmd_rtl(args) -> int:
         from llmfab.backend_hw.accelerator import build_top
     except ImportError as e:
         raise RuntimeError(f"the accelerator top is not available (llmfab.backend_hw.accelerator.build_top: {e})") from None
-    top = build_top(t, part=args.part)
+    top = build_top(t, part=args.part, buffers=args.buffers)
     designs = top if isinstance(top, dict) else {args.part: top}
-    out = write_rtl(designs, t, Path(args.out))
+    out = write_rtl(designs, t, Path(args.out), notes={"buffers": args.buffers} if args.part == "accelerator" else None)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}/ for {t.name} ({t.clock_mhz:g} MHz): {', '.join(files)}")
     return 0
@@ -253,7 +263,12 @@ def cmd_synth(args) -> int:
         else:
             r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work)
     except synth.SynthError as e:
-        raise synth.SynthError(f"{e} (logs in {work}/)") from None
+        hint = ""
+        if manifest.get("buffers") == "ports":
+            hint = ("; this RTL's buffers are the simulation organisation (a port per client on every memory), "
+                    "which Yosys builds from flip-flops until it runs out of memory: write it with "
+                    "`llmfab rtl --buffers block_ram`")
+        raise synth.SynthError(f"{e} (logs in {work}/){hint}") from None
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else synth.format_report(r), end="\n" if args.json else "")
     return 0
 
@@ -302,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--out", required=True, help="the BUILD folder to write")
     c.add_argument("--rtl", action="store_true", help="also write the accelerator's RTL for this build's weight "
                    "formats into BUILD/hw (Verilog, Vivado TCL, FuseSoC core; slow for large targets)")
+    _buffers_arg(c)
     c.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("simulate", help="time a build: time to first token and decode tokens/s")
@@ -353,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     hr.add_argument("--part", choices=PARTS, default="accelerator",
                     help="the whole accelerator (default) or the matrix engine alone behind a serial shell "
                          "(small packages: make bitstream)")
+    _buffers_arg(hr)
     hr.set_defaults(func=cmd_rtl)
 
     hs = sub.add_parser("synth", help="synthesize RTL: Yosys cell counts (xilinx, xc7) or an ECP5 bitstream (ecp5)")

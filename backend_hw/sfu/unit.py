@@ -19,8 +19,8 @@ Reduction passes fetch only `a`. EMBED beats end at scale-group boundaries (one 
 Operands and results may sit at any byte address (sfu/ports.py gearboxes).
 
 Passes that read only `a` (every reduction pass; the output pass of QUANT_ROWS, SOFTMAX, RELU,
-SILU, GELU, GELU_TANH) read half of its words through `src2` (the buffers give every port its own
-read port).
+SILU, GELU, GELU_TANH) read half of its words through `src2` (with the block-RAM buffers the two
+halves meet in a bank at most once a beat: buffers.py).
 
 Timing: the fetch is pipelined. A beat issues (both `PieceFetcher`s start) in the cycle both read
 their previous beat's last word, so a beat costs only its words on the busier read port; its last

@@ -47,14 +47,15 @@ class SimSystem(wiring.Component):
     `addr` word address, `re`, `we`, `be`, `wdata`, `rdata` one cycle after `re`); `dbg_chan`
     (which RAM), `dbg_addr` (word address), `dbg_we`, `dbg_wdata`, `dbg_data` (one cycle after)."""
 
-    def __init__(self, target: Target, formats=DEFAULT_FORMATS, hbm_images=None, buffers=None):
+    def __init__(self, target: Target, formats=DEFAULT_FORMATS, hbm_images=None, buffers=None,
+                 organisation: str = "ports"):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         channels = target.memory.channels
         if hbm_images is None or len(hbm_images) != channels:
             raise ValueError(f"hbm_images must give one image or size per memory channel ({channels}), "
                              f"not {hbm_images!r:.60}")
-        self.accelerator = Accelerator(target, formats, init=dict(buffers or {}))
+        self.accelerator = Accelerator(target, formats, init=dict(buffers or {}), buffers=organisation)
         width = target.memory.port_width_bits
         beat = width // 8
         self.rams = []
@@ -117,20 +118,22 @@ def _sources(start: Path) -> list[Path]:
     return sorted(seen)
 
 
-def system_verilog(target: Target, formats, channel_bytes: list[int], *, cache_dir=None) -> str:
+def system_verilog(target: Target, formats, channel_bytes: list[int], *, cache_dir=None,
+                   organisation: str = "ports") -> str:
     """The Verilog of `SimSystem(target, formats, channel_bytes)` (run-time loaded, no init), cached
     on disk: Amaranth takes ~40 s to convert it. The key covers the target, the formats, the sizes,
     the Amaranth version and the source of every module the design is elaborated from
     (backend_hw/ and ir/), so an edit there converts again."""
     import amaranth
     from amaranth.back import verilog
-    h = hashlib.sha256(repr((target, tuple(formats), tuple(channel_bytes), amaranth.__version__)).encode())
+    h = hashlib.sha256(repr((target, tuple(formats), tuple(channel_bytes), organisation,
+                             amaranth.__version__)).encode())
     for f in _sources(Path(__file__).resolve()):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     path = _cache_root(cache_dir) / "verilog" / f"{TOP}-{h.hexdigest()[:20]}.v"
     if path.is_file():
         return path.read_text()
-    text = verilog.convert(SimSystem(target, formats, list(channel_bytes)), name=TOP)
+    text = verilog.convert(SimSystem(target, formats, list(channel_bytes), organisation=organisation), name=TOP)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -154,7 +157,7 @@ class VerilatorSystem:
     of a model from any state. `channel_bytes`: the size of each channel's RAM."""
 
     def __init__(self, target: Target, formats=DEFAULT_FORMATS, channel_bytes: list[int] | None = None, *,
-                 cache_dir=None):
+                 cache_dir=None, organisation: str = "ports"):
         beat = target.memory.beat_bytes
         if channel_bytes is None or len(channel_bytes) != target.memory.channels:
             raise ValueError(f"channel_bytes must give one size per memory channel ({target.memory.channels}), "
@@ -164,7 +167,7 @@ class VerilatorSystem:
         self.target, self.beat = target, beat
         self.channel_bytes = [n + -n % beat for n in channel_bytes]
         t0 = time.perf_counter()
-        verilog = system_verilog(target, formats, self.channel_bytes, cache_dir=cache_dir)
+        verilog = system_verilog(target, formats, self.channel_bytes, cache_dir=cache_dir, organisation=organisation)
         self.verilog_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.vsim = VerilatorSim(verilog, TOP, cache_dir=cache_dir)

@@ -30,9 +30,11 @@ U280_PART = "xcu280-fsvh2892-2L-e"   # the Vivado project's part when the target
 CLOCK_PORT = "clk"                   # Amaranth's `sync` domain clock
 
 
-def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = None) -> Path:
+def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = None,
+              notes: dict | None = None) -> Path:
     """`designs`: name -> an Amaranth Component, an `(elaboratable, ports)` pair or Verilog text.
-    `top`: the top-level design (default: the first name). Returns `out_dir` as a Path."""
+    `top`: the top-level design (default: the first name); `notes`: more manifest entries (e.g.
+    the buffer organisation). Returns `out_dir` as a Path."""
     from llmfab.ir.target import TARGET_FILE, DeviceFamily, load_target
     t = target if not isinstance(target, (str, Path)) else load_target(target)
     if not isinstance(designs, dict) or not designs:
@@ -63,7 +65,8 @@ def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = N
         files[TARGET_FILE] = t.text
     files[MANIFEST] = json.dumps({"top": top, "target": t.name, "clock_mhz": t.clock_mhz,
                                   "family": t.device.family.value, "part": t.device.part,
-                                  "vivado_part": part, "files": rtl, **keep}, indent=2, sort_keys=True) + "\n"
+                                  "vivado_part": part, "files": rtl, **keep, **(notes or {})},
+                                 indent=2, sort_keys=True) + "\n"
     _replace_dir(out, files)
     return out
 

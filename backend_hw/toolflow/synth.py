@@ -1,7 +1,8 @@
 """Synthesis flows on an Amaranth design (or the Verilog `llmfab rtl` wrote).
 
 - `xilinx(design, name, family="xcup"|"xc7")`: Yosys `synth_xilinx -flatten -noiopad`; cell counts
-  only (there is no open place-and-route for UltraScale+; Vivado takes `vivado/create_project.tcl`).
+  and the logic depth in LUT levels (depth.py; there is no open place-and-route or timing for
+  UltraScale+; Vivado takes `vivado/create_project.tcl`).
 - `ecp5(design, name, target="ecp5-85k")`: `synth_ecp5`, `nextpnr-ecp5` and `ecppack` to a real
   `.bit`, with the Fmax nextpnr achieved after routing.
 
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .depth import Depth, logic_depth
 from .yosys import SynthError, run_tool, run_yosys
 
 __all__ = ["FLOWS", "SynthReport", "SynthError", "ecp5", "xilinx", "to_verilog"]
@@ -41,6 +43,7 @@ class SynthReport:
     bitstream: str | None = None       # ecp5: path of the .bit
     device: str | None = None
     netlist: dict | None = field(default=None, repr=False, compare=False)  # Yosys `write_json`
+    depth: Depth | None = None         # xilinx: LUT levels of the longest register-to-register path
 
     @property
     def lut(self) -> int:
@@ -58,6 +61,10 @@ class SynthReport:
         return sum(n for c, n in self.cells.items() if c in ("DSP48E1", "DSP48E2", "DSP58", "MULT18X18D"))
 
     @property
+    def uram(self) -> int:
+        return self.cells.get("URAM288", 0)
+
+    @property
     def bram(self) -> float:
         """Block RAMs in the device's unit: Xilinx BRAM36 (a RAMB18 is half), ECP5 EBR."""
         return sum(n * (0.5 if c.startswith("RAMB18") else 1.0) for c, n in self.cells.items()
@@ -65,7 +72,10 @@ class SynthReport:
 
     def to_json(self) -> dict:
         out = {"flow": self.flow, "top": self.top, "cells": dict(self.cells), "seconds": round(self.seconds, 3),
-               "lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram": self.bram}
+               "lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram": self.bram, "uram": self.uram}
+        if self.depth is not None:
+            out.update(logic_depth=self.depth.levels, logic_depth_units=list(self.depth.units),
+                       unregistered_dsp=self.depth.unregistered)
         if self.flow == "ecp5":
             out.update(fmax_mhz=self.fmax_mhz, target_mhz=self.target_mhz, bitstream=self.bitstream,
                        device=self.device)
@@ -75,7 +85,11 @@ class SynthReport:
 def format_report(r: SynthReport) -> str:
     """The table `llmfab synth` prints."""
     rows = [("flow", r.flow), ("top", r.top), ("LUT", str(r.lut)), ("FF", str(r.ff)), ("DSP", str(r.dsp)),
-            ("BRAM", f"{r.bram:g}")]
+            ("BRAM", f"{r.bram:g}"), ("URAM", str(r.uram))]
+    if r.depth is not None:
+        rows.append(("depth", f"{r.depth.levels} LUT levels (the longest register-to-register path; through "
+                              f"{' > '.join(r.depth.units) or 'top-level logic'}); {r.depth.unregistered} DSPs "
+                              f"without their output register"))
     if r.flow == "ecp5":
         met = "met" if r.fmax_mhz >= r.target_mhz else "NOT met"
         rows += [("Fmax", f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g} MHz: {met})"), ("bitstream", str(r.bitstream))]
@@ -103,7 +117,7 @@ def xilinx(design, name: str = "top", *, family: str = "xcup", ports=None, keep:
     src = to_verilog(design, name, ports)
     r = run_yosys(src, [f"synth_xilinx -family {family} -flatten -noiopad -top {name}"], top=name, keep=keep)
     return SynthReport(flow=f"xilinx-{family}", top=name, cells=r.cells, seconds=time.monotonic() - t0,
-                       device=family, netlist=r.netlist)
+                       device=family, netlist=r.netlist, depth=logic_depth(r.netlist, name))
 
 
 def ecp5(design, name: str = "top", *, target="ecp5-85k", ports=None, out_dir: Path | str | None = None,

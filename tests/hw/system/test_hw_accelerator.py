@@ -46,9 +46,8 @@ def run_rtl(target, program: Program, length: int, hbm: list[bytes], buffers: di
             assert cycles < max_cycles, "the program did not halt"
             assert not ctx.get(acc.error)
         out["cycles"] = cycles
-        for bid, mem in acc.bank.memories.items():
-            w = mem.shape.width // 8
-            out[bid] = b"".join(ctx.get(mem.data[i]).to_bytes(w, "little") for i in range(mem.depth))
+        for bid in acc.bank.memories:
+            out[bid] = acc.bank.peek(ctx, bid)
 
     sim = Simulator(acc)
     sim.add_clock(1 / (target.clock_mhz * 1e6))

@@ -1,5 +1,6 @@
 """`llmfab rtl` for sim-small and ecp5-85k: the accelerator's Verilog lints clean (documented
 waivers only) and Verilator runs it with the same outputs as amaranth.sim, cycle for cycle."""
+import json
 import shutil
 import subprocess
 import sys
@@ -60,16 +61,16 @@ def _amaranth(dut, stim) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("target", ["sim-small", "ecp5-85k"])
 def test_rtl_lints_clean_and_verilator_matches_amaranth(target, tmp_path):
-    """sim-small through `llmfab compile --rtl` (the weight formats of a compiled fixture),
-    ecp5-85k through `llmfab rtl` (the default format)."""
-    formats = DEFAULT_FORMATS
+    """sim-small through `llmfab compile --rtl` (the weight formats of a compiled fixture; the
+    default buffers), ecp5-85k through `llmfab rtl --buffers block_ram` (the default format)."""
+    formats, buffers = DEFAULT_FORMATS, "ports" if target == "sim-small" else "block_ram"
     if target == "sim-small":
         out = tmp_path / "build" / "hw"
         cmd = ["compile", str(FIXTURES / "llama_ts_op14.onnx"), "--target", target, "--max-len", "16", "--rtl",
                "-o", str(tmp_path / "build")]
     else:
         out = tmp_path / "rtl"
-        cmd = ["rtl", "--target", target, "-o", str(out)]
+        cmd = ["rtl", "--target", target, "--buffers", buffers, "-o", str(out)]
     p = subprocess.run([sys.executable, "-m", "llmfab.cli", *cmd], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     if target == "sim-small":
@@ -79,9 +80,11 @@ def test_rtl_lints_clean_and_verilator_matches_amaranth(target, tmp_path):
         {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()}
     verilog = (out / "rtl" / "accelerator.v").read_text()
     assert lint(verilog, "accelerator") == []
+    assert json.loads((out / "rtl.json").read_text())["buffers"] == buffers
+    assert ("buf_weight_3" in verilog) == (buffers == "block_ram")     # ecp5-85k: 4 weight banks
 
     t = load_target(target)
-    dut = build_top(t, formats)["accelerator"]
+    dut = build_top(t, formats, buffers=buffers)["accelerator"]
     stim = _stimulus(t, dut)
     want = _amaranth(dut, stim)
     t0 = time.perf_counter()

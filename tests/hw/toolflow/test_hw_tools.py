@@ -235,3 +235,73 @@ def test_cli_synth_errors_are_one_line(tmp_path, capsys):
     assert main(["synth", str(tmp_path), "--flow", "ecp5"]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(r"llmfab: error: .*: no rtl\.json: not a folder written by `llmfab rtl` or `llmfab compile`\n", err)
+
+
+@pytest.mark.synth
+def test_whole_sim_small_accelerator_synthesizes_to_block_ram(tmp_path, capsys):
+    """`llmfab rtl --buffers block_ram` then `llmfab synth --flow xilinx`: the whole accelerator
+    (controller, fetch, DMA, matrix and SFU units, buffers) maps in the 4 GiB WebAssembly Yosys
+    (~5 min here), the buffers in RAMB36E2/RAMB18E2 (not flip-flops), the MACs in DSP48E2."""
+    t = load_target("sim-small")
+    assert main(["rtl", "--target", "sim-small", "--buffers", "block_ram", "-o", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main(["synth", str(tmp_path / "r"), "--flow", "xilinx", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    print(f"sim-small accelerator: {j['seconds']:.0f} s, {j['lut']} LUT, {j['ff']} FF, {j['dsp']} DSP, "
+          f"{j['bram']} BRAM36, logic depth {j['logic_depth']} LUT levels through {j['logic_depth_units']}")
+    assert j["logic_depth"] > 0 and j["uram"] == 0
+    buffer_kib = sum(b.bytes for b in t.buffers) / 1024
+    assert j["bram"] * 4.5 >= buffer_kib                        # every buffer byte in block RAM
+    assert j["ff"] < sum(b.bytes for b in t.buffers) * 8 // 10  # the buffers are not flip-flops
+    assert j["dsp"] >= t.engine.n_chains * t.engine.chain_len
+
+
+def _cell(t, ins: dict, outs: dict, **params):
+    return {"type": t, "parameters": params, "port_directions": {**{p: "input" for p in ins}, **{p: "output" for p in outs}},
+            "connections": {**ins, **outs}}
+
+
+def test_logic_depth_counts_lut_levels_between_registers():
+    """FF -> LUT6 -> MUXF7 -> CARRY4 -> LUT2 -> FF is 2 LUT levels; an unregistered DSP counts one
+    level (and is flagged); a registered one starts a path; a combinational loop is an error."""
+    from llmfab.backend_hw.toolflow.depth import logic_depth
+    cells = {
+        "ff_a": _cell("FDRE", {"D": [10]}, {"Q": [2]}),
+        "lut_1": _cell("LUT6", {"I0": [2], "I1": [2]}, {"O": [3]}),
+        "mux": _cell("MUXF7", {"I0": [3], "I1": [2], "S": [2]}, {"O": [4]}),
+        "carry": _cell("CARRY4", {"S": [4]}, {"O": [5]}),
+        "lut_2": _cell("LUT2", {"I0": [5]}, {"O": [6]}),
+        "ff_b": _cell("FDRE", {"D": [6]}, {"Q": [7]}),
+        "dsp_c": _cell("DSP48E2", {"A": [7]}, {"P": [8]}, PREG="0"),
+        "lut_3": _cell("LUT1", {"I0": [8]}, {"O": [9]}),
+        "ff_c": _cell("FDRE", {"D": [9]}, {"Q": [10]}),
+        "dsp_r": _cell("DSP48E2", {"A": [10]}, {"P": [11]}, PREG="1"),
+    }
+    net = {"modules": {"top": {"cells": cells, "ports": {"o": {"direction": "output", "bits": [11]}}}}}
+    d = logic_depth(net, "top")
+    assert (d.levels, d.path, d.unregistered) == (2, ("lut_1", "lut_2"), 1)
+    cells["ff_b"] = _cell("LUT1", {"I0": [6]}, {"O": [7]})      # ... -> lut_2 -> LUT -> DSP -> LUT1 -> FF
+    assert logic_depth(net, "top").levels == 5
+    cells["loop"] = _cell("LUT1", {"I0": [12]}, {"O": [12]})
+    cells["ff_d"] = _cell("FDRE", {"D": [12]}, {"Q": [13]})
+    with pytest.raises(ValueError, match="combinational loop through loop"):
+        logic_depth(net, "top")
+
+
+class _WideAnd(wiring.Component):
+    """216 registered bits, AND-reduced into one register: a LUT6 tree of 3 levels."""
+    def __init__(self):
+        super().__init__({"i": In(216), "o": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        r = Signal(216)
+        m.d.sync += [r.eq(self.i), self.o.eq(r.all())]
+        return m
+
+
+@pytest.mark.synth
+def test_xilinx_reports_logic_depth():
+    r = synth.xilinx(_WideAnd(), "wide_and", family="xcup")
+    assert r.depth is not None and 3 <= r.depth.levels <= 4 and r.to_json()["logic_depth"] == r.depth.levels
+    assert r.to_json()["uram"] == 0 and r.to_json()["unregistered_dsp"] == 0

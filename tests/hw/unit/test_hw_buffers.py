@@ -1,25 +1,29 @@
-"""The buffer bank: every client reads and writes every buffer, byte enables, one-cycle reads."""
+"""The buffer bank, both organisations: every client reads and writes every buffer, byte enables,
+one-cycle reads; block RAM: one read and one write a cycle per bank, the first client asking wins."""
 import random
 
 import pytest
 from amaranth.sim import Simulator
 
-from llmfab.backend_hw.buffers import BufferBank, buffer_ids
+from llmfab.backend_hw.buffers import ORGANISATIONS, BufferBank, buffer_ids
 from llmfab.ir.isa import BufferId
 from llmfab.ir.target import load_target
 
 pytestmark = pytest.mark.sim
 
 
+@pytest.mark.parametrize("organisation", ORGANISATIONS)
 @pytest.mark.parametrize("target", ["sim-small", "ecp5-85k"])
-def test_clients_read_and_write_every_buffer(target):
+def test_clients_read_and_write_every_buffer(target, organisation):
+    """Random reads and writes from 3 clients; only taken requests (`ready`) happen. With
+    `"ports"` every request is taken; with block RAM some are refused, never all."""
     t = load_target(target)
     ids = buffer_ids(t)
     init = {BufferId.ACT: bytes(range(256)) * 4}
-    dut = BufferBank(t, 2, init=init)
+    dut = BufferBank(t, 3, init=init, organisation=organisation)
     model = {b: bytearray(init.get(b, b"")) + bytearray(n - len(init.get(b, b""))) for b, (n, _) in ids.items()}
     rng = random.Random(1)
-    checked = []
+    checked, refused = [], []
 
     async def bench(ctx):
         for _ in range(400):
@@ -39,6 +43,9 @@ def test_clients_read_and_write_every_buffer(target):
                 else:
                     ctx.set(c.we, 0); ctx.set(c.re, 1)
                     issued.append(("r", ci, bid, addr * wb, wb))
+            taken = [ctx.get(c.ready) for c in dut.clients]
+            refused.append(len(taken) - sum(taken))
+            issued = [op for op, ok in zip(issued, taken) if ok]
             await ctx.tick()
             for op in issued:                              # reads see the memory before this cycle's writes
                 if op[0] == "r":
@@ -56,6 +63,44 @@ def test_clients_read_and_write_every_buffer(target):
     sim.add_testbench(bench)
     sim.run()
     assert len(checked) > 200 and all(checked)
+    if organisation == "ports":
+        assert not any(refused)
+    else:
+        assert 0 < sum(refused) < len(refused) * len(dut.clients) // 2
+
+
+def test_block_ram_arbitration():
+    """sim-small with two weight banks: words 0 and 1 are in different banks, 0 and 2 in the same;
+    the first client asking a port wins it; a read and a write share a bank in the same cycle."""
+    t = load_target("sim-small")
+    dut = BufferBank(t, 3, init={BufferId.WEIGHT: bytes(range(64))})
+    assert [len(v) for v in dut.memories.values()] == [b.banks for b in t.buffers]
+    got = []
+
+    async def bench(ctx):
+        def ask(i, addr, we=0):
+            c = dut.clients[i]
+            ctx.set(c.buf, BufferId.WEIGHT), ctx.set(c.addr, addr), ctx.set(c.re, 1 - we), ctx.set(c.we, we)
+            ctx.set(c.be, 0xF), ctx.set(c.wdata, 0xAABBCCDD)
+        for case in ([(0, 0), (1, 2), (2, 1)],             # 0 and 1 share bank 0: client 1 waits
+                     [(1, 2), (2, 4)],                     # client 1 first now
+                     [(0, 2), (1, 2, 1)]):                 # a read and a write of bank 0
+            for c in dut.clients:
+                ctx.set(c.re, 0), ctx.set(c.we, 0)
+            for a in case:
+                ask(*a)
+            got.append([ctx.get(c.ready) for c in dut.clients])
+            await ctx.tick()
+            got.append([ctx.get(dut.clients[a[0]].rdata) for a in case if len(a) == 2])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    word = [int.from_bytes(bytes(range(4 * a, 4 * a + 4)), "little") for a in range(16)]
+    assert got[0] == [1, 0, 1] and got[1][0] == word[0] and got[1][2] == word[1]
+    assert got[2] == [1, 1, 0] and got[3][0] == word[2]
+    assert got[4] == [1, 1, 1] and got[5] == [word[2]]     # the read sees the word before the write
 
 
 def test_bad_arguments():
@@ -64,3 +109,5 @@ def test_bad_arguments():
         BufferBank(t, 0)
     with pytest.raises(ValueError, match=r"^init of SCRATCH holds 16385 bytes, more than the buffer's 16384$"):
         BufferBank(t, 1, init={BufferId.SCRATCH: bytes(16385)})
+    with pytest.raises(ValueError, match=r"^organisation must be one of block_ram, ports, not 'flops'$"):
+        BufferBank(t, 1, organisation="flops")
