@@ -54,7 +54,7 @@ class Accelerator(wiring.Component):
     `Queue` bit: a unit took / finished an instruction this cycle), for per-instruction traces."""
 
     def __init__(self, target: Target, formats=DEFAULT_FORMATS, *, init: dict[BufferId, bytes] | None = None,
-                 buffers: str = "ports"):
+                 buffers: str = "block_ram"):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         self.target = target
@@ -119,10 +119,10 @@ class Accelerator(wiring.Component):
 
 
 def build_top(target: Target, formats=DEFAULT_FORMATS, part: str = "accelerator",
-              buffers: str = "ports") -> dict[str, wiring.Component]:
+              buffers: str = "block_ram") -> dict[str, wiring.Component]:
     """The design `llmfab rtl` writes for `target`: the whole accelerator with its buffers in the
-    `buffers` organisation (buffers.py: "block_ram" synthesizes; "ports", the default until the
-    cycle model covers the arbitration, is what the timing is validated on), or (`part="engine"`)
+    `buffers` organisation (buffers.py: "block_ram" synthesizes and runs within 1% of the cycle
+    model; "ports" is what the cycle model times exactly, for simulation), or (`part="engine"`)
     the matrix engine of the first format behind a `SerialShell`, which fits a small package's
     pins and block RAM-free fabric: what `make bitstream` places on the ECP5."""
     if part == "accelerator":

@@ -104,8 +104,7 @@ def main() -> int:
     from llmfab.ir.target import load_target
     from llmfab.simulator.functional import Machine
     t = load_target("u280")
-    bufs = t.buffer_bytes
-    machine = Machine.create([d for _, d in c.images], max(c.layout.used), bufs)
+    machine = Machine.for_target(t, [d for _, d in c.images], max(c.layout.used))
     prompt = np.array(PROMPT)
     machine.write(BufferId.ACT, 0, prompt.astype("<i4").tobytes())
     prog = next(p for p in m["programs"] if p["stage"] == "prefill")
@@ -179,7 +178,7 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
         e = next(e for e in c.manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= n <= e["bucket"][1])
         return Program.from_bytes(dict(c.programs)[e["file"]])
     dec = prog("decode", len(prompt) + 1)
-    m = Machine.create([d for _, d in c.images], max(c.layout.used), t.buffer_bytes)
+    m = Machine.for_target(t, [d for _, d in c.images], max(c.layout.used))
     m.write(BufferId.ACT, 0, np.array(prompt, "<i4").tobytes())
     m.run(prog("prefill", len(prompt)), len(prompt))
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())

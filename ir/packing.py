@@ -25,10 +25,18 @@ sparsity (kept = n / m, or 1 when dense) is four streams, each padded to whole b
 Group j of row r starts at field (r * G + j) * g * kept of `values` and of `indices`; its codes
 multiply the activations x[j * g + (block) * m + index], and its scale is mant[r, j] * 2^-shift[r].
 The four streams hold exactly `scheme.storage_bits(N, K)` bits plus at most 7 padding bits each.
+
+In the weight buffer a tile's per-row streams (values, indices, mant) are chain-interleaved
+(`ChainLayout`): the matrix engine's chain c computes rows c, c + chains, c + 2 * chains, ..., so
+each stream is cut into one sub-stream per chain (its rows' fields back to back, as above) and
+word j of chain c's sub-stream sits at word j * chains + c. With a bank per chain and banks
+picked by word address modulo the bank count, every chain reads its own bank and the chains never
+collide. `ChainLayout()` (one chain, byte words) is the row-major stream itself.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -132,6 +140,74 @@ def pack(qw: QuantizedWeight) -> PackedWeight:
     return PackedWeight(qw.shape, s, pack_bits(values, s.bits), indices,
                         pack_bits(mant.reshape(-1), MANT_FIELD_BITS, signed=False),
                         pack_bits(shift, SHIFT_FIELD_BITS))
+
+
+@dataclass(frozen=True)
+class ChainLayout:
+    """Chain interleaving of a tile's per-row streams in the weight buffer (module docstring):
+    `chains` matrix chains, `word_bytes` the weight buffer's word (one bank read)."""
+    chains: int = 1
+    word_bytes: int = 1
+
+    def __post_init__(self):
+        for name in ("chains", "word_bytes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise QuantError(f"ChainLayout.{name} must be a positive integer, not {v!r}")
+
+    def words(self, rows: int, row_bits: int) -> int:
+        """Words of the longest chain's sub-stream (chain 0's: it has the most rows)."""
+        return -(-(-(-rows // self.chains) * row_bits) // (8 * self.word_bytes))
+
+    def align(self, addr: int) -> int:
+        """The first word boundary at or after byte `addr`."""
+        return -(-addr // self.word_bytes) * self.word_bytes
+
+    def stream_bytes(self, rows: int, row_bits: int) -> int:
+        """Bytes of a stream of `rows` rows of `row_bits` bits each, interleaved (0 if empty)."""
+        return self.words(rows, row_bits) * self.chains * self.word_bytes
+
+    def interleave(self, stream: bytes, rows: int, row_bits: int) -> bytes:
+        """A row-major packed stream (`pack_bits` of `rows` rows) as the interleaved one."""
+        nc, w = self.chains, self.words(rows, row_bits)
+        per = -(-rows // nc)                                      # rows of chain 0
+        bits = np.unpackbits(np.frombuffer(stream, np.uint8), bitorder="little", count=rows * row_bits)
+        bits = np.pad(bits, (0, (per * nc - rows) * row_bits)).reshape(per, nc, row_bits)
+        chain = bits.transpose(1, 0, 2).reshape(nc, per * row_bits)   # chain c: rows c, c + nc, ...
+        chain = np.pad(chain, ((0, 0), (0, w * 8 * self.word_bytes - per * row_bits)))
+        words = np.packbits(chain, axis=1, bitorder="little").reshape(nc, w, self.word_bytes)
+        return words.transpose(1, 0, 2).tobytes()
+
+    def deinterleave(self, data: bytes, rows: int, row_bits: int) -> bytes:
+        """The row-major packed stream back from `stream_bytes(rows, row_bits)` interleaved bytes."""
+        nc, w = self.chains, self.words(rows, row_bits)
+        per = -(-rows // nc)
+        if len(data) < w * nc * self.word_bytes:
+            raise QuantError(f"{len(data)} bytes hold fewer than {rows} interleaved rows of {row_bits} bits")
+        words = np.frombuffer(data, np.uint8)[:w * nc * self.word_bytes].reshape(w, nc, self.word_bytes)
+        chain = np.unpackbits(words.transpose(1, 0, 2).reshape(nc, -1), axis=1, bitorder="little")
+        bits = chain[:, :per * row_bits].reshape(nc, per, row_bits).transpose(1, 0, 2).reshape(-1)
+        return np.packbits(bits[:rows * row_bits], bitorder="little").tobytes()
+
+
+class TileStream(NamedTuple):
+    addr: int           # byte address in the weight buffer
+    row_bits: int       # bits of one row's fields
+    nbytes: int         # bytes the stream spans
+
+
+def tile_streams(i, weights: ChainLayout) -> dict[str, TileStream]:
+    """The codes, indices (sparse only), shifts and mantissas of the weight tile of an MV or MM
+    instruction `i` (its fields by name; docs/isa.md) in a weight buffer laid out by `weights`."""
+    n, k, pat = i["n"], i["k"], i["sparsity"].pattern
+    n_kept = kept(k, pat)
+    mant_bits = MANT_FIELD_BITS * (k // min(i["group"].size or k, k))
+    out = {"codes": TileStream(i["wbuf_addr"], n_kept * i["bits"].bits, 0)}
+    if pat:
+        out["indices"] = TileStream(i["idx_addr"], n_kept * (pat[1] - 1).bit_length(), 0)
+    out["shifts"] = TileStream(i["scale_addr"], SHIFT_FIELD_BITS, n)
+    out["mantissas"] = TileStream(weights.align(i["scale_addr"] + n), mant_bits, 0)
+    return {name: s if s.nbytes else s._replace(nbytes=weights.stream_bytes(n, s.row_bits)) for name, s in out.items()}
 
 
 def _fields(p: PackedWeight) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .isa import BufferId
+from .packing import ChainLayout
 from .quant import NM
 
 BRAM36_KB = 4.5      # KiB in one Xilinx BRAM36 (36 Kbit)
@@ -254,6 +255,11 @@ class Target:
     def buffer_bytes(self) -> dict[BufferId, int]:
         """Each buffer's size, keyed by the ISA's buffer number."""
         return {b.id: b.bytes for b in self.buffers}
+
+    @property
+    def chain_layout(self) -> ChainLayout:
+        """How weight tiles sit in the weight buffer: interleaved over the chains, a word each."""
+        return ChainLayout(self.engine.n_chains, self.buffer("weight").word_bytes)
 
     @property
     def word_bytes(self) -> dict[BufferId, int]:

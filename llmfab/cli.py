@@ -150,11 +150,11 @@ def cmd_compile(args) -> int:
 
 def _buffers_arg(p) -> None:
     from llmfab.backend_hw.buffers import ORGANISATIONS
-    p.add_argument("--buffers", choices=ORGANISATIONS, default="ports",
-                   help="the buffers' organisation in the RTL: block_ram (banks of simple dual-port memories "
-                        "behind arbiters: synthesizes to block RAM; a few %% more cycles than the cycle model "
-                        "says until it covers the arbitration) or ports (default: every unit its own port on "
-                        "every memory, what `simulate --model rtl` times exactly; simulation only)")
+    p.add_argument("--buffers", choices=ORGANISATIONS, default="block_ram",
+                   help="the buffers' organisation in the RTL: block_ram (default: banks of simple dual-port "
+                        "memories behind arbiters; synthesizes to block RAM; within 1%% of `simulate --model rtl` "
+                        "on sim-small) or ports (every unit its own port on every memory, which `simulate "
+                        "--model rtl` times exactly; simulation only: Yosys cannot map it to block RAM)")
 
 
 def _format(f) -> str:

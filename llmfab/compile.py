@@ -131,7 +131,7 @@ def step_layout(f: Flow) -> None:
     f.d_step = f.decode_step or min(f.max_len, kv_keys)
     try:
         f.layout = place(g, channels=tgt.memory.channels, channel_capacity=f.capacity,
-                         chain_rows=tgt.engine.n_chains, tile_bytes=bufs["weight"] // 2, max_len=f.max_len,
+                         weights=tgt.chain_layout, half_bytes=bufs["weight"] // 2, max_len=f.max_len,
                          max_rows=min(f.prefill_step or 128, f.max_len),
                          capacity_label=f"{tgt.memory.kind.value.upper()} ({tgt.name})")
     except LayoutError as e:
@@ -161,7 +161,7 @@ def step_lower(f: Flow) -> None:
 def step_check(f: Flow) -> None:
     """Operand bounds at each bucket's shortest and longest length, and the token counters."""
     tgt = f.target
-    limits = Limits(tgt.buffer_bytes, tgt.memory.channels, f.capacity)
+    limits = Limits(tgt.buffer_bytes, tgt.memory.channels, f.capacity, tgt.chain_layout)
     counter_max = tgt.controller.token_counter_max
     try:
         for low in f.decode:
@@ -186,7 +186,7 @@ def step_package(f: Flow) -> None:
                         # where each layer (or other top-level op) starts, for per-layer timing
                         "sections": [[start, label] for start, label in low.sections]})
     if f.has_data:
-        for ch, img in enumerate(channel_images(g, lay)):
+        for ch, img in enumerate(channel_images(g, lay, tgt.chain_layout)):
             f.images.append((f"weights/ch{ch:02d}.bin", bytes(img)))
     total = sum(e["bytes"] for e in entries)
     per_exact = sum(e["bytes"] * (e["bucket"][1] - e["bucket"][0] + 1) for e in entries)

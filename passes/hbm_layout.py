@@ -5,9 +5,10 @@ An LD/ST moves rows; each row is cut into `channels` equal slices, slice c in ps
 instructions move, over the channels they name:
 
 - a weight tile (as many `n_chains`-row groups as fit half the weight buffer) is one row: its
-  rows' packed streams one after the other — codes, sparsity indices, scale mantissas, row shifts
-  (ir/packing.py) — then the rows' int32 Q.16 biases, padded to a multiple of the channels, over
-  every channel, so one LD streams a tile at the full HBM bandwidth;
+  rows' packed streams (ir/packing.py), the per-row ones chain-interleaved (`ChainLayout`) —
+  codes, sparsity indices, then the row shifts (a byte each) and, from the next word, the scale
+  mantissas — then the rows' int32 Q.16 biases, padded to a multiple of the channels, over every
+  channel, so one LD streams a tile at the full HBM bandwidth and lands it as the engine reads it;
 - an embedding table is one row per token (codes, mantissas, shift: the EMBED row format), read
   by an indirect LD;
 - parameters (norm weights, a norm's weight then bias, RoPE tables as per position `depth` cos
@@ -26,6 +27,7 @@ import numpy as np
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.isa import quant_row_bytes
 from llmfab.ir.memory import Region
+from llmfab.ir.packing import MANT_FIELD_BITS, ChainLayout
 from llmfab.ir.quant import QuantizedWeight, kept
 
 from .quantize import weight_sites
@@ -39,7 +41,7 @@ class LayoutError(ValueError):
 class Tile:
     rows: tuple[int, int]                  # output rows [start, stop)
     obj: Region                            # one row: the tile image
-    streams: tuple[int, int, int, int]     # offsets of values, indices, mant(+shift), bias in the image
+    streams: tuple[int, int, int, int, int]   # offsets of codes, indices, shifts, mantissas, biases
 
 
 @dataclass(frozen=True)
@@ -93,22 +95,31 @@ def kv_channels(row: int, channels: int, max_padding: float | None = None) -> in
 
 
 def row_bytes(qw: QuantizedWeight) -> int:
-    """Packed bytes of one output row (codes + indices + mantissas + shift)."""
+    """Packed bytes of one row (codes + indices + mantissas + shift): an EMBED table row."""
     s = qw.scheme
     n, k = qw.shape
     n_kept = kept(k, s.sparsity)
     return -(-n_kept * s.bits // 8) + -(-n_kept * s.index_bits() // 8) + 2 * (k // qw.group) + 1
 
 
-def stream_offsets(qw: QuantizedWeight, rows: int) -> tuple[int, int, int, int]:
-    """Offsets of the values, indices, mant (then shift) and bias streams in a tile of `rows` rows."""
-    s = qw.scheme
-    k = qw.shape[1]
-    n_kept = kept(k, s.sparsity)
-    values = -(-rows * n_kept * s.bits // 8)
-    indices = -(-rows * n_kept * s.index_bits() // 8)
-    mant = 2 * rows * (k // qw.group)
-    return 0, values, values + indices, values + indices + mant + rows
+def row_bits(qw: QuantizedWeight) -> tuple[int, int, int]:
+    """Bits per row of the codes, indices and mantissa streams."""
+    n_kept = kept(qw.shape[1], qw.scheme.sparsity)
+    return n_kept * qw.scheme.bits, n_kept * qw.scheme.index_bits(), MANT_FIELD_BITS * (qw.shape[1] // qw.group)
+
+
+def stream_offsets(qw: QuantizedWeight, rows: int, weights: ChainLayout) -> tuple[int, int, int, int, int]:
+    """Offsets in a tile of `rows` rows of the codes, indices, shifts, mantissas and biases; the
+    per-row streams are interleaved over the chains and start on words (docs/isa.md, MV)."""
+    codes, idx, mant = row_bits(qw)
+    at_idx = weights.stream_bytes(rows, codes)
+    at_shift = at_idx + weights.stream_bytes(rows, idx)
+    at_mant = weights.align(at_shift + rows)
+    return 0, at_idx, at_shift, at_mant, at_mant + weights.stream_bytes(rows, mant)
+
+
+def tile_bytes(qw: QuantizedWeight, rows: int, weights: ChainLayout, bias: bool) -> int:
+    return stream_offsets(qw, rows, weights)[4] + (4 * rows if bias else 0)
 
 
 def _bias_of(g: Graph, user: str) -> str | None:
@@ -120,7 +131,7 @@ def _rope_pairs(g: Graph) -> dict[tuple[str, str], str]:
     return {(n.inputs[1], n.inputs[2]): f"rope:{n.inputs[1]}" for n in g.nodes() if n.op is OpKind.ROPE}
 
 
-def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, tile_bytes: int, max_len: int,
+def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayout, half_bytes: int, max_len: int,
           max_rows: int, capacity_label: str) -> HbmLayout:
     """Lay out `g`: quantized, with shapes at `max_len` tokens so its tables cover every position.
 
@@ -141,20 +152,22 @@ def place(g: Graph, *, channels: int, channel_capacity: int, chain_rows: int, ti
         const = m.inputs[1]
         qw = g.node(const).data
         n = qw.shape[0]
-        bias = _bias_of(g, m.name)
-        per_row = row_bytes(qw) + (4 if bias else 0)
-        groups = tile_bytes // (per_row * chain_rows)
-        if groups < 1 and too_big is None:  # reported after the memory check, the larger problem
-            too_big = LayoutError(f"{chain_rows} rows of {const!r} ({per_row * chain_rows} bytes, "
-                                  f"{m.attrs.role.value} {qw.scheme}) do not fit half the weight buffer "
-                                  f"({tile_bytes} bytes): {per_row * chain_rows - tile_bytes} bytes too many")
-        rows = chain_rows * max(groups, 1)
+        bias = _bias_of(g, m.name) is not None
+        nc = weights.chains
+        groups = max(1, half_bytes // (tile_bytes(qw, nc, weights, bias) or 1))   # chain-row groups a tile
+        while groups > 1 and tile_bytes(qw, min(n, groups * nc), weights, bias) > half_bytes:
+            groups -= 1                                    # the per-stream padding did not fit
+        need = tile_bytes(qw, min(n, nc), weights, bias)
+        if need > half_bytes and too_big is None:  # reported after the memory check, the larger problem
+            too_big = LayoutError(f"{nc} rows of {const!r} ({need} bytes, {m.attrs.role.value} {qw.scheme}) do "
+                                  f"not fit half the weight buffer ({half_bytes} bytes): "
+                                  f"{need - half_bytes} bytes too many")
+        rows = nc * groups
         tiles = []
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
-            offs = stream_offsets(qw, r1 - r0)
-            size = offs[3] + (4 * (r1 - r0) if bias else 0)
-            tiles.append(Tile((r0, r1), lay.alloc(size, 1), offs))
+            tiles.append(Tile((r0, r1), lay.alloc(tile_bytes(qw, r1 - r0, weights, bias), 1),
+                              stream_offsets(qw, r1 - r0, weights)))
         lay.tiles[m.name] = tuple(tiles)
     biases = {_bias_of(g, s.user) for s in weight_sites(g)} - {None}
     quantized = {s.const for s in weight_sites(g)}
@@ -210,7 +223,7 @@ def _packed_rows(qw: QuantizedWeight, r0: int, r1: int):
                                 None if qw.mask is None else qw.mask[r0:r1], name=qw.name))
 
 
-def channel_images(g: Graph, lay: HbmLayout) -> list[bytearray]:
+def channel_images(g: Graph, lay: HbmLayout, weights: ChainLayout) -> list[bytearray]:
     """Every channel's bytes: weight tiles, tables and parameters (KV cache and output stay zero)."""
     from llmfab.ir.fixed_point import to_fixed
 
@@ -222,12 +235,20 @@ def channel_images(g: Graph, lay: HbmLayout) -> list[bytearray]:
         qw = g.node(g.node(user).inputs[1]).data
         b = _bias_of(g, user)
         bias = g.const_value(b) if b else None
+        bits = row_bits(qw)
         for t in tiles:
-            p = _packed_rows(qw, *t.rows)
-            img = p.values + p.indices + p.mant + p.shift
+            p, rows = _packed_rows(qw, *t.rows), t.rows[1] - t.rows[0]
+            at = t.streams
+            img = bytearray(at[4] + (4 * rows if bias is not None else 0))
+            for (stream, rb), off in zip(((p.values, bits[0]), (p.indices, bits[1]), (p.mant, bits[2])),
+                                         (at[0], at[1], at[3])):
+                if rb:
+                    data = weights.interleave(stream, rows, rb)
+                    img[off:off + len(data)] = data
+            img[at[2]:at[2] + rows] = p.shift
             if bias is not None:
-                img += q16(bias[t.rows[0]:t.rows[1]])
-            _write(images, t.obj, 0, img)
+                img[at[4]:] = q16(bias[t.rows[0]:t.rows[1]])
+            _write(images, t.obj, 0, bytes(img))
     for const, obj in lay.tables.items():  # EMBED rows: codes, mantissas, shift of each row
         qw = g.node(const).data
         for r in range(qw.shape[0]):

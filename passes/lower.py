@@ -326,7 +326,7 @@ def _linear(lw: Lowerer, node) -> None:
         r0, r1 = t.rows
         f = dict(n=r1 - r0, k=k, **wf, has_bias=int(bias), abuf=SCRATCH, obuf=ACT, wbuf_addr=at + t.streams[0],
                  idx_addr=at + t.streams[1] if qw.scheme.sparsity else 0, scale_addr=at + t.streams[2],
-                 bias_addr=at + t.streams[3] if bias else 0, a_addr=xq, o_addr=dst + 4 * r0)
+                 bias_addr=at + t.streams[4] if bias else 0, a_addr=xq, o_addr=dst + 4 * r0)
         reads = [("weight", half), ("scratch", (node.name, "xq"))]
         if decode:
             lw.emit(Opcode.MV, reads, [("act", node.name)], **f)

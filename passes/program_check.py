@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from llmfab.ir.isa import (BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, check_tokens, quant_row_bytes,
                            resolve_length)
-from llmfab.ir.quant import kept
+from llmfab.ir.packing import ChainLayout, tile_streams
 
 
 class ProgramCheckError(ValueError):
@@ -23,13 +23,14 @@ class Limits:
     buffers: dict[BufferId, int]       # bytes of each on-chip buffer
     channels: int                      # HBM pseudo-channels
     channel_bytes: int                 # capacity of one
+    weights: ChainLayout = ChainLayout()   # how weight tiles sit in the weight buffer
 
 
 def _span(addr: int, rows: int, stride: int, row: int) -> tuple[int, int]:
     return addr, addr + max(rows - 1, 0) * stride + row if rows else addr
 
 
-def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
+def _extents(i: Instruction, weights: ChainLayout) -> list[tuple[str, BufferId | None, int, int]]:
     """(operand, buffer or None for HBM, start, end) of every operand of `i`."""
     f = i.fields
     if i.op in (Opcode.LD, Opcode.ST):
@@ -43,16 +44,9 @@ def _extents(i: Instruction) -> list[tuple[str, BufferId | None, int, int]]:
     if i.op in (Opcode.MM, Opcode.MV):
         n, k = f["n"], f["k"]
         m = f.get("m", 1)
-        pat = f["sparsity"].pattern
-        n_kept = kept(k, pat)
-        groups = k // min(f["group"].size or k, k)
-        out = [("weights", BufferId.WEIGHT, f["wbuf_addr"], f["wbuf_addr"] + -(-n * n_kept * f["bits"].bits // 8)),
-               ("scales", BufferId.WEIGHT, f["scale_addr"], f["scale_addr"] + 2 * n * groups + n),
-               ("activations", f["abuf"], f["a_addr"], f["a_addr"] + m * quant_row_bytes(k)),
-               ("outputs", f["obuf"], *_span(f["o_addr"], m, f.get("o_stride", 0) or 4 * n, 4 * n))]
-        if pat:
-            idx_bits = (pat[1] - 1).bit_length()
-            out.append(("indices", BufferId.WEIGHT, f["idx_addr"], f["idx_addr"] + -(-n * n_kept * idx_bits // 8)))
+        out = [(name, BufferId.WEIGHT, s.addr, s.addr + s.nbytes) for name, s in tile_streams(f, weights).items()]
+        out += [("activations", f["abuf"], f["a_addr"], f["a_addr"] + m * quant_row_bytes(k)),
+                ("outputs", f["obuf"], *_span(f["o_addr"], m, f.get("o_stride", 0) or 4 * n, 4 * n))]
         if f["has_bias"]:
             out.append(("bias", BufferId.WEIGHT, f["bias_addr"], f["bias_addr"] + 4 * n))
         return out
@@ -82,7 +76,13 @@ def check_program(program: Program, limits: Limits, lengths: tuple[int, ...], co
                 raise ProgramCheckError(f"program {program.name!r} instruction {idx} ({i.op.name}): channels "
                                         f"{i['channel']}..{i['channel'] + i['channels'] - 1} beyond the target's "
                                         f"{limits.channels}")
-            for what, buf, lo, hi in _extents(i):
+            if i.op in (Opcode.MM, Opcode.MV):
+                for what, s in tile_streams(i, limits.weights).items():
+                    if what != "shifts" and s.addr % limits.weights.word_bytes:
+                        raise ProgramCheckError(f"program {program.name!r} instruction {idx} ({i.op.name}): the "
+                                                f"{what} stream at {s.addr} does not start on a weight buffer word "
+                                                f"({limits.weights.word_bytes} bytes)")
+            for what, buf, lo, hi in _extents(i, limits.weights):
                 cap = limits.channel_bytes if buf is None else size.get(buf, 0)
                 if lo < 0 or hi > cap:
                     where = "HBM channel" if buf is None else f"{buf.name.lower()} buffer"

@@ -28,8 +28,7 @@ def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, l
         raise ExecuteError(f"{ids.size} prompt tokens + {generate} generated must fit max_len {m['max_len']}")
     if ids.min() < 0 or ids.max() >= vocab:
         raise ExecuteError(f"token ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}")
-    bufs = build.target.buffer_bytes
-    machine = Machine.create(build.images(), m["hbm"]["bytes_per_channel"], bufs)
+    machine = Machine.for_target(build.target, build.images(), m["hbm"]["bytes_per_channel"])
     o = m["output"]
     out = Region(o["addr"], o["channel"], o["channels"], o["row_bytes"], o["rows"])
 

@@ -6,7 +6,7 @@ schedule. The timing model (cycles, bandwidth) is separate.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from llmfab.ir.integer import (_shr_sat, int_add, int_gelu, int_layer_norm, int_
                                int_rope, int_silu, int_softmax_rows, quantize_activation)
 from llmfab.ir.isa import BROADCAST, CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, quant_row_bytes, resolve_length
 from llmfab.ir.ops import GeluApprox
-from llmfab.ir.packing import unpack_bits
+from llmfab.ir.packing import ChainLayout, tile_streams, unpack_bits
 from llmfab.ir.quant import kept
 
 
@@ -27,13 +27,20 @@ class ExecutionError(RuntimeError):
 class Machine:
     hbm: list[bytearray]                      # one image per pseudo-channel
     buffers: dict[BufferId, bytearray]
+    weights: ChainLayout = field(default_factory=ChainLayout)   # how MV/MM read weight tiles
 
     @classmethod
-    def create(cls, images: list[bytes], channel_bytes: int, buffer_bytes: dict[BufferId, int]) -> "Machine":
+    def create(cls, images: list[bytes], channel_bytes: int, buffer_bytes: dict[BufferId, int],
+               weights: ChainLayout | None = None) -> "Machine":
         hbm = [bytearray(channel_bytes) for _ in images]
         for ch, img in enumerate(images):
             hbm[ch][:len(img)] = img
-        return cls(hbm, {b: bytearray(n) for b, n in buffer_bytes.items()})
+        return cls(hbm, {b: bytearray(n) for b, n in buffer_bytes.items()}, weights or ChainLayout())
+
+    @classmethod
+    def for_target(cls, target, images: list[bytes], channel_bytes: int) -> "Machine":
+        """The machine of `target` (its buffers and weight layout) with these HBM images."""
+        return cls.create(images, channel_bytes, target.buffer_bytes, target.chain_layout)
 
     # -- raw access ---------------------------------------------------------------------------
     def read(self, buf: BufferId, addr: int, n: int) -> bytes:
@@ -121,21 +128,27 @@ def _dma(m: Machine, i) -> None:
 def _matrix(m: Machine, i) -> None:
     n, k = i["n"], i["k"]
     rows = i["m"] if i.op is Opcode.MM else 1
-    bits = i["bits"].bits
     pat = i["sparsity"].pattern
     g = min(i["group"].size or k, k)
     n_kept = kept(k, pat)
-    codes_k = unpack_bits(m.read(BufferId.WEIGHT, i["wbuf_addr"], -(-n * n_kept * bits // 8)), bits, n * n_kept)
+    ts = tile_streams(i, m.weights)
+
+    def fields(name: str, per_row: int, signed: bool = False) -> np.ndarray:
+        """The `per_row` fields of every row of stream `name`, read in the tile's chain layout."""
+        t = ts[name]
+        data = m.weights.deinterleave(m.read(BufferId.WEIGHT, t.addr, t.nbytes), n, t.row_bits)
+        return unpack_bits(data, t.row_bits // per_row, n * per_row, signed)
+
+    codes_k = fields("codes", n_kept, signed=True)
     codes = np.zeros((n, k), np.int64)
     if pat:
-        ib = (pat[1] - 1).bit_length()
-        idx = unpack_bits(m.read(BufferId.WEIGHT, i["idx_addr"], -(-n * n_kept * ib // 8)), ib, n * n_kept, signed=False)
+        idx = fields("indices", n_kept)
         j = np.arange(n * n_kept) % n_kept                       # kept code j of its row: block j // N
         codes[np.repeat(np.arange(n), n_kept), j // pat[0] * pat[1] + idx] = codes_k
     else:
         codes[:] = codes_k.reshape(n, k)
-    mant = np.frombuffer(m.read(BufferId.WEIGHT, i["scale_addr"], 2 * n * (k // g)), "<u2").astype(np.int64).reshape(n, k // g)
-    shift = np.frombuffer(m.read(BufferId.WEIGHT, i["scale_addr"] + 2 * n * (k // g), n), np.int8).astype(np.int64)
+    mant = fields("mantissas", k // g).reshape(n, k // g)
+    shift = np.frombuffer(m.read(BufferId.WEIGHT, ts["shifts"].addr, n), np.int8).astype(np.int64)
     xq, mx, ex = m.qrows(i["abuf"], i["a_addr"], rows, k)
     p = np.einsum("rjg,njg->rnj", xq.reshape(rows, k // g, g), codes.reshape(n, k // g, g))
     acc = np.sum(p * mant[None], axis=-1)

@@ -272,8 +272,7 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
     out_bytes = max(4, act_bytes or n_act, n_act)
     wbmax = max(words.values())
     cap, scap = _reader_cap(out_bytes, wbmax), _reader_cap(SCALAR_BYTES, wbmax)
-    bases = (inst["wbuf_addr"], inst["idx_addr"], inst["scale_addr"])
-    shift_base = inst["scale_addr"] + 2 * n * groups
+    shift_base = inst["scale_addr"]
     lat = _engine_latency(target)
 
     def o_row_of(r):
@@ -282,13 +281,13 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
     passes = [(q, r) for q in range(0, n, nc) for r in range(rows)]
     streams = []
     for q, r in passes:
-        slots = []
-        for c in range(nc):
-            ch = []
-            for s in range(len(STREAMS)):
-                ba = 8 * bases[s] + (q + c) * nbits[s]
-                ch.append((0, 0) if nbits[s] == 0 else ((ba % W + nbits[s] + W - 1) // W, ba % W))
-            slots.append(tuple(ch))
+        # chain-interleaved streams (ir/packing.py): every chain's pass starts at the same bit of
+        # its own sub-stream, and the sub-streams start on words
+        ch = []
+        for s in range(len(STREAMS)):
+            ba = q // nc * nbits[s]
+            ch.append((0, 0) if nbits[s] == 0 else ((ba % W + nbits[s] + W - 1) // W, ba % W))
+        slots = (tuple(ch),) * nc
         streams.append((tuple(slots), (inst["a_addr"] + r * (k + 4) + 4, k)))
     runner = _Runner(nc, W, streams, beat_bits, bpg, beats, n_act, awb, cap)
 

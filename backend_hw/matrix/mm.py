@@ -3,6 +3,10 @@
 A pass is `n_chains` weight rows (n = q * n_chains + c) against one token row r; MM runs, for each
 q, every token row r in turn (the weight tile is re-read from the weight buffer, as the engine's
 docstring says). Chains past `n` (n not a multiple of n_chains) run on junk and write nothing.
+The tile is chain-interleaved (ir/packing.py `ChainLayout`): chain c's rows are its own sub-stream
+of each per-row stream, word j of it at the stream's word base + j * n_chains + c, so the chains
+all start a pass at the same bit offset of their sub-streams and, with a bank per chain, each reads
+only its own bank.
 
 Passes overlap: three processes walk the same pass order, each with its own cursor.
 - The loader (on `oport`, through one byte reader) reads pass j's scalars into a second register
@@ -79,6 +83,7 @@ class MatmulSequencer(wiring.Component):
         e0 = self.engines[0]
         nc, cl, W = e0.n_chains, e0.chain_len, self.wbits
         lgw = W.bit_length() - 1
+        lgb = lgw - 3                # log2 of the weight word's bytes
         for i, e in enumerate(self.engines):
             m.submodules[f"engine{i}"] = e
         # Two activation readers in turn: one streams the running pass, the other (`nxt`) reads the
@@ -175,8 +180,12 @@ class MatmulSequencer(wiring.Component):
         next_full = Signal()
         mx, ex = Signal(16), Signal(8)
         m.d.comb += [mx.eq(rec[:16]), ex.eq(rec[16:24])]
-        bitaddr = {(c, s): Signal(32, name=f"bit_{s}{c}") for c in range(nc) for s in STREAMS}
-        shift_base = Signal(24)
+        # Per stream: its first word, and the pass's bit offset in every chain's sub-stream.
+        wbase = {s: Signal(24, name=f"wbase_{s}") for s in STREAMS}
+        bitaddr = {s: Signal(32, name=f"bit_{s}") for s in STREAMS}
+
+        def first_word(c, s):
+            return wbase[s] + c + (bitaddr[s] >> lgw) * nc
 
         # Weight word fetch: a slot per (chain, stream); each chain has its own read port, one read
         # per cycle to the first of its streams with words left and room in its FIFO.
@@ -200,7 +209,7 @@ class MatmulSequencer(wiring.Component):
                 with m.If(t):
                     m.d.comb += [port.re.eq(1), port.addr.eq(waddr[key]), port.buf.eq(BufferId.WEIGHT)]
                     with m.If(port.ready):
-                        m.d.sync += [left[key].eq(left[key] - 1), waddr[key].eq(waddr[key] + 1), pend_s.eq(j)]
+                        m.d.sync += [left[key].eq(left[key] - 1), waddr[key].eq(waddr[key] + nc), pend_s.eq(j)]
                 m.d.comb += [fi.w_data.eq(port.rdata[:W]), fi.w_en.eq(pend & (pend_s == j))]
             m.d.sync += pend.eq(port.re & port.ready)
 
@@ -220,8 +229,7 @@ class MatmulSequencer(wiring.Component):
                 for s in STREAMS:
                     if s == "idx" and e.pattern is None:
                         continue
-                    ba = bitaddr[c, s]
-                    skip = ba[:lgw]
+                    skip = bitaddr[s][:lgw]
                     m.d.comb += [getattr(st, f"{s}_skip").eq(skip),
                                  getattr(st, f"{s}_words").eq((skip + nbits[s] + W - 1) >> lgw)]
                     fi = fifos[c, s]
@@ -247,9 +255,8 @@ class MatmulSequencer(wiring.Component):
         more = Signal()              # a pass follows the one that started last
         a_ahead = Signal()           # the `nxt` reader holds that pass's command
 
-        def stream_words(c, s):
-            ba = bitaddr[c, s]
-            return Mux(nbits[s] == 0, 0, (ba[:lgw] + nbits[s] + W - 1) >> lgw)
+        def stream_words(s):
+            return Mux(nbits[s] == 0, 0, (bitaddr[s][:lgw] + nbits[s] + W - 1) >> lgw)
 
         def a_cmd(rd):
             m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.buf.eq(f("abuf")), rd.cmd.payload.addr.eq(run_c.a_row + 4),
@@ -258,7 +265,7 @@ class MatmulSequencer(wiring.Component):
         with m.If(more & ~start_go):
             for key in ahead:
                 with m.If(~ahead[key] & (left[key] == 0)):
-                    m.d.sync += [ahead[key].eq(1), waddr[key].eq(bitaddr[key] >> lgw), left[key].eq(stream_words(*key))]
+                    m.d.sync += [ahead[key].eq(1), waddr[key].eq(first_word(*key)), left[key].eq(stream_words(key[1]))]
             with m.If(~a_ahead):
                 for i, rd in enumerate(areads):
                     with m.If(nxt == i):
@@ -278,11 +285,9 @@ class MatmulSequencer(wiring.Component):
                 for key in ahead:
                     m.d.sync += ahead[key].eq(0)
                     with m.If(~ahead[key]):
-                        m.d.sync += [waddr[key].eq(bitaddr[key] >> lgw), left[key].eq(stream_words(*key))]
+                        m.d.sync += [waddr[key].eq(first_word(*key)), left[key].eq(stream_words(key[1]))]
                 with m.If(run_c.advance()):
-                    for c in range(nc):
-                        for s in STREAMS:
-                            m.d.sync += bitaddr[c, s].eq(bitaddr[c, s] + nc * nbits[s])
+                    m.d.sync += [bitaddr[s].eq(bitaddr[s] + nbits[s]) for s in STREAMS]
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [rows_valid.eq(1), aread_o_ready.eq(act_ready)]
@@ -380,11 +385,12 @@ class MatmulSequencer(wiring.Component):
                 m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.sync += run_c.reset() + load_c.reset() + write_c.reset()
-                m.d.sync += [shift_base.eq(f("scale_addr") + ((n * groups) << 1)), load_done.eq(0), wc.eq(0),
-                             set_w.eq(0), set_in.eq(0)]
-                for c in range(nc):
-                    for s, base in (("codes", "wbuf_addr"), ("idx", "idx_addr"), ("mant", "scale_addr")):
-                        m.d.sync += bitaddr[c, s].eq((f(base) << 3) + c * nbits[s])
+                m.d.sync += [load_done.eq(0), wc.eq(0), set_w.eq(0), set_in.eq(0)]
+                m.d.sync += [bitaddr[s].eq(0) for s in STREAMS]
+                # the mantissas start at the first word after the n row shifts
+                wb = W // 8
+                m.d.sync += [wbase["codes"].eq(f("wbuf_addr") >> lgb), wbase["idx"].eq(f("idx_addr") >> lgb),
+                             wbase["mant"].eq((f("scale_addr") + n + wb - 1) >> lgb)]
                 m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If((n == 0) | (rows == 0)):
@@ -406,7 +412,7 @@ class MatmulSequencer(wiring.Component):
                 with m.If(sread.o.valid):
                     m.d.sync += rec_n.eq(sread.o.payload.data[:24])
                     m.next = "L_SHIFT"
-            load("L_SHIFT", BufferId.WEIGHT, shift_base + load_c.q, load_c.live, 1, shift_n, after_shift)
+            load("L_SHIFT", BufferId.WEIGHT, f("scale_addr") + load_c.q, load_c.live, 1, shift_n, after_shift)
             load("L_BIAS", BufferId.WEIGHT, f("bias_addr") + (load_c.q << 2), load_c.live << 2, 4, bias_n,
                  after_bias)
             load("L_PREV", f("obuf"), load_c.o_row + (load_c.q << 2), load_c.live << 2, 4, prev_n, loaded)

@@ -33,9 +33,10 @@ def _bit_mask(byte_mask: Value) -> Value:
 
 def slot_layout(reg_bytes: int) -> data.StructLayout:
     """One piece: `n` bytes from byte address `addr` of buffer `buf` into bytes [off, off + n) of
-    operand register `tgt`."""
+    operand register `tgt`; with `skip`, only every other word of them (the first, third, ...),
+    so that two fetchers can share a run's words even and odd, on different banks."""
     w = reg_bytes.bit_length()
-    return data.StructLayout({"buf": 3, "addr": BUF_ADDR_BITS, "off": w, "n": w, "tgt": 2})
+    return data.StructLayout({"buf": 3, "addr": BUF_ADDR_BITS, "off": w, "n": w, "tgt": 2, "skip": 1})
 
 
 def write_layout(max_bytes: int) -> data.StructLayout:
@@ -82,8 +83,8 @@ class PieceFetcher(wiring.Component):
         last = Signal(BUF_ADDR_BITS)
         m.d.comb += last.eq((d.addr + d.n - 1) >> lg)
         waddr = Signal(BUF_ADDR_BITS)
-        m.d.comb += waddr.eq(first + wi)
-        at_last = waddr == last
+        m.d.comb += waddr.eq(first + (wi << d.skip))
+        at_last = (waddr == last) | (d.skip & (waddr + 1 == last))
         others = pend & ~(Const(1, K) << cur)[:K]
         m.d.comb += self.ready.eq(~pend.any() | (at_last & ~others.any() & self.port.ready))
 
@@ -99,7 +100,7 @@ class PieceFetcher(wiring.Component):
             m.d.comb += [port.buf.eq(d.buf), port.addr.eq(waddr), port.re.eq(1)]
         with m.If(pend.any() & self.port.ready):
             ph = d.addr & ((Const(1, 1) << lg) - 1)
-            m.d.sync += [rv.eq(1), rtgt.eq(d.tgt), rdelta.eq(d.off - ph + (wi << lg)), rlo.eq(d.off),
+            m.d.sync += [rv.eq(1), rtgt.eq(d.tgt), rdelta.eq(d.off - ph + ((wi << d.skip) << lg)), rlo.eq(d.off),
                          rhi.eq(d.off + d.n), rwb.eq(Const(1, 1) << lg)]
             with m.If(at_last):
                 m.d.sync += [pend.eq(others), wi.eq(0)]

@@ -177,19 +177,21 @@ class SfuUnit(wiring.Component):
                              sb[1].n.eq(1), fb.en.eq(0b11)]
 
         # Passes that read only `a` split its words between both ports (the src2 port reads the src
-        # buffer too): the first half of the words on `src`, the rest on `src2`.
+        # buffer too): the even words on `src`, the odd ones on `src2`, so that the two reads of a
+        # cycle are of neighbouring words, on different banks of a word-interleaved buffer.
         lgs = word_log(m, f["src_buf"], self.word_bytes)
         a_end = Signal(A_W)
         m.d.comb += a_end.eq(elem + (nl << 2) - 1)
         a_words = (a_end >> lgs) - (elem >> lgs) + 1
-        split_at = Signal(A_W)
-        m.d.comb += split_at.eq(((elem >> lgs) + ((a_words + 1) >> 1)) << lgs)
+        split_at = Signal(A_W)                         # the second word
+        m.d.comb += split_at.eq(((elem >> lgs) + 1) << lgs)
         uses_b = is_out & func.matches(F.ADD, F.MUL, F.RMSNORM, F.LAYERNORM, F.ROPE)
         split = ~bypass & ~uses_b & (a_words > 1)
         with m.If(split):
-            m.d.comb += [sa[0].n.eq(split_at - elem),
+            m.d.comb += [sa[0].skip.eq(1),
                          sb[0].buf.eq(f["src_buf"]), sb[0].addr.eq(split_at), sb[0].off.eq(split_at - elem),
-                         sb[0].n.eq((nl << 2) - (split_at - elem)), sb[0].tgt.eq(0), fb.en.eq(0b01)]
+                         sb[0].n.eq((nl << 2) - (split_at - elem)), sb[0].tgt.eq(0), sb[0].skip.eq(1),
+                         fb.en.eq(0b01)]
 
         # ---- operand registers, filled by both fetchers (different bytes of them). A beat is
         # complete in the cycle its last word returns: `full` is the registers with that word.

@@ -143,7 +143,7 @@ def system_verilog(target: Target, formats, channel_bytes: list[int], *, cache_d
 
 @dataclass(frozen=True)
 class SystemRun:
-    hbm: list[bytes]                    # every channel's bytes after the run
+    hbm: list[bytes]                    # every channel's bytes after the run (its `channel_bytes`)
     buffers: dict[BufferId, bytes]      # every buffer's bytes after the run (INST included)
     cycles: int                         # from the `start` cycle to the first cycle `halted` is seen
     sim: SimRun                         # the raw run (cycles simulated, seconds, cycles_per_second)
@@ -165,7 +165,8 @@ class VerilatorSystem:
         if data_width(target) > 64:
             raise ValueError(f"VerilatorSystem loads buffers up to 64 bits wide, not {data_width(target)}")
         self.target, self.beat = target, beat
-        self.channel_bytes = [n + -n % beat for n in channel_bytes]
+        self.sizes = list(channel_bytes)                    # what `run` gives back of each channel
+        self.channel_bytes = [n + -n % beat for n in channel_bytes]   # the RAMs: whole beats
         t0 = time.perf_counter()
         verilog = system_verilog(target, formats, self.channel_bytes, cache_dir=cache_dir, organisation=organisation)
         self.verilog_seconds = time.perf_counter() - t0
@@ -240,8 +241,8 @@ class VerilatorSystem:
             got[b] = words.tobytes()
             at += depth
         mem = []
-        for depth in ram_words:
-            mem.append(b"".join(int(x).to_bytes(self.beat, "little") for x in out["dbg_data"][at:at + depth]))
+        for depth, size in zip(ram_words, self.sizes):
+            mem.append(b"".join(int(x).to_bytes(self.beat, "little") for x in out["dbg_data"][at:at + depth])[:size])
             at += depth
         trace = _trace(program, out["issued"][start:rd], out["completed"][start:rd])
         return SystemRun(hbm=mem, buffers=got, cycles=int(halted[0]) + 1, sim=run, trace=trace)

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from llmfab.passes.program_check import Limits, ProgramCheckError, check_program
 def _limits(target: str) -> Limits:
     t = load_target(target)
     return Limits(t.buffer_bytes, t.memory.channels,
-                  int(t.memory.capacity_gb * 1e9) // t.memory.channels)
+                  int(t.memory.capacity_gb * 1e9) // t.memory.channels, t.chain_layout)
 
 
 def _check_all(c, target):
@@ -57,25 +58,38 @@ def test_compile_fixture_on_sim_small(tmp_path, fixture):
 
 
 def test_weight_image_holds_the_packed_tiles():
+    """A tile in the image: chain c's rows (c, c + chains, ...) packed back to back, its word j at
+    word j * chains + c of each per-row stream; the shifts row by row; the mantissas from a word."""
     from llmfab.flow import load_model
-    from llmfab.ir.packing import pack
+    from llmfab.ir.packing import ChainLayout, pack, pack_bits
+    from llmfab.ir.quant import QuantizedWeight
     from llmfab.passes import PASSES, parse_pipeline, run_pipeline
     from llmfab.passes.hbm_layout import channel_images, place
 
     g = load_model(str(FIXTURES / "llama_ts_op14.onnx"), seq_len=32)
-    run_pipeline(g, parse_pipeline("quantize{policy=int4-g128}", PASSES))
-    lay = place(g, channels=4, channel_capacity=1 << 20, chain_rows=4, tile_bytes=1 << 12, max_len=32,
-                max_rows=8, capacity_label="HBM")
-    images = channel_images(g, lay)
+    run_pipeline(g, parse_pipeline("quantize{policy=w4-2of4}", PASSES))
+    nc, wb = 4, 8
+    lay = place(g, channels=4, channel_capacity=1 << 20, weights=ChainLayout(nc, wb), half_bytes=1 << 12,
+                max_len=32, max_rows=8, capacity_label="HBM")
+    images = channel_images(g, lay, ChainLayout(nc, wb))
     user = "layers.0.down_proj"
     t = lay.tiles[user][0]
     qw = g.node(g.node(user).inputs[1]).data
     r0, r1 = t.rows
-    from llmfab.ir.quant import QuantizedWeight
-    p = pack(QuantizedWeight(qw.scheme, (r1 - r0, qw.shape[1]), qw.codes[r0:r1], qw.mant[r0:r1], qw.shift[r0:r1]))
-    want = p.values + p.indices + p.mant + p.shift
+    assert (r1 - r0) % nc == 0 and r1 - r0 > nc
     got = b"".join(bytes(images[t.obj.channel + c][t.obj.addr:t.obj.addr + t.obj.pitch]) for c in range(t.obj.channels))
-    assert got[:len(want)] == want
+    words = np.frombuffer(got, np.uint8)
+    at_codes, at_idx, at_shift, at_mant, _ = t.streams
+    assert all(a % wb == 0 for a in (at_codes, at_idx, at_mant))
+    for c in range(nc):
+        rows = range(r0 + c, r1, nc)
+        sub = pack(QuantizedWeight(qw.scheme, (len(rows), qw.shape[1]), qw.codes[rows.start:r1:nc],
+                                   qw.mant[rows.start:r1:nc], qw.shift[rows.start:r1:nc], qw.mask[rows.start:r1:nc]))
+        for base, stream in ((at_codes, sub.values), (at_idx, sub.indices), (at_mant, sub.mant)):
+            n_words = -(-len(stream) // wb)
+            mine = b"".join(words[base + (j * nc + c) * wb:base + (j * nc + c + 1) * wb].tobytes() for j in range(n_words))
+            assert mine[:len(stream)] == stream
+    assert got[at_shift:at_shift + r1 - r0] == pack_bits(qw.shift[r0:r1], 8)
 
 
 def test_compile_is_deterministic_and_atomic(tmp_path):
@@ -151,6 +165,25 @@ def test_checker_catches_out_of_bounds():
     with pytest.raises(ProgramCheckError, match=r"^program 'bad' instruction 0 \(LD\): buffer \[16000, 17024\) "
                                                 r"outside the act buffer \(16384 bytes\)$"):
         check_program(b.build(), _limits("sim-small"), ())
+
+
+def test_checker_catches_weight_streams_off_a_word_and_past_the_buffer():
+    """sim-small: 2 chains, 4-byte weight words. An int8 tile of 5 rows of 32: the codes stream
+    is 2 chains x (3 rows x 256 bits / 32) words x 4 bytes = 192 bytes (not 5 * 32)."""
+    from llmfab.ir.isa import Group, ProgramBuilder, Sparsity, WeightBits
+
+    def mv(wbuf):
+        b = ProgramBuilder("mv")
+        b.emit(Opcode.MV, n=5, k=32, bits=WeightBits.INT8, sparsity=Sparsity.DENSE, group=Group.CHANNEL,
+               abuf=BufferId.SCRATCH, obuf=BufferId.ACT, wbuf_addr=wbuf, scale_addr=4096, a_addr=0, o_addr=0)
+        b.end()
+        return b.build()
+    check_program(mv(8192 - 192), _limits("sim-small"), ())
+    with pytest.raises(ProgramCheckError, match=r"instruction 0 \(MV\): codes \[8100, 8292\) outside the weight "):
+        check_program(mv(8100), _limits("sim-small"), ())
+    with pytest.raises(ProgramCheckError, match=r"the codes stream at 4098 does not start on a weight buffer word "
+                                                r"\(4 bytes\)"):
+        check_program(mv(4098), _limits("sim-small"), ())
 
 
 def _stores_inside_objects(c):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmfab.ir.packing import PackedWeight, pack, pack_bits, sparse_matvec, unpack, unpack_bits
+from llmfab.ir.packing import ChainLayout, PackedWeight, pack, pack_bits, sparse_matvec, unpack, unpack_bits
 from llmfab.ir.quant import QuantError, QuantizedWeight, QuantScheme
 
 BITS = (2, 3, 4, 8)
@@ -157,3 +157,28 @@ def test_packed_rejects_bad_streams():
     # QuantizedWeight itself refuses shifts that the int8 shift stream could not hold
     with pytest.raises(QuantError, match=r"^w: row shifts must fit int8, not \[130, 130\]$"):
         QuantizedWeight(QuantScheme(8, 0), (1, 4), np.zeros((1, 4), np.int8), np.array([[1]]), np.array([130]), name="w")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.sampled_from([1, 2, 4, 16]), st.integers(1, 40), st.integers(1, 70), st.data())
+def test_chain_layout_round_trip(chains, word_bytes, rows, row_bits, data):
+    lay = ChainLayout(chains, word_bytes)
+    bits = data.draw(st.lists(st.integers(0, 1), min_size=rows * row_bits, max_size=rows * row_bits))
+    stream = pack_bits(np.array(bits, np.int64), 1, signed=False)
+    out = lay.interleave(stream, rows, row_bits)
+    assert len(out) == lay.stream_bytes(rows, row_bits) and len(out) % (chains * word_bytes) == 0
+    assert lay.deinterleave(out, rows, row_bits) == stream
+    # chain c's word j is at word j * chains + c: bit t of chain c's sub-stream is row c + chains * (t // row_bits)
+    flat = np.unpackbits(np.frombuffer(out, np.uint8), bitorder="little").reshape(-1, chains, 8 * word_bytes)
+    for c in range(chains):
+        sub = flat[:, c].reshape(-1)
+        mine = [bits[r * row_bits:(r + 1) * row_bits] for r in range(c, rows, chains)]
+        want = [b for row in mine for b in row]
+        assert list(sub[:len(want)]) == want and not sub[len(want):].any()
+
+
+def test_chain_layout_of_one_byte_chain_is_the_stream():
+    s = bytes(range(7))
+    assert ChainLayout().interleave(s, 7, 8) == s and ChainLayout().stream_bytes(7, 8) == 7
+    with pytest.raises(QuantError, match="chains must be a positive integer"):
+        ChainLayout(0, 4)

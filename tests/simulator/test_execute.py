@@ -20,9 +20,7 @@ MAX_LEN = 16
 
 
 def _machine(c, target="sim-small"):
-    t = load_target(target)
-    bufs = t.buffer_bytes
-    return Machine.create([d for _, d in c.images], max(c.layout.used), bufs)  # the bytes the layout uses
+    return Machine.for_target(load_target(target), [d for _, d in c.images], max(c.layout.used))  # the bytes the layout uses
 
 
 def _program(c, stage, length):

@@ -64,8 +64,7 @@ def test_first_decode_instructions_equal_the_functional_simulator():
     design at under 100 cycles/s."""
     t = load_target("sim-small")
     c = tiny_compiled()
-    bufs = t.buffer_bytes
-    m = Machine.create([d for _, d in c.images], max(c.layout.used), bufs)
+    m = Machine.for_target(t, [d for _, d in c.images], max(c.layout.used))
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
     start_hbm = [bytes(h) for h in m.hbm]
     start_bufs = {b: bytes(v) for b, v in m.buffers.items() if b is not BufferId.INST}

@@ -62,8 +62,9 @@ def _amaranth(dut, stim) -> dict[str, list[int]]:
 @pytest.mark.parametrize("target", ["sim-small", "ecp5-85k"])
 def test_rtl_lints_clean_and_verilator_matches_amaranth(target, tmp_path):
     """sim-small through `llmfab compile --rtl` (the weight formats of a compiled fixture; the
-    default buffers), ecp5-85k through `llmfab rtl --buffers block_ram` (the default format)."""
-    formats, buffers = DEFAULT_FORMATS, "ports" if target == "sim-small" else "block_ram"
+    default buffers, block RAM), ecp5-85k through `llmfab rtl --buffers block_ram` (the default
+    format)."""
+    formats, buffers = DEFAULT_FORMATS, "block_ram"
     if target == "sim-small":
         out = tmp_path / "build" / "hw"
         cmd = ["compile", str(FIXTURES / "llama_ts_op14.onnx"), "--target", target, "--max-len", "16", "--rtl",
@@ -81,7 +82,8 @@ def test_rtl_lints_clean_and_verilator_matches_amaranth(target, tmp_path):
     verilog = (out / "rtl" / "accelerator.v").read_text()
     assert lint(verilog, "accelerator") == []
     assert json.loads((out / "rtl.json").read_text())["buffers"] == buffers
-    assert ("buf_weight_3" in verilog) == (buffers == "block_ram")     # ecp5-85k: 4 weight banks
+    banks = load_target(target).buffer("weight").banks
+    assert f"buf_weight_{banks - 1}" in verilog and f"buf_weight_{banks}" not in verilog   # a memory a bank
 
     t = load_target(target)
     dut = build_top(t, formats, buffers=buffers)["accelerator"]

@@ -47,8 +47,7 @@ def model():
 
 
 def _machine(t, c):
-    return Machine.create([d for _, d in c.images], max(c.layout.used),
-                          t.buffer_bytes)
+    return Machine.for_target(t, [d for _, d in c.images], max(c.layout.used))
 
 
 def _state(m):
@@ -123,14 +122,14 @@ def test_prefill_equals_the_functional_simulator(model):
 def test_block_ram_buffers_run_the_same_programs(model):
     """The synthesizable buffer organisation (banks of one-read one-write memories behind
     arbiters): the prefill and a decode step stay bit-exact; the refused requests cost cycles
-    that `RtlUnits` does not count yet (measured +6.6% decode, +11% prefill on sim-small):
-    bounded here, so a regression in the banking or the priorities shows."""
+    that `RtlUnits` does not count (measured +0.8% decode, +0.9% prefill on sim-small, with the
+    chain-interleaved weight tiles and the SFU's even/odd word split): within the model's 2%."""
     t, c, _, formats = model
     vs = VerilatorSystem(t, formats, [max(c.layout.used)] * t.memory.channels, organisation="block_ram")
     m = _machine(t, c)
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
     hz = t.clock_mhz * 1e6
-    for stage, length, bound in (("prefill", len(PROMPT), 1.15), ("decode", len(PROMPT) + 1, 1.10)):
+    for stage, length, bound in (("prefill", len(PROMPT), 1.02), ("decode", len(PROMPT) + 1, 1.02)):
         if stage == "decode":
             m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
         prog = _program(c, stage, length)

@@ -18,6 +18,7 @@ from llmfab.ir.isa import (CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, 
 from llmfab.ir.packing import pack
 from llmfab.ir.quant import kept
 from llmfab.ir.target import load_target
+from llmfab.passes.hbm_layout import row_bits
 from llmfab.simulator.functional import EXEC, Machine
 from test_hw_weight_unpack import random_weight
 
@@ -92,7 +93,7 @@ def _program(c, stage, length):
 
 
 def reference(buffers: dict, insts) -> dict:
-    m = Machine({}, copy.deepcopy(buffers))
+    m = Machine({}, copy.deepcopy(buffers), T.chain_layout)
     m.held = None
     for i in insts:
         EXEC[i.op](m, i)
@@ -121,12 +122,24 @@ def matrix_case(rng, op, n, k, bits, pattern, group, has_bias, accumulate, rows=
     qw.shift[:] = rng.integers(8, 16, n)
     p = pack(qw)
     w = bufs[BufferId.WEIGHT]
-    at, addrs = int(rng.integers(0, 8)), {}
-    for name, stream in (("wbuf_addr", p.values), ("idx_addr", p.indices), ("scale_addr", p.mant + p.shift),
-                         ("bias_addr", rng.integers(-(1 << 24), 1 << 24, n).astype("<i4").tobytes())):
-        addrs[name] = at if stream and (name != "bias_addr" or has_bias) else 0
-        w[at:at + len(stream)] = stream
-        at += len(stream) + int(rng.integers(0, 5))
+    lay, wb = T.chain_layout, T.chain_layout.word_bytes
+    codes_bits, idx_bits, mant_bits = row_bits(qw)
+    at, addrs = wb * int(rng.integers(0, 3)), {}
+    for name, stream, rb in (("wbuf_addr", p.values, codes_bits), ("idx_addr", p.indices, idx_bits)):
+        if rb:                                           # the per-row streams: interleaved, on words
+            addrs[name] = at
+            data = lay.interleave(stream, n, rb)
+            w[at:at + len(data)] = data
+            at += len(data) + wb * int(rng.integers(0, 3))
+    addrs["scale_addr"] = at = at + int(rng.integers(0, wb))   # the shifts at any byte, then the
+    w[at:at + n] = p.shift                                        # mantissas from the next word
+    at = lay.align(at + n)
+    data = lay.interleave(p.mant, n, mant_bits)
+    w[at:at + len(data)] = data
+    at += len(data) + int(rng.integers(0, 5))
+    if has_bias:
+        addrs["bias_addr"] = at
+        w[at:at + 4 * n] = rng.integers(-(1 << 24), 1 << 24, n).astype("<i4").tobytes()
     a_addr = int(rng.integers(0, 64))
     put_qrows(rng, bufs[BufferId.ACT], a_addr, rows, k)
     o_stride = 4 * n + 4 * int(rng.integers(0, 3)) if op is Opcode.MM else 0
@@ -316,7 +329,7 @@ def test_compiled_program_matrix_instructions():
     """A prefill (5 tokens) then a decode step of tests/fixtures/llama_ts_op14.onnx: a sample of
     its MM, MV, ATTN_QK and ATTN_PV instructions on the buffers the program gives them."""
     c = tiny_compiled()
-    m = Machine.create([d for _, d in c.images], max(c.layout.used), SIZES)
+    m = Machine.for_target(T, [d for _, d in c.images], max(c.layout.used))
     m.write(BufferId.ACT, 0, np.array([3, 14, 15, 92, 65], "<i4").tobytes())
     steps = matrix_steps(m, _program(c, "prefill", 5), 5)
     m.write(BufferId.ACT, 0, np.array([35], "<i4").tobytes())
