@@ -199,7 +199,22 @@ def cmd_report(args) -> int:
     from llmfab.passes import PASSES, parse_pipeline, run_pipeline
     from llmfab.passes.roofline import power, resources, roofline, to_json
 
+    from llmfab.compile import CompileError, check_fit
+
     t = load_target(args.target)
+    context = args.prefill + args.decode
+    try:   # capacity first, as compile checks it: no figures for a configuration that does not fit
+        fit = check_fit(args.model, args.target, policy=args.policy, length=context)
+    except CompileError as e:
+        if args.json:
+            print(json.dumps({"target": t.name, "policy": args.policy, "prefill": args.prefill,
+                              "decode_context": context, "fits": False, "reason": str(e)}, indent=2, sort_keys=True))
+        else:
+            print(f"{args.model} on {t.name} ({args.policy}, prefill {args.prefill}, context {context}): "
+                  f"does not fit: {e}")
+        return 1
+    hbm = {"bytes_total": fit.layout.bytes_used, "bytes_per_channel": max(fit.layout.used),
+           "capacity_per_channel": fit.capacity}
     stages = []
     for stage, tokens, context in (("prefill", args.prefill, args.prefill), ("decode", 1, args.prefill + args.decode)):
         g = load_model(args.model, seq_len=tokens)
@@ -210,6 +225,7 @@ def cmd_report(args) -> int:
     pw = power(t, res, dec.bound_seconds(t), dec.bytes, 1.0)
     if args.json:
         out = {"target": t.name, "policy": args.policy, "prefill": args.prefill, "decode_context": stages[1].context,
+               "fits": True, "hbm": hbm,
                "roofline": to_json(stages[0]) + to_json(stages[1]),
                "stages": {r.stage: {"ideal_s": r.seconds, "bound_s": r.bound_seconds(t), "bytes": r.bytes}
                           for r in stages},
@@ -232,6 +248,8 @@ def cmd_report(args) -> int:
         for kind, (ops, nbytes, sec, bounds) in sorted(kinds.items(), key=lambda kv: -kv[1][2]):
             inten = f"{ops / nbytes:9.1f}" if nbytes else "      inf"
             print(f"  {kind:12s} {ops / 1e9:10.3f} {nbytes / 1e6:10.2f} {inten} {sec * 1e3:8.3f}  {'/'.join(sorted(bounds))}")
+    print(f"memory    {hbm['bytes_total'] / 1e9:.2f} GB of {fit.capacity * t.memory.channels / 1e9:.2f} GB "
+          f"(fullest channel {hbm['bytes_per_channel'] / 1e6:.1f} of {fit.capacity / 1e6:.1f} MB) at context {context}")
     print("resources " + ", ".join(f"{k} {v.used:,.0f}/{v.capacity:,.0f} ({v.fraction:.0%})" for k, v in res.items()
                                    if v.capacity or v.used))
     print(f"power     {pw.static_w + pw.dynamic_w:.1f} W ({pw.static_w:.1f} static), "

@@ -94,8 +94,13 @@ class Flow:
 
 
 def step_load(f: Flow) -> None:
-    """The fused graph, with shapes at max_len so position tables cover every position."""
+    """The fused graph, with shapes at max_len so position tables cover every position (no more
+    than the model has)."""
     f.graph = load_model(f.model, seq_len=f.max_len)
+    n_pos = f.graph.meta.get("max_position_embeddings")
+    if isinstance(n_pos, int) and f.max_len > n_pos:
+        raise CompileError(f"{f.model}: a context of {f.max_len} tokens exceeds the model's {n_pos} positions "
+                           f"(max_position_embeddings)")
     f.has_data = all(f.graph.node(s.const).data.has_values for s in weight_sites(f.graph))
 
 
@@ -216,6 +221,18 @@ def step_package(f: Flow) -> None:
 
 
 STEPS = (step_load, step_quantize, step_layout, step_lower, step_check, step_package)
+
+
+def check_fit(model: str, target: str, *, policy: str = "int8", length: int) -> Flow:
+    """What compile checks before lowering, at `length` tokens: the model's positions, the weight
+    formats the target runs, memory (weights, parameters, KV cache) and weight and KV tiles
+    against the buffers. CompileError says what does not fit and by how much (`llmfab report`)."""
+    if length < 1:
+        raise CompileError(f"the context must be positive, not {length}")
+    f = Flow(model, load_target(target), load_policy(policy), length, None, None)
+    for step in (step_load, step_quantize, step_layout):
+        step(f)
+    return f
 
 
 def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int = 2048,
