@@ -99,6 +99,10 @@ def write_folder(out: str | Path, kind: str, files: dict[str, bytes], inputs=())
         if os.path.lexists(out):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "x")    # move the previous output aside (same file system: atomic)
+            x = old / "x"
+            if x.is_symlink() or not x.is_dir() or (any(x.iterdir()) and not _is_ours(x, kind)):
+                os.replace(x, out)        # swapped for something else after the check: put it back
+                raise FolderError(f"{out}: changed while llmfab was writing it; nothing was written")
         try:
             os.replace(tmp, out)
         except BaseException:

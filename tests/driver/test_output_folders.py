@@ -112,3 +112,25 @@ def test_rtl_and_output_files_follow_the_same_rule(tmp_path, capsys):
     assert _compile(capsys, tmp_path / "b")[0] == 0
     rc, err = _run(capsys, "execute", tmp_path / "b", "--tokens", "1 2", "--out", tmp_path / "b" / "manifest.json")
     assert rc == 2 and "manifest.json: is inside the input" in err
+
+
+def test_a_folder_swapped_in_after_the_check_is_put_back(tmp_path, monkeypatch):
+    """The last check and the move aside are two steps: what was moved is checked again."""
+    import llmfab.ir.folders as folders
+    out = write_folder(tmp_path / "r", "rtl", {"rtl.json": b"{}"})
+    real_check, calls = folders.check_output, []
+
+    def check_then_swap(path, kind, inputs=()):
+        got = real_check(path, kind, inputs)
+        calls.append(path)
+        if len(calls) < 2:   # the first check, before the files are written
+            return got
+        shutil.rmtree(out)
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me")   # a user's folder lands between check and rename
+        return got
+
+    monkeypatch.setattr(folders, "check_output", check_then_swap)
+    with pytest.raises(FolderError, match=r"r: changed while llmfab was writing it; nothing was written$"):
+        write_folder(out, "rtl", {"rtl.json": b"{}\n"})
+    assert _tree(out) == {"mine.txt": b"keep me"} and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
