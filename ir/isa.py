@@ -543,26 +543,7 @@ class Program:
     @classmethod
     def from_bytes(cls, data: bytes) -> Program:
         data = bytes(data)
-        if len(data) < _PROGRAM_HEADER.size:
-            raise IsaError(f"a program starts with a {_PROGRAM_HEADER.size}-byte header, got {len(data)} bytes")
-        magic, version, header_bytes, count, name_len = _PROGRAM_HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise IsaError(f"not an llmfab program: magic {magic!r}, expected {MAGIC!r}")
-        if version != ISA_VERSION:
-            raise IsaError(f"program format version {version} is not supported (this is version {ISA_VERSION})")
-        need = -(-(_PROGRAM_HEADER.size + name_len) // INST_BYTES) * INST_BYTES
-        if header_bytes != need or data[14:16] != b"\0\0":
-            raise IsaError(f"malformed program header: {header_bytes} header bytes for a {name_len}-byte name "
-                           f"(expected {need}, reserved bytes zero)")
-        try:
-            name = data[_PROGRAM_HEADER.size:_PROGRAM_HEADER.size + name_len].decode()
-        except UnicodeDecodeError:
-            raise IsaError("malformed program header: the name is not UTF-8") from None
-        if len(data) != header_bytes + INST_BYTES * count:
-            raise IsaError(f"program {name!r} declares {count} instructions ({header_bytes} + {INST_BYTES} * "
-                           f"{count} bytes) but has {len(data)} bytes")
-        if any(data[_PROGRAM_HEADER.size + name_len:header_bytes]):
-            raise IsaError(f"program {name!r} has nonzero header padding")
+        name, header_bytes, count = program_header(data)
         insts = []
         for i in range(count):
             at = header_bytes + INST_BYTES * i
@@ -571,6 +552,32 @@ class Program:
             except IsaError as e:
                 raise IsaError(f"program {name!r} instruction {i}: {e}") from None
         return cls(name, tuple(insts))
+
+
+def program_header(data: bytes) -> tuple[str, int, int]:
+    """(name, header bytes, instruction count) of a program file, its header checked and its
+    length matching the count (a truncated or padded file fails), without decoding instructions."""
+    if len(data) < _PROGRAM_HEADER.size:
+        raise IsaError(f"a program starts with a {_PROGRAM_HEADER.size}-byte header, got {len(data)} bytes")
+    magic, version, header_bytes, count, name_len = _PROGRAM_HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise IsaError(f"not an llmfab program: magic {magic!r}, expected {MAGIC!r}")
+    if version != ISA_VERSION:
+        raise IsaError(f"program format version {version} is not supported (this is version {ISA_VERSION})")
+    need = -(-(_PROGRAM_HEADER.size + name_len) // INST_BYTES) * INST_BYTES
+    if header_bytes != need or data[14:16] != b"\0\0":
+        raise IsaError(f"malformed program header: {header_bytes} header bytes for a {name_len}-byte name "
+                       f"(expected {need}, reserved bytes zero)")
+    try:
+        name = data[_PROGRAM_HEADER.size:_PROGRAM_HEADER.size + name_len].decode()
+    except UnicodeDecodeError:
+        raise IsaError("malformed program header: the name is not UTF-8") from None
+    if len(data) != header_bytes + INST_BYTES * count:
+        raise IsaError(f"program {name!r} declares {count} instructions ({header_bytes} + {INST_BYTES} * "
+                       f"{count} bytes) but has {len(data)} bytes")
+    if any(data[_PROGRAM_HEADER.size + name_len:header_bytes]):
+        raise IsaError(f"program {name!r} has nonzero header padding")
+    return name, header_bytes, count
 
 
 def _value(v) -> str:

@@ -1,57 +1,137 @@
 """A compiled build folder as an object: `Build.open(dir)`, what `llmfab compile` wrote.
 
 Reading build folders is the driver's work: the simulator and the RTL flow take a `Build` (its
-manifest, target, programs and weight images) and never read paths themselves.
+manifest, target, programs and weight images) and never read paths themselves. `open` validates
+the whole folder before anything runs: the manifest's schema (errors name the field), every file
+it names inside the folder (relative, no `..`, no symbolic link out), present with the size and
+sha256 the manifest records, program headers whole, and the build's own target file. A later
+read checks the hash again, so what runs is what was compiled.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
-from llmfab.ir.isa import Program
-from llmfab.ir.target import Target, load_target
+from llmfab.ir.folders import FolderError, inside
+from llmfab.ir.isa import IsaError, Program, program_header
+from llmfab.ir.target import Target, TargetError, load_target
 
 
 class BuildError(ValueError):
     pass
 
 
+_FILE = {"file": str, "bytes": int, "sha256": "sha256"}
+# what `manifest.json` must hold for simulate and execute (more fields are allowed and ignored)
+SCHEMA = {
+    "llmfab_manifest": int, "max_len": int,
+    "target": {"name": str, "file": str, "sha256": "sha256"},
+    "programs": [{**_FILE, "stage": ("prefill", "decode"), "bucket": "bucket", "instructions": int,
+                  "sections": [[int, str]]}],
+    "weights": [_FILE],
+    "hbm": {"bytes_per_channel": int},
+    "output": {"addr": int, "channel": int, "channels": int, "row_bytes": int, "rows": int, "vocab": int},
+}
+
+
+def _check(v, spec, where: str) -> None:
+    """`v` matches `spec` (a type, a tuple of choices, a dict of required keys, a one-element list
+    of the item spec, or "sha256" / "bucket"); else BuildError naming the field `where`."""
+    if isinstance(spec, dict):
+        if not isinstance(v, dict):
+            raise BuildError(f"{where or 'the manifest'} must be an object, not {type(v).__name__}")
+        for k, s in spec.items():
+            if k not in v:
+                raise BuildError(f"{where + '.' if where else ''}{k} is missing")
+            _check(v[k], s, f"{where + '.' if where else ''}{k}")
+    elif isinstance(spec, list):
+        if not isinstance(v, list) or (len(spec) > 1 and len(v) != len(spec)):
+            raise BuildError(f"{where} must be a list{f' of {len(spec)}' if len(spec) > 1 else ''}, not {v!r:.60}")
+        for i, x in enumerate(v):
+            _check(x, spec[min(i, len(spec) - 1)], f"{where}[{i}]")
+    elif spec == "sha256":
+        if not (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
+            raise BuildError(f"{where} must be 64 lowercase hex digits, not {v!r:.80}")
+    elif spec == "bucket":
+        _check(v, [int, int], where)
+        if not 1 <= v[0] <= v[1]:
+            raise BuildError(f"{where} must be [lo, hi] with 1 <= lo <= hi, not {v}")
+    elif isinstance(spec, tuple):
+        if v not in spec:
+            raise BuildError(f"{where} must be one of {', '.join(spec)}, not {v!r:.60}")
+    elif spec is int:
+        if type(v) is not int or v < 0:
+            raise BuildError(f"{where} must be a non-negative integer, not {v!r:.60}")
+    elif not isinstance(v, spec):
+        raise BuildError(f"{where} must be a {spec.__name__}, not {type(v).__name__}")
+
+
+def _read(root: Path, rel, what: str, sha256: str, size: int | None = None) -> bytes:
+    """The bytes of the file `rel` of the build `root`: inside it, of the recorded size and hash."""
+    try:
+        real = inside(root, rel, what)
+        have = real.stat().st_size
+        data = real.read_bytes() if size is None or have == size else None   # never read a wrong-size file
+    except (FolderError, OSError) as e:
+        raise BuildError(str(e)) from None
+    if data is None or (size is not None and len(data) != size):
+        raise BuildError(f"{root / rel}: the {what} has {have} bytes, the manifest says {size} "
+                         f"(truncated or replaced: compile again)")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise BuildError(f"{root / rel}: the {what} differs from the one compiled (sha256 mismatch with manifest.json)")
+    return data
+
+
+def _target(root: Path, t: dict) -> Target:
+    """The build's own copy of its target file, as hashed; never a bundled target by name."""
+    data = _read(root, t["file"], "target file", t["sha256"])
+    try:
+        target = load_target(root / t["file"])
+    except TargetError as e:
+        raise BuildError(str(e)) from None
+    if target.text.encode() != data:
+        raise BuildError(f"{root / t['file']}: changed while it was read")
+    if target.name != t["name"]:
+        raise BuildError(f"{root / t['file']}: names target {target.name!r}, the manifest {t['name']!r}")
+    return target
+
+
 @dataclass(frozen=True)
 class Build:
     path: Path
     manifest: dict
+    target: Target       # the build's own copy of its target file, never a bundled one by name
 
     @classmethod
     def open(cls, path: str | Path) -> Build:
         path = Path(path)
+        if not path.is_dir():
+            raise BuildError(f"{path}: not a build folder (no such folder)")
+        where = path / "manifest.json"
         try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except (OSError, ValueError) as e:
-            raise BuildError(f"{path}: not a build folder with a manifest.json ({e})") from None
-        return cls(path, manifest)
-
-    @cached_property
-    def target(self) -> Target:
-        """The target compiled for: the build's own copy of its file (a bundled name for builds
-        made before builds kept one)."""
-        t = self.manifest["target"]
-        if "file" not in t:
-            return load_target(t["name"])
-        path = self.path / t["file"]
+            manifest = json.loads(inside(path, "manifest.json", "manifest").read_bytes())
+        except (FolderError, OSError, ValueError) as e:
+            raise BuildError(f"{path}: not a build folder with a readable manifest.json ({e})") from None
+        if isinstance(manifest, dict) and isinstance(manifest.get("target"), dict) and "file" not in manifest["target"]:
+            raise BuildError(f"{where}: written before builds kept their target file (no target.file): compile again")
         try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise BuildError(f"{path}: the build's target file cannot be read ({e.strerror})") from None
-        if hashlib.sha256(data).hexdigest() != t.get("sha256"):
-            raise BuildError(f"{path}: the target file differs from the one the build was compiled for "
-                             f"(sha256 mismatch with manifest.json)")
-        target = load_target(path)
-        if target.name != t["name"]:
-            raise BuildError(f"{path}: names target {target.name!r}, the manifest {t['name']!r}")
-        return target
+            _check(manifest, SCHEMA, "")
+        except BuildError as e:
+            raise BuildError(f"{where}: {e}") from None
+        if manifest["llmfab_manifest"] != 1 or manifest["max_len"] < 1:
+            raise BuildError(f"{where}: llmfab_manifest must be 1 and max_len positive")
+        for e in manifest["programs"]:
+            try:
+                _, _, count = program_header(_read(path, e["file"], "program", e["sha256"], e["bytes"]))
+            except IsaError as err:
+                raise BuildError(f"{path / e['file']}: {err}") from None
+            if count != e["instructions"]:
+                raise BuildError(f"{path / e['file']}: holds {count} instructions, the manifest says {e['instructions']}")
+        for w in manifest["weights"]:
+            _read(path, w["file"], "weight image", w["sha256"], w["bytes"])
+        return cls(path, manifest, _target(path, manifest["target"]))
 
     @property
     def max_len(self) -> int:
@@ -64,16 +144,22 @@ class Build:
                 return e
         raise BuildError(f"{self.path}: no {stage} program for length {length} (max_len {self.max_len})")
 
+    def _program(self, e: dict) -> Program:
+        try:
+            return Program.from_bytes(_read(self.path, e["file"], "program", e["sha256"], e["bytes"]))
+        except IsaError as err:
+            raise BuildError(f"{self.path / e['file']}: {err}") from None
+
     def program_for(self, stage: str, length: int) -> Program:
-        return Program.from_bytes((self.path / self.entry(stage, length)["file"]).read_bytes())
+        return self._program(self.entry(stage, length))
 
     def sections(self, stage: str, length: int) -> list:
         """(first instruction, label) of each section of that program (layers, embedding, head)."""
-        return self.entry(stage, length).get("sections", [])
+        return self.entry(stage, length)["sections"]
 
     def programs(self) -> list[Program]:
-        return [Program.from_bytes((self.path / e["file"]).read_bytes()) for e in self.manifest["programs"]]
+        return [self._program(e) for e in self.manifest["programs"]]
 
     def images(self) -> list[bytes]:
         """The weight image of every HBM channel (none for a config-only build)."""
-        return [(self.path / w["file"]).read_bytes() for w in self.manifest["weights"]]
+        return [_read(self.path, w["file"], "weight image", w["sha256"], w["bytes"]) for w in self.manifest["weights"]]

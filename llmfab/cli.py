@@ -13,8 +13,11 @@ import numpy as np
 from llmfab.timing import TIMING_MODELS
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, so a failure leaves `path` untouched."""
+def _write_atomic(path: Path, write, inputs=()) -> None:
+    """Write through a temporary file in the same folder, so a failure leaves `path` untouched;
+    only over a regular file that is none of `inputs` nor inside one (never a device node)."""
+    from llmfab.ir.folders import check_output_file
+    check_output_file(path, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -70,7 +73,7 @@ def cmd_interpret(args) -> int:
     outs = interpret(g, tokens)
     name = "logits" if "logits" in outs else next(iter(outs))
     logits = np.asarray(outs[name], dtype=np.float32)
-    _write_atomic(Path(args.out), lambda f: np.save(f, logits))
+    _write_atomic(Path(args.out), lambda f: np.save(f, logits), [args.model])
     print(f"wrote {args.out}: {name} {list(logits.shape)} float32 "
           f"(argmax of last position: {int(logits[0, -1].argmax())})")
     return 0
@@ -126,24 +129,27 @@ def cmd_disasm(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from llmfab.compile import compile_model, summary, write_build
+    from llmfab.compile import compile_inputs, compile_model, summary, write_build
+    from llmfab.ir.folders import MARKER, check_output, marker
 
+    check_output(args.out, "build", compile_inputs(args.model, args.target, args.policy))  # before minutes of work
     c = compile_model(args.model, args.target, policy=args.policy, max_len=args.max_len,
                       prefill_step=args.prefill_step, decode_step=args.decode_step)
-    write_build(c, Path(args.out))
+    hw = {}
+    if args.rtl:  # the accelerator for this build's weight formats, beside the programs, in the same write
+        from llmfab.backend_hw.accelerator import build_top, formats_of
+        from llmfab.backend_hw.toolflow.emit import rtl_files
+        from llmfab.ir.isa import Program
+
+        formats = formats_of([Program.from_bytes(data) for _, data in c.programs])
+        files = rtl_files(build_top(c.target, formats, buffers=args.buffers), c.target, notes={"buffers": args.buffers})
+        hw = {f"hw/{k}": v for k, v in (files | {MARKER: marker("rtl")}).items()}
+    write_build(c, Path(args.out), hw)
     print(summary(c), end="")
     print(f"time         {c.seconds:.1f} s")
     print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")
-    if args.rtl:  # the accelerator for this build's weight formats, beside the programs
-        from llmfab.backend_hw.accelerator import build_top, formats_of
-        from llmfab.backend_hw.toolflow.emit import write_rtl
-        from llmfab.ir.isa import Program
-        from llmfab.ir.target import load_target
-
-        formats = formats_of([Program.from_bytes(data) for _, data in c.programs])
-        out = write_rtl(build_top(load_target(args.target), formats, buffers=args.buffers), load_target(args.target),
-                        Path(args.out) / "hw", notes={"buffers": args.buffers})
-        print(f"wrote {out}/ (the accelerator's RTL for weight formats {', '.join(map(_format, formats))}; "
+    if args.rtl:
+        print(f"wrote {args.out}/hw/ (the accelerator's RTL for weight formats {', '.join(map(_format, formats))}; "
               f"`llmfab synth {args.out} --flow ...`)")
     return 0
 
@@ -165,8 +171,11 @@ def _format(f) -> str:
 
 def cmd_simulate(args) -> int:
     from llmfab.simulator.run import format_report
+    from llmfab.ir.folders import check_output_file
     from llmfab.timing import simulate_build
 
+    if args.trace:
+        check_output_file(args.trace, [args.build])
     r = simulate_build(args.build, args.prefill, args.decode, model=args.model, trace=args.trace)
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else format_report(r), end="\n" if args.json else "")
     return 0
@@ -174,9 +183,11 @@ def cmd_simulate(args) -> int:
 
 def cmd_execute(args) -> int:
     from llmfab.flow import execute_build, parse_tokens
+    from llmfab.ir.folders import check_output_file
 
+    check_output_file(args.out, [args.build])   # before the run
     logits, generated = execute_build(args.build, parse_tokens(args.tokens), args.generate)
-    _write_atomic(Path(args.out), lambda f: np.save(f, logits))
+    _write_atomic(Path(args.out), lambda f: np.save(f, logits), [args.build])
     print(f"wrote {args.out}: logits {list(logits.shape)} float32 from the integer model run on the simulator"
           + (f"; generated {' '.join(map(str, generated))}" if generated else ""))
     return 0
@@ -188,7 +199,22 @@ def cmd_report(args) -> int:
     from llmfab.passes import PASSES, parse_pipeline, run_pipeline
     from llmfab.passes.roofline import power, resources, roofline, to_json
 
+    from llmfab.compile import CompileError, check_fit
+
     t = load_target(args.target)
+    context = args.prefill + args.decode
+    try:   # capacity first, as compile checks it: no figures for a configuration that does not fit
+        fit = check_fit(args.model, args.target, policy=args.policy, length=context)
+    except CompileError as e:
+        if args.json:
+            print(json.dumps({"target": t.name, "policy": args.policy, "prefill": args.prefill,
+                              "decode_context": context, "fits": False, "reason": str(e)}, indent=2, sort_keys=True))
+        else:
+            print(f"{args.model} on {t.name} ({args.policy}, prefill {args.prefill}, context {context}): "
+                  f"does not fit: {e}")
+        return 1
+    hbm = {"bytes_total": fit.layout.bytes_used, "bytes_per_channel": max(fit.layout.used),
+           "capacity_per_channel": fit.capacity}
     stages = []
     for stage, tokens, context in (("prefill", args.prefill, args.prefill), ("decode", 1, args.prefill + args.decode)):
         g = load_model(args.model, seq_len=tokens)
@@ -199,6 +225,7 @@ def cmd_report(args) -> int:
     pw = power(t, res, dec.bound_seconds(t), dec.bytes, 1.0)
     if args.json:
         out = {"target": t.name, "policy": args.policy, "prefill": args.prefill, "decode_context": stages[1].context,
+               "fits": True, "hbm": hbm,
                "roofline": to_json(stages[0]) + to_json(stages[1]),
                "stages": {r.stage: {"ideal_s": r.seconds, "bound_s": r.bound_seconds(t), "bytes": r.bytes}
                           for r in stages},
@@ -221,6 +248,8 @@ def cmd_report(args) -> int:
         for kind, (ops, nbytes, sec, bounds) in sorted(kinds.items(), key=lambda kv: -kv[1][2]):
             inten = f"{ops / nbytes:9.1f}" if nbytes else "      inf"
             print(f"  {kind:12s} {ops / 1e9:10.3f} {nbytes / 1e6:10.2f} {inten} {sec * 1e3:8.3f}  {'/'.join(sorted(bounds))}")
+    print(f"memory    {hbm['bytes_total'] / 1e9:.2f} GB of {fit.capacity * t.memory.channels / 1e9:.2f} GB "
+          f"(fullest channel {hbm['bytes_per_channel'] / 1e6:.1f} of {fit.capacity / 1e6:.1f} MB) at context {context}")
     print("resources " + ", ".join(f"{k} {v.used:,.0f}/{v.capacity:,.0f} ({v.fraction:.0%})" for k, v in res.items()
                                    if v.capacity or v.used))
     print(f"power     {pw.static_w + pw.dynamic_w:.1f} W ({pw.static_w:.1f} static), "
@@ -230,16 +259,19 @@ def cmd_report(args) -> int:
 
 def cmd_rtl(args) -> int:
     from llmfab.backend_hw.toolflow.emit import write_rtl
+    from llmfab.ir.folders import check_output
     from llmfab.ir.target import load_target
 
     t = load_target(args.target)
+    check_output(args.out, "rtl", [Path(args.target)])   # before the slow elaboration
     try:
         from llmfab.backend_hw.accelerator import build_top
     except ImportError as e:
         raise RuntimeError(f"the accelerator top is not available (llmfab.backend_hw.accelerator.build_top: {e})") from None
     top = build_top(t, part=args.part, buffers=args.buffers)
     designs = top if isinstance(top, dict) else {args.part: top}
-    out = write_rtl(designs, t, Path(args.out), notes={"buffers": args.buffers} if args.part == "accelerator" else None)
+    out = write_rtl(designs, t, Path(args.out), notes={"buffers": args.buffers} if args.part == "accelerator" else None,
+                    inputs=[Path(args.target)])
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}/ for {t.name} ({t.clock_mhz:g} MHz): {', '.join(files)}")
     return 0
@@ -248,6 +280,7 @@ def cmd_rtl(args) -> int:
 def cmd_synth(args) -> int:
     from llmfab.backend_hw.toolflow import synth
     from llmfab.backend_hw.toolflow.emit import read_rtl
+    from llmfab.ir.folders import inside
     from llmfab.ir.target import DeviceFamily, load_target
 
     manifest, sources = read_rtl(args.build)
@@ -256,7 +289,8 @@ def cmd_synth(args) -> int:
     work = here / f"synth-{args.flow}"
     try:
         if args.flow == "ecp5":
-            t = load_target(here / manifest["target_file"] if "target_file" in manifest else manifest["target"])
+            t = load_target(inside(here, manifest["target_file"], "rtl.json target_file")
+                            if "target_file" in manifest else manifest["target"])
             if t.device.family is not DeviceFamily.LATTICE_ECP5:
                 t = load_target("ecp5-85k")  # RTL for another device: place it on the bundled ECP5
             r = synth.ecp5(sources, top, target=t, out_dir=work)

@@ -4,20 +4,19 @@ The flow is `STEPS`, named functions over one `Flow` (as FINN's build steps): lo
 graph with shapes at max_len, so position tables cover every position) -> quantize by the
 policy -> lay out HBM -> lower every length bucket -> check every program -> package; then
 `write_build`. Writing is atomic (a temporary folder renamed into place), so a failed compile leaves an
-earlier BUILD untouched; the same inputs give byte-identical files (no timestamps, sorted JSON).
+earlier BUILD untouched, and replaces only a BUILD llmfab wrote (ir/folders.py); the same inputs give
+byte-identical files (no timestamps, sorted JSON).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmfab.ir import Graph, OpKind
+from llmfab.ir.folders import write_folder
 from llmfab.ir.isa import encode, quant_row_bytes
 from llmfab.ir.quant import NM, QuantError
 from llmfab.ir.target import TARGET_FILE, Target, load_target
@@ -45,6 +44,8 @@ class Compiled:
     layout: HbmLayout | None = None    # where everything lives (not written; for tests and reports)
     graph: object = None               # the quantized graph the programs compute (not written)
     target_yaml: bytes = b""           # the target file compiled for, written as BUILD/target.yaml
+    target: Target | None = None       # ... and as read (for `compile --rtl`: never looked up again)
+    inputs: tuple[Path, ...] = ()      # the files compiled from: BUILD must never hold one
 
 
 def _check_formats(g, target: Target, plans) -> None:
@@ -93,8 +94,13 @@ class Flow:
 
 
 def step_load(f: Flow) -> None:
-    """The fused graph, with shapes at max_len so position tables cover every position."""
+    """The fused graph, with shapes at max_len so position tables cover every position (no more
+    than the model has)."""
     f.graph = load_model(f.model, seq_len=f.max_len)
+    n_pos = f.graph.meta.get("max_position_embeddings")
+    if isinstance(n_pos, int) and f.max_len > n_pos:
+        raise CompileError(f"{f.model}: a context of {f.max_len} tokens exceeds the model's {n_pos} positions "
+                           f"(max_position_embeddings)")
     f.has_data = all(f.graph.node(s.const).data.has_values for s in weight_sites(f.graph))
 
 
@@ -217,6 +223,18 @@ def step_package(f: Flow) -> None:
 STEPS = (step_load, step_quantize, step_layout, step_lower, step_check, step_package)
 
 
+def check_fit(model: str, target: str, *, policy: str = "int8", length: int) -> Flow:
+    """What compile checks before lowering, at `length` tokens: the model's positions, the weight
+    formats the target runs, memory (weights, parameters, KV cache) and weight and KV tiles
+    against the buffers. CompileError says what does not fit and by how much (`llmfab report`)."""
+    if length < 1:
+        raise CompileError(f"the context must be positive, not {length}")
+    f = Flow(model, load_target(target), load_policy(policy), length, None, None)
+    for step in (step_load, step_quantize, step_layout):
+        step(f)
+    return f
+
+
 def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int = 2048,
                   prefill_step: int | None = None, decode_step: int | None = None) -> Compiled:
     """Run `STEPS` on the model for the target; `write_build` writes the result."""
@@ -232,38 +250,23 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     for step in STEPS:
         step(f)
     return Compiled(f.manifest, f.programs, f.images, time.perf_counter() - t0, f.layout, f.graph,
-                    tgt.text.encode())
+                    tgt.text.encode(), tgt, compile_inputs(model, target, policy))
 
 
-def write_build(c: Compiled, out: Path) -> None:
-    """Write atomically: everything into a temporary folder beside `out`, then rename it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        extra = [(TARGET_FILE, c.target_yaml)] if c.target_yaml else []
-        for name, data in c.programs + c.images + extra:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_bytes(data)
-        (tmp / "manifest.json").write_text(json.dumps(c.manifest, indent=2, sort_keys=True) + "\n")
-        (tmp / "summary.txt").write_text(summary(c))
-        os.chmod(tmp, 0o755)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "build")
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:  # put the earlier build back
-                os.replace(old / "build", out)
-                shutil.rmtree(old, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def compile_inputs(*sources: str) -> tuple[Path, ...]:
+    """The files among a compile's model, target and policy (not bundled names)."""
+    return tuple(Path(s) for s in sources if Path(s).is_file())
+
+
+def write_build(c: Compiled, out: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """Write BUILD whole or not at all (`llmfab.ir.folders.write_folder`): replaces only a BUILD
+    llmfab wrote, never a folder holding the compile's inputs. `extra`: more files (BUILD/hw)."""
+    files = dict(c.programs + c.images)
+    if c.target_yaml:
+        files[TARGET_FILE] = c.target_yaml
+    files["manifest.json"] = (json.dumps(c.manifest, indent=2, sort_keys=True) + "\n").encode()
+    files["summary.txt"] = summary(c).encode()
+    return write_folder(out, "build", files | (extra or {}), c.inputs)
 
 
 def summary(c: Compiled) -> str:

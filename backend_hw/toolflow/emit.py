@@ -8,22 +8,20 @@
     out_dir/<top>.core                 FuseSoC CAPI2: targets default, sim (Verilator), synth
     out_dir/rtl.json                   top, target, clock, files: what `llmfab synth DIR` reads
     out_dir/target.yaml                the target file the RTL was generated for (when read from one)
+    out_dir/.llmfab                    the marker that lets a later `llmfab rtl -o out_dir` replace it
 
-The bytes depend only on the designs and the target. The folder is built beside `out_dir` and
-renamed into place, so a failure leaves any previous output untouched; an existing folder is only
-replaced if it holds an `rtl.json` (an earlier output), never a folder of something else.
+The bytes depend only on the designs and the target (`rtl_files`). The folder is written whole
+and renamed into place by `llmfab.ir.folders.write_folder`: a failure leaves any previous output
+untouched, and an existing path is replaced only if it is an RTL folder llmfab wrote.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .synth import _check_name, to_verilog
 
-__all__ = ["MANIFEST", "U280_PART", "write_rtl", "read_rtl"]
+__all__ = ["MANIFEST", "U280_PART", "rtl_files", "write_rtl", "read_rtl"]
 
 MANIFEST = "rtl.json"
 U280_PART = "xcu280-fsvh2892-2L-e"   # the Vivado project's part when the target is not a Xilinx device
@@ -31,10 +29,19 @@ CLOCK_PORT = "clk"                   # Amaranth's `sync` domain clock
 
 
 def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = None,
-              notes: dict | None = None) -> Path:
+              notes: dict | None = None, inputs=()) -> Path:
     """`designs`: name -> an Amaranth Component, an `(elaboratable, ports)` pair or Verilog text.
     `top`: the top-level design (default: the first name); `notes`: more manifest entries (e.g.
-    the buffer organisation). Returns `out_dir` as a Path."""
+    the buffer organisation); `inputs`: files the folder must not hold (the target file). Returns
+    `out_dir` as a Path."""
+    from llmfab.ir.folders import check_output, write_folder
+    check_output(out_dir, "rtl", inputs)   # before the slow conversion
+    return write_folder(out_dir, "rtl", rtl_files(designs, target, top=top, notes=notes), inputs)
+
+
+def rtl_files(designs: dict, target, *, top: str | None = None, notes: dict | None = None) -> dict[str, bytes]:
+    """Every file of an RTL folder (relative path -> bytes), generated in memory: a design that
+    fails to convert writes nothing."""
     from llmfab.ir.target import TARGET_FILE, DeviceFamily, load_target
     t = target if not isinstance(target, (str, Path)) else load_target(target)
     if not isinstance(designs, dict) or not designs:
@@ -44,12 +51,6 @@ def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = N
     top = next(iter(designs)) if top is None else top
     if top not in designs:
         raise ValueError(f"top must be one of the designs ({', '.join(designs)}), not {top!r}")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise FileExistsError(f"{out} exists and is not an llmfab RTL folder (no {MANIFEST}); "
-                              f"choose another output folder")
-
-    # Everything is generated in memory first: a design that fails to convert writes nothing.
     files: dict[str, str] = {}
     for name, d in designs.items():
         design, ports = d if isinstance(d, tuple) else (d, None)
@@ -67,8 +68,7 @@ def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = N
                                   "family": t.device.family.value, "part": t.device.part,
                                   "vivado_part": part, "files": rtl, **keep, **(notes or {})},
                                  indent=2, sort_keys=True) + "\n"
-    _replace_dir(out, files)
-    return out
+    return {k: v.encode() for k, v in files.items()}
 
 
 def read_rtl(path: Path | str) -> tuple[dict, dict[str, str]]:
@@ -83,11 +83,18 @@ def read_rtl(path: Path | str) -> tuple[dict, dict[str, str]]:
         if not p.is_dir():
             raise FileNotFoundError(f"{path}: no such folder")
         raise FileNotFoundError(f"{path}: no {MANIFEST}: not a folder written by `llmfab rtl` or `llmfab compile`")
+    from llmfab.ir.folders import inside
     try:
         manifest = json.loads((p / MANIFEST).read_text())
-        sources = {Path(f).name: (p / f).read_text() for f in manifest["files"]}
+        files = manifest["files"]
+        if not isinstance(files, list):
+            raise TypeError(f"'files' must be a list, not {type(files).__name__}")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{p / MANIFEST}: unreadable RTL manifest: {e}") from None
+    try:   # only files inside the folder, whatever the manifest says
+        sources = {Path(f).name: inside(p, f, f"{MANIFEST} files entry").read_text() for f in files}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p / MANIFEST}: a listed file cannot be read: {e}") from None
     return manifest, sources
 
 
@@ -162,35 +169,3 @@ targets:
   synth:
 {synth}    toplevel: {top}
 """
-
-
-def _replace_dir(out: Path, files: dict[str, str]) -> None:
-    """Write `files` into a new folder beside `out`, then swap it in; on any failure the old `out`
-    stays as it was and the new folder is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    old = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes 0700; give the folder the usual mode
-        for rel, text in sorted(files.items()):
-            p = tmp / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(text.encode())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")   # move the previous output aside (same file system: atomic)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old / "x", out)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not (old / "x").exists():
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

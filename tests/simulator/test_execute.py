@@ -174,6 +174,6 @@ def test_a_build_for_a_target_file_carries_it(tmp_path):
     logits, _ = execute_build(tmp_path / "b", np.array([1, 2, 3]))
     assert logits.shape[1] == 3
     (tmp_path / "b" / "target.yaml").write_text(text.replace("name: sim-small", "name: my-board"))
-    with pytest.raises(BuildError, match=r"target.yaml: the target file differs from the one the build was "
-                                         r"compiled for \(sha256 mismatch with manifest.json\)$"):
+    with pytest.raises(BuildError, match=r"target.yaml: the target file differs from the one compiled "
+                                         r"\(sha256 mismatch with manifest.json\)$"):
         Build.open(tmp_path / "b").target

@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out
 from llmfab.backend_hw.toolflow import emit, synth
 from llmfab.backend_hw.toolflow.yosys import SynthError, find_tool, run_yosys
 from llmfab.cli import main
+from llmfab.ir.folders import FolderError
 from llmfab.ir.target import load_target
 
 
@@ -172,7 +173,7 @@ def test_write_rtl_is_deterministic(tmp_path, target, part, period):
     b = emit.write_rtl({"mac": MAC(), "counter": Counter(4)}, t, tmp_path / "b")
     first = _tree(a)
     assert first == _tree(b)
-    assert sorted(first) == ["mac.core", "rtl.json", "rtl/counter.v", "rtl/mac.v", "target.yaml",
+    assert sorted(first) == [".llmfab", "mac.core", "rtl.json", "rtl/counter.v", "rtl/mac.v", "target.yaml",
                              "vivado/clocks.xdc", "vivado/create_project.tcl"]
     assert first["target.yaml"].decode() == t.text and f"name: {target}\n" in t.text
     emit.write_rtl(designs, t, a)   # rewriting in place gives the same bytes too
@@ -208,9 +209,23 @@ def test_write_rtl_failure_keeps_the_previous_output(tmp_path):
 
 def test_write_rtl_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match=r"exists and is not an llmfab RTL folder \(no rtl\.json\)"):
+    with pytest.raises(FolderError, match=r"exists and is not an RTL folder llmfab wrote \(no \.llmfab and rtl\.json\); "
+                                          r"empty it or choose another output folder$"):
         emit.write_rtl({"mac": EMPTY_V}, load_target("sim-small"), tmp_path)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("entry, message", [("/etc/passwd", r"must be a path inside the folder"),
+                                            ("../outside.v", r"must be a path inside the folder"),
+                                            ("rtl/link.v", r"leads outside the folder")])
+def test_read_rtl_reads_only_inside_the_folder(tmp_path, entry, message):
+    out = emit.write_rtl({"mac": EMPTY_V}, load_target("sim-small"), tmp_path / "out")
+    (tmp_path / "outside.v").write_text("module secret(); endmodule\n")
+    (out / "rtl" / "link.v").symlink_to(tmp_path / "outside.v")
+    m = json.loads((out / "rtl.json").read_text())
+    (out / "rtl.json").write_text(json.dumps(m | {"files": [entry]}))
+    with pytest.raises(FolderError, match=rf"rtl\.json files entry '{re.escape(entry)}' {message}"):
+        emit.read_rtl(out)
 
 
 def test_write_rtl_checks_top():
