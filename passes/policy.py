@@ -84,6 +84,14 @@ class Policy:
             merged.update(self.layers.get(f"{layer}.{role}", {}))
         return merged
 
+    def field_of(self, key: str, role: str, layer: int | None) -> str:
+        """The policy field `settings` took `key` from for this role and layer, for errors."""
+        scopes = [(f"layers.{layer}.{role}", self.layers.get(f"{layer}.{role}", {})),
+                  (f"layers.{layer}", self.layers.get(str(layer), {}))] if layer is not None else []
+        scopes += [(f"roles.{role}", self.roles.get(role, {})), ("default", self.default)]
+        return next((f"{scope}.{key}" for scope, values in scopes if key in values),
+                    f"{key} (unset: the built-in default)")
+
     def plan(self, role: str, layer: int | None) -> WeightPlan:
         s = self.settings(role, layer)
         where = f"{self.source}: settings for {role}" + (f" in layer {layer}" if layer is not None else "")

@@ -25,14 +25,16 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 # ---- checks -------------------------------------------------------------------------------------
 
-def _weight(w, scheme: QuantScheme) -> tuple[np.ndarray, int]:
-    """w as a float64 copy [N, K] and its group size (QuantError for shapes the scheme cannot take)."""
+def _weight(w, scheme: QuantScheme, name: str = "") -> tuple[np.ndarray, int]:
+    """w as a float64 copy [N, K] and its group size (QuantError for shapes the scheme cannot take,
+    naming the weight when the caller gave its name)."""
+    where = f"{name}: " if name else ""
     w = np.array(w, dtype=np.float64)
     if w.ndim != 2 or 0 in w.shape:
-        raise QuantError(f"a weight to quantize must be a non-empty [N, K] matrix, not shape {list(w.shape)}")
+        raise QuantError(f"{where}a weight to quantize must be a non-empty [N, K] matrix, not shape {list(w.shape)}")
     if not np.isfinite(w).all():
-        raise QuantError("the weight has non-finite values (NaN or inf)")
-    return w, scheme.group_size(w.shape[1])
+        raise QuantError(f"{where}the weight has non-finite values (NaN or inf)")
+    return w, scheme.group_size(w.shape[1], where)
 
 
 def _mask(mask, scheme: QuantScheme, w: np.ndarray) -> np.ndarray | None:
@@ -107,7 +109,7 @@ def rtn(w: np.ndarray, scheme: QuantScheme, mask: np.ndarray | None = None, name
     `scale_multipliers` first; codes are rounded against the exact scales mant * 2^-shift. A sparse
     scheme without a mask uses `nm_mask_magnitude`; pruned weights get code 0.
     """
-    w, g = _weight(w, scheme)
+    w, g = _weight(w, scheme, name)
     mask = _mask(mask, scheme, w)
     mant, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, mask))
     s = np.repeat(mant * np.exp2(-shift.astype(np.float64))[:, None], g, axis=1)
@@ -225,7 +227,7 @@ def gptq(w: np.ndarray, H: np.ndarray, scheme: QuantScheme, mask: np.ndarray | N
     scheme when none is given), pruned weights are quantized to 0 and their error propagated.
     H = c * I gives exactly `rtn`.
     """
-    w, g = _weight(w, scheme)
+    w, g = _weight(w, scheme, name)
     _check_block(block)
     U, dead = _inverse_cholesky(H, w.shape[1], damp)
     w[:, dead] = 0.0
@@ -249,7 +251,7 @@ def sparsegpt(w: np.ndarray, H: np.ndarray, scheme: QuantScheme, damp: float = 0
     """
     if scheme.sparsity is None:
         raise QuantError(f"sparsegpt needs a sparse scheme (n:m), not {scheme}")
-    w, g = _weight(w, scheme)
+    w, g = _weight(w, scheme, name)
     _check_block(block)
     U, dead = _inverse_cholesky(H, w.shape[1], damp)
     w[:, dead] = 0.0
