@@ -84,7 +84,8 @@ def cmd_quantize(args) -> int:
     policy = load_policy(args.policy)
     if args.calibration:
         import dataclasses
-        policy = dataclasses.replace(policy, calibration=dataclasses.replace(policy.calibration, tokens=args.calibration))
+        cal = dataclasses.replace(policy.calibration, tokens=args.calibration, origin="--calibration")
+        policy = dataclasses.replace(policy, calibration=cal)
     g = load_model(args.model, seq_len=args.seq_len or policy.calibration.seq_len)
     _, report = quantize_model(g, policy, integer=not args.float_activations)
     if args.json:

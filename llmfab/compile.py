@@ -104,7 +104,7 @@ def step_quantize(f: Flow) -> None:
     inputs = None
     if f.has_data and (pol.auto or any(p.needs_calibration for p in assign(g, pol, None).values())):
         inputs = layer_inputs(g, sites, token_streams(g, pol.calibration.samples, pol.calibration.seed,
-                                                      pol.calibration.tokens))
+                                                      pol.calibration.tokens, pol.calibration.origin))
     try:
         plans = assign(g, pol, inputs)
         _check_formats(g, f.target, plans)

@@ -57,6 +57,7 @@ class Calibration:
     seq_len: int = 32      # tokens per stream
     seed: int = 0          # of the random streams used when no token file is given
     tokens: str | None = None  # a file of whitespace-separated token ids (relative to the policy)
+    origin: str = ""           # what named the token file ("p.yaml: calibration.tokens", "--calibration")
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,13 @@ def parse_policy(data, source: str) -> Policy:
         if not isinstance(tokens, str):
             raise PolicyError(f"{source}: calibration.tokens must be a file path")
         tokens = str((Path(source).parent / tokens) if not Path(tokens).is_absolute() else Path(tokens))
-    try:
-        calibration = dataclasses.replace(Calibration(), tokens=tokens, **{k: int(v) for k, v in cal.items()})
-    except (TypeError, ValueError):
-        raise PolicyError(f"{source}: calibration values must be integers") from None
+    for k, v in cal.items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise PolicyError(f"{source}: calibration values must be integers")
+        if v < (0 if k == "seed" else 1):  # numpy and the interpreter fail on these with no word of the file
+            raise PolicyError(f"{source}: calibration.{k} must be {'>= 0' if k == 'seed' else 'positive'}, not {v}")
+    calibration = dataclasses.replace(Calibration(), tokens=tokens, **cal,
+                                      origin=f"{source}: calibration.tokens" if tokens else "")
     policy = Policy(str(data.get("name", Path(source).stem)), source, default, roles, layers, auto, calibration)
     for r in ROLES:  # fail now, not halfway through quantizing
         policy.plan(r, None)

@@ -66,7 +66,7 @@ def quantize_model(g: Graph, policy: Policy, *, integer: bool = True) -> tuple[G
     interpreter (int8 activations); else with the float interpreter on dequantized weights."""
     has_data = all(g.node(s.const).data.has_values for s in weight_sites(g))
     cal = policy.calibration
-    calib = layer_inputs(g, weight_sites(g), token_streams(g, cal.samples, cal.seed, cal.tokens)) if has_data else None
+    calib = layer_inputs(g, weight_sites(g), token_streams(g, cal.samples, cal.seed, cal.tokens, cal.origin)) if has_data else None
     plans = assign(g, policy, calib)
     q = g.copy()
     quantize_graph(q, plans, calib)
