@@ -56,7 +56,10 @@ def cmd_inspect(args) -> int:
             from llmfab.ir import print_graph
             print(print_graph(g, skip_consts=True), end="")
         if left:
-            print(f"warning: {len(left)} ops were not fused into LLM-level ops: {', '.join(left[:8])}")
+            from llmfab.ir import LLM_OPS, STRUCTURAL_OPS
+            from llmfab.ir.verify import unfused_message
+            nodes = [n for n in g.nodes() if n.op not in LLM_OPS | STRUCTURAL_OPS]
+            print(f"warning: {unfused_message(nodes, '`llmfab compile` (and quantize with integer activations)')}")
     return 0
 
 
@@ -77,7 +80,8 @@ def cmd_interpret(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from llmfab.flow import load_model
+    from llmfab.flow import FlowError, load_model
+    from llmfab.ir.integer import IntegerError
     from llmfab.passes.policy import load_policy
     from llmfab.passes.quant_report import format_report, quantize_model
 
@@ -87,7 +91,10 @@ def cmd_quantize(args) -> int:
         cal = dataclasses.replace(policy.calibration, tokens=args.calibration, origin="--calibration")
         policy = dataclasses.replace(policy, calibration=cal)
     g = load_model(args.model, seq_len=args.seq_len or policy.calibration.seq_len)
-    _, report = quantize_model(g, policy, integer=not args.float_activations)
+    try:
+        _, report = quantize_model(g, policy, integer=not args.float_activations)
+    except IntegerError as e:  # the integer model failed on this graph: name the model
+        raise FlowError(f"{args.model}: {e}") from None
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:

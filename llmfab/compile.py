@@ -24,7 +24,7 @@ from llmfab.ir.target import TARGET_FILE, Target, load_target
 from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
-from llmfab.passes.lower import Engine, Lowered, lower_bucket, prefill_programs
+from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket, prefill_programs
 from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
@@ -95,6 +95,10 @@ class Flow:
 def step_load(f: Flow) -> None:
     """The fused graph, with shapes at max_len so position tables cover every position."""
     f.graph = load_model(f.model, seq_len=f.max_len)
+    try:  # now, not after quantizing and after every prefill step was tried
+        check_lowerable(f.graph)
+    except LayoutError as e:
+        raise CompileError(f"{f.model}: {e}") from None
     f.has_data = all(f.graph.node(s.const).data.has_values for s in weight_sites(f.graph))
 
 
