@@ -253,6 +253,21 @@ def cmd_rtl(args) -> int:
     return 0
 
 
+def synth_hint(manifest: dict, out_of_memory: bool) -> str:
+    """What to make smaller when synthesis of the RTL `manifest` (rtl.json) describes fails."""
+    ports = manifest.get("buffers") == "ports"
+    why = ("this RTL's buffers are the simulation organisation (a port per client on every memory), which "
+           "Yosys builds from flip-flops")
+    if not out_of_memory:
+        return f"; {why} until it runs out of memory: write it with `llmfab rtl --buffers block_ram`" if ports else ""
+    tries = [f"`llmfab rtl --buffers block_ram` ({why})"] if ports else []
+    if manifest.get("top") == "accelerator":
+        tries.append("`llmfab rtl --part engine` (the matrix engine alone)")
+    if manifest.get("target") != "sim-small":
+        tries.append(f"a smaller target than {manifest.get('target')} (`--target sim-small`)")
+    return "; try " + ", or ".join(tries) if tries else "; no smaller design to suggest: this part does not fit"
+
+
 def cmd_synth(args) -> int:
     from llmfab.backend_hw.toolflow import synth
     from llmfab.backend_hw.toolflow.emit import read_rtl
@@ -271,12 +286,7 @@ def cmd_synth(args) -> int:
         else:
             r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work)
     except synth.SynthError as e:
-        hint = ""
-        if manifest.get("buffers") == "ports":
-            hint = ("; this RTL's buffers are the simulation organisation (a port per client on every memory), "
-                    "which Yosys builds from flip-flops until it runs out of memory: write it with "
-                    "`llmfab rtl --buffers block_ram`")
-        raise synth.SynthError(f"{e} (logs in {work}/){hint}") from None
+        raise synth.SynthError(f"{e} (logs in {work}/){synth_hint(manifest, e.out_of_memory)}") from None
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else synth.format_report(r), end="\n" if args.json else "")
     return 0
 

