@@ -247,6 +247,11 @@ def test_errors(problem):
         gptq(w, H, QuantScheme(4, 32, (2, 4)), mask=bad)
     with pytest.raises(QuantError, match=r"^H is not positive definite even with damping 10 \* mean\(diag H\)"):
         gptq(w, -np.eye(128), QuantScheme(4, 32))
+    with pytest.raises(QuantError, match=r"^layers\.0\.q_proj\.weight: H is not positive definite even with damping"):
+        gptq(w, -np.eye(128), QuantScheme(4, 32), name="layers.0.q_proj.weight")
+    with pytest.raises(QuantError, match=r"^w: H has non-finite values \(NaN or inf\): the float model's inputs to "
+                                         r"this weight are not finite on the calibration tokens$"):
+        sparsegpt(w, np.full((128, 128), np.inf), QuantScheme(4, 32, (2, 4)), name="w")
     with pytest.raises(QuantError, match=r"^the weight has non-finite values \(NaN or inf\)$"):
         rtn(np.full((2, 32), np.nan), QuantScheme(4, 32))
     with pytest.raises(QuantError, match=r"^damp must be positive, not 0$"):
