@@ -156,6 +156,19 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _at_least(lo: int):
+    """argparse type: an integer >= lo (a 0 for --seq-len silently became the default before)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {v}")
+        return v
+    return parse
+
+
 def _buffers_arg(p) -> None:
     from llmfab.backend_hw.buffers import ORGANISATIONS
     p.add_argument("--buffers", choices=ORGANISATIONS, default="ports",
@@ -303,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="summarise the fused graph of a model")
     i.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
-    i.add_argument("--seq-len", type=int, default=None, help="sequence length to bind (default: 16)")
-    i.add_argument("--past-len", type=int, default=0, help="tokens already in the KV cache (default 0)")
+    i.add_argument("--seq-len", type=_at_least(1), default=None, help="sequence length to bind (default: 16)")
+    i.add_argument("--past-len", type=_at_least(0), default=0, help="tokens already in the KV cache (default 0)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--print-ir", action="store_true", help="also print the fused graph")
     i.add_argument("--passes", metavar="P1,P2{opt=v},...", default=None,
@@ -318,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
     q.add_argument("--policy", required=True, help="a policy YAML file or a bundled policy name "
                    "(int8, int4-g128, int4-g128-gptq, w4-2of4, mixed-3.5)")
-    q.add_argument("--seq-len", type=int, default=None, help="tokens per calibration/evaluation stream "
+    q.add_argument("--seq-len", type=_at_least(1), default=None, help="tokens per calibration/evaluation stream "
                    "(default: the policy's calibration seq_len)")
     q.add_argument("--calibration", default=None, metavar="TOKENS",
                    help="file of whitespace-separated token ids to calibrate on (default: random ids)")
@@ -358,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
     rp.add_argument("--target", required=True, help="a bundled target or a YAML file")
     rp.add_argument("--policy", default="int8", help="quantization policy (default int8)")
-    rp.add_argument("--prefill", type=int, default=128, help="prompt length L (default 128)")
-    rp.add_argument("--decode", type=int, default=512, help="decode steps: decode is analysed at context L+N")
+    rp.add_argument("--prefill", type=_at_least(1), default=128, help="prompt length L (default 128)")
+    rp.add_argument("--decode", type=_at_least(0), default=512, help="decode steps: decode is analysed at context L+N")
     rp.add_argument("--json", action="store_true", help="print one JSON object")
     rp.set_defaults(func=cmd_report)
 
@@ -367,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("build", help="a BUILD folder written by `llmfab compile` (with weights)")
     x.add_argument("--tokens", required=True, help='prompt token ids, e.g. "1 2 3"')
     x.add_argument("--out", required=True, help="where to write the prompt's logits (.npy, [1, seq, vocab])")
-    x.add_argument("--generate", type=int, default=0, help="also decode this many tokens greedily")
+    x.add_argument("--generate", type=_at_least(0), default=0, help="also decode this many tokens greedily")
     x.set_defaults(func=cmd_execute)
 
     t = sub.add_parser("targets", help="list the bundled hardware targets and their key numbers")

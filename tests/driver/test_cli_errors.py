@@ -1,6 +1,7 @@
 """Issue 14: every error one line naming the file, node or field, and what to do."""
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from llmfab.cli import main
@@ -47,3 +48,21 @@ def test_unfused_op_names_node_op_expected_fusion_and_model(tmp_path, capsys):
         what="`llmfab compile` (and quantize with integer activations)"))
     # float activations need no integer kernel: the weights still quantize and report
     assert main(["quantize", model, "--policy", "int8", "--seq-len", "3", "--float-activations"]) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["inspect", "llama2-7b", "--seq-len", "0"], "llmfab inspect: error: argument --seq-len: must be at least 1, not 0"),
+    (["inspect", "llama2-7b", "--past-len", "-1"], "llmfab inspect: error: argument --past-len: must be at least 0, not -1"),
+    (["quantize", "llama2-7b", "--policy", "int8", "--seq-len", "x"],
+     "llmfab quantize: error: argument --seq-len: must be an integer, not 'x'"),
+    (["report", "llama2-7b", "--target", "u280", "--prefill", "0"],
+     "llmfab report: error: argument --prefill: must be at least 1, not 0"),
+    (["report", "llama2-7b", "--target", "u280", "--decode", "-5"],
+     "llmfab report: error: argument --decode: must be at least 0, not -5"),
+])
+def test_counts_out_of_range_are_refused(capsys, argv, message):
+    """`--seq-len 0` silently bound the default 16; `report --prefill 0 --decode -5` printed figures."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == message
