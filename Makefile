@@ -34,10 +34,12 @@ test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not sim and not synth"
 
 # A real ECP5 bitstream for ecp5-85k (yosys + nextpnr-ecp5 + ecppack); prints the time and Fmax.
+# The matrix engine alone misses the target's clock today, so the summary says NOT MET and
+# --allow-timing-fail keeps that from failing the target (without it `llmfab synth` exits 1).
 BITSTREAM_DIR := build/ecp5-85k-rtl
 bitstream: $(VENV)/.installed-test
 	$(LLMFAB) rtl --target ecp5-85k --part engine -o $(BITSTREAM_DIR)
-	$(LLMFAB) synth $(BITSTREAM_DIR) --flow ecp5
+	$(LLMFAB) synth $(BITSTREAM_DIR) --flow ecp5 --allow-timing-fail
 
 # Regenerate tests/fixtures (needs the export extra: torch 2.13.0 CPU, transformers 5).
 fixtures: $(VENV)/bin/python

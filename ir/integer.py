@@ -25,6 +25,7 @@ from .integer_ops import (I64, MAX_HEAD_DIM, MAX_K, MAX_NORM_D, MEAN_BITS, Integ
                           int_rope, int_silu, int_softmax_rows, isqrt, lut_eval, quantize_activation)
 from .ops import OpKind
 from .quant import QuantizedWeight
+from .verify import unfused_message
 
 
 def _softmax(a, x) -> np.ndarray:
@@ -122,9 +123,6 @@ class _Run:
 
     def step(self, node: Node):
         op = node.op
-        if op not in INT_KERNELS:
-            raise IntegerError(f"node {node.name!r} ({op}) has no integer kernel: the integer contract "
-                               "covers fused graphs (LLM-level and structural ops, no matmul)")
         slot = _WEIGHT_SLOTS.get(op)
         args, kinds = [], []
         for i, name in enumerate(node.inputs):
@@ -171,7 +169,15 @@ def _cast(node: Node, x: np.ndarray, fixed: bool) -> tuple[np.ndarray, bool]:
     return x, fixed
 
 
+def check_kernels(graph: Graph) -> None:
+    """IntegerError naming every node without an integer kernel (ops fusion left), before any runs."""
+    missing = [n for n in graph.nodes() if n.op not in INT_KERNELS and n.op not in (OpKind.INPUT, OpKind.CONST)]
+    if missing:
+        raise IntegerError(unfused_message(missing, "the integer contract (docs/integer.md)"))
+
+
 def _execute(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
+    check_kernels(graph)
     r = _Run(graph, feeds)
     nodes = graph.nodes()
     remaining = {n.name: len(graph.users(n.name)) for n in nodes}
@@ -204,7 +210,7 @@ def run_integer(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 
 __all__ = [
-    "I64", "MAX_HEAD_DIM", "MAX_K", "MAX_NORM_D", "MEAN_BITS", "INT_KERNELS", "IntegerError", "Lut", "act_table", "group_accumulate", "group_partial_sums",
+    "I64", "MAX_HEAD_DIM", "MAX_K", "MAX_NORM_D", "MEAN_BITS", "INT_KERNELS", "IntegerError", "Lut", "act_table", "check_kernels", "group_accumulate", "group_partial_sums",
     "int_add", "int_attention", "int_embedding", "int_exp", "int_gelu", "int_layer_norm", "int_linear",
     "int_mul", "int_relu", "int_rms_norm", "int_rope", "int_silu", "int_softmax_rows", "isqrt",
     "lut_eval", "quantize_activation", "quantize_rows", "run_integer", "run_integer_raw",

@@ -57,6 +57,16 @@ class QuantError(ValueError):
     pass
 
 
+def group_advice(k: int, sparsity: tuple[int, int] | None = None) -> str:
+    """What to use when a group does not divide K: the largest of `GROUPS` that does, or per row."""
+    fits = [g for g in GROUPS if g and k % g == 0 and not (sparsity and g % sparsity[1])]
+    per_row = "group 0 (one scale per output row)"
+    if not fits:
+        return f"use {per_row}" + (" with sparsity null" if sparsity and k % sparsity[1] else "")
+    sizes = ", ".join(str(g) for g in GROUPS if g)
+    return f"use group {max(fits)} (the largest of {sizes} that divides {k}) or {per_row}"
+
+
 def check_format(weight_bits, pattern) -> tuple[int, int] | None:
     """A hardware part's weight format, checked: `weight_bits` one of `BITS`, `pattern` None (dense)
     or one of `PATTERNS` (a tuple or list); returns the pattern as a tuple. ValueError otherwise."""
@@ -93,13 +103,15 @@ class QuantScheme:
     def qmax(self) -> int:
         return (1 << (self.bits - 1)) - 1
 
-    def group_size(self, k: int) -> int:
-        """The group along K for a weight with K inputs (checked to divide K)."""
+    def group_size(self, k: int, where: str = "") -> int:
+        """The group along K for a weight with K inputs (checked to divide K). `where` prefixes the
+        error with what the caller knows (the weight, the policy field)."""
         g = k if self.group == 0 or self.group >= k else self.group
         if k % g:
-            raise QuantError(f"group size {g} does not divide K={k}")
-        if self.sparsity and g % self.sparsity[1]:
-            raise QuantError(f"sparsity block {self.sparsity[1]} does not divide group {g}")
+            raise QuantError(f"{where}group size {g} does not divide K={k}; {group_advice(k, self.sparsity)}")
+        if self.sparsity and g % self.sparsity[1]:  # only per row: every group of GROUPS is a multiple of M
+            raise QuantError(f"{where}sparsity {NM(*self.sparsity)} needs K to be a multiple of "
+                             f"{self.sparsity[1]}, not K={k}; use sparsity null (dense) for this weight")
         return g
 
     def kept_fraction(self) -> float:

@@ -11,6 +11,37 @@ class IRVerifyError(ValueError):
     pass
 
 
+# The fusion pass (passes/fuse_*.py, `llmfab inspect --passes`) that lifts each primitive op into an
+# LLM-level op in the supported families: an op left over names it, so the user sees which pattern
+# of their model was not recognised.
+_SCALE = "fuse-attention (a scale on the scores)"
+_NORM = "fuse-norm (rms_norm, layer_norm)"
+_ACT = "fuse-activation (silu, gelu, relu)"
+FUSED_BY = {
+    OpKind.MATMUL: "fuse-linear (a MatMul by a constant weight) or fuse-attention (Q K^T, P V)",
+    OpKind.SOFTMAX: "fuse-attention", OpKind.WHERE: "fuse-attention (the mask)",
+    OpKind.EXPAND: "fuse-attention (the repeat_kv of grouped-query heads)",
+    OpKind.GATHER: "fuse-linear (embedding: a Gather from a weight table)",
+    OpKind.NEG: "fuse-rope (rotate_half)", OpKind.DIV: f"{_NORM} or {_SCALE}",
+    OpKind.SUB: _NORM, OpKind.POW: _NORM, OpKind.SQRT: _NORM, OpKind.RECIPROCAL: _NORM, OpKind.REDUCE_MEAN: _NORM,
+    OpKind.EXP: _ACT, OpKind.TANH: _ACT, OpKind.ERF: _ACT, OpKind.SIGMOID: _ACT, OpKind.MAX: _ACT, OpKind.MIN: _ACT,
+}
+
+
+def unfused_message(nodes, what: str, shown: int = 4) -> str:
+    """One line for `nodes` that `what` (the integer contract, the lowering) has no rule for: each
+    node with its op and ONNX node, the fusion expected to lift it, and what that means."""
+    parts = []
+    for n in nodes[:shown]:
+        origin = f" from ONNX {n.origin!r}" if n.origin and n.origin != n.name else ""
+        parts.append(f"{n.name!r} ({n.op}{origin}; expected in {FUSED_BY.get(n.op, 'no fusion pass')})")
+    more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
+    ops = sorted({str(n.op) for n in nodes})
+    return (f"{len(nodes)} op{'s' * (len(nodes) != 1)} left unfused: {', '.join(parts)}{more}; {what} covers "
+            f"fused graphs only, so this model's pattern of {', '.join(ops)} is not supported yet "
+            "(`llmfab inspect MODEL --print-ir` shows where the ops sit)")
+
+
 def _where(node) -> str:
     return f"node {node.name!r} ({node.op}" + (f", from ONNX {node.origin}" if node.origin else "") + ")"
 

@@ -59,7 +59,10 @@ def cmd_inspect(args) -> int:
             from llmfab.ir import print_graph
             print(print_graph(g, skip_consts=True), end="")
         if left:
-            print(f"warning: {len(left)} ops were not fused into LLM-level ops: {', '.join(left[:8])}")
+            from llmfab.ir import LLM_OPS, STRUCTURAL_OPS
+            from llmfab.ir.verify import unfused_message
+            nodes = [n for n in g.nodes() if n.op not in LLM_OPS | STRUCTURAL_OPS]
+            print(f"warning: {unfused_message(nodes, '`llmfab compile` (and quantize with integer activations)')}")
     return 0
 
 
@@ -80,16 +83,21 @@ def cmd_interpret(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from llmfab.flow import load_model
+    from llmfab.flow import FlowError, load_model
+    from llmfab.ir.integer import IntegerError
     from llmfab.passes.policy import load_policy
     from llmfab.passes.quant_report import format_report, quantize_model
 
     policy = load_policy(args.policy)
     if args.calibration:
         import dataclasses
-        policy = dataclasses.replace(policy, calibration=dataclasses.replace(policy.calibration, tokens=args.calibration))
+        cal = dataclasses.replace(policy.calibration, tokens=args.calibration, origin="--calibration")
+        policy = dataclasses.replace(policy, calibration=cal)
     g = load_model(args.model, seq_len=args.seq_len or policy.calibration.seq_len)
-    _, report = quantize_model(g, policy, integer=not args.float_activations)
+    try:
+        _, report = quantize_model(g, policy, integer=not args.float_activations)
+    except IntegerError as e:  # the integer model failed on this graph: name the model
+        raise FlowError(f"{args.model}: {e}") from None
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
@@ -152,6 +160,19 @@ def cmd_compile(args) -> int:
         print(f"wrote {args.out}/hw/ (the accelerator's RTL for weight formats {', '.join(map(_format, formats))}; "
               f"`llmfab synth {args.out} --flow ...`)")
     return 0
+
+
+def _at_least(lo: int):
+    """argparse type: an integer >= lo (a 0 for --seq-len silently became the default before)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {v}")
+        return v
+    return parse
 
 
 def _buffers_arg(p) -> None:
@@ -277,6 +298,21 @@ def cmd_rtl(args) -> int:
     return 0
 
 
+def synth_hint(manifest: dict, out_of_memory: bool) -> str:
+    """What to make smaller when synthesis of the RTL `manifest` (rtl.json) describes fails."""
+    ports = manifest.get("buffers") == "ports"
+    why = ("this RTL's buffers are the simulation organisation (a port per client on every memory), which "
+           "Yosys builds from flip-flops")
+    if not out_of_memory:
+        return f"; {why} until it runs out of memory: write it with `llmfab rtl --buffers block_ram`" if ports else ""
+    tries = [f"`llmfab rtl --buffers block_ram` ({why})"] if ports else []
+    if manifest.get("top") == "accelerator":
+        tries.append("`llmfab rtl --part engine` (the matrix engine alone)")
+    if manifest.get("target") != "sim-small":
+        tries.append(f"a smaller target than {manifest.get('target')} (`--target sim-small`)")
+    return "; try " + ", or ".join(tries) if tries else "; no smaller design to suggest: this part does not fit"
+
+
 def cmd_synth(args) -> int:
     from llmfab.backend_hw.toolflow import synth
     from llmfab.backend_hw.toolflow.emit import read_rtl
@@ -297,13 +333,12 @@ def cmd_synth(args) -> int:
         else:
             r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work)
     except synth.SynthError as e:
-        hint = ""
-        if manifest.get("buffers") == "ports":
-            hint = ("; this RTL's buffers are the simulation organisation (a port per client on every memory), "
-                    "which Yosys builds from flip-flops until it runs out of memory: write it with "
-                    "`llmfab rtl --buffers block_ram`")
-        raise synth.SynthError(f"{e} (logs in {work}/){hint}") from None
+        raise synth.SynthError(f"{e} (logs in {work}/){synth_hint(manifest, e.out_of_memory)}") from None
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else synth.format_report(r), end="\n" if args.json else "")
+    missed = synth.timing_failure(r)
+    if missed and not args.allow_timing_fail:  # the report is printed; a script must still see the failure
+        print(f"llmfab: error: {missed}; pass --allow-timing-fail to accept it", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -315,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="summarise the fused graph of a model")
     i.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
-    i.add_argument("--seq-len", type=int, default=None, help="sequence length to bind (default: 16)")
-    i.add_argument("--past-len", type=int, default=0, help="tokens already in the KV cache (default 0)")
+    i.add_argument("--seq-len", type=_at_least(1), default=None, help="sequence length to bind (default: 16)")
+    i.add_argument("--past-len", type=_at_least(0), default=0, help="tokens already in the KV cache (default 0)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--print-ir", action="store_true", help="also print the fused graph")
     i.add_argument("--passes", metavar="P1,P2{opt=v},...", default=None,
@@ -330,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
     q.add_argument("--policy", required=True, help="a policy YAML file or a bundled policy name "
                    "(int8, int4-g128, int4-g128-gptq, w4-2of4, mixed-3.5)")
-    q.add_argument("--seq-len", type=int, default=None, help="tokens per calibration/evaluation stream "
+    q.add_argument("--seq-len", type=_at_least(1), default=None, help="tokens per calibration/evaluation stream "
                    "(default: the policy's calibration seq_len)")
     q.add_argument("--calibration", default=None, metavar="TOKENS",
                    help="file of whitespace-separated token ids to calibrate on (default: random ids)")
@@ -370,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
     rp.add_argument("--target", required=True, help="a bundled target or a YAML file")
     rp.add_argument("--policy", default="int8", help="quantization policy (default int8)")
-    rp.add_argument("--prefill", type=int, default=128, help="prompt length L (default 128)")
-    rp.add_argument("--decode", type=int, default=512, help="decode steps: decode is analysed at context L+N")
+    rp.add_argument("--prefill", type=_at_least(1), default=128, help="prompt length L (default 128)")
+    rp.add_argument("--decode", type=_at_least(0), default=512, help="decode steps: decode is analysed at context L+N")
     rp.add_argument("--json", action="store_true", help="print one JSON object")
     rp.set_defaults(func=cmd_report)
 
@@ -379,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("build", help="a BUILD folder written by `llmfab compile` (with weights)")
     x.add_argument("--tokens", required=True, help='prompt token ids, e.g. "1 2 3"')
     x.add_argument("--out", required=True, help="where to write the prompt's logits (.npy, [1, seq, vocab])")
-    x.add_argument("--generate", type=int, default=0, help="also decode this many tokens greedily")
+    x.add_argument("--generate", type=_at_least(0), default=0, help="also decode this many tokens greedily")
     x.set_defaults(func=cmd_execute)
 
     t = sub.add_parser("targets", help="list the bundled hardware targets and their key numbers")
@@ -411,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--flow", required=True, choices=FLOWS,
                     help="xilinx: synth_xilinx -family xcup; xc7: -family xc7; ecp5: synth_ecp5 + nextpnr-ecp5 + ecppack")
     hs.add_argument("--json", action="store_true", help="print one JSON object")
+    hs.add_argument("--allow-timing-fail", action="store_true",
+                    help="ecp5: exit 0 even when the routed Fmax misses the target clock (default: exit 1)")
     hs.set_defaults(func=cmd_synth)
     return p
 

@@ -23,7 +23,7 @@ from llmfab.ir.target import TARGET_FILE, Target, load_target
 from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
-from llmfab.passes.lower import Engine, Lowered, lower_bucket, prefill_programs
+from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket, prefill_programs
 from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
@@ -101,6 +101,10 @@ def step_load(f: Flow) -> None:
     if isinstance(n_pos, int) and f.max_len > n_pos:
         raise CompileError(f"{f.model}: a context of {f.max_len} tokens exceeds the model's {n_pos} positions "
                            f"(max_position_embeddings)")
+    try:  # now, not after quantizing and after every prefill step was tried
+        check_lowerable(f.graph)
+    except LayoutError as e:
+        raise CompileError(f"{f.model}: {e}") from None
     f.has_data = all(f.graph.node(s.const).data.has_values for s in weight_sites(f.graph))
 
 
@@ -110,7 +114,7 @@ def step_quantize(f: Flow) -> None:
     inputs = None
     if f.has_data and (pol.auto or any(p.needs_calibration for p in assign(g, pol, None).values())):
         inputs = layer_inputs(g, sites, token_streams(g, pol.calibration.samples, pol.calibration.seed,
-                                                      pol.calibration.tokens))
+                                                      pol.calibration.tokens, pol.calibration.origin))
     try:
         plans = assign(g, pol, inputs)
         _check_formats(g, f.target, plans)

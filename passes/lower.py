@@ -27,6 +27,7 @@ from llmfab.ir.isa import (BufferId, Instruction, IsaError, MiscFunc, Opcode, Pr
                            weight_fields)
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
+from llmfab.ir.verify import unfused_message
 
 from .buckets import Bucket, Stage
 from .buffer_alloc import Allocator
@@ -141,6 +142,7 @@ class Lowerer:
             passes = [(b.step, t * b.step, (t + 1) * b.step) for t in range(b.tiles)]
         self.pass_ends: list[int] = []
         self.sections: list[tuple[int, str]] = []
+        check_lowerable(self.g)
         nodes = [n for n in self.g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)]
         for rows, first, keys in passes:
             self.p_rows, self.p_first, self.p_keys = rows, first, keys
@@ -153,10 +155,7 @@ class Lowerer:
                     if self.sections and self.sections[-1][0] == len(self.ops):
                         self.sections.pop()              # the previous section emitted nothing
                     self.sections.append((len(self.ops), label))
-                try:
-                    LOWER[node.op](self, node)
-                except KeyError:
-                    raise LayoutError(f"no lowering for {node.op} (node {node.name!r})") from None
+                LOWER[node.op](self, node)
                 self.done_with(node)
             for k in list(self.act.live):
                 self.act.free(k)
@@ -351,6 +350,13 @@ LOWER = {
     OpKind.ADD: _binary(MiscFunc.ADD), OpKind.MUL: _binary(MiscFunc.MUL),
     OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: _slice, OpKind.CONCAT: _concat,
 }
+
+
+def check_lowerable(g: Graph) -> None:
+    """LayoutError naming every node with no lowering (ops fusion left), before anything is emitted."""
+    missing = [n for n in g.nodes() if n.op not in LOWER and n.op not in (OpKind.CONST, OpKind.INPUT)]
+    if missing:
+        raise LayoutError(unfused_message(missing, "lowering to programs"))
 
 
 def lower_bucket(g: Graph, lay: HbmLayout, eng: Engine, bucket: Bucket) -> Lowered:

@@ -57,6 +57,7 @@ class Calibration:
     seq_len: int = 32      # tokens per stream
     seed: int = 0          # of the random streams used when no token file is given
     tokens: str | None = None  # a file of whitespace-separated token ids (relative to the policy)
+    origin: str = ""           # what named the token file ("p.yaml: calibration.tokens", "--calibration")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,14 @@ class Policy:
             merged.update(self.layers.get(str(layer), {}))
             merged.update(self.layers.get(f"{layer}.{role}", {}))
         return merged
+
+    def field_of(self, key: str, role: str, layer: int | None) -> str:
+        """The policy field `settings` took `key` from for this role and layer, for errors."""
+        scopes = [(f"layers.{layer}.{role}", self.layers.get(f"{layer}.{role}", {})),
+                  (f"layers.{layer}", self.layers.get(str(layer), {}))] if layer is not None else []
+        scopes += [(f"roles.{role}", self.roles.get(role, {})), ("default", self.default)]
+        return next((f"{scope}.{key}" for scope, values in scopes if key in values),
+                    f"{key} (unset: the built-in default)")
 
     def plan(self, role: str, layer: int | None) -> WeightPlan:
         s = self.settings(role, layer)
@@ -161,10 +170,13 @@ def parse_policy(data, source: str) -> Policy:
         if not isinstance(tokens, str):
             raise PolicyError(f"{source}: calibration.tokens must be a file path")
         tokens = str((Path(source).parent / tokens) if not Path(tokens).is_absolute() else Path(tokens))
-    try:
-        calibration = dataclasses.replace(Calibration(), tokens=tokens, **{k: int(v) for k, v in cal.items()})
-    except (TypeError, ValueError):
-        raise PolicyError(f"{source}: calibration values must be integers") from None
+    for k, v in cal.items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise PolicyError(f"{source}: calibration values must be integers")
+        if v < (0 if k == "seed" else 1):  # numpy and the interpreter fail on these with no word of the file
+            raise PolicyError(f"{source}: calibration.{k} must be {'>= 0' if k == 'seed' else 'positive'}, not {v}")
+    calibration = dataclasses.replace(Calibration(), tokens=tokens, **cal,
+                                      origin=f"{source}: calibration.tokens" if tokens else "")
     policy = Policy(str(data.get("name", Path(source).stem)), source, default, roles, layers, auto, calibration)
     for r in ROLES:  # fail now, not halfway through quantizing
         policy.plan(r, None)

@@ -25,14 +25,16 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 # ---- checks -------------------------------------------------------------------------------------
 
-def _weight(w, scheme: QuantScheme) -> tuple[np.ndarray, int]:
-    """w as a float64 copy [N, K] and its group size (QuantError for shapes the scheme cannot take)."""
+def _weight(w, scheme: QuantScheme, name: str = "") -> tuple[np.ndarray, int]:
+    """w as a float64 copy [N, K] and its group size (QuantError for shapes the scheme cannot take,
+    naming the weight when the caller gave its name)."""
+    where = f"{name}: " if name else ""
     w = np.array(w, dtype=np.float64)
     if w.ndim != 2 or 0 in w.shape:
-        raise QuantError(f"a weight to quantize must be a non-empty [N, K] matrix, not shape {list(w.shape)}")
+        raise QuantError(f"{where}a weight to quantize must be a non-empty [N, K] matrix, not shape {list(w.shape)}")
     if not np.isfinite(w).all():
-        raise QuantError("the weight has non-finite values (NaN or inf)")
-    return w, scheme.group_size(w.shape[1])
+        raise QuantError(f"{where}the weight has non-finite values (NaN or inf)")
+    return w, scheme.group_size(w.shape[1], where)
 
 
 def _mask(mask, scheme: QuantScheme, w: np.ndarray) -> np.ndarray | None:
@@ -107,7 +109,7 @@ def rtn(w: np.ndarray, scheme: QuantScheme, mask: np.ndarray | None = None, name
     `scale_multipliers` first; codes are rounded against the exact scales mant * 2^-shift. A sparse
     scheme without a mask uses `nm_mask_magnitude`; pruned weights get code 0.
     """
-    w, g = _weight(w, scheme)
+    w, g = _weight(w, scheme, name)
     mask = _mask(mask, scheme, w)
     mant, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, mask))
     s = np.repeat(mant * np.exp2(-shift.astype(np.float64))[:, None], g, axis=1)
@@ -119,18 +121,19 @@ def rtn(w: np.ndarray, scheme: QuantScheme, mask: np.ndarray | None = None, name
 
 # ---- GPTQ / SparseGPT ---------------------------------------------------------------------------
 
-def _inverse_cholesky(H, k: int, damp: float) -> tuple[np.ndarray, np.ndarray]:
+def _inverse_cholesky(H, k: int, damp: float, where: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(U, dead): U upper triangular with U^T U = (H + d I)^-1, the damped Hessian's inverse.
 
     Dead inputs (H[i, i] == 0) get H[i, i] = 1. d = damp * mean(diag H); if a Cholesky fails, d is
     multiplied by 10 up to DAMP_RETRIES times before giving up."""
     H = np.array(H, dtype=np.float64)
     if H.shape != (k, k):
-        raise QuantError(f"H must be the [K, K] = [{k}, {k}] Hessian 2 X^T X, not shape {list(H.shape)}")
+        raise QuantError(f"{where}H must be the [K, K] = [{k}, {k}] Hessian 2 X^T X, not shape {list(H.shape)}")
     if not np.isfinite(H).all():
-        raise QuantError("H has non-finite values (NaN or inf)")
+        raise QuantError(f"{where}H has non-finite values (NaN or inf): the float model's inputs to this weight "
+                         "are not finite on the calibration tokens")
     if not damp > 0:
-        raise QuantError(f"damp must be positive, not {damp!r}")
+        raise QuantError(f"{where}damp must be positive, not {damp!r}")
     H = (H + H.T) / 2
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
@@ -145,7 +148,7 @@ def _inverse_cholesky(H, k: int, damp: float) -> tuple[np.ndarray, np.ndarray]:
             continue
         if np.isfinite(U).all() and (np.diag(U) > 0).all():
             return U, dead
-    raise QuantError(f"H is not positive definite even with damping {damp * 10.0 ** DAMP_RETRIES:g} * mean(diag H); "
+    raise QuantError(f"{where}H is not positive definite even with damping {damp * 10.0 ** DAMP_RETRIES:g} * mean(diag H); "
                      "H must be 2 X^T X of the calibration inputs")
 
 
@@ -225,9 +228,9 @@ def gptq(w: np.ndarray, H: np.ndarray, scheme: QuantScheme, mask: np.ndarray | N
     scheme when none is given), pruned weights are quantized to 0 and their error propagated.
     H = c * I gives exactly `rtn`.
     """
-    w, g = _weight(w, scheme)
+    w, g = _weight(w, scheme, name)
     _check_block(block)
-    U, dead = _inverse_cholesky(H, w.shape[1], damp)
+    U, dead = _inverse_cholesky(H, w.shape[1], damp, f"{name}: " if name else "")
     w[:, dead] = 0.0
     mask = _mask(mask, scheme, w)
     mant0, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, mask))
@@ -249,9 +252,9 @@ def sparsegpt(w: np.ndarray, H: np.ndarray, scheme: QuantScheme, damp: float = 0
     """
     if scheme.sparsity is None:
         raise QuantError(f"sparsegpt needs a sparse scheme (n:m), not {scheme}")
-    w, g = _weight(w, scheme)
+    w, g = _weight(w, scheme, name)
     _check_block(block)
-    U, dead = _inverse_cholesky(H, w.shape[1], damp)
+    U, dead = _inverse_cholesky(H, w.shape[1], damp, f"{name}: " if name else "")
     w[:, dead] = 0.0
     mant0, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, nm_mask_magnitude(w, *scheme.sparsity)))
     mask = np.zeros(w.shape, dtype=bool)

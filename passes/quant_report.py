@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from llmfab.ir import Graph, OpKind, run
+from llmfab.ir.integer import check_kernels
 from llmfab.ir.quant import QuantizedWeight
 
 from .auto_precision import assign
@@ -65,8 +66,10 @@ def quantize_model(g: Graph, policy: Policy, *, integer: bool = True) -> tuple[G
     """A quantized copy of `g` and its report. `integer`: measure logits with the integer
     interpreter (int8 activations); else with the float interpreter on dequantized weights."""
     has_data = all(g.node(s.const).data.has_values for s in weight_sites(g))
+    if integer and has_data:
+        check_kernels(g)  # now, not after calibrating and quantizing
     cal = policy.calibration
-    calib = layer_inputs(g, weight_sites(g), token_streams(g, cal.samples, cal.seed, cal.tokens)) if has_data else None
+    calib = layer_inputs(g, weight_sites(g), token_streams(g, cal.samples, cal.seed, cal.tokens, cal.origin)) if has_data else None
     plans = assign(g, policy, calib)
     q = g.copy()
     quantize_graph(q, plans, calib)

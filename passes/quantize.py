@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from llmfab.ir import ConstAttrs, Graph, InputRole, OpKind, TensorType, run
-from llmfab.ir.quant import QuantizedWeight
+from llmfab.ir.quant import QuantError, QuantizedWeight
 
 from .pass_base import Pass
 from .policy import Policy, PolicyError, WeightPlan
@@ -47,34 +47,37 @@ def weight_sites(g: Graph) -> list[WeightSite]:
     return sorted(sites.values(), key=lambda s: order[s.user])
 
 
-def token_streams(g: Graph, samples: int, seed: int, tokens: str | None = None) -> list[np.ndarray]:
+def token_streams(g: Graph, samples: int, seed: int, tokens: str | None = None, origin: str = "") -> list[np.ndarray]:
     """Token streams shaped like the graph's token input: windows of a token file (whitespace-
-    separated ids, e.g. a tokenized calibration text) or, without one, deterministic random ids."""
+    separated ids, e.g. a tokenized calibration text) or, without one, deterministic random ids.
+    `origin` names what gave the file (a policy field, a CLI option) in errors."""
     tok = next(n for n in g.inputs() if n.attrs.role is InputRole.TOKENS)
     vocab = next(g.node(u.inputs[0]).type.shape[0] for u in g.users(tok.name) if u.op is OpKind.EMBEDDING)
     if tokens is None:
         rng = np.random.default_rng(seed)
         return [rng.integers(0, vocab, tok.type.shape) for _ in range(samples)]
-    ids = read_token_file(tokens, vocab)
+    ids = read_token_file(tokens, vocab, origin)
     per = int(np.prod(tok.type.shape))
+    where = f"{origin}: " if origin else ""
     if len(ids) < per:
-        raise PolicyError(f"{tokens}: {len(ids)} tokens, fewer than one stream of {per}")
+        raise PolicyError(f"{where}{tokens}: {len(ids)} tokens, fewer than one stream of {per}")
     windows = [ids[i:i + per].reshape(tok.type.shape) for i in range(0, len(ids) - per + 1, per)]
     return windows[:samples]
 
 
-def read_token_file(path: str, vocab: int) -> np.ndarray:
+def read_token_file(path: str, vocab: int, origin: str = "") -> np.ndarray:
+    where = f"{origin}: " if origin else ""
     try:
         text = open(path, encoding="utf-8").read()
     except OSError as e:
-        raise PolicyError(f"{path}: cannot read the calibration token file ({e.strerror})") from None
+        raise PolicyError(f"{where}{path}: cannot read the calibration token file ({e.strerror})") from None
     try:
         ids = np.array([int(t) for t in text.split()], dtype=np.int64)
     except ValueError:
-        raise PolicyError(f"{path}: a calibration token file holds integer token ids separated by "
+        raise PolicyError(f"{where}{path}: a calibration token file holds integer token ids separated by "
                           "whitespace") from None
     if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-        raise PolicyError(f"{path}: token ids must be in [0, {vocab}), found {ids.min()}..{ids.max()}")
+        raise PolicyError(f"{where}{path}: token ids must be in [0, {vocab}), found {ids.min()}..{ids.max()}")
     return ids
 
 
@@ -134,12 +137,22 @@ def quantize_graph(g: Graph, plans: dict[str, WeightPlan], inputs: dict[str, np.
 
 
 def plan_sites(g: Graph, policy: Policy) -> dict[str, WeightPlan]:
+    """Each site's plan, checked against its shape now (before any calibration runs), so a scheme
+    that does not fit a weight names the policy field, the node and what would fit."""
     plans = {}
     for s in weight_sites(g):
         plan = policy.plan(s.role, s.layer)
         if plan.scheme.sparsity and any(u.op is OpKind.EMBEDDING for u in g.users(s.const)):
             # a table the embedding reads (a tied LM head) stays dense: rows are looked up whole
             plan = dataclasses.replace(plan, scheme=dataclasses.replace(plan.scheme, sparsity=None))
+        n, k = s.shape
+        per_row = plan.scheme.group == 0 or plan.scheme.group >= k  # then only the N:M block can fail
+        key = policy.field_of("sparsity" if per_row else "group", s.role, s.layer)
+        try:
+            plan.scheme.group_size(k, f"{policy.source}: {key}: {s.user} ({g.node(s.user).op}, weight [{n}, {k}]) "
+                                      f"gets {plan.scheme}: ")
+        except QuantError as e:
+            raise PolicyError(str(e)) from None
         plans[s.const] = plan
     return plans
 
@@ -158,5 +171,7 @@ class Quantize(Pass):
         sites = weight_sites(g)
         has_data = all(g.node(s.const).data.has_values for s in sites)
         cal = policy.calibration
-        inputs = layer_inputs(g, sites, token_streams(g, cal.samples, cal.seed, cal.tokens)) if has_data else None
+        inputs = None
+        if has_data:
+            inputs = layer_inputs(g, sites, token_streams(g, cal.samples, cal.seed, cal.tokens, cal.origin))
         quantize_graph(g, assign(g, policy, inputs), inputs)

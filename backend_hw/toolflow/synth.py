@@ -21,7 +21,7 @@ from pathlib import Path
 from .depth import Depth, logic_depth
 from .yosys import SynthError, run_tool, run_yosys
 
-__all__ = ["FLOWS", "SynthReport", "SynthError", "ecp5", "xilinx", "to_verilog"]
+__all__ = ["FLOWS", "SynthReport", "SynthError", "ecp5", "timing_failure", "xilinx", "to_verilog"]
 
 XILINX_FAMILIES = ("xcup", "xc7")
 FLOWS = ("xilinx", "xc7", "ecp5")   # `llmfab synth --flow`: xilinx is UltraScale+ (xcup)
@@ -44,6 +44,11 @@ class SynthReport:
     device: str | None = None
     netlist: dict | None = field(default=None, repr=False, compare=False)  # Yosys `write_json`
     depth: Depth | None = None         # xilinx: LUT levels of the longest register-to-register path
+
+    @property
+    def timing_met(self) -> bool | None:
+        """ecp5: whether the routed design reaches the target clock (None where nothing was timed)."""
+        return None if self.fmax_mhz is None else self.fmax_mhz >= self.target_mhz
 
     @property
     def lut(self) -> int:
@@ -77,8 +82,8 @@ class SynthReport:
             out.update(logic_depth=self.depth.levels, logic_depth_units=list(self.depth.units),
                        unregistered_dsp=self.depth.unregistered)
         if self.flow == "ecp5":
-            out.update(fmax_mhz=self.fmax_mhz, target_mhz=self.target_mhz, bitstream=self.bitstream,
-                       device=self.device)
+            out.update(fmax_mhz=self.fmax_mhz, target_mhz=self.target_mhz, timing_met=self.timing_met,
+                       bitstream=self.bitstream, device=self.device)
         return out
 
 
@@ -91,10 +96,18 @@ def format_report(r: SynthReport) -> str:
                               f"{' > '.join(r.depth.units) or 'top-level logic'}); {r.depth.unregistered} DSPs "
                               f"without their output register"))
     if r.flow == "ecp5":
-        met = "met" if r.fmax_mhz >= r.target_mhz else "NOT met"
+        met = "met" if r.timing_met else "NOT MET"
         rows += [("Fmax", f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g} MHz: {met})"), ("bitstream", str(r.bitstream))]
     rows += [("time", f"{r.seconds:.1f} s"), ("cells", ", ".join(f"{c} {n}" for c, n in r.cells.items()))]
     return "".join(f"{k:10s} {v}\n" for k, v in rows)
+
+
+def timing_failure(r: SynthReport) -> str | None:
+    """The one line `llmfab synth` fails with when the routed design misses its clock, else None."""
+    if r.timing_met is not False:
+        return None
+    return (f"timing NOT MET: Fmax {r.fmax_mhz:.2f} MHz < target {r.target_mhz:g} MHz for {r.top} on {r.device} "
+            f"(the bitstream {r.bitstream} may not work at the target clock)")
 
 
 def to_verilog(design, name: str, ports=None) -> str | dict[str, str]:

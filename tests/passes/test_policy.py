@@ -44,6 +44,9 @@ def test_resolution_order():
     ({"auto": {"target_bits": 3, "candidates": [5]}}, r"p\.yaml: auto\.candidates must be bit widths from 2, 3, 4, 8, not \[5\]"),
     ({"calibration": {"samples": "many"}}, r"p\.yaml: calibration values must be integers"),
     ({"calibration": {"text": "x"}}, r"p\.yaml: calibration takes samples, seq_len, seed and tokens"),
+    ({"calibration": {"samples": 0}}, r"p\.yaml: calibration\.samples must be positive, not 0"),
+    ({"calibration": {"seq_len": -4}}, r"p\.yaml: calibration\.seq_len must be positive, not -4"),
+    ({"calibration": {"seed": -1}}, r"p\.yaml: calibration\.seed must be >= 0, not -1"),
     ([1, 2], r"p\.yaml: a policy must be a YAML mapping"),
 ])
 def test_bad_policies(data, message):
@@ -61,3 +64,19 @@ def test_policy_file_errors(tmp_path):
         load_policy(str(f))
     with pytest.raises(PolicyError, match=r"^nope: no such policy file or bundled policy \(bundled: .*int8.*\)$"):
         load_policy("nope")
+
+
+def test_token_file_errors_name_the_policy_field(tmp_path, capsys):
+    """Issue 14: quantize errors named neither the policy file nor its field."""
+    from conftest import FIXTURES
+    from llmfab.cli import main
+    model = str(FIXTURES / "llama_ts_op14.onnx")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("default: {method: gptq}\ncalibration: {tokens: missing.txt}\n")
+    assert main(["quantize", model, "--policy", str(policy)]) == 2
+    assert capsys.readouterr().err == (f"llmfab: error: {policy}: calibration.tokens: {tmp_path / 'missing.txt'}: "
+                                       "cannot read the calibration token file (No such file or directory)\n")
+    (tmp_path / "few.txt").write_text("1 2 3\n")
+    assert main(["quantize", model, "--policy", "int8", "--calibration", str(tmp_path / "few.txt")]) == 2
+    assert capsys.readouterr().err == (f"llmfab: error: --calibration: {tmp_path / 'few.txt'}: 3 tokens, fewer than "
+                                       "one stream of 32\n")

@@ -223,10 +223,16 @@ def test_deterministic(problem):
 
 def test_errors(problem):
     _, w, H = problem
-    with pytest.raises(QuantError, match=r"^group size 32 does not divide K=48$"):
+    with pytest.raises(QuantError, match=r"^group size 32 does not divide K=48; use group 0 \(one scale per "
+                                         r"output row\)$"):
         rtn(np.ones((4, 48)), QuantScheme(4, 32))
-    with pytest.raises(QuantError, match=r"^group size 32 does not divide K=48$"):
-        gptq(np.ones((4, 48)), np.eye(48), QuantScheme(4, 32))
+    with pytest.raises(QuantError, match=r"^w: group size 64 does not divide K=96; use group 32 \(the largest of "
+                                         r"32, 64, 128 that divides 96\) or group 0 \(one scale per output row\)$"):
+        gptq(np.ones((4, 96)), np.eye(96), QuantScheme(4, 64), name="w")
+    with pytest.raises(QuantError, match=r"^w: sparsity 2:4 needs K to be a multiple of 4, not K=6; use sparsity "
+                                         r"null \(dense\) for this weight$"):
+        rtn(np.ones((4, 6)), QuantScheme(4, 0, (2, 4)), name="w")
+    assert rtn(np.ones((4, 48)), QuantScheme(4, 128)).group == 48   # a group larger than K: per row
     with pytest.raises(QuantError, match=r"^H must be the \[K, K\] = \[128, 128\] Hessian 2 X\^T X, "
                                          r"not shape \[64, 64\]$"):
         gptq(w, np.eye(64), QuantScheme(4, 32))
@@ -241,6 +247,11 @@ def test_errors(problem):
         gptq(w, H, QuantScheme(4, 32, (2, 4)), mask=bad)
     with pytest.raises(QuantError, match=r"^H is not positive definite even with damping 10 \* mean\(diag H\)"):
         gptq(w, -np.eye(128), QuantScheme(4, 32))
+    with pytest.raises(QuantError, match=r"^layers\.0\.q_proj\.weight: H is not positive definite even with damping"):
+        gptq(w, -np.eye(128), QuantScheme(4, 32), name="layers.0.q_proj.weight")
+    with pytest.raises(QuantError, match=r"^w: H has non-finite values \(NaN or inf\): the float model's inputs to "
+                                         r"this weight are not finite on the calibration tokens$"):
+        sparsegpt(w, np.full((128, 128), np.inf), QuantScheme(4, 32, (2, 4)), name="w")
     with pytest.raises(QuantError, match=r"^the weight has non-finite values \(NaN or inf\)$"):
         rtn(np.full((2, 32), np.nan), QuantScheme(4, 32))
     with pytest.raises(QuantError, match=r"^damp must be positive, not 0$"):

