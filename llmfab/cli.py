@@ -1,4 +1,5 @@
-"""`llmfab` command line: inspect and interpret models (more stages join as they land)."""
+"""`llmfab` command line: the parser, and the commands on models and builds (inspect, interpret,
+quantize, compile, simulate, execute, report, disasm, targets); `rtl` and `synth` are in cli_hw.py."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmfab.cli_hw import buffers_arg, cmd_rtl, cmd_synth
 from llmfab.timing import TIMING_MODELS
 
 
@@ -175,15 +177,6 @@ def _at_least(lo: int):
     return parse
 
 
-def _buffers_arg(p) -> None:
-    from llmfab.backend_hw.buffers import ORGANISATIONS
-    p.add_argument("--buffers", choices=ORGANISATIONS, default="block_ram",
-                   help="the buffers' organisation in the RTL: block_ram (default: banks of simple dual-port "
-                        "memories behind arbiters; synthesizes to block RAM; within 1%% of `simulate --model rtl` "
-                        "on sim-small) or ports (every unit its own port on every memory, which `simulate "
-                        "--model rtl` times exactly; simulation only: Yosys cannot map it to block RAM)")
-
-
 def _format(f) -> str:
     from llmfab.ir.quant import NM
     bits, pattern, group = f
@@ -278,70 +271,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_rtl(args) -> int:
-    from llmfab.backend_hw.toolflow.emit import write_rtl
-    from llmfab.ir.folders import check_output
-    from llmfab.ir.target import load_target
-
-    t = load_target(args.target)
-    check_output(args.out, "rtl", [Path(args.target)])   # before the slow elaboration
-    try:
-        from llmfab.backend_hw.accelerator import build_top
-    except ImportError as e:
-        raise RuntimeError(f"the accelerator top is not available (llmfab.backend_hw.accelerator.build_top: {e})") from None
-    top = build_top(t, part=args.part, buffers=args.buffers)
-    designs = top if isinstance(top, dict) else {args.part: top}
-    out = write_rtl(designs, t, Path(args.out), notes={"buffers": args.buffers} if args.part == "accelerator" else None,
-                    inputs=[Path(args.target)])
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    print(f"wrote {out}/ for {t.name} ({t.clock_mhz:g} MHz): {', '.join(files)}")
-    return 0
-
-
-def synth_hint(manifest: dict, out_of_memory: bool) -> str:
-    """What to make smaller when synthesis of the RTL `manifest` (rtl.json) describes fails."""
-    ports = manifest.get("buffers") == "ports"
-    why = ("this RTL's buffers are the simulation organisation (a port per client on every memory), which "
-           "Yosys builds from flip-flops")
-    if not out_of_memory:
-        return f"; {why} until it runs out of memory: write it with `llmfab rtl --buffers block_ram`" if ports else ""
-    tries = [f"`llmfab rtl --buffers block_ram` ({why})"] if ports else []
-    if manifest.get("top") == "accelerator":
-        tries.append("`llmfab rtl --part engine` (the matrix engine alone)")
-    if manifest.get("target") != "sim-small":
-        tries.append(f"a smaller target than {manifest.get('target')} (`--target sim-small`)")
-    return "; try " + ", or ".join(tries) if tries else "; no smaller design to suggest: this part does not fit"
-
-
-def cmd_synth(args) -> int:
-    from llmfab.backend_hw.toolflow import synth
-    from llmfab.backend_hw.toolflow.emit import read_rtl
-    from llmfab.ir.folders import inside
-    from llmfab.ir.target import DeviceFamily, load_target
-
-    manifest, sources = read_rtl(args.build)
-    top = manifest["top"]
-    here = Path(args.build) / ("hw" if (Path(args.build) / "hw" / "rtl.json").is_file() else "")
-    work = here / f"synth-{args.flow}"
-    try:
-        if args.flow == "ecp5":
-            t = load_target(inside(here, manifest["target_file"], "rtl.json target_file")
-                            if "target_file" in manifest else manifest["target"])
-            if t.device.family is not DeviceFamily.LATTICE_ECP5:
-                t = load_target("ecp5-85k")  # RTL for another device: place it on the bundled ECP5
-            r = synth.ecp5(sources, top, target=t, out_dir=work)
-        else:
-            r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work)
-    except synth.SynthError as e:
-        raise synth.SynthError(f"{e} (logs in {work}/){synth_hint(manifest, e.out_of_memory)}") from None
-    print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else synth.format_report(r), end="\n" if args.json else "")
-    missed = synth.timing_failure(r)
-    if missed and not args.allow_timing_fail:  # the report is printed; a script must still see the failure
-        print(f"llmfab: error: {missed}; pass --allow-timing-fail to accept it", file=sys.stderr)
-        return 1
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from llmfab.backend_hw import PARTS  # light: names only, no Amaranth
     from llmfab.backend_hw.toolflow.synth import FLOWS
@@ -386,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--out", required=True, help="the BUILD folder to write")
     c.add_argument("--rtl", action="store_true", help="also write the accelerator's RTL for this build's weight "
                    "formats into BUILD/hw (Verilog, Vivado TCL, FuseSoC core; slow for large targets)")
-    _buffers_arg(c)
+    buffers_arg(c)
     c.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("simulate", help="time a build: time to first token and decode tokens/s")
@@ -438,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     hr.add_argument("--part", choices=PARTS, default="accelerator",
                     help="the whole accelerator (default) or the matrix engine alone behind a serial shell "
                          "(small packages: make bitstream)")
-    _buffers_arg(hr)
+    buffers_arg(hr)
     hr.set_defaults(func=cmd_rtl)
 
     hs = sub.add_parser("synth", help="synthesize RTL: Yosys cell counts (xilinx, xc7) or an ECP5 bitstream (ecp5)")

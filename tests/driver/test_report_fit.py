@@ -34,14 +34,14 @@ def test_a_70b_model_at_int4_does_not_fit_the_u280(tmp_path, capsys):
     rc, out = _report(capsys, _llama_70b(tmp_path), "--target", "u280", "--policy", "int4-g128", "--json")
     j = json.loads(out)
     assert rc == 1 and j["fits"] is False and "roofline" not in j and "power" not in j
-    assert j["reason"].startswith("weights, parameters and a KV cache of 640 tokens need 35.")
-    assert j["reason"].endswith("GB of HBM (u280), which holds 8.00 GB: the fullest channel needs 1118.5 MB of its "
-                                "250.0 MB (868.5 MB too much)")
+    assert j["reason"].startswith("weights, parameters and a KV cache of 640 tokens need 36.")
+    assert j["reason"].endswith("GB of HBM (u280), which holds 8.00 GB: the fullest channel needs 1127.6 MB of its "
+                                "250.0 MB (877.6 MB too much)")
 
 
 def test_a_context_past_memory_does_not_fit_and_one_that_fits_says_so(capsys):
     rc, out = _report(capsys, "llama2-7b", "--target", "u280", "--prefill", 2000, "--decode", 2000)
-    assert rc == 1 and "does not fit: weights, parameters and a KV cache of 4000 tokens need 8.72 GB" in out
+    assert rc == 1 and "does not fit: weights, parameters and a KV cache of 4000 tokens need 8.87 GB" in out
     assert "GOPs" not in out and "power" not in out
     rc, out = _report(capsys, "llama2-7b", "--target", "u280", "--prefill", 2000, "--decode", 2000,
                       "--policy", "int4-g128", "--json")

@@ -214,7 +214,7 @@ def test_group_that_does_not_divide_k_names_policy_field_node_and_fix(tmp_path, 
         "352) or group 0 (one scale per output row)\n")
     policy.write_text("default: {bits: 4, group: 0, sparsity: '2:8'}\n")
     model = _config(tmp_path, hidden_size=160, intermediate_size=324)
-    assert main(["compile", model, "--target", "sim-small", "--policy", str(policy), "-o", str(tmp_path / "B")]) == 2
+    assert main(["compile", model, "--target", "sim-small", "--policy", str(policy), "--max-len", "64", "-o", str(tmp_path / "B")]) == 2
     assert capsys.readouterr().err == (
         f"llmfab: error: {policy}: default.sparsity: layers.0.down_proj (linear, weight [160, 324]) gets "
         "int4-ch-2:8: sparsity 2:8 needs K to be a multiple of 8, not K=324; use sparsity null (dense) for "
