@@ -23,11 +23,14 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In
 
 from llmfab.ir.isa import BufferId
-from llmfab.ir.target import Target
+from llmfab.ir.target import BufferKind, Target
 
 from .protocol.buffer_port import BufferPortSignature
 
 ORGANISATIONS = ("block_ram", "ports")
+# The Target's `kind` as the `ram_style` attribute Yosys' memory mapping honours (and Vivado's):
+# `uram` buffers into URAM288 on UltraScale+, `bram` into RAMB18/36 (DP16KD on ECP5).
+RAM_STYLE = {BufferKind.BRAM: "block", BufferKind.URAM: "ultra", BufferKind.LUTRAM: "distributed"}
 
 
 def buffer_ids(target: Target) -> dict[BufferId, tuple[int, int]]:
@@ -66,12 +69,15 @@ class BufferBank(wiring.Component):
                 raise ValueError(f"init of {bid.name} holds {len(raw)} bytes, more than the buffer's "
                                  f"{ids.get(bid, (0,))[0]}")
         self.banks = {b.id: (b.banks if organisation == "block_ram" else 1) for b in target.buffers}
+        kind = {b.id: b.kind for b in target.buffers}
         self.memories: dict[BufferId, list[memory.Memory]] = {}
         for bid, (nbytes, w) in ids.items():
             n = self.banks[bid]
             words = _words((init or {}).get(bid, b""), w)
             depth = nbytes * 8 // w // n
-            self.memories[bid] = [memory.Memory(shape=unsigned(w), depth=depth, init=words[j::n]) for j in range(n)]
+            style = {"ram_style": RAM_STYLE[kind[bid]]} if organisation == "block_ram" else None
+            self.memories[bid] = [memory.Memory(shape=unsigned(w), depth=depth, init=words[j::n], attrs=style)
+                                  for j in range(n)]
         super().__init__({"clients": In(BufferPortSignature(self.width)).array(clients)})
 
     def peek(self, ctx, bid: BufferId) -> bytes:

@@ -1,13 +1,15 @@
 """The buffer bank, both organisations: every client reads and writes every buffer, byte enables,
 one-cycle reads; block RAM: one read and one write a cycle per bank, the first client asking wins."""
+import dataclasses
 import random
 
 import pytest
 from amaranth.sim import Simulator
 
 from llmfab.backend_hw.buffers import ORGANISATIONS, BufferBank, buffer_ids
+from llmfab.backend_hw.toolflow import synth
 from llmfab.ir.isa import BufferId
-from llmfab.ir.target import load_target
+from llmfab.ir.target import BufferKind, load_target
 
 pytestmark = pytest.mark.sim
 
@@ -111,3 +113,20 @@ def test_bad_arguments():
         BufferBank(t, 1, init={BufferId.SCRATCH: bytes(16385)})
     with pytest.raises(ValueError, match=r"^organisation must be one of block_ram, ports, not 'flops'$"):
         BufferBank(t, 1, organisation="flops")
+
+
+@pytest.mark.synth
+def test_buffer_kinds_map_to_their_rams():
+    """Yosys synth_xilinx (xcup) honours each buffer's `kind`: a `uram` buffer becomes URAM288
+    (2 banks of 4096 x 64 bits: one each), `bram` RAMB18/36, `lutram` LUT RAM, none flip-flops."""
+    t = load_target("sim-small")
+    shape = {"weight": (BufferKind.BRAM, 2048), "act": (BufferKind.URAM, 65536), "kv": (BufferKind.BRAM, 2048),
+             "scratch": (BufferKind.LUTRAM, 256), "inst": (BufferKind.BRAM, 2048)}
+    t = dataclasses.replace(t, buffers=tuple(
+        dataclasses.replace(b, kind=shape[b.name.value][0], bytes=shape[b.name.value][1],
+                            width_bits=64 if b.name.value == "act" else b.width_bits) for b in t.buffers))
+    r = synth.xilinx(BufferBank(t, 2), "bank")
+    assert r.uram == r.cells.get("URAM288") == 2
+    assert r.bram > 0 and any(c.startswith("RAM64M") or c.startswith("RAM32M") for c in r.cells)
+    # 64 KiB of act in flip-flops would be 2^19 of them: the arbiters' registers are a few dozen
+    assert r.ff < 400, r.ff
