@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 LLMFAB := $(VENV)/bin/llmfab
 DEMO_MODEL := tests/fixtures/llama_ts_op14.onnx
 
-.PHONY: demo test test-fast install clean-venv fixtures bitstream
+.PHONY: demo test test-fast install clean-venv fixtures bitstream rtl-programs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ BITSTREAM_DIR := build/ecp5-85k-rtl
 bitstream: $(VENV)/.installed-test
 	$(LLMFAB) rtl --target ecp5-85k --part engine -o $(BITSTREAM_DIR)
 	$(LLMFAB) synth $(BITSTREAM_DIR) --flow ecp5 --allow-timing-fail
+
+# Whole compiled programs of the tiny LLaMA (int8, int4-g128, w4-2of4) on the block-RAM
+# accelerator in Verilator, bit-exact with the functional simulator; cycles against the models.
+# ~2 minutes of Verilator build per policy; CI runs the int8 one (tests/hw/system).
+rtl-programs: $(VENV)/.installed-test
+	$(PY) benchmarks/bench_rtl_programs.py
 
 # Regenerate tests/fixtures (needs the export extra: torch 2.13.0 CPU, transformers 5).
 fixtures: $(VENV)/bin/python

@@ -310,9 +310,11 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
         elif l_ready is not None and l_ready <= side:
             q, r = passes[nl]
             live = min(nc, n - q)
-            t = side + _read(inst["a_addr"] + r * (k + 4), 4, 4, awb, scap) + _read(shift_base + q, live, 1, wwb, scap)
-            if inst["has_bias"]:
-                t += _read(inst["bias_addr"] + 4 * q, 4 * live, 4, wwb, scap)
+            t = side + _read(inst["a_addr"] + r * (k + 4), 4, 4, awb, scap)
+            if r == 0:                        # later token rows keep the weight rows' shifts, biases
+                t += _read(shift_base + q, live, 1, wwb, scap)
+                if inst["has_bias"]:
+                    t += _read(inst["bias_addr"] + 4 * q, 4 * live, 4, wwb, scap)
             if inst["accumulate"]:
                 t += _read(o_row_of(r) + 4 * q, 4 * live, 4, owb, scap)
             side = t                                                      # DISPATCH again; the set is full

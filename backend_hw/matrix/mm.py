@@ -10,8 +10,9 @@ only its own bank.
 
 Passes overlap: three processes walk the same pass order, each with its own cursor.
 - The loader (on `oport`, through one byte reader) reads pass j's scalars into a second register
-  set: the token row's scale record, then the live chains' shifts (one command, a byte each),
-  biases when `has_bias` and old outputs when `accumulate` (one command each, 4 bytes a chain).
+  set: the token row's scale record, then the live chains' shifts (one command, a byte each) and
+  biases when `has_bias` (only for the first token row of the weight rows: MM's other rows keep
+  them), and old outputs when `accumulate` (one command each, 4 bytes a chain).
   It starts once the runner has taken pass j - 1's set.
 - The runner, as soon as pass j's set is loaded and pass j - 1's last beat has gone in, takes the
   set (`START`: the unpackers' `start`) and streams the pass (`RUN`): each chain's weight words on
@@ -411,7 +412,10 @@ class MatmulSequencer(wiring.Component):
                 m.d.comb += sread.o.ready.eq(1)
                 with m.If(sread.o.valid):
                     m.d.sync += rec_n.eq(sread.o.payload.data[:24])
-                    m.next = "L_SHIFT"
+                    with m.If(load_c.r == 0):
+                        m.next = "L_SHIFT"
+                    with m.Else():   # the same weight rows as the pass before: its shifts and biases
+                        after_bias()
             load("L_SHIFT", BufferId.WEIGHT, f("scale_addr") + load_c.q, load_c.live, 1, shift_n, after_shift)
             load("L_BIAS", BufferId.WEIGHT, f("bias_addr") + (load_c.q << 2), load_c.live << 2, 4, bias_n,
                  after_bias)
