@@ -27,7 +27,10 @@ def load_model(source: str, *, seq_len: int | None = None, past_len: int = 0, ba
     from llmfab.frontend.config import PRESETS, load_config, load_preset
 
     p = Path(source)
-    pipeline = parse_pipeline(passes, PASSES) if passes is not None else None
+    try:
+        pipeline = parse_pipeline(passes, PASSES) if passes is not None else None
+    except ValueError as e:
+        raise FlowError(f"--passes {passes!r}: {e}") from None
     if is_onnx(source):
         g = import_onnx(p, ImportOptions(seq_len=seq_len, past_len=past_len, batch=batch))
         run_pipeline(g, pipeline or parse_pipeline(FUSION_PIPELINE, PASSES), print_between=print_between,
