@@ -9,7 +9,7 @@ the case; opening anything in `outside/`, `/etc` or `/proc/self/mem` fails the c
 change outside `work/`. A case has `TIMEOUT` seconds (SIGALRM) and an address-space limit, and
 `LLMFAB_MEMORY_LIMIT` makes llmfab's own up-front checks refuse above the same 2 GiB.
 
-Size: `LLMFAB_FUZZ_EXAMPLES` examples per strategy (default 6: the suite then takes about a
+Size: `LLMFAB_FUZZ_EXAMPLES` examples per strategy (default 60: the suite then takes under a
 minute in `make test`); `make fuzz` runs many more. Seeds: hypothesis' `--hypothesis-seed`.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, settings
 
 from llmfab.cli import main
 
-EXAMPLES = int(os.environ.get("LLMFAB_FUZZ_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("LLMFAB_FUZZ_EXAMPLES", "60"))
 TIMEOUT = int(os.environ.get("LLMFAB_FUZZ_TIMEOUT", "30"))   # seconds a case may take
 HEADROOM = 3 * 2**30                                          # address space a case may add
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize="LLMFAB_FUZZ_SEED" not in os.environ,

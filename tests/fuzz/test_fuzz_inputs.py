@@ -180,3 +180,14 @@ def test_command_lines(root, argv):
     (w.model / "config.json").write_text(json.dumps(BASES["llama"]))
     (w.work / "tok.txt").write_text("1 2 3 4 5 6 7 8")
     run(w, *[str(w.model / "m.onnx") if a == "M" else a for a in argv])
+
+
+def test_the_harness_sees_a_read_outside_and_a_bad_error(root):
+    """The checks could fail: reading a planted file, a write outside work/, a non-naming error."""
+    w = World(root)
+    planted = w.plant("planted.onnx", TINY.read_bytes())
+    with pytest.raises(AssertionError, match="opened"):
+        run(w, "inspect", planted)
+    with pytest.raises(AssertionError, match="opened|changed files outside the working folder"):
+        run(w, "interpret", TINY, "--tokens", "1 2", "--out", w.outside / "l.npy")
+    assert run(w, "inspect", "nope").rc == 2
