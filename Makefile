@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 LLMFAB := $(VENV)/bin/llmfab
 DEMO_MODEL := tests/fixtures/llama_ts_op14.onnx
 
-.PHONY: demo test test-fast install clean-venv fixtures bitstream rtl-programs
+.PHONY: demo test test-fast fuzz install clean-venv fixtures bitstream rtl-programs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: $(VENV)/.installed-test
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not sim and not synth"
+
+# The fuzz suite (tests/fuzz) at length: `make test` runs it at 60 examples per strategy (~20 s);
+# this runs FUZZ_EXAMPLES per strategy from seed FUZZ_SEED (a failure prints the case to reproduce).
+FUZZ_EXAMPLES ?= 2000
+FUZZ_SEED ?= 1
+fuzz: $(VENV)/.installed-test
+	LLMFAB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) LLMFAB_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -m fuzz tests/fuzz \
+		--hypothesis-seed=$(FUZZ_SEED) --hypothesis-show-statistics
 
 # A real ECP5 bitstream for ecp5-85k (yosys + nextpnr-ecp5 + ecppack); prints the time and Fmax.
 # The matrix engine alone misses the target's clock today, so the summary says NOT MET and

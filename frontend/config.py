@@ -24,6 +24,7 @@ from llmfab.ir import (AbsentData, ArrayData, AttentionAttrs, AxisAttrs, DType, 
                        GeluAttrs, Graph, InputAttrs, InputRole, LinearAttrs, LinearRole, NormAttrs,
                        OpKind, PermAttrs, RopeAttrs, RopeStyle, ShapeAttrs, SliceAttrs, TensorType,
                        verify)
+from llmfab.ir.host import require
 
 from .config_fields import ConfigError, _Fields
 from .random_weights import with_random_weights
@@ -192,7 +193,7 @@ def _arch_llama(f: _Fields, family: str, dtype: DType) -> _Arch:
     if head_dim % 2:
         f.fail(f"head dimension must be even for rotary embeddings, not {head_dim}")
     f.choice("hidden_act", ("silu", "swish"), "silu")
-    return _Arch(family, f.int("num_hidden_layers"), hidden, heads,
+    return _Arch(family, f.int("num_hidden_layers", maximum=MAX_LAYERS), hidden, heads,
                  f.heads("num_key_value_heads", heads, "num_attention_heads", heads), head_dim,
                  f.int("intermediate_size"), f.int("vocab_size"), f.float("rms_norm_eps", 1e-6), dtype,
                  f.bool("tie_word_embeddings", False))
@@ -241,13 +242,13 @@ def _build_llama(f: _Fields, b: _Builder, family: str) -> dict:
         x = b.op(f"{n}.mlp_residual", OpKind.ADD, [x, d])
     b.finish(b.rms_norm("final_norm", x, "model.norm", None), embed)
     return {"rope_theta": theta, "rope_scaling": scaling,
-            "max_position_embeddings": f.cfg.get("max_position_embeddings")}
+            "max_position_embeddings": f.int("max_position_embeddings", None)}
 
 
 def _arch_gpt2(f: _Fields, dtype: DType) -> _Arch:
     hidden = f.int("n_embd", aliases=("hidden_size",))
     heads = f.heads("n_head", hidden, "n_embd", aliases=("num_attention_heads",))
-    return _Arch("gpt2", f.int("n_layer", aliases=("num_hidden_layers",)), hidden, heads, heads,
+    return _Arch("gpt2", f.int("n_layer", aliases=("num_hidden_layers",), maximum=MAX_LAYERS), hidden, heads, heads,
                  hidden // heads, f.int("n_inner", 4 * hidden), f.int("vocab_size"),
                  f.float("layer_norm_epsilon", 1e-5), dtype, f.bool("tie_word_embeddings", True))
 
@@ -288,7 +289,7 @@ def _build_gpt2(f: _Fields, b: _Builder) -> dict:
 def _arch_opt(f: _Fields, dtype: DType) -> _Arch:
     hidden = f.int("hidden_size")
     heads = f.heads("num_attention_heads", hidden, "hidden_size")
-    return _Arch("opt", f.int("num_hidden_layers"), hidden, heads, heads, hidden // heads,
+    return _Arch("opt", f.int("num_hidden_layers", maximum=MAX_LAYERS), hidden, heads, heads, hidden // heads,
                  f.int("ffn_dim"), f.int("vocab_size"), 1e-5, dtype, f.bool("tie_word_embeddings", True))
 
 
@@ -353,11 +354,23 @@ def _read(path: Path, label: str) -> dict:
             cfg = json.load(fh)
     except OSError as e:
         raise ConfigError(f"{label}: cannot read the config ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{label}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:   # bad JSON, bad UTF-8, a 5,000-digit number, deep nesting
+        raise ConfigError(f"{label}: not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{label}: the top level must be a JSON object, not {type(cfg).__name__}")
     return cfg
+
+
+# measured: a node of the config graph (networkx entry, Node, type, attrs) takes ~1.35 KB
+_NODE_BYTES, _NODES_PER_LAYER = 1400, 36
+MAX_LAYERS = 1024   # 8x the deepest published decoder (126); more is a typo, and minutes of graph building
+
+
+def _graph_bytes(a: _Arch, batch: int, seq: int, past: int) -> int:
+    """What building the graph certainly allocates: its nodes, and the RoPE tables or position ids
+    (weights are shapes only, never arrays)."""
+    tables = 6 * 4 * seq * a.head_dim if a.family in ("llama", "qwen2", "mistral") else 3 * 8 * batch * seq
+    return _NODE_BYTES * _NODES_PER_LAYER * (a.layers + 1) + tables
 
 
 def _build(cfg: Mapping, label: str, seq_len: int, past_len: int, batch: int, name: str | None) -> Graph:
@@ -381,6 +394,8 @@ def _build(cfg: Mapping, label: str, seq_len: int, past_len: int, batch: int, na
         arch = _arch_gpt2(f, dtype)
     else:
         arch = _arch_opt(f, dtype)
+    require(_graph_bytes(arch, batch, seq_len, past_len),
+            f"{label}: the graph of {arch.layers} layers at seq_len {seq_len} + past_len {past_len}")
     if name is None:
         src = cfg.get("_name_or_path")
         name = src if isinstance(src, str) and src else family

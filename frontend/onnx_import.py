@@ -16,8 +16,9 @@ import onnx
 
 from llmfab.ir import (ArrayData, ConstAttrs, DType, Graph, InputAttrs, InputRole, Node, OpKind,
                        TensorType, TransposedData)
+from llmfab.ir.host import ResourceError, require
 from llmfab.ir.interpret import evaluate
-from llmfab.ir.ops import TypeInferenceError, attrs_type
+from llmfab.ir.ops import TypeInferenceError, attrs_type, infer_type
 
 from .onnx_loader import ModelError, initializer_data, ir_dtype, load_onnx
 
@@ -117,8 +118,14 @@ class ImportContext:
                 d = nodes[0].data
                 data = d.base if isinstance(d, TransposedData) else TransposedData(d)
                 return g.add(_const_node(self._fresh(suffix), data, True)).name
-            val = evaluate(op, attrs if attrs is not None else attrs_type(op)(),
-                           [n.data.numpy() for n in nodes])
+            attrs = attrs if attrs is not None else attrs_type(op)()
+            try:  # the folded value's size is declared by its type: refuse before allocating it
+                out = infer_type(op, attrs, [n.type for n in nodes])
+            except TypeInferenceError as e:
+                raise self.error(f"cannot type {op} on ({', '.join(str(n.type) for n in nodes)}): {e}") from None
+            # numpy's broadcasting and int64 intermediates: up to 8 bytes an element, twice
+            require(16 * out.numel, f"{self.where()}: folding {op} to a constant {out}")
+            val = evaluate(op, attrs, [n.data.numpy() for n in nodes])
             name = self._fresh(suffix)
             # A re-laid-out parameter is still a parameter; anything computed from one is not.
             weight = any_weight and op in (OpKind.TRANSPOSE, OpKind.RESHAPE, OpKind.CAST) and len(nodes) == 1
@@ -164,6 +171,8 @@ def _bind_inputs(ctx: ImportContext, proto: onnx.ModelProto, opts: ImportOptions
         raise ModelError(f"{ctx.path}: sequence length, past length and batch must be positive "
                          f"(got seq {seq_len}, past {opts.past_len}, batch {opts.batch})")
     B, S, P = opts.batch, seq_len, opts.past_len
+    # the mask and positions are bound as arrays; the exporters' mask subgraphs then fold to [S, P+S]
+    require(16 * B * (P + S), f"{ctx.path}: binding batch {B}, sequence {S} and past {P}")
     names: dict[str, str] = {}
     roles = [input_role(vi.name) for vi in graph_inputs]
     has_cache = any(r in (InputRole.PAST_KEY, InputRole.PAST_VALUE) for r, _ in roles)
@@ -251,7 +260,7 @@ def import_onnx(path, options: ImportOptions = ImportOptions()) -> Graph:
                 ins.append(names[i])
         try:
             outs = handler(ctx, *ins, **attributes(n))
-        except ModelError:
+        except (ModelError, ResourceError):
             raise
         except (TypeError, ValueError, IndexError) as e:  # wrong arity/attribute, bad shapes
             shapes = ", ".join("-" if i is None else str(ctx.type(i)) for i in ins)

@@ -81,7 +81,7 @@ def load_onnx(path: str | os.PathLike) -> LoadedModel:
     try:
         # With external data the checker needs the path to find the data files next to the model.
         onnx.checker.check_model(str(path) if total else proto)
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as e:   # a name that is not UTF-8: the C++ checker's
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ModelError(f"{path}: the ONNX checker rejects the model: {first}") from None
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -14,6 +14,7 @@ import onnx
 
 from llmfab.ir import (AxisAttrs, CastAttrs, DType, GeluApprox, GeluAttrs, LinearAttrs, NormAttrs,
                        OpKind, PermAttrs, ReduceAttrs, ShapeAttrs, SliceAttrs, TransposedData)
+from llmfab.ir.host import require
 
 from .onnx_args import axes_arg, norm_axis
 from .onnx_loader import ir_dtype
@@ -136,7 +137,7 @@ def Concat(ctx, *xs, axis):
     if not parts:  # all empty: an empty constant of the concatenated shape
         shape = list(ctx.type(xs[0]).shape)
         shape[ax] = sum(ctx.type(x).shape[ax] for x in xs)
-        return ctx.constant(np.zeros(shape, ctx.type(xs[0]).dtype.numpy), "")
+        return ctx.constant(np.zeros(shape, ctx.type(xs[0]).dtype.numpy), "")   # empty: no memory
     if len(parts) == 1:
         return parts[0]
     return ctx.emit(OpKind.CONCAT, parts, AxisAttrs(ax))
@@ -215,6 +216,7 @@ def IsNaN(ctx, x):
     if ctx.graph.node(x).op is OpKind.SOFTMAX:
         # PyTorch's SDPA export zeroes NaN rows of the attention weights. A softmax row is NaN
         # only when every key is masked, which causal and all-ones masks never do.
+        require(ctx.type(x).numel, f"{ctx.where()}: its constant {ctx.type(x)}")
         return ctx.constant(np.zeros(ctx.type(x).shape, np.bool_), "")
     raise ctx.error("IsNaN is supported on constants and on attention softmax outputs only")
 

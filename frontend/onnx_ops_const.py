@@ -2,18 +2,36 @@
 known values at import time (`_const_only`) and is never part of the imported graph."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 
+from llmfab.ir.host import require
+
 from .onnx_args import axes_arg, norm_axis
 
 
-def _const_only(fn: Callable, n_out: int = 1) -> Callable:
+def _broadcast_numel(*vals, **_) -> int:
+    return math.prod(np.broadcast_shapes(*(v.shape for v in vals if v is not None)))
+
+
+def _const_only(fn: Callable, numel: Callable = _broadcast_numel) -> Callable:
+    """A handler computing `fn` on known values; `numel` (of the same arguments) is the result's
+    element count, checked against the memory budget before `fn` allocates it."""
     def handler(ctx, *ins, **attrs):
         vals = [None if i is None else ctx.const(i, f"#{k}") for k, i in enumerate(ins)]
+        n = numel(*vals, **attrs)
+        require(16 * n, f"{ctx.where()}: its constant of {n:,} elements")
         return ctx.constant(fn(*vals, **attrs), "")
     return handler
+
+
+def _range_numel(start, limit, delta) -> int:
+    start, limit, delta = (np.asarray(v).item() for v in (start, limit, delta))
+    if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
+        raise ValueError(f"Range({start}, {limit}, {delta}) has no finite length")
+    return max(0, math.ceil((limit - start) / delta))
 
 
 def _trilu(x, k=None, upper=1):
@@ -75,13 +93,13 @@ def _clip(x, lo=None, hi=None, min=None, max=None):
     return np.clip(x, lo, hi)
 
 
-ConstantOfShape = _const_only(_const_of_shape)
-Range = _const_only(_range)
+ConstantOfShape = _const_only(_const_of_shape, lambda shape, value=None: math.prod(int(d) for d in shape))
+Range = _const_only(_range, _range_numel)
 Trilu = _const_only(_trilu)
-CumSum = _const_only(_cumsum)
-ScatterND = _const_only(_scatter_nd)
-GatherND = _const_only(_gather_nd)
-Tile = _const_only(_tile)
+CumSum = _const_only(_cumsum, lambda x, *_, **__: x.size)
+ScatterND = _const_only(_scatter_nd, lambda data, *_, **__: data.size)
+GatherND = _const_only(_gather_nd, lambda d, i, batch_dims=0: math.prod(i.shape[:-1]) * math.prod(d.shape[i.shape[-1]:]))
+Tile = _const_only(_tile, lambda x, r: x.size * math.prod(int(k) for k in r))
 Mod = _const_only(_mod)
 Clip = _const_only(_clip)
 Equal = _const_only(np.equal)

@@ -351,10 +351,13 @@ def load_target(spec: str | Path) -> Target:
         raise TargetError(f"{source}: cannot read: {e}") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise TargetError(f"{source}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}:" if mark is not None else ""
-        raise TargetError(f"{source}:{at} not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        why = " ".join(str(getattr(e, "problem", None) or e).split())   # yaml's own text spans lines
+        raise TargetError(f"{source}:{at} not valid YAML: {why}") from None
     return replace(parse_target(data, source), text=text)
 
 

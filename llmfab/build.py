@@ -131,7 +131,12 @@ class Build:
                 raise BuildError(f"{path / e['file']}: holds {count} instructions, the manifest says {e['instructions']}")
         for w in manifest["weights"]:
             _read(path, w["file"], "weight image", w["sha256"], w["bytes"])
-        return cls(path, manifest, _target(path, manifest["target"]))
+        target = _target(path, manifest["target"])
+        mem, hbm = target.memory, manifest["hbm"]["bytes_per_channel"]
+        if len(manifest["weights"]) not in (0, mem.channels) or hbm > mem.capacity_gb * 1e9 / mem.channels:
+            raise BuildError(f"{where}: {len(manifest['weights'])} weight images of hbm.bytes_per_channel {hbm:,} "
+                             f"do not match the target's {mem.channels} channels of {mem.capacity_gb} GB")
+        return cls(path, manifest, target)
 
     @property
     def max_len(self) -> int:

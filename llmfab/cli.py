@@ -271,11 +271,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line like every other error (`llmfab compile: error: ...`, exit 2);
+    `--help` still prints the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmfab.backend_hw import PARTS  # light: names only, no Amaranth
     from llmfab.backend_hw.toolflow.synth import FLOWS
-    p = argparse.ArgumentParser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     i = sub.add_parser("inspect", help="summarise the fused graph of a model")
     i.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
@@ -381,8 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_PATHS = ("model", "build", "program", "out", "trace", "target", "policy", "names", "calibration")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in _PATHS:   # '' is the current folder to pathlib: `disasm ''` said '.: Is a directory'
+        v = getattr(args, name, None)
+        if v == "" or isinstance(v, list) and "" in v:
+            print(f"llmfab {args.command}: error: argument {name}: must not be empty", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

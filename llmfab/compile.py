@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.folders import write_folder
+from llmfab.ir.host import require
 from llmfab.ir.isa import encode, quant_row_bytes
 from llmfab.ir.quant import NM, QuantError
 from llmfab.ir.target import TARGET_FILE, Target, load_target
@@ -28,11 +29,14 @@ from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
 
-from .flow import load_model
+from .flow import is_onnx, load_model
 
 
 class CompileError(ValueError):
     pass
+
+
+INSTRUCTION_BYTES = 200   # an instruction held while compiling, at least (measured ~500 with its operands)
 
 
 @dataclass
@@ -93,14 +97,19 @@ class Flow:
     manifest: dict = field(default_factory=dict)
 
 
-def step_load(f: Flow) -> None:
-    """The fused graph, with shapes at max_len so position tables cover every position (no more
-    than the model has)."""
-    f.graph = load_model(f.model, seq_len=f.max_len)
-    n_pos = f.graph.meta.get("max_position_embeddings")
+def _check_positions(f: Flow, n_pos) -> None:
     if isinstance(n_pos, int) and f.max_len > n_pos:
         raise CompileError(f"{f.model}: a context of {f.max_len} tokens exceeds the model's {n_pos} positions "
                            f"(max_position_embeddings)")
+
+
+def step_load(f: Flow) -> None:
+    """The fused graph, with shapes at max_len so position tables cover every position (no more
+    than the model has)."""
+    if not is_onnx(f.model):  # a config's positions first, in a second, not after building tables for max_len
+        _check_positions(f, load_model(f.model, seq_len=1).meta.get("max_position_embeddings"))
+    f.graph = load_model(f.model, seq_len=f.max_len)
+    _check_positions(f, f.graph.meta.get("max_position_embeddings"))
     try:  # now, not after quantizing and after every prefill step was tried
         check_lowerable(f.graph)
     except LayoutError as e:
@@ -153,6 +162,10 @@ def step_lower(f: Flow) -> None:
     whose programs fit the buffers."""
     g, lay, eng = f.graph, f.layout, f.engine
     steps = [f.prefill_step] if f.prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= f.max_len]
+    # every program streams every weight tile (an LD and an MV at least): refuse before minutes of lowering
+    n_programs, n_tiles = len(buckets(f.max_len, steps[0], f.d_step)), sum(map(len, lay.tiles.values()))
+    require(n_programs * n_tiles * 2 * INSTRUCTION_BYTES,
+            f"{f.model}: {n_programs} programs (--max-len {f.max_len}) over {n_tiles:,} weight tiles")
     for p_step in steps:
         try:
             all_buckets = buckets(f.max_len, p_step, f.d_step)

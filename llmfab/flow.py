@@ -27,8 +27,11 @@ def load_model(source: str, *, seq_len: int | None = None, past_len: int = 0, ba
     from llmfab.frontend.config import PRESETS, load_config, load_preset
 
     p = Path(source)
-    pipeline = parse_pipeline(passes, PASSES) if passes is not None else None
-    if p.suffix == ".onnx" or p.is_file() and p.suffix != ".json":
+    try:
+        pipeline = parse_pipeline(passes, PASSES) if passes is not None else None
+    except ValueError as e:
+        raise FlowError(f"--passes {passes!r}: {e}") from None
+    if is_onnx(source):
         g = import_onnx(p, ImportOptions(seq_len=seq_len, past_len=past_len, batch=batch))
         run_pipeline(g, pipeline or parse_pipeline(FUSION_PIPELINE, PASSES), print_between=print_between,
                      report=report)
@@ -45,6 +48,12 @@ def load_model(source: str, *, seq_len: int | None = None, past_len: int = 0, ba
     run_pipeline(g, pipeline or parse_pipeline("canonical-names", PASSES),   # the same names as ONNX imports
                  print_between=print_between, report=report)
     return g
+
+
+def is_onnx(source: str) -> bool:
+    """Whether `load_model` reads `source` as an ONNX file (else a config.json or a preset)."""
+    p = Path(source)
+    return p.suffix == ".onnx" or p.is_file() and p.suffix != ".json"
 
 
 def leftover_primitives(g: Graph) -> list[str]:

@@ -131,6 +131,11 @@ def _rope_pairs(g: Graph) -> dict[tuple[str, str], str]:
     return {(n.inputs[1], n.inputs[2]): f"rope:{n.inputs[1]}" for n in g.nodes() if n.op is OpKind.ROPE}
 
 
+def _over(lay: HbmLayout, capacity: int, row_bytes: int, rows: int) -> bool:
+    """Whether `rows` rows of `row_bytes` over every channel overfill a channel (even spread)."""
+    return max(lay.used) + -(-row_bytes // lay.channels) * rows > capacity
+
+
 def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayout, half_bytes: int, max_len: int,
           max_rows: int, capacity_label: str) -> HbmLayout:
     """Lay out `g`: quantized, with shapes at `max_len` tokens so its tables cover every position.
@@ -163,6 +168,12 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
                                   f"not fit half the weight buffer ({half_bytes} bytes): "
                                   f"{need - half_bytes} bytes too many")
         rows = nc * groups
+        full, rest = divmod(n, rows)
+        if too_big is not None or _over(lay, channel_capacity, tile_bytes(qw, rows, weights, bias), full):
+            # refused below anyway: count the bytes of (maybe millions of) tiles, never build them
+            lay.alloc(tile_bytes(qw, rows, weights, bias), full)
+            lay.alloc(tile_bytes(qw, rest, weights, bias), 1 if rest else 0)
+            continue
         tiles = []
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
@@ -190,6 +201,9 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         hkv, dh = kt.shape[1], kt.shape[3]
         row = quant_row_bytes(dh)
         c = kv_channels(row, channels)
+        if _over(lay, channel_capacity, 2 * hkv * row * padded, 1):   # as for the tiles: its bytes only
+            lay.alloc(row, 2 * hkv * padded)
+            continue
         lay.kv[a.attrs.layer] = [KVHead(lay.alloc(row, padded, c, group=h), lay.alloc(row, padded, c, group=h))
                                  for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)

@@ -162,9 +162,10 @@ def parse_policy(data, source: str) -> Policy:
         if extra:
             raise PolicyError(f"{source}: auto: unknown key {sorted(extra)[0]!r}")
         auto = AutoSpec(float(a["target_bits"]), tuple(sorted(cands)))
-    cal = dict(data.get("calibration") or {})
-    if not isinstance(data.get("calibration") or {}, dict) or set(cal) - {"samples", "seq_len", "seed", "tokens"}:
+    raw_cal = data.get("calibration") or {}
+    if not isinstance(raw_cal, dict) or set(raw_cal) - {"samples", "seq_len", "seed", "tokens"}:
         raise PolicyError(f"{source}: calibration takes samples, seq_len, seed and tokens")
+    cal = dict(raw_cal)
     tokens = cal.pop("tokens", None)
     if tokens is not None:
         if not isinstance(tokens, str):
@@ -201,6 +202,10 @@ def load_policy(spec: str) -> Policy:
                               f"(bundled: {', '.join(bundled_policies())})")
     try:
         data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{p}: cannot read the policy ({e})") from None
+    except RecursionError:
+        raise PolicyError(f"{p}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         raise PolicyError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
     return parse_policy(data, str(p))

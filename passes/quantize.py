@@ -71,6 +71,8 @@ def read_token_file(path: str, vocab: int, origin: str = "") -> np.ndarray:
         text = open(path, encoding="utf-8").read()
     except OSError as e:
         raise PolicyError(f"{where}{path}: cannot read the calibration token file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"{where}{path}: a calibration token file is UTF-8 text (token ids), not binary") from None
     try:
         ids = np.array([int(t) for t in text.split()], dtype=np.int64)
     except ValueError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmfab.ir.fixed_point import from_fixed
+from llmfab.ir.host import require
 from llmfab.ir.isa import BufferId
 from llmfab.ir.memory import Region
 
@@ -28,7 +29,10 @@ def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, l
         raise ExecuteError(f"{ids.size} prompt tokens + {generate} generated must fit max_len {m['max_len']}")
     if ids.min() < 0 or ids.max() >= vocab:
         raise ExecuteError(f"token ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}")
-    machine = Machine.for_target(build.target, build.images(), m["hbm"]["bytes_per_channel"])
+    channels, per_channel = len(m["weights"]), m["hbm"]["bytes_per_channel"]
+    require(channels * per_channel + sum(build.target.buffer_bytes.values()),
+            f"{build.path}/manifest.json: {channels} HBM channels of {per_channel:,} bytes (hbm.bytes_per_channel)")
+    machine = Machine.for_target(build.target, build.images(), per_channel)
     o = m["output"]
     out = Region(o["addr"], o["channel"], o["channels"], o["row_bytes"], o["rows"])
 
