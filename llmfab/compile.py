@@ -17,13 +17,13 @@ from pathlib import Path
 
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.folders import write_folder
-from llmfab.ir.isa import encode, quant_row_bytes
+from llmfab.ir.isa import quant_row_bytes
 from llmfab.ir.quant import NM, QuantError
 from llmfab.ir.target import TARGET_FILE, Target, load_target
 from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
-from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket, prefill_programs
+from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket
 from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
@@ -55,19 +55,6 @@ def _check_formats(g, target: Target, plans) -> None:
             raise CompileError(f"target {target.name} does not run {s} weights ({const}); it supports "
                                f"bits {list(target.engine.weight_bits)} and N:M "
                                f"{[str(NM(*p)) for p in target.engine.sparsity]}")
-
-
-def _program_bytes(lowered: list[Lowered]) -> list[tuple[Lowered, bytes]]:
-    """Encode each instruction once, even when programs share a prefix (prefill buckets)."""
-    cache: dict[int, bytes] = {}
-
-    def enc(inst) -> bytes:
-        b = cache.get(id(inst))
-        if b is None:
-            b = cache[id(inst)] = encode(inst)
-        return b
-
-    return [(low, low.program.to_bytes(enc)) for low in lowered]
 
 
 @dataclass
@@ -123,49 +110,65 @@ def step_quantize(f: Flow) -> None:
         raise CompileError(f"{pol.source}: {e}") from None
 
 
+def prefill_steps(f: Flow) -> list[int]:
+    """The prefill chunks to try, largest first: as asked, or 128, 64, ... up to the max length."""
+    return [f.prefill_step] if f.prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= f.max_len]
+
+
 def step_layout(f: Flow) -> None:
-    """Choose the decode step (KV tiles that fit half the KV buffer) and place everything in HBM."""
+    """Place everything in HBM, then choose the decode step (KV tiles that fit half the KV buffer)."""
     g, tgt = f.graph, f.target
     bufs = {b.name.value: b.bytes for b in tgt.buffers}
     f.engine = Engine(tgt.engine.n_chains, bufs)
     f.capacity = int(tgt.memory.capacity_gb * 1e9) // tgt.memory.channels
-    attn = [n for n in g.nodes() if n.op is OpKind.ATTENTION]
-    dh = g.node(attn[0].inputs[1]).type.shape[-1] if attn else 1
-    kv_keys = (bufs["kv"] // 2) // quant_row_bytes(dh)
-    if kv_keys < 1:
-        raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
-                           f"of {quant_row_bytes(dh)} bytes")
-    if f.decode_step is not None and f.decode_step > kv_keys:
-        raise CompileError(f"--decode-step {f.decode_step} needs KV tiles of {f.decode_step} keys; half the KV "
-                           f"buffer of {tgt.name} holds {kv_keys} keys of {quant_row_bytes(dh)} bytes")
-    f.d_step = f.decode_step or min(f.max_len, kv_keys)
     try:
         f.layout = place(g, channels=tgt.memory.channels, channel_capacity=f.capacity,
                          weights=tgt.chain_layout, half_bytes=bufs["weight"] // 2, max_len=f.max_len,
-                         max_rows=min(f.prefill_step or 128, f.max_len),
+                         max_rows=prefill_steps(f)[0],
                          capacity_label=f"{tgt.memory.kind.value.upper()} ({tgt.name})")
     except LayoutError as e:
         raise CompileError(str(e)) from None
+    # a key row as the cache holds it (4 + head_dim, padded to whole bytes per channel)
+    row = max((h.k.row_bytes for heads in f.layout.kv.values() for h in heads), default=quant_row_bytes(1))
+    kv_keys = (bufs["kv"] // 2) // row
+    if kv_keys < 1:
+        raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
+                           f"of {row} bytes")
+    if f.decode_step is not None and f.decode_step > kv_keys:
+        raise CompileError(f"--decode-step {f.decode_step} needs KV tiles of {f.decode_step} keys; half the KV "
+                           f"buffer of {tgt.name} holds {kv_keys} keys of {row} bytes")
+    f.d_step = f.decode_step or min(f.max_len, kv_keys)
 
 
-def step_lower(f: Flow) -> None:
-    """Lower every length bucket; the prefill row tile is as asked, or the largest of 128, 64, ...
-    whose programs fit the buffers."""
-    g, lay, eng = f.graph, f.layout, f.engine
-    steps = [f.prefill_step] if f.prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= f.max_len]
-    for p_step in steps:
-        try:
-            all_buckets = buckets(f.max_len, p_step, f.d_step)
-            f.prefill = prefill_programs(g, lay, eng, [b for b in all_buckets if b.stage is Stage.PREFILL])
-            f.p_step = p_step
-            break
-        except LayoutError as e:
-            if f.prefill_step or p_step == steps[-1]:
-                raise CompileError(str(e)) from None
+def _lower(f: Flow, bucket: Bucket) -> Lowered:
     try:
-        f.decode = [lower_bucket(g, lay, eng, b) for b in all_buckets if b.stage is Stage.DECODE]
+        return lower_bucket(f.graph, f.layout, f.engine, bucket)
     except LayoutError as e:
         raise CompileError(str(e)) from None
+
+
+def step_lower(f: Flow, *, largest_only: bool = False) -> None:
+    """Lower every length bucket; the prefill chunk is as asked, or the largest of 128, 64, ...
+    whose programs fit the buffers. The longest buckets (the most keys) are lowered first, so
+    what does not fit fails before the rest is lowered; `largest_only` stops there."""
+    steps = prefill_steps(f)
+    for p_step in steps:
+        all_buckets = buckets(f.max_len, p_step, f.d_step)
+        pre = [b for b in all_buckets if b.stage is Stage.PREFILL]
+        try:
+            last = _lower(f, pre[-1])
+            f.p_step = p_step
+            break
+        except CompileError:
+            if p_step == steps[-1]:
+                raise
+    dec = [b for b in all_buckets if b.stage is Stage.DECODE]
+    last_dec = _lower(f, dec[-1])
+    if largest_only:
+        f.prefill, f.decode = [last], [last_dec]
+        return
+    f.prefill = [_lower(f, b) for b in pre[:-1]] + [last]
+    f.decode = [_lower(f, b) for b in dec[:-1]] + [last_dec]
 
 
 def step_check(f: Flow) -> None:
@@ -174,10 +177,8 @@ def step_check(f: Flow) -> None:
     limits = Limits(tgt.buffer_bytes, tgt.memory.channels, f.capacity, tgt.chain_layout)
     counter_max = tgt.controller.token_counter_max
     try:
-        for low in f.decode:
+        for low in f.prefill + f.decode:
             check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=counter_max)
-        if f.prefill:  # every other prefill program is a prefix of the largest
-            check_program(f.prefill[-1].program, limits, (f.prefill[-1].bucket.hi,), counter_max=counter_max)
     except ValueError as e:
         raise CompileError(f"internal error: a compiled program failed its check: {e}") from None
 
@@ -186,7 +187,8 @@ def step_package(f: Flow) -> None:
     """Program files, per-channel weight images and the manifest."""
     g, lay, tgt, lowered = f.graph, f.layout, f.target, f.prefill + f.decode
     entries = []
-    for low, data in _program_bytes(lowered):
+    for low in lowered:
+        data = low.program.to_bytes()
         b: Bucket = low.bucket
         name = f"programs/{b.name}.bin"
         f.programs.append((name, data))
@@ -199,7 +201,9 @@ def step_package(f: Flow) -> None:
         for ch, img in enumerate(channel_images(g, lay, tgt.chain_layout)):
             f.images.append((f"weights/ch{ch:02d}.bin", bytes(img)))
     total = sum(e["bytes"] for e in entries)
-    per_exact = sum(e["bytes"] * (e["bucket"][1] - e["bucket"][0] + 1) for e in entries)
+    # one program per LEN served (each decode context; each prefill chunk end, a step apart)
+    per_exact = sum(e["bytes"] * ((e["bucket"][1] - e["bucket"][0]) // (f.p_step if e["stage"] == "prefill" else 1) + 1)
+                    for e in entries)
     kept = {"file": TARGET_FILE, "sha256": hashlib.sha256(tgt.text.encode()).hexdigest()} if tgt.text else {}
     f.manifest = {
         "llmfab_manifest": 1,

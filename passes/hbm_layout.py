@@ -135,8 +135,9 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
           max_rows: int, capacity_label: str) -> HbmLayout:
     """Lay out `g`: quantized, with shapes at `max_len` tokens so its tables cover every position.
 
-    Per-position objects (KV cache, RoPE rows) get `max_len` rounded up to whole prefill tiles of
-    `max_rows`: the padded last tile of a prefill program reads and writes its rows too."""
+    Per-position objects (KV cache, RoPE rows, logits, learned position rows) get `max_len`
+    rounded up to whole prefill chunks of `max_rows`: the padded last chunk reads and writes its
+    rows too."""
     padded = -(-max_len // max_rows) * max_rows
     lay = HbmLayout(channels, channel_capacity)
     for s in weight_sites(g):
@@ -146,7 +147,10 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         qw = g.node(e.inputs[0]).data
         if qw.scheme.sparsity is not None:
             raise LayoutError(f"embedding table {e.inputs[0]!r} cannot be sparse ({qw.scheme}): EMBED reads dense rows")
-        lay.tables[e.inputs[0]] = lay.alloc(row_bytes(qw), qw.shape[0])
+        rows = qw.shape[0]
+        if g.node(e.inputs[1]).op is OpKind.CONST:  # learned positions: rows up to the padded last chunk
+            rows = max(rows, int(np.ravel(g.const_value(e.inputs[1]))[0]) + padded)
+        lay.tables[e.inputs[0]] = lay.alloc(row_bytes(qw), rows)
     too_big = None
     for m in (n for n in g.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD)):
         const = m.inputs[1]
