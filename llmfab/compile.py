@@ -256,9 +256,44 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
             raise CompileError(f"{name} must be between 1 and --max-len ({max_len}), not {v}")
     f = Flow(model, tgt, pol, max_len, prefill_step, decode_step)
     for step in STEPS:
-        step(f)
+        try:
+            step(f)
+        except CompileError as e:
+            if step not in (step_layout, step_lower):
+                raise
+            raise CompileError(f"{e}; {longest_fit(f, lowered=step is step_lower)}") from None
     return Compiled(f.manifest, f.programs, f.images, time.perf_counter() - t0, f.layout, f.graph,
                     tgt.text.encode(), tgt, compile_inputs(model, target, policy))
+
+
+def _fits(f: Flow, n: int, lower: bool) -> bool:
+    """Whether max length `n` fits: the HBM layout and, with `lower`, the programs of the longest
+    buckets (the most keys: if they fit, the shorter ones do)."""
+    g = Flow(f.model, f.target, f.policy, n, f.prefill_step and min(f.prefill_step, n),
+             f.decode_step and min(f.decode_step, n), graph=f.graph, has_data=f.has_data)
+    try:
+        step_layout(g)
+        if lower:
+            step_lower(g, largest_only=True)
+    except CompileError:
+        return False
+    return True
+
+
+def longest_fit(f: Flow, lowered: bool) -> str:
+    """The longest max length below f.max_len that fits, for the error message: a binary search on
+    the HBM layout (fast), then on the longest buckets' programs if the layout was not the problem
+    or they do not fit at the length found. What fits at n fits at every shorter length."""
+    def search(hi: int, lower: bool) -> int:
+        lo = 0                                 # invariant: lo fits (0: nothing yet), hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if _fits(f, mid, lower) else (lo, mid - 1)
+        return lo
+    n = search(f.max_len - 1, lower=lowered)
+    if n and not lowered and not _fits(f, n, True):
+        n = search(n - 1, lower=True)
+    return f"the longest max length that fits is {n} (--max-len {n})" if n else "no max length fits"
 
 
 def compile_inputs(*sources: str) -> tuple[Path, ...]:
