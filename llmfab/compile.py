@@ -127,7 +127,9 @@ def step_layout(f: Flow) -> None:
                          max_rows=prefill_steps(f)[0],
                          capacity_label=f"{tgt.memory.kind.value.upper()} ({tgt.name})")
     except LayoutError as e:
-        raise CompileError(str(e)) from None
+        err = CompileError(str(e))
+        err.any_length = e.any_length
+        raise err from None
     # a key row as the cache holds it (4 + head_dim, padded to whole bytes per channel)
     row = max((h.k.row_bytes for heads in f.layout.kv.values() for h in heads), default=quant_row_bytes(1))
     kv_keys = (bufs["kv"] // 2) // row
@@ -261,7 +263,8 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         except CompileError as e:
             if step not in (step_layout, step_lower):
                 raise
-            raise CompileError(f"{e}; {longest_fit(f, lowered=step is step_lower)}") from None
+            fit = "no max length fits" if getattr(e, "any_length", False) else longest_fit(f, step is step_lower)
+            raise CompileError(f"{e}; {fit}") from None
     return Compiled(f.manifest, f.programs, f.images, time.perf_counter() - t0, f.layout, f.graph,
                     tgt.text.encode(), tgt, compile_inputs(model, target, policy))
 
@@ -290,6 +293,8 @@ def longest_fit(f: Flow, lowered: bool) -> str:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if _fits(f, mid, lower) else (lo, mid - 1)
         return lo
+    if not _fits(f, 1, lower=lowered):        # weights or a tile too big at any length: one probe
+        return "no max length fits"
     n = search(f.max_len - 1, lower=lowered)
     if n and not lowered and not _fits(f, n, True):
         n = search(n - 1, lower=True)
