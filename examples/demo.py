@@ -100,15 +100,17 @@ def main() -> int:
 
     # run the programs instruction by instruction and compare with the integer interpreter
     from llmfab.ir.integer import run_integer_raw
-    from llmfab.ir.isa import BufferId, Program
+    from llmfab.ir.isa import Program
     from llmfab.ir.target import load_target
+    from llmfab.simulator.execute import run_prompt
     from llmfab.simulator.functional import Machine
     t = load_target("u280")
     machine = Machine.for_target(t, [d for _, d in c.images], max(c.layout.used))
     prompt = np.array(PROMPT)
-    machine.write(BufferId.ACT, 0, prompt.astype("<i4").tobytes())
-    prog = next(p for p in m["programs"] if p["stage"] == "prefill")
-    machine.run(Program.from_bytes(dict(c.programs)[prog["file"]]), len(prompt))
+
+    def chunk(end):  # the prefill program of the chunk ending at LEN = end
+        return next(p for p in m["programs"] if p["stage"] == "prefill" and p["bucket"][0] <= end <= p["bucket"][1])
+    run_prompt(machine, prompt, m["prefill_step"], lambda end: Program.from_bytes(dict(c.programs)[chunk(end)["file"]]))
     got = np.frombuffer(machine.read_row(c.layout.output, len(prompt) - 1), "<i4")
     g8 = load_model(str(MODELS[0]), seq_len=len(prompt))
     for n in g8.nodes():  # the compiled graph's quantized weights
@@ -116,7 +118,7 @@ def main() -> int:
             g8.set_node(c.graph.node(n.name))
     want = run_integer_raw(g8, {"input_ids": prompt[None]})["logits"][0, -1]
     same = np.array_equal(got[:len(want)], want)
-    print(f"   executed the prefill program ({prog['instructions']} instructions): logits "
+    print(f"   executed the prefill program ({chunk(m['prefill_step'])['instructions']} instructions): logits "
           f"{'equal bit for bit to' if same else 'DIFFER from'} the integer interpreter; next token {int(got.argmax())}")
     lines.append(f"{'executed on the simulator':28s} {'bit-exact' if same else 'MISMATCH'} with the integer model")
 
@@ -165,6 +167,7 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
     from llmfab.ir.isa import BufferId, Program
     from llmfab.ir.target import load_target
     from llmfab.simulator import DesignUnits, schedule
+    from llmfab.simulator.execute import run_prompt
     from llmfab.simulator.functional import Machine
 
     print("== the accelerator RTL (Amaranth -> Verilog) for sim-small runs one decode step in Verilator")
@@ -179,8 +182,7 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
         return Program.from_bytes(dict(c.programs)[e["file"]])
     dec = prog("decode", len(prompt) + 1)
     m = Machine.for_target(t, [d for _, d in c.images], max(c.layout.used))
-    m.write(BufferId.ACT, 0, np.array(prompt, "<i4").tobytes())
-    m.run(prog("prefill", len(prompt)), len(prompt))
+    run_prompt(m, np.array(prompt), c.manifest["prefill_step"], lambda end: prog("prefill", end))
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
     t0 = time.perf_counter()
     vs = VerilatorSystem(t, formats_of([dec]), [max(c.layout.used)] * t.memory.channels)

@@ -18,13 +18,13 @@ from pathlib import Path
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.folders import write_folder
 from llmfab.ir.host import require
-from llmfab.ir.isa import encode, quant_row_bytes
+from llmfab.ir.isa import quant_row_bytes
 from llmfab.ir.quant import NM, QuantError
 from llmfab.ir.target import TARGET_FILE, Target, load_target
 from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
-from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket, prefill_programs
+from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket
 from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
@@ -59,19 +59,6 @@ def _check_formats(g, target: Target, plans) -> None:
             raise CompileError(f"target {target.name} does not run {s} weights ({const}); it supports "
                                f"bits {list(target.engine.weight_bits)} and N:M "
                                f"{[str(NM(*p)) for p in target.engine.sparsity]}")
-
-
-def _program_bytes(lowered: list[Lowered]) -> list[tuple[Lowered, bytes]]:
-    """Encode each instruction once, even when programs share a prefix (prefill buckets)."""
-    cache: dict[int, bytes] = {}
-
-    def enc(inst) -> bytes:
-        b = cache.get(id(inst))
-        if b is None:
-            b = cache[id(inst)] = encode(inst)
-        return b
-
-    return [(low, low.program.to_bytes(enc)) for low in lowered]
 
 
 @dataclass
@@ -132,53 +119,71 @@ def step_quantize(f: Flow) -> None:
         raise CompileError(f"{pol.source}: {e}") from None
 
 
+def prefill_steps(f: Flow) -> list[int]:
+    """The prefill chunks to try, largest first: as asked, or 128, 64, ... up to the max length."""
+    return [f.prefill_step] if f.prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= f.max_len]
+
+
 def step_layout(f: Flow) -> None:
-    """Choose the decode step (KV tiles that fit half the KV buffer) and place everything in HBM."""
+    """Place everything in HBM, then choose the decode step (KV tiles that fit half the KV buffer)."""
     g, tgt = f.graph, f.target
     bufs = {b.name.value: b.bytes for b in tgt.buffers}
     f.engine = Engine(tgt.engine.n_chains, bufs)
     f.capacity = int(tgt.memory.capacity_gb * 1e9) // tgt.memory.channels
-    attn = [n for n in g.nodes() if n.op is OpKind.ATTENTION]
-    dh = g.node(attn[0].inputs[1]).type.shape[-1] if attn else 1
-    kv_keys = (bufs["kv"] // 2) // quant_row_bytes(dh)
-    if kv_keys < 1:
-        raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
-                           f"of {quant_row_bytes(dh)} bytes")
-    if f.decode_step is not None and f.decode_step > kv_keys:
-        raise CompileError(f"--decode-step {f.decode_step} needs KV tiles of {f.decode_step} keys; half the KV "
-                           f"buffer of {tgt.name} holds {kv_keys} keys of {quant_row_bytes(dh)} bytes")
-    f.d_step = f.decode_step or min(f.max_len, kv_keys)
     try:
         f.layout = place(g, channels=tgt.memory.channels, channel_capacity=f.capacity,
                          weights=tgt.chain_layout, half_bytes=bufs["weight"] // 2, max_len=f.max_len,
-                         max_rows=min(f.prefill_step or 128, f.max_len),
+                         max_rows=prefill_steps(f)[0],
                          capacity_label=f"{tgt.memory.kind.value.upper()} ({tgt.name})")
+    except LayoutError as e:
+        err = CompileError(str(e))
+        err.any_length = e.any_length
+        raise err from None
+    # a key row as the cache holds it (4 + head_dim, padded to whole bytes per channel)
+    row = max((h.k.row_bytes for heads in f.layout.kv.values() for h in heads), default=quant_row_bytes(1))
+    kv_keys = (bufs["kv"] // 2) // row
+    if kv_keys < 1:
+        raise CompileError(f"target {tgt.name}: half the KV buffer ({bufs['kv'] // 2} bytes) holds no key row "
+                           f"of {row} bytes")
+    if f.decode_step is not None and f.decode_step > kv_keys:
+        raise CompileError(f"--decode-step {f.decode_step} needs KV tiles of {f.decode_step} keys; half the KV "
+                           f"buffer of {tgt.name} holds {kv_keys} keys of {row} bytes")
+    f.d_step = f.decode_step or min(f.max_len, kv_keys)
+
+
+def _lower(f: Flow, bucket: Bucket) -> Lowered:
+    try:
+        return lower_bucket(f.graph, f.layout, f.engine, bucket)
     except LayoutError as e:
         raise CompileError(str(e)) from None
 
 
-def step_lower(f: Flow) -> None:
-    """Lower every length bucket; the prefill row tile is as asked, or the largest of 128, 64, ...
-    whose programs fit the buffers."""
-    g, lay, eng = f.graph, f.layout, f.engine
-    steps = [f.prefill_step] if f.prefill_step else [s for s in (128, 64, 32, 16, 8, 4, 2, 1) if s <= f.max_len]
+def step_lower(f: Flow, *, largest_only: bool = False) -> None:
+    """Lower every length bucket; the prefill chunk is as asked, or the largest of 128, 64, ...
+    whose programs fit the buffers. The longest buckets (the most keys) are lowered first, so
+    what does not fit fails before the rest is lowered; `largest_only` stops there."""
+    steps = prefill_steps(f)
     # every program streams every weight tile (an LD and an MV at least): refuse before minutes of lowering
-    n_programs, n_tiles = len(buckets(f.max_len, steps[0], f.d_step)), sum(map(len, lay.tiles.values()))
+    n_programs, n_tiles = len(buckets(f.max_len, steps[0], f.d_step)), sum(map(len, f.layout.tiles.values()))
     require(n_programs * n_tiles * 2 * INSTRUCTION_BYTES,
             f"{f.model}: {n_programs} programs (--max-len {f.max_len}) over {n_tiles:,} weight tiles")
     for p_step in steps:
+        all_buckets = buckets(f.max_len, p_step, f.d_step)
+        pre = [b for b in all_buckets if b.stage is Stage.PREFILL]
         try:
-            all_buckets = buckets(f.max_len, p_step, f.d_step)
-            f.prefill = prefill_programs(g, lay, eng, [b for b in all_buckets if b.stage is Stage.PREFILL])
+            last = _lower(f, pre[-1])
             f.p_step = p_step
             break
-        except LayoutError as e:
-            if f.prefill_step or p_step == steps[-1]:
-                raise CompileError(str(e)) from None
-    try:
-        f.decode = [lower_bucket(g, lay, eng, b) for b in all_buckets if b.stage is Stage.DECODE]
-    except LayoutError as e:
-        raise CompileError(str(e)) from None
+        except CompileError:
+            if p_step == steps[-1]:
+                raise
+    dec = [b for b in all_buckets if b.stage is Stage.DECODE]
+    last_dec = _lower(f, dec[-1])
+    if largest_only:
+        f.prefill, f.decode = [last], [last_dec]
+        return
+    f.prefill = [_lower(f, b) for b in pre[:-1]] + [last]
+    f.decode = [_lower(f, b) for b in dec[:-1]] + [last_dec]
 
 
 def step_check(f: Flow) -> None:
@@ -187,10 +192,8 @@ def step_check(f: Flow) -> None:
     limits = Limits(tgt.buffer_bytes, tgt.memory.channels, f.capacity, tgt.chain_layout)
     counter_max = tgt.controller.token_counter_max
     try:
-        for low in f.decode:
+        for low in f.prefill + f.decode:
             check_program(low.program, limits, (low.bucket.lo, low.bucket.hi), counter_max=counter_max)
-        if f.prefill:  # every other prefill program is a prefix of the largest
-            check_program(f.prefill[-1].program, limits, (f.prefill[-1].bucket.hi,), counter_max=counter_max)
     except ValueError as e:
         raise CompileError(f"internal error: a compiled program failed its check: {e}") from None
 
@@ -199,7 +202,8 @@ def step_package(f: Flow) -> None:
     """Program files, per-channel weight images and the manifest."""
     g, lay, tgt, lowered = f.graph, f.layout, f.target, f.prefill + f.decode
     entries = []
-    for low, data in _program_bytes(lowered):
+    for low in lowered:
+        data = low.program.to_bytes()
         b: Bucket = low.bucket
         name = f"programs/{b.name}.bin"
         f.programs.append((name, data))
@@ -212,7 +216,9 @@ def step_package(f: Flow) -> None:
         for ch, img in enumerate(channel_images(g, lay, tgt.chain_layout)):
             f.images.append((f"weights/ch{ch:02d}.bin", bytes(img)))
     total = sum(e["bytes"] for e in entries)
-    per_exact = sum(e["bytes"] * (e["bucket"][1] - e["bucket"][0] + 1) for e in entries)
+    # one program per LEN served (each decode context; each prefill chunk end, a step apart)
+    per_exact = sum(e["bytes"] * ((e["bucket"][1] - e["bucket"][0]) // (f.p_step if e["stage"] == "prefill" else 1) + 1)
+                    for e in entries)
     kept = {"file": TARGET_FILE, "sha256": hashlib.sha256(tgt.text.encode()).hexdigest()} if tgt.text else {}
     f.manifest = {
         "llmfab_manifest": 1,
@@ -265,9 +271,47 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
             raise CompileError(f"{name} must be between 1 and --max-len ({max_len}), not {v}")
     f = Flow(model, tgt, pol, max_len, prefill_step, decode_step)
     for step in STEPS:
-        step(f)
+        try:
+            step(f)
+        except CompileError as e:
+            if step not in (step_layout, step_lower):
+                raise
+            fit = "no max length fits" if getattr(e, "any_length", False) else longest_fit(f, step is step_lower)
+            raise CompileError(f"{e}; {fit}") from None
     return Compiled(f.manifest, f.programs, f.images, time.perf_counter() - t0, f.layout, f.graph,
                     tgt.text.encode(), tgt, compile_inputs(model, target, policy))
+
+
+def _fits(f: Flow, n: int, lower: bool) -> bool:
+    """Whether max length `n` fits: the HBM layout and, with `lower`, the programs of the longest
+    buckets (the most keys: if they fit, the shorter ones do)."""
+    g = Flow(f.model, f.target, f.policy, n, f.prefill_step and min(f.prefill_step, n),
+             f.decode_step and min(f.decode_step, n), graph=f.graph, has_data=f.has_data)
+    try:
+        step_layout(g)
+        if lower:
+            step_lower(g, largest_only=True)
+    except CompileError:
+        return False
+    return True
+
+
+def longest_fit(f: Flow, lowered: bool) -> str:
+    """The longest max length below f.max_len that fits, for the error message: a binary search on
+    the HBM layout (fast), then on the longest buckets' programs if the layout was not the problem
+    or they do not fit at the length found. What fits at n fits at every shorter length."""
+    def search(hi: int, lower: bool) -> int:
+        lo = 0                                 # invariant: lo fits (0: nothing yet), hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if _fits(f, mid, lower) else (lo, mid - 1)
+        return lo
+    if not _fits(f, 1, lower=lowered):        # weights or a tile too big at any length: one probe
+        return "no max length fits"
+    n = search(f.max_len - 1, lower=lowered)
+    if n and not lowered and not _fits(f, n, True):
+        n = search(n - 1, lower=True)
+    return f"the longest max length that fits is {n} (--max-len {n})" if n else "no max length fits"
 
 
 def compile_inputs(*sources: str) -> tuple[Path, ...]:

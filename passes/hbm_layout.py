@@ -34,7 +34,7 @@ from .quantize import weight_sites
 
 
 class LayoutError(ValueError):
-    pass
+    any_length = False    # True: no max length would fit (the weights alone, a weight tile)
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,18 @@ class HbmLayout:
     kv: dict[int, list[KVHead]] = field(default_factory=dict)            # layer -> per KV head
     output: Region | None = None
     used: list[int] = field(default_factory=list)                        # bytes used per channel
+    fixed_bytes: int = 0                   # of objects whose size does not depend on the max length
 
     def __post_init__(self):
         self.used = [0] * self.channels
 
-    def alloc(self, row_bytes: int, rows: int, channels: int | None = None, group: int = 0) -> Region:
+    def alloc(self, row_bytes: int, rows: int, channels: int | None = None, group: int = 0,
+              per_position: bool = False) -> Region:
         """Place `rows` rows of `row_bytes`, padded to a multiple of the channels used."""
         c = channels or self.channels
         first = (group * c) % self.channels
         pitch = -(-row_bytes // c)
+        self.fixed_bytes += 0 if per_position else pitch * c * rows
         addr = max(self.used[first:first + c])
         for ch in range(first, first + c):
             self.used[ch] = addr + pitch * rows
@@ -140,8 +143,9 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
           max_rows: int, capacity_label: str) -> HbmLayout:
     """Lay out `g`: quantized, with shapes at `max_len` tokens so its tables cover every position.
 
-    Per-position objects (KV cache, RoPE rows) get `max_len` rounded up to whole prefill tiles of
-    `max_rows`: the padded last tile of a prefill program reads and writes its rows too."""
+    Per-position objects (KV cache, RoPE rows, logits, learned position rows) get `max_len`
+    rounded up to whole prefill chunks of `max_rows`: the padded last chunk reads and writes its
+    rows too."""
     padded = -(-max_len // max_rows) * max_rows
     lay = HbmLayout(channels, channel_capacity)
     for s in weight_sites(g):
@@ -151,7 +155,10 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         qw = g.node(e.inputs[0]).data
         if qw.scheme.sparsity is not None:
             raise LayoutError(f"embedding table {e.inputs[0]!r} cannot be sparse ({qw.scheme}): EMBED reads dense rows")
-        lay.tables[e.inputs[0]] = lay.alloc(row_bytes(qw), qw.shape[0])
+        rows = qw.shape[0]
+        if g.node(e.inputs[1]).op is OpKind.CONST:  # learned positions: rows up to the padded last chunk
+            rows = max(rows, int(np.ravel(g.const_value(e.inputs[1]))[0]) + padded)
+        lay.tables[e.inputs[0]] = lay.alloc(row_bytes(qw), rows, per_position=rows > qw.shape[0])
     too_big = None
     for m in (n for n in g.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD)):
         const = m.inputs[1]
@@ -185,7 +192,7 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
     ropes = _rope_pairs(g)
     for (cos, sin), key in ropes.items():
         d = g.node(cos).type.shape[-1]
-        lay.params[key] = lay.alloc(8 * d, padded)
+        lay.params[key] = lay.alloc(8 * d, padded, per_position=True)
     for n in g.nodes():
         if n.op is OpKind.RMSNORM:
             lay.params[n.name] = lay.alloc(4 * n.type.shape[-1], 1)
@@ -202,20 +209,24 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         row = quant_row_bytes(dh)
         c = kv_channels(row, channels)
         if _over(lay, channel_capacity, 2 * hkv * row * padded, 1):   # as for the tiles: its bytes only
-            lay.alloc(row, 2 * hkv * padded)
+            lay.alloc(row, 2 * hkv * padded, per_position=True)
             continue
-        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(row, padded, c, group=h), lay.alloc(row, padded, c, group=h))
+        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(row, padded, c, group=h, per_position=True),
+                                        lay.alloc(row, padded, c, group=h, per_position=True))
                                  for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
-    lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels, 1.0))  # a row per prompt position, unpadded
+    lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels, 1.0), per_position=True)  # a row per prompt position, unpadded
     worst = max(lay.used)
     if worst > channel_capacity:
         need, have = sum(lay.used), channel_capacity * channels
-        raise LayoutError(f"weights, parameters and a KV cache of {max_len} tokens need {need / 1e9:.2f} GB of "
-                          f"{capacity_label}, which holds {have / 1e9:.2f} GB: the fullest channel needs "
-                          f"{worst / 1e6:.1f} MB of its {channel_capacity / 1e6:.1f} MB "
-                          f"({(worst - channel_capacity) / 1e6:.1f} MB too much)")
+        e = LayoutError(f"weights, parameters and a KV cache of {max_len} tokens need {need / 1e9:.2f} GB of "
+                        f"{capacity_label}, which holds {have / 1e9:.2f} GB: the fullest channel needs "
+                        f"{worst / 1e6:.1f} MB of its {channel_capacity / 1e6:.1f} MB "
+                        f"({(worst - channel_capacity) / 1e6:.1f} MB too much)")
+        e.any_length = lay.fixed_bytes > have or too_big is not None   # (a tile too big: said when memory fits)
+        raise e
     if too_big is not None:
+        too_big.any_length = True
         raise too_big
     return lay
 

@@ -4,12 +4,12 @@ Each instruction is emitted with the on-chip regions it reads and writes; `Token
 hazards into dependency tokens, so loads overlap compute exactly as far as the buffers allow
 (weight tiles and KV tiles ping-pong between the two halves of their buffers).
 
-A decode program runs one token (position LEN - 1) through every layer: everything but attention
-is fixed; attention streams the KV cache in tiles of `step` keys and its last tile, the softmax
-and the new K/V rows' positions are LEN-relative fields (docs/isa.md, length register). A prefill
-program runs the prompt in row tiles of `step` tokens, each through every layer (tile-major; a
-tile's attention reads earlier tiles' keys from the HBM cache); its last tile is padded to the
-bucket's largest length.
+A program runs `rows` tokens through every layer at the positions the length register gives: a
+decode program one token at position LEN - 1, a prefill program a chunk of `prefill_step` tokens
+at positions [LEN - rows, LEN) (the host runs a prompt's chunks in order, buckets.py). Everything
+but positions and attention is fixed; attention streams the KV cache in tiles of `kv_step` keys
+and its last tile, the softmax, the RoPE and position rows and the new K/V and logits rows are
+LEN-relative fields (docs/isa.md, length register), so a program does not grow with the prompt.
 
 Activations are int32 Q.16 rows in the act buffer (docs/integer.md); q, k and v are made
 head-major ([H, S, D]) by the transposes of the graph (one strided COPY per head; free for one
@@ -55,7 +55,6 @@ class Lowered:
     bucket: Bucket
     program: Program
     peak: dict[str, int]         # bytes used per on-chip buffer
-    pass_ends: list[int]         # instruction index after each pass (prefill: one per row tile)
     sections: list[tuple[int, str]] = field(default_factory=list)   # (first instruction, "layers.N" or op)
 
 
@@ -71,8 +70,8 @@ class Lowerer:
         self.seq = g.meta.get("seq_len", 1)
         self.ops: list[tuple[Opcode, dict, str | None]] = []
         self.tokens = TokenTracker()
-        # [0, ids): the host writes the token ids there (the whole prompt, or the decode token)
-        ids = -(-4 * (bucket.tiles * bucket.step if bucket.stage is Stage.PREFILL else 1) // 64) * 64
+        # [0, ids): the host writes the token ids there (the chunk's, or the decode token)
+        ids = -(-4 * bucket.rows // 64) * 64
         self.act = Allocator("act", ids, eng.buffers["act"] - ids)
         self.scratch = Allocator("scratch", 0, eng.buffers["scratch"])
         self.half = {"weight": eng.buffers["weight"] // 2, "kv": eng.buffers["kv"] // 2}
@@ -136,36 +135,26 @@ class Lowerer:
     # -- the program ---------------------------------------------------------------------------
     def lower(self) -> Lowered:
         b = self.bucket
-        if b.stage is Stage.DECODE:
-            passes = [(1, b.hi - 1, b.hi)]                      # rows, first position, keys
-        else:
-            passes = [(b.step, t * b.step, (t + 1) * b.step) for t in range(b.tiles)]
-        self.pass_ends: list[int] = []
+        # rows, first position and keys at LEN = hi; fields that depend on them are LEN-relative
+        self.p_rows, self.p_first, self.p_keys = b.rows, b.hi - b.rows, b.hi
         self.sections: list[tuple[int, str]] = []
         check_lowerable(self.g)
-        nodes = [n for n in self.g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)]
-        for rows, first, keys in passes:
-            self.p_rows, self.p_first, self.p_keys = rows, first, keys
-            self.left = {n.name: len(self.g.users(n.name)) for n in self.g.nodes()}
-            self.view = {}
-            label = None
-            for node in nodes:
-                if section_of(node.name) != label:       # a new layer (each pass starts anew)
-                    label = section_of(node.name)
-                    if self.sections and self.sections[-1][0] == len(self.ops):
-                        self.sections.pop()              # the previous section emitted nothing
-                    self.sections.append((len(self.ops), label))
-                LOWER[node.op](self, node)
-                self.done_with(node)
-            for k in list(self.act.live):
-                self.act.free(k)
-            self.pass_ends.append(len(self.ops))
+        self.left = {n.name: len(self.g.users(n.name)) for n in self.g.nodes()}
+        label = None
+        for node in (n for n in self.g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)):
+            if section_of(node.name) != label:       # a new layer
+                label = section_of(node.name)
+                if self.sections and self.sections[-1][0] == len(self.ops):
+                    self.sections.pop()              # the previous section emitted nothing
+                self.sections.append((len(self.ops), label))
+            LOWER[node.op](self, node)
+            self.done_with(node)
         self.emit(Opcode.SYS, func=SysFunc.END)
         insts = []
         for (op, fields, len_field), wait, release in zip(self.ops, self.tokens.wait, self.tokens.release):
             insts.append(self._instruction(op, fields, len_field, wait, release))
         peak = {"act": self.act.peak, "scratch": self.scratch.peak}
-        return Lowered(b, Program(b.name, tuple(insts)), peak, self.pass_ends, self.sections)
+        return Lowered(b, Program(b.name, tuple(insts)), peak, self.sections)
 
     def _instruction(self, op, fields, len_field, wait, release) -> Instruction:
         len_reg = False
@@ -270,9 +259,7 @@ def _rope(lw: Lowerer, node) -> None:
     obj = lw.lay.params[f"rope:{node.inputs[1]}"]
     key = (node.name, "table")
     at = lw.scratch.alloc(key, obj.row_bytes * lw.p_rows, f"RoPE rows of {node.name!r}")
-    decode = lw.bucket.stage is Stage.DECODE
-    lw.dma(Opcode.LD, obj, lw.p_first, lw.p_rows, SCRATCH, at, writes=[("scratch", key)],
-           len_field="hbm_addr" if decode else None)
+    lw.dma(Opcode.LD, obj, lw.p_first, lw.p_rows, SCRATCH, at, writes=[("scratch", key)], len_field="hbm_addr")
     dst = lw.new_act(node.name)
     lw.emit(Opcode.MISC, [("act", lw.key(x)), ("scratch", key)], [("act", node.name)], func=MiscFunc.ROPE,
             rows=rows, cols=d, depth=d, period=lw.p_rows, imm=0, src_buf=ACT, src_addr=lw.addr(x),
@@ -290,16 +277,13 @@ def _embedding(lw: Lowerer, node) -> None:
     if rows * obj.row_bytes > lw.half["weight"]:
         raise LayoutError(f"{rows} rows of {table!r} ({rows * obj.row_bytes} bytes) do not fit half the weight "
                           f"buffer ({lw.half['weight']} bytes)")
-    if tokens:  # prefill: this pass's ids, rows [first, first + rows) of the prompt; decode: the one token
-        first = lw.p_first if lw.bucket.stage is Stage.PREFILL else 0
+    if tokens:  # the ids of this chunk (or the decode token), written by the host at IDS_ADDR
         lw.dma(Opcode.LD, obj, 0, rows, WEIGHT, at, writes=[("weight", half)], indirect=1, ids_buf=ACT,
-               ids_addr=IDS_ADDR + 4 * first)
-    else:  # learned positions: the table row of each position (ids = position + offset)
-        offset = int(np.ravel(lw.g.const_value(ids))[0])
-        decode = lw.bucket.stage is Stage.DECODE
-        n = max(1, min(rows, obj.rows - offset - lw.p_first))  # padded rows past the table stay unread
-        lw.dma(Opcode.LD, obj, offset + lw.p_first, n, WEIGHT, at, writes=[("weight", half)],
-               len_field="hbm_addr" if decode else None)
+               ids_addr=IDS_ADDR)
+    else:  # learned positions: the table row of each position (ids = position + offset; the layout
+        offset = int(np.ravel(lw.g.const_value(ids))[0])   # pads the table for a padded last chunk)
+        lw.dma(Opcode.LD, obj, offset + lw.p_first, rows, WEIGHT, at, writes=[("weight", half)],
+               len_field="hbm_addr")
     dst = lw.new_act(node.name)
     lw.emit(Opcode.MISC, [("weight", half)], [("act", node.name)], func=MiscFunc.EMBED, rows=rows, cols=cols,
             depth=qw.group, imm=qw.scheme.bits, src_buf=WEIGHT, src_addr=at, src_stride=obj.row_bytes,
@@ -332,10 +316,10 @@ def _linear(lw: Lowerer, node) -> None:
         else:
             lw.emit(Opcode.MM, reads, [("act", node.name)], m=rows, o_stride=4 * n, **f)
     lw.scratch.free((node.name, "xq"))
-    if node.op is OpKind.LMHEAD:  # prefill: the rows of this tile's positions; decode: row 0
-        first = lw.p_first if lw.bucket.stage is Stage.PREFILL else 0
-        lw.dma(Opcode.ST, lw.lay.output, first, rows, ACT, dst, reads=[("act", node.name)],
-               writes=[("hbm", "logits", first)])
+    if node.op is OpKind.LMHEAD:  # prefill: the rows of this chunk's positions; decode: row 0
+        prefill = lw.bucket.stage is Stage.PREFILL
+        lw.dma(Opcode.ST, lw.lay.output, lw.p_first if prefill else 0, rows, ACT, dst, reads=[("act", node.name)],
+               writes=[("hbm", "logits")], len_field="hbm_addr" if prefill else None)
 
 
 def _concat(lw: Lowerer, node) -> None:
@@ -361,21 +345,3 @@ def check_lowerable(g: Graph) -> None:
 
 def lower_bucket(g: Graph, lay: HbmLayout, eng: Engine, bucket: Bucket) -> Lowered:
     return Lowerer(g, lay, eng, bucket).lower()
-
-
-def prefill_programs(g: Graph, lay: HbmLayout, eng: Engine, buckets: list[Bucket]) -> list[Lowered]:
-    """Every prefill bucket's program from one lowering of the largest.
-
-    Row tiles run in order and each is emitted the same way whatever comes after it, so the
-    program of a bucket of T tiles is the first T passes of the largest bucket's program plus END.
-    (Releases for consumers past the cut leave unused tokens, which the controller clears.)"""
-    if not buckets:
-        return []
-    big = lower_bucket(g, lay, eng, max(buckets, key=lambda b: b.hi))
-    end = big.program.instructions[-1]
-    out = []
-    for b in sorted(buckets, key=lambda b: b.hi):
-        cut = big.pass_ends[b.tiles - 1]
-        prog = Program(b.name, big.program.instructions[:cut] + (end,))
-        out.append(Lowered(b, prog, big.peak, big.pass_ends[:b.tiles], [s for s in big.sections if s[0] < cut]))
-    return out

@@ -36,23 +36,20 @@ def attention(lw: Lowerer, node) -> None:
     decode = lw.bucket.stage is Stage.DECODE
     qrow = heads_kv[0].k.row_bytes                      # 4 + dh, padded to whole bytes per HBM channel
     pad = qrow - quant_row_bytes(dh)
-    step = lw.half["kv"] // qrow                        # keys per KV tile: as many as half the buffer holds
-    if decode:
-        step = min(step, lw.bucket.step)                # (a decode bucket spans one tile)
-    if step < 1:
-        raise LayoutError(f"one key row of {qrow} bytes does not fit half the KV buffer ({lw.half['kv']} bytes)")
-    tiles = -(-lw.p_keys // step)
-    # the new rows join the cache: quantized per (head, token) row, one ST per KV head
-    # HBM regions of the cache, per row tile: this pass writes its own, attention reads all so far
-    # (naming them per tile keeps a store from waiting for loads of rows it does not touch)
-    tile_no = 0 if decode else lw.p_first // lw.p_rows   # (a decode step writes one row, reads all)
+    step = lw.bucket.kv_step                            # keys per KV tile (the bucket's)
+    if step * qrow > lw.half["kv"]:
+        raise LayoutError(f"a KV tile of {step} keys of {qrow} bytes does not fit half the KV buffer "
+                          f"({lw.half['kv']} bytes)")
+    tiles = lw.bucket.kv_tiles
+    # the new rows join the cache at positions [LEN - s, LEN): quantized per (head, token) row, one
+    # ST per KV head; attention then reads the cache up to LEN, these rows included
     for name, src in (("k", k), ("v", v)):
         key = (node.name, name)
         at = quant_rows(lw, src, key, a.num_kv_heads * s, dh, pitch=qrow)
         for h, kvh in enumerate(heads_kv):
             obj = kvh.k if name == "k" else kvh.v
             lw.dma(Opcode.ST, obj, lw.p_first, s, SCRATCH, at + h * s * qrow, reads=[("scratch", key)],
-                   writes=[("hbm", a.layer, name, h, tile_no)], len_field="hbm_addr" if decode else None)
+                   writes=[("hbm", a.layer, name, h)], len_field="hbm_addr")
         lw.scratch.free(key)
     qkey = (node.name, "q")
     qat = quant_rows(lw, q, qkey, rows, dh)
@@ -64,11 +61,11 @@ def attention(lw: Lowerer, node) -> None:
     def kv_tiles(obj, name: str, h: int):
         """LD each KV tile of head h into the next KV half; yields (j, keys, last, address, half)."""
         for j in range(tiles):
-            last = decode and j == tiles - 1   # its extent comes from the length register
+            last = j == tiles - 1   # its extent comes from the length register
             n_keys = min(step, lw.p_keys - j * step)
             at, half = lw.next_half("kv")
             lw.dma(Opcode.LD, obj, j * step, n_keys, KV, at, writes=[("kv", half)], len_field="rows" if last else None,
-                   reads=[("hbm", a.layer, name, h, t) for t in range(tile_no + 1)])
+                   reads=[("hbm", a.layer, name, h)])
             yield j, n_keys, last, at, half
 
     for h, kvh in enumerate(heads_kv):                 # one KV head and its `rep` query heads at a time
@@ -82,9 +79,12 @@ def attention(lw: Lowerer, node) -> None:
                     src2_pad=pad,
                     src_buf=SCRATCH, src_addr=q_at, src2_buf=KV, src2_addr=at, dst_buf=SCRATCH,
                     dst_addr=sat + 4 * j * step, dst_stride=width)
-        lw.emit(Opcode.MISC, [("scratch", skey)], [("scratch", skey)], "cols" if decode else None,
-                func=MiscFunc.SOFTMAX, rows=g_rows, cols=lw.p_keys, period=s, imm=lw.p_first,
-                flags=CAUSAL if a.causal and not decode else 0, src_buf=SCRATCH, src_addr=sat, src_stride=width,
+        # decode: the LEN keys; a chunk: every column, causal from its first position LEN - s, so
+        # keys at LEN and past (not scored in this run) are masked
+        causal = a.causal and not decode
+        lw.emit(Opcode.MISC, [("scratch", skey)], [("scratch", skey)], "imm" if causal else "cols",
+                func=MiscFunc.SOFTMAX, rows=g_rows, cols=lw.p_keys, period=s, imm=lw.p_first if causal else 0,
+                flags=CAUSAL if causal else 0, src_buf=SCRATCH, src_addr=sat, src_stride=width,
                 dst_buf=SCRATCH, dst_addr=sat, dst_stride=width)
         for j, n_keys, last, at, half in kv_tiles(kvh.v, "v", h):
             flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)

@@ -1,6 +1,7 @@
 """`llmfab execute BUILD --tokens "..." --out logits.npy`: run a build's programs on the functional
-model (simulator/functional.py) from its weight images: the prefill program for the prompt, then
-one decode step per `--generate` token (greedy), and write the prompt's logits."""
+model (simulator/functional.py) from its weight images: the prompt in chunks of the build's
+prefill step (one prefill program run each), then one decode step per `--generate` token
+(greedy), and write the prompt's logits."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +16,23 @@ from .functional import Machine
 
 class ExecuteError(ValueError):
     pass
+
+
+def prompt_chunks(length: int, step: int) -> list[tuple[int, int]]:
+    """(first token, LEN) of each chunk a prompt of `length` tokens runs in: LEN is the chunk's end,
+    step, 2 step, ..., the last one padded to a whole step (docs/compile.md, the host)."""
+    return [(end - step, end) for end in range(step, -(-length // step) * step + 1, step)]
+
+
+def run_prompt(machine: Machine, ids: np.ndarray, step: int, program_for) -> None:
+    """The host's prefill: per chunk, its ids at act[0] (a padded tail reads id 0), LEN = the chunk's
+    end, then the program `program_for(LEN)` serves; the KV cache and logits rows fill in HBM."""
+    for first, end in prompt_chunks(len(ids), step):
+        chunk = np.zeros(step, "<i4")
+        part = ids[first:end]
+        chunk[:len(part)] = part
+        machine.write(BufferId.ACT, 0, chunk.tobytes())
+        machine.run(program_for(end), end)
 
 
 def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, list[int]]:
@@ -39,8 +57,7 @@ def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, l
     def row(r: int) -> np.ndarray:
         return np.frombuffer(machine.read_row(out, r), "<i4")[:vocab].astype(np.int64)
 
-    machine.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
-    machine.run(build.program_for("prefill", ids.size), ids.size)
+    run_prompt(machine, ids, m["prefill_step"], lambda end: build.program_for("prefill", end))
     logits = np.stack([row(r) for r in range(ids.size)])
     generated = []
     last = logits[-1]

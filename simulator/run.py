@@ -1,6 +1,7 @@
 """`llmfab simulate BUILD --prefill L --decode N`: time to first token and decode speed of a build.
 
-The prefill program of L's bucket is timed at LEN = L. Decode steps at contexts L+1 .. L+N are
+The prefill of L tokens is timed chunk by chunk as the host runs it (each chunk's program at its
+LEN, one after the other; simulator/execute.py `prompt_chunks`). Decode steps at contexts L+1 .. L+N are
 timed at three contexts (first, middle, last: every instruction of each is timed) and integrated
 piecewise linearly in between, since a step's work grows linearly with its context.
 
@@ -21,6 +22,7 @@ import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .execute import prompt_chunks
 from .schedule import UNIT_NAMES, Timing, Units, schedule
 
 
@@ -54,6 +56,19 @@ def _breakdown(t: Timing, sections: list) -> dict:
             "sections": t.sections([(s, label) for s, label in sections])}
 
 
+def _prefill(build, prefill: int, units: Units) -> tuple[float, dict]:
+    """Seconds and breakdown of a prompt of `prefill` tokens: its chunks' programs run in turn."""
+    total = {"seconds": 0.0, "units": {}, "ops": {}, "sections": {}}
+    for _, end in prompt_chunks(prefill, build.manifest["prefill_step"]):
+        b = _breakdown(schedule(build.program_for("prefill", end), end, units), build.sections("prefill", end))
+        total["seconds"] += b["seconds"]
+        for part in ("units", "ops", "sections"):
+            for k, v in b[part].items():
+                total[part][k] = total[part].get(k, 0.0) + v
+    total["ops"] = dict(sorted(total["ops"].items(), key=lambda kv: -kv[1]))
+    return total["seconds"], total
+
+
 def write_trace(t: Timing, clock_mhz: float, path: str | Path) -> None:
     """One CSV row per instruction: index, queue, opcode or function, begin and end cycle."""
     hz = clock_mhz * 1e6
@@ -71,8 +86,7 @@ def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path |
         raise SimulateError(f"--prefill {prefill} + --decode {decode} must be positive and fit max_len "
                             f"{build.max_len} of {build.path}")
     target = build.target
-    pre = schedule(build.program_for("prefill", prefill), prefill, units)
-    ttft = pre.seconds
+    ttft, pre = _prefill(build, prefill, units)
     contexts = sorted({prefill + 1, prefill + (decode + 1) // 2, prefill + decode})
     steps: dict[int, Timing] = {c: schedule(build.program_for("decode", c), c, units) for c in contexts}
     # integrate seconds per step over contexts L+1 .. L+N, linear between the timed ones
@@ -87,7 +101,7 @@ def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path |
     if trace is not None:
         write_trace(mid, target.clock_mhz, trace)
     peak = target.memory.peak_gbps * 1e9
-    breakdown = {"prefill": _breakdown(pre, build.sections("prefill", prefill)),
+    breakdown = {"prefill": pre,
                  "decode": _breakdown(mid, build.sections("decode", mid_ctx))}
     return SimReport(target.name, units.name, prefill, decode, ttft, decode / total, {c: s.seconds for c, s in steps.items()},
                      mid.hbm_utilization(target), mid.dsp_utilization(target), peak / mid.hbm_bytes,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURES
 from llmfab.compile import CompileError, compile_model, write_build
-from llmfab.ir.isa import BufferId, Opcode, Program
+from llmfab.ir.isa import BufferId, Opcode, Program, resolve_length
 from llmfab.ir.target import load_target
 from llmfab.passes.program_check import Limits, ProgramCheckError, check_program
 
@@ -40,12 +40,16 @@ def test_compile_fixture_on_sim_small(tmp_path, fixture):
     assert stages == {"prefill", "decode"}
     for p in m["programs"]:
         assert p["bucket"][0] <= p["bucket"][1] and p["instructions"] > 0 and p["bytes"] > 0
+    step = m["prefill_step"]
     covered = sorted((p["bucket"][0], p["bucket"][1]) for p in m["programs"] if p["stage"] == "prefill")
-    assert covered[0][0] == 1 and covered[-1][1] == 64  # every prompt length has a program
-    assert all(b[0] == a[1] + 1 for a, b in zip(covered, covered[1:]))
+    assert covered[0][0] == step and covered[-1][1] == -(-64 // step) * step  # every chunk end has a program
+    assert all(b[0] == a[1] + step for a, b in zip(covered, covered[1:]))
+    decode = sorted((p["bucket"][0], p["bucket"][1]) for p in m["programs"] if p["stage"] == "decode")
+    assert decode[0][0] == 1 and decode[-1][1] == 64 and all(b[0] == a[1] + 1 for a, b in zip(decode, decode[1:]))
     assert m["instruction_bytes_total"] == sum(p["bytes"] for p in m["programs"])
-    assert m["instruction_bytes_per_exact_length"] == sum(p["bytes"] * (p["bucket"][1] - p["bucket"][0] + 1)
-                                                          for p in m["programs"])
+    assert m["instruction_bytes_per_exact_length"] == sum(
+        p["bytes"] * ((p["bucket"][1] - p["bucket"][0]) // (step if p["stage"] == "prefill" else 1) + 1)
+        for p in m["programs"])
     assert m["instruction_bytes_per_exact_length"] > m["instruction_bytes_total"]
     _check_all(c, "sim-small")
     write_build(c, tmp_path / "build")
@@ -110,7 +114,8 @@ def test_compile_is_deterministic_and_atomic(tmp_path):
 def test_model_too_big_for_memory_says_by_how_much():
     with pytest.raises(CompileError, match=r"^weights, parameters and a KV cache of 32 tokens need \d+\.\d\d GB of "
                                            r"DDR \(ecp5-85k\), which holds 0\.12 GB: the fullest channel needs "
-                                           r"\d+\.\d MB of its 125\.0 MB \(\d+\.\d MB too much\)$"):
+                                           r"\d+\.\d MB of its 125\.0 MB \(\d+\.\d MB too much\); "
+                                           r"no max length fits$"):
         compile_model("llama2-7b", "ecp5-85k", max_len=32, policy="int4-g128")
 
 
@@ -187,26 +192,30 @@ def test_checker_catches_weight_streams_off_a_word_and_past_the_buffer():
 
 
 def _stores_inside_objects(c):
-    """Every ST of every program writes inside one KV object (or the output region) of its channels."""
+    """Every ST of every program, at its bucket's shortest and longest LEN, writes inside one KV
+    object (or the output region) of its channels."""
     lay = c.layout
     objs = [o for heads in lay.kv.values() for kv in heads for o in (kv.k, kv.v)] + [lay.output]
-    for name, data in c.programs:
-        for i in Program.from_bytes(data).instructions:
-            if i.op is not Opcode.ST:
-                continue
-            lo = i["hbm_addr"] if not i.len_reg else None
-            if lo is None:
-                continue
-            hi = lo + (i["rows"] - 1) * i["hbm_stride"] + i["row_bytes"]
-            assert any(o.channel == i["channel"] and o.channels == i["channels"] and o.addr <= lo
-                       and hi <= o.addr + o.rows * o.pitch for o in objs), (name, lo, hi)
+    for (name, data), e in zip(c.programs, c.manifest["programs"]):
+        for inst in Program.from_bytes(data).instructions:
+            for i in {resolve_length(inst, n) for n in e["bucket"]} if inst.op is Opcode.ST else ():
+                lo = i["hbm_addr"]
+                hi = lo + (i["rows"] - 1) * i["hbm_stride"] + i["row_bytes"]
+                assert any(o.channel == i["channel"] and o.channels == i["channels"] and o.addr <= lo
+                           and hi <= o.addr + o.rows * o.pitch for o in objs), (name, lo, hi)
 
 
-def test_prefill_tiles_read_their_own_token_ids_and_padding_stays_in_the_cache():
+def test_prefill_chunks_read_their_own_token_ids_and_padding_stays_in_the_cache():
+    """A prefill program runs one chunk whatever the max length: its ids at act[0] (the host writes
+    them), its rows at [LEN - step, LEN); the padded last chunk (LEN 40 of max_len 36) stays inside
+    the cache and the logits region."""
     c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=36, prefill_step=8)
-    big = Program.from_bytes(c.programs[[p["bucket"] for p in c.manifest["programs"]].index([33, 36])][1])
-    gathers = [i for i in big.instructions if i.op is Opcode.LD and i["indirect"]]
-    assert [i["ids_addr"] for i in gathers] == [4 * 8 * t for t in range(5)]
+    pre = [(e, Program.from_bytes(d)) for (_, d), e in zip(c.programs, c.manifest["programs"]) if e["stage"] == "prefill"]
+    assert [e["bucket"][0] for e, _ in pre][0] == 8 and pre[-1][0]["bucket"][1] == 40
+    sizes = {len(p.instructions) for _, p in pre}
+    assert max(sizes) < 2 * min(sizes)   # a chunk's program grows only by its KV tiles
+    for _, p in pre:
+        assert [i["ids_addr"] for i in p.instructions if i.op is Opcode.LD and i["indirect"]] == [0]
     dec = Program.from_bytes(c.programs[[p["stage"] for p in c.manifest["programs"]].index("decode")][1])
     assert [i["ids_addr"] for i in dec.instructions if i.op is Opcode.LD and i["indirect"]] == [0]
     _stores_inside_objects(c)

@@ -13,6 +13,7 @@ from llmfab.ir.integer import run_integer_raw
 from llmfab.ir.isa import BufferId, Program
 from llmfab.ir.quant import QuantizedWeight
 from llmfab.ir.target import load_target
+from llmfab.simulator.execute import run_prompt
 from llmfab.simulator.functional import ExecutionError, Machine
 
 pytestmark = pytest.mark.sim
@@ -26,6 +27,11 @@ def _machine(c, target="sim-small"):
 def _program(c, stage, length):
     e = next(e for e in c.manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1])
     return Program.from_bytes(dict(c.programs)[e["file"]])
+
+
+def _prefill(m, c, ids):
+    """The host runs the prompt in chunks of the build's prefill step (simulator/execute.py)."""
+    run_prompt(m, ids, c.manifest["prefill_step"], lambda end: _program(c, "prefill", end))
 
 
 def _reference(c, fixture, ids):
@@ -56,8 +62,7 @@ def test_prefill_then_decode_match_the_integer_interpreter(fixture, policy, leng
     vocab = 128
     ids = np.random.default_rng(length).integers(0, vocab, length)
     m = _machine(c)
-    m.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())          # the host writes the prompt
-    m.run(_program(c, "prefill", length), length)
+    _prefill(m, c, ids)
     got = _logits(m, c, length, vocab)
     want = _reference(c, fixture, ids)
     assert np.array_equal(got, want)
@@ -70,13 +75,28 @@ def test_prefill_then_decode_match_the_integer_interpreter(fixture, policy, leng
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("fixture", ["llama_ts_op14", "opt_ts_op14"])
+def test_a_prompt_in_many_chunks_over_many_kv_tiles(fixture):
+    """Chunks of 4 tokens and KV tiles of 3 keys: a prompt of 14 runs 4 chunk programs (the last
+    padded to LEN 16) of 2, 3, 4 and 6 KV tiles, then a decode step of 5 tiles; bit for bit."""
+    c = compile_model(str(FIXTURES / f"{fixture}.onnx"), "sim-small", max_len=16, prefill_step=4, decode_step=3)
+    pre = [e["bucket"] for e in c.manifest["programs"] if e["stage"] == "prefill"]
+    assert pre == [[4, 4], [8, 8], [12, 12], [16, 16]]
+    ids = np.random.default_rng(7).integers(0, 128, 14)
+    m = _machine(c)
+    _prefill(m, c, ids)
+    assert np.array_equal(_logits(m, c, 14, 128), _reference(c, fixture, ids))
+    m.write(BufferId.ACT, 0, np.array([9], "<i4").tobytes())
+    m.run(_program(c, "decode", 15), 15)
+    assert np.array_equal(_logits(m, c, 1, 128)[0], _reference(c, fixture, np.append(ids, 9))[14])
+
+
 def test_several_decode_steps_in_a_row():
     fixture = "gpt2_dynamo_op18"
     c = compile_model(str(FIXTURES / f"{fixture}.onnx"), "sim-small", max_len=MAX_LEN, policy="int8")
     ids = np.array([5, 17, 99])
     m = _machine(c)
-    m.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
-    m.run(_program(c, "prefill", 3), 3)
+    _prefill(m, c, ids)
     for step in range(4):  # greedy generation: feed back the argmax
         nxt = int(np.argmax(_logits(m, c, len(ids), 128)[-1])) if step == 0 else int(np.argmax(_logits(m, c, 1, 128)[0]))
         ids = np.append(ids, nxt)
@@ -89,8 +109,8 @@ def test_execution_errors_name_the_instruction():
     c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-small", max_len=MAX_LEN)
     m = _machine(c)
     m.buffers[BufferId.ACT] = bytearray(64)  # far too small
-    with pytest.raises(ExecutionError, match=r"^program 'prefill_00001_000\d\d' instruction \d+ \(\w+\): "):
-        m.run(_program(c, "prefill", 3), 3)
+    with pytest.raises(ExecutionError, match=r"^program 'prefill_000\d\d_000\d\d' instruction \d+ \(\w+\): "):
+        _prefill(m, c, np.array([1, 2, 3]))
 
 
 def test_execute_cli_matches_the_integer_model(tmp_path):
@@ -144,8 +164,7 @@ def test_kv_rows_padded_over_many_channels(tmp_path, monkeypatch):
     assert attn and all(i["src2_pad"] == 4 for i in attn)
     ids = np.array([3, 77, 12, 5, 90, 41])
     m = _machine(c, str(spec))
-    m.write(BufferId.ACT, 0, ids.astype("<i4").tobytes())
-    m.run(_program(c, "prefill", len(ids)), len(ids))
+    _prefill(m, c, ids)
     assert np.array_equal(_logits(m, c, len(ids), 128), _reference(c, "llama_ts_op14", ids))
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
     m.run(_program(c, "decode", len(ids) + 1), len(ids) + 1)

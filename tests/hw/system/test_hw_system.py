@@ -24,7 +24,12 @@ from llmfab.simulator import DesignUnits, schedule
 
 pytestmark = pytest.mark.sim
 
-PROMPT = [3, 77, 12, 5, 90]
+PROMPT = [3, 77, 12, 5, 90]   # one prefill chunk: the host sets LEN to the chunk's end, the step
+
+
+def _chunk(c) -> int:
+    assert len(PROMPT) <= c.manifest["prefill_step"]
+    return c.manifest["prefill_step"]
 
 
 def _program(c, stage, length):
@@ -38,7 +43,7 @@ def model():
         pytest.skip("needs Verilator: apt-get install verilator")
     t = load_target("sim-small")
     c = tiny_compiled()
-    progs = [_program(c, "prefill", len(PROMPT)), _program(c, "decode", len(PROMPT) + 1)]
+    progs = [_program(c, "prefill", _chunk(c)), _program(c, "decode", len(PROMPT) + 1)]
     t0 = time.perf_counter()
     vs = VerilatorSystem(t, formats_of(progs), [max(c.layout.used)] * t.memory.channels)
     print(f"\nVerilog {vs.verilog_seconds:.0f} s, Verilator build {vs.build_seconds:.0f} s "
@@ -107,7 +112,7 @@ def test_decode_step_equals_the_functional_simulator(model):
     t, c, vs, formats = model
     m = _machine(t, c)
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
-    m.run(_program(c, "prefill", len(PROMPT)), len(PROMPT))          # the prompt's KV cache, functionally
+    m.run(_program(c, "prefill", _chunk(c)), _chunk(c))              # the prompt's KV cache, functionally
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())          # the next token
     _check(t, vs, formats, m, _program(c, "decode", len(PROMPT) + 1), len(PROMPT) + 1, "decode")
 
@@ -116,7 +121,7 @@ def test_prefill_equals_the_functional_simulator(model):
     t, c, vs, formats = model
     m = _machine(t, c)
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
-    _check(t, vs, formats, m, _program(c, "prefill", len(PROMPT)), len(PROMPT), "prefill")
+    _check(t, vs, formats, m, _program(c, "prefill", _chunk(c)), _chunk(c), "prefill")
 
 
 def test_block_ram_buffers_run_the_same_programs(model):
@@ -129,7 +134,7 @@ def test_block_ram_buffers_run_the_same_programs(model):
     m = _machine(t, c)
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
     hz = t.clock_mhz * 1e6
-    for stage, length, bound in (("prefill", len(PROMPT), 1.02), ("decode", len(PROMPT) + 1, 1.02)):
+    for stage, length, bound in (("prefill", _chunk(c), 1.02), ("decode", len(PROMPT) + 1, 1.02)):
         if stage == "decode":
             m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
         prog = _program(c, stage, length)
