@@ -1,5 +1,5 @@
 """Whole compiled programs on the whole accelerator in Verilator, for several weight policies: the
-tiny LLaMA's prefill (5 tokens) and the decode step after it, bit-exact with the functional
+tiny LLaMA's prefill (a 5-token prompt: one chunk) and the decode step after it, bit-exact with the functional
 simulator, and their cycles against the RTL's cycle model and the pipelined design's.
 
     .venv/bin/python benchmarks/bench_rtl_programs.py [--policy int8 int4-g128 w4-2of4] [--buffers block_ram]
@@ -38,14 +38,16 @@ def _program(c, stage: str, length: int) -> Program:
 def run_policy(policy: str, buffers: str, target: str = "sim-small") -> bool:
     t = load_target(target)
     c = compile_model(str(MODEL), target, max_len=16, policy=policy)
-    progs = {"prefill": (_program(c, "prefill", len(PROMPT)), len(PROMPT)),
+    step = c.manifest["prefill_step"]          # the prompt is one prefill chunk: LEN = its end
+    assert len(PROMPT) <= step
+    progs = {"prefill": (_program(c, "prefill", step), step),
              "decode": (_program(c, "decode", len(PROMPT) + 1), len(PROMPT) + 1)}
     formats = formats_of([p for p, _ in progs.values()])
     t0 = time.perf_counter()
     vs = VerilatorSystem(t, formats, [max(c.layout.used)] * t.memory.channels, organisation=buffers)
     build = time.perf_counter() - t0
     m = Machine.for_target(t, [d for _, d in c.images], max(c.layout.used))
-    m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
+    m.write(BufferId.ACT, 0, np.array(PROMPT + [0] * (step - len(PROMPT)), "<i4").tobytes())
     hz, ok = t.clock_mhz * 1e6, True
     for stage, (prog, length) in progs.items():
         if stage == "decode":
