@@ -213,7 +213,8 @@ def cmd_report(args) -> int:
     from llmfab.passes import PASSES, parse_pipeline, run_pipeline
     from llmfab.passes.roofline import power, resources, roofline, to_json
 
-    from llmfab.compile import CompileError, check_fit
+    from llmfab.compile import CompileError, check_fit, step_lower
+    from llmfab.simulator import DesignUnits, schedule
 
     t = load_target(args.target)
     context = args.prefill + args.decode
@@ -235,8 +236,11 @@ def cmd_report(args) -> int:
         run_pipeline(g, parse_pipeline(f"quantize{{policy={args.policy}}}", PASSES))
         stages.append(roofline(g, t, stage, tokens, context))
     res = resources(t)
-    dec = stages[1]
-    pw = power(t, res, dec.bound_seconds(t), dec.bytes, 1.0)
+    # power at the decode step as the design timing model runs it (its time, bytes and MAC
+    # activity depend on the policy), not at the roofline bound, where HBM watts are a constant
+    step_lower(fit, largest_only=True)
+    step = schedule(fit.decode[-1].program, context, DesignUnits(t))
+    pw = power(t, res, step.seconds, step.hbm_bytes, step.dsp_utilization(t))
     if args.json:
         out = {"target": t.name, "policy": args.policy, "prefill": args.prefill, "decode_context": stages[1].context,
                "fits": True, "hbm": hbm,
@@ -245,7 +249,8 @@ def cmd_report(args) -> int:
                           for r in stages},
                "resources": {k: {"used": v.used, "capacity": v.capacity} for k, v in res.items()},
                "power": {"static_w": pw.static_w, "dynamic_w": pw.dynamic_w,
-                         "joules_per_token": pw.joules_per_token}}
+                         "joules_per_token": pw.joules_per_token, "decode_step_s": step.seconds,
+                         "dsp_activity": step.dsp_utilization(t)}}
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0
     for r in stages:
@@ -267,7 +272,8 @@ def cmd_report(args) -> int:
     print("resources " + ", ".join(f"{k} {v.used:,.0f}/{v.capacity:,.0f} ({v.fraction:.0%})" for k, v in res.items()
                                    if v.capacity or v.used))
     print(f"power     {pw.static_w + pw.dynamic_w:.1f} W ({pw.static_w:.1f} static), "
-          f"{pw.joules_per_token:.3f} J per decode token at the bound")
+          f"{pw.joules_per_token:.3f} J per decode token ({step.seconds * 1e3:.2f} ms a step at context {context} "
+          f"on the design timing model, MACs {step.dsp_utilization(t):.0%} busy)")
     return 0
 
 

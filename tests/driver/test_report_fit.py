@@ -48,3 +48,19 @@ def test_a_context_past_memory_does_not_fit_and_one_that_fits_says_so(capsys):
     j = json.loads(out)
     assert rc == 0 and j["fits"] is True and j["roofline"]
     assert j["hbm"]["bytes_per_channel"] <= j["hbm"]["capacity_per_channel"] == 250_000_000
+
+
+def test_power_follows_the_policy_and_the_simulated_step(capsys):
+    """Issue 14: power was taken at the roofline bound, where HBM watts are the same for every
+    policy; now at the decode step the design timing model runs (its time, bytes, MAC activity)."""
+    got = {}
+    for policy in ("int4-g128", "w4-2of4"):
+        rc, out = _report(capsys, "llama2-7b", "--target", "u280", "--policy", policy, "--prefill", 64,
+                          "--decode", 64, "--json")
+        assert rc == 0
+        got[policy] = p = json.loads(out)["power"]
+        assert 0 < p["dsp_activity"] <= 1 and p["decode_step_s"] > 0
+        assert p["joules_per_token"] == pytest.approx((p["static_w"] + p["dynamic_w"]) * p["decode_step_s"])
+    a, b = got["int4-g128"], got["w4-2of4"]
+    assert a["dynamic_w"] != pytest.approx(b["dynamic_w"], rel=1e-3)
+    assert b["decode_step_s"] < a["decode_step_s"] and b["joules_per_token"] < a["joules_per_token"]
