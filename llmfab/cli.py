@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
     c.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small) or a YAML file")
     c.add_argument("--policy", default="int8", help="quantization policy (default int8)")
-    c.add_argument("--max-len", type=int, default=2048, help="longest prompt + generation (default 2048)")
+    c.add_argument("--max-len", type=int, default=None,
+                   help="longest prompt + generation (default 2048, or the model's positions if fewer)")
     c.add_argument("--prefill-step", type=int, default=None, help="prompt tokens per bucket (default: 128 or "
                    "the largest that fits the buffers)")
     c.add_argument("--decode-step", type=int, default=None, help="context lengths per decode bucket (default: "

@@ -36,6 +36,7 @@ class CompileError(ValueError):
     pass
 
 
+DEFAULT_MAX_LEN = 2048   # longest prompt + generation when not given (or the model's positions if fewer)
 INSTRUCTION_BYTES = 200   # an instruction held while compiling, at least (measured ~500 with its operands)
 
 
@@ -258,12 +259,23 @@ def check_fit(model: str, target: str, *, policy: str = "int8", length: int) -> 
     return f
 
 
-def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int = 2048,
+def default_max_len(model: str) -> int:
+    """`DEFAULT_MAX_LEN`, or a config's positions when it has fewer (an ONNX export says none)."""
+    if is_onnx(model):
+        return DEFAULT_MAX_LEN
+    n_pos = load_model(model, seq_len=1).meta.get("max_position_embeddings")
+    return min(DEFAULT_MAX_LEN, n_pos) if isinstance(n_pos, int) and n_pos >= 1 else DEFAULT_MAX_LEN
+
+
+def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int | None = None,
                   prefill_step: int | None = None, decode_step: int | None = None) -> Compiled:
-    """Run `STEPS` on the model for the target; `write_build` writes the result."""
+    """Run `STEPS` on the model for the target; `write_build` writes the result. `max_len`:
+    longest prompt + generation (`default_max_len(model)` if None)."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     pol = load_policy(policy)
+    if max_len is None:
+        max_len = default_max_len(model)
     if max_len < 1:
         raise CompileError(f"--max-len must be positive, not {max_len}")
     for name, v in (("--prefill-step", prefill_step), ("--decode-step", decode_step)):

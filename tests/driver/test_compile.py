@@ -246,3 +246,20 @@ def test_whole_build_folder_is_byte_identical(tmp_path):
         write_build(compile_model(model, "sim-small", max_len=24), tmp_path / name)
     files = lambda d: {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
     assert files(tmp_path / "a") == files(tmp_path / "b")
+
+
+def test_default_max_len_is_the_models_positions_when_fewer(tmp_path):
+    """`--max-len` left out: 2048, or the config's max_position_embeddings when smaller (a 128-position
+    model used to be refused at the default 2048)."""
+    from llmfab.compile import DEFAULT_MAX_LEN, default_max_len
+    from llmfab.frontend.config import PRESET_DIR
+    c = json.loads((PRESET_DIR / "llama2-7b.json").read_text())
+    c.update(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+             intermediate_size=128, vocab_size=256, max_position_embeddings=128)
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    model = str(tmp_path / "config.json")
+    assert default_max_len(model) == 128 and default_max_len("llama2-7b") == DEFAULT_MAX_LEN == 2048
+    assert default_max_len(str(FIXTURES / "llama_ts_op14.onnx")) == DEFAULT_MAX_LEN
+    assert compile_model(model, "sim-small").manifest["max_len"] == 128
+    with pytest.raises(CompileError, match="exceeds the model's 128 positions"):
+        compile_model(model, "sim-small", max_len=129)
