@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """backend_hw.controller: dispatch, dependency tokens and SYS against a cycle model and the ISA rules.
 
 Units are modelled in the testbench as fixed-latency responders (a random latency per queue; some
