@@ -326,12 +326,14 @@ def matrix_steps(m: Machine, program, length: int):
 
 @pytest.mark.sim
 def test_compiled_program_matrix_instructions():
-    """A prefill (5 tokens) then a decode step of tests/fixtures/llama_ts_op14.onnx: a sample of
-    its MM, MV, ATTN_QK and ATTN_PV instructions on the buffers the program gives them."""
+    """A prefill (5 tokens: one chunk, LEN = the prefill step) then a decode step of
+    tests/fixtures/llama_ts_op14.onnx: a sample of its MM, MV, ATTN_QK and ATTN_PV instructions on
+    the buffers the program gives them."""
     c = tiny_compiled()
+    step = c.manifest["prefill_step"]
     m = Machine.for_target(T, [d for _, d in c.images], max(c.layout.used))
-    m.write(BufferId.ACT, 0, np.array([3, 14, 15, 92, 65], "<i4").tobytes())
-    steps = matrix_steps(m, _program(c, "prefill", 5), 5)
+    m.write(BufferId.ACT, 0, np.array([3, 14, 15, 92, 65] + [0] * (step - 5), "<i4").tobytes())
+    steps = matrix_steps(m, _program(c, "prefill", step), step)
     m.write(BufferId.ACT, 0, np.array([35], "<i4").tobytes())
     steps += matrix_steps(m, _program(c, "decode", 6), 6)
     # one of each kind, no PV that continues held sums, and the last (lm_head) MV
