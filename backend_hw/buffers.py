@@ -127,29 +127,26 @@ class BufferBank(wiring.Component):
         for bid, mems in self.memories.items():
             n = len(mems)
             lg = (n - 1).bit_length()
-            for i, c in enumerate(clients):
-                known[i] = known[i] | (c.buf == bid)
+            # each client's bank and row in this buffer, once for all its banks (word a: bank a % n)
+            hit = [c.buf == bid for c in clients]
+            if n == 1:
+                bank, row = [Const(0, 1)] * len(clients), [c.addr for c in clients]
+            elif n == 1 << lg:
+                bank, row = [c.addr[:lg] for c in clients], [c.addr >> lg for c in clients]
+            else:
+                bank, row = [c.addr % n for c in clients], [c.addr // n for c in clients]
+            for i in range(len(clients)):
+                known[i] = known[i] | hit[i]
             for j, mem in enumerate(mems):
                 w = mem.shape.width
                 tag = f"{bid.name.lower()}{j}"
                 rp, wp = mem.read_port(), mem.write_port(granularity=8)
-
-                def here(c):
-                    if n == 1:
-                        return c.buf == bid
-                    bank = c.addr[:lg] if n == 1 << lg else c.addr % n
-                    return (c.buf == bid) & (bank == j)
-
-                def row(c):
-                    if n == 1:
-                        return c.addr
-                    return c.addr >> lg if n == 1 << lg else c.addr // n
-
                 rgrant = [Signal(name=f"rg_{tag}_c{i}") for i in range(len(clients))]
                 wgrant = [Signal(name=f"wg_{tag}_c{i}") for i in range(len(clients))]
                 rbusy, wbusy = Const(0, 1), Const(0, 1)
                 for i, c in enumerate(clients):          # priority: the first client asking wins
-                    rq, wq = c.re & here(c), c.we & here(c)
+                    here = hit[i] & (bank[i] == j)
+                    rq, wq = c.re & here, c.we & here
                     m.d.comb += [rgrant[i].eq(rq & ~rbusy), wgrant[i].eq(wq & ~wbusy)]
                     rbusy, wbusy = rbusy | rq, wbusy | wq
                     taken_r[i] = taken_r[i] | rgrant[i]
@@ -158,9 +155,9 @@ class BufferBank(wiring.Component):
                     m.d.comb += rp.en.eq(1)
                 for i, c in reversed(list(enumerate(clients))):
                     with m.If(rgrant[i]):
-                        m.d.comb += rp.addr.eq(row(c))
+                        m.d.comb += rp.addr.eq(row[i])
                     with m.If(wgrant[i]):
-                        m.d.comb += [wp.addr.eq(row(c)), wp.data.eq(c.wdata[:w]), wp.en.eq(c.be[:w // 8])]
+                        m.d.comb += [wp.addr.eq(row[i]), wp.data.eq(c.wdata[:w]), wp.en.eq(c.be[:w // 8])]
                 for i in range(len(clients)):
                     got = Signal(name=f"rv_{tag}_c{i}")
                     m.d.sync += got.eq(rgrant[i])

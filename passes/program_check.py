@@ -26,6 +26,9 @@ class Limits:
     weights: ChainLayout = ChainLayout()   # how weight tiles sit in the weight buffer
 
 
+WORD_ALIGNED = ("codes", "indices", "mantissas")   # the chain-interleaved weight streams (MV, MM)
+
+
 def _span(addr: int, rows: int, stride: int, row: int) -> tuple[int, int]:
     return addr, addr + max(rows - 1, 0) * stride + row if rows else addr
 
@@ -76,13 +79,11 @@ def check_program(program: Program, limits: Limits, lengths: tuple[int, ...], co
                 raise ProgramCheckError(f"program {program.name!r} instruction {idx} ({i.op.name}): channels "
                                         f"{i['channel']}..{i['channel'] + i['channels'] - 1} beyond the target's "
                                         f"{limits.channels}")
-            if i.op in (Opcode.MM, Opcode.MV):
-                for what, s in tile_streams(i, limits.weights).items():
-                    if what != "shifts" and s.addr % limits.weights.word_bytes:
-                        raise ProgramCheckError(f"program {program.name!r} instruction {idx} ({i.op.name}): the "
-                                                f"{what} stream at {s.addr} does not start on a weight buffer word "
-                                                f"({limits.weights.word_bytes} bytes)")
             for what, buf, lo, hi in _extents(i, limits.weights):
+                if what in WORD_ALIGNED and lo % limits.weights.word_bytes:
+                    raise ProgramCheckError(f"program {program.name!r} instruction {idx} ({i.op.name}): the "
+                                            f"{what} stream at {lo} does not start on a weight buffer word "
+                                            f"({limits.weights.word_bytes} bytes)")
                 cap = limits.channel_bytes if buf is None else size.get(buf, 0)
                 if lo < 0 or hi > cap:
                     where = "HBM channel" if buf is None else f"{buf.name.lower()} buffer"
