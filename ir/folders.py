@@ -41,6 +41,11 @@ def _is_ours(out: Path, kind: str) -> bool:
             and man.is_file() and not man.is_symlink())
 
 
+def _replaceable(path: Path, kind: str) -> bool:
+    """A real folder (not a link to one) that is empty or a `kind` folder llmfab wrote."""
+    return not path.is_symlink() and path.is_dir() and (not any(path.iterdir()) or _is_ours(path, kind))
+
+
 def check_output(out: str | Path, kind: str, inputs=()) -> Path:
     """`out` as a Path if llmfab may write a `kind` folder there; else FolderError naming it."""
     out = Path(out)
@@ -55,7 +60,7 @@ def check_output(out: str | Path, kind: str, inputs=()) -> Path:
         return out
     if not stat.S_ISDIR(mode):
         raise FolderError(f"{out}: exists and is {_what(mode)}, not a folder; choose another output folder")
-    if any(out.iterdir()) and not _is_ours(out, kind):
+    if not _replaceable(out, kind):
         raise FolderError(f"{out}: exists and is not a{'n RTL' if kind == 'rtl' else ' BUILD'} folder llmfab "
                           f"wrote (no {MARKER} and {MANIFESTS[kind]}); empty it or choose another output folder")
     return out
@@ -100,7 +105,7 @@ def write_folder(out: str | Path, kind: str, files: dict[str, bytes], inputs=())
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "x")    # move the previous output aside (same file system: atomic)
             x = old / "x"
-            if x.is_symlink() or not x.is_dir() or (any(x.iterdir()) and not _is_ours(x, kind)):
+            if not _replaceable(x, kind):
                 os.replace(x, out)        # swapped for something else after the check: put it back
                 raise FolderError(f"{out}: changed while llmfab was writing it; nothing was written")
         try:
