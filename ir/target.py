@@ -349,6 +349,11 @@ def load_target(spec: str | Path) -> Target:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise TargetError(f"{source}: cannot read: {e}") from None
+    return target_from_text(text, source)
+
+
+def target_from_text(text: str, source: str) -> Target:
+    """The target a YAML text holds (`load_target` of text already read); `source` names it."""
     try:
         data = yaml.safe_load(text)
     except RecursionError:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmfab.ir.folders import FolderError, inside
 from llmfab.ir.isa import IsaError, Program, program_header
-from llmfab.ir.target import Target, TargetError, load_target
+from llmfab.ir.target import Target, TargetError, target_from_text
 
 
 class BuildError(ValueError):
@@ -87,12 +87,12 @@ def _read(root: Path, rel, what: str, sha256: str, size: int | None = None) -> b
 def _target(root: Path, t: dict) -> Target:
     """The build's own copy of its target file, as hashed; never a bundled target by name."""
     data = _read(root, t["file"], "target file", t["sha256"])
-    try:
-        target = load_target(root / t["file"])
+    try:   # the bytes just hashed, not a second read of the file
+        target = target_from_text(data.decode(), str(root / t["file"]))
+    except UnicodeDecodeError as e:
+        raise BuildError(f"{root / t['file']}: cannot read: {e}") from None
     except TargetError as e:
         raise BuildError(str(e)) from None
-    if target.text.encode() != data:
-        raise BuildError(f"{root / t['file']}: changed while it was read")
     if target.name != t["name"]:
         raise BuildError(f"{root / t['file']}: names target {target.name!r}, the manifest {t['name']!r}")
     return target
