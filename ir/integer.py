@@ -25,7 +25,7 @@ from .integer_ops import (I64, MAX_HEAD_DIM, MAX_K, MAX_NORM_D, MEAN_BITS, Integ
                           int_rope, int_silu, int_softmax_rows, isqrt, lut_eval, quantize_activation)
 from .ops import OpKind
 from .quant import QuantizedWeight
-from .verify import unfused_message
+from .verify import unfused_message, unfused_nodes
 
 
 def _softmax(a, x) -> np.ndarray:
@@ -171,7 +171,7 @@ def _cast(node: Node, x: np.ndarray, fixed: bool) -> tuple[np.ndarray, bool]:
 
 def check_kernels(graph: Graph) -> None:
     """IntegerError naming every node without an integer kernel (ops fusion left), before any runs."""
-    missing = [n for n in graph.nodes() if n.op not in INT_KERNELS and n.op not in (OpKind.INPUT, OpKind.CONST)]
+    missing = unfused_nodes(graph, INT_KERNELS)
     if missing:
         raise IntegerError(unfused_message(missing, "the integer contract (docs/integer.md)"))
 

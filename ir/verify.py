@@ -28,6 +28,12 @@ FUSED_BY = {
 }
 
 
+def unfused_nodes(graph: Graph, covered=LLM_OPS | STRUCTURAL_OPS) -> list:
+    """The nodes whose op is not in `covered` (what a consumer has a rule for; inputs and
+    constants always are): by default the primitives fusion could not lift to LLM-level ops."""
+    return [n for n in graph.nodes() if n.op not in covered and n.op not in (OpKind.INPUT, OpKind.CONST)]
+
+
 def unfused_message(nodes, what: str, shown: int = 4) -> str:
     """One line for `nodes` that `what` (the integer contract, the lowering) has no rule for: each
     node with its op and ONNX node, the fusion expected to lift it, and what that means."""

@@ -61,10 +61,9 @@ def cmd_inspect(args) -> int:
             from llmfab.ir import print_graph
             print(print_graph(g, skip_consts=True), end="")
         if left:
-            from llmfab.ir import LLM_OPS, STRUCTURAL_OPS
-            from llmfab.ir.verify import unfused_message
-            nodes = [n for n in g.nodes() if n.op not in LLM_OPS | STRUCTURAL_OPS]
-            print(f"warning: {unfused_message(nodes, '`llmfab compile` (and quantize with integer activations)')}")
+            from llmfab.ir.verify import unfused_message, unfused_nodes
+            what = "`llmfab compile` (and quantize with integer activations)"
+            print(f"warning: {unfused_message(unfused_nodes(g), what)}")
     return 0
 
 

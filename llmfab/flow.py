@@ -58,8 +58,8 @@ def is_onnx(source: str) -> bool:
 
 def leftover_primitives(g: Graph) -> list[str]:
     """Nodes fusion could not lift to LLM-level ops (empty for the supported families)."""
-    from llmfab.ir import LLM_OPS, STRUCTURAL_OPS
-    return [f"{n.name} ({n.op})" for n in g.nodes() if n.op not in LLM_OPS | STRUCTURAL_OPS]
+    from llmfab.ir.verify import unfused_nodes
+    return [f"{n.name} ({n.op})" for n in unfused_nodes(g)]
 
 
 def parse_tokens(text: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from llmfab.ir.isa import (BufferId, Instruction, IsaError, MiscFunc, Opcode, Pr
                            weight_fields)
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
-from llmfab.ir.verify import unfused_message
+from llmfab.ir.verify import unfused_message, unfused_nodes
 
 from .buckets import Bucket, Stage
 from .buffer_alloc import Allocator
@@ -338,7 +338,7 @@ LOWER = {
 
 def check_lowerable(g: Graph) -> None:
     """LayoutError naming every node with no lowering (ops fusion left), before anything is emitted."""
-    missing = [n for n in g.nodes() if n.op not in LOWER and n.op not in (OpKind.CONST, OpKind.INPUT)]
+    missing = unfused_nodes(g, LOWER)
     if missing:
         raise LayoutError(unfused_message(missing, "lowering to programs"))
 
