@@ -28,18 +28,18 @@ class Depth:
     levels: int                        # LUT levels on the longest register-to-register path
     path: tuple[str, ...]              # its cells, source first (LUT-level cells only)
     unregistered: int                  # DSP cells whose outputs are not registered (PREG off)
+    signals: tuple[str, ...] = ()      # the named design signals the path crosses, source first
+
 
     @property
     def units(self) -> tuple[str, ...]:
-        """The design hierarchy the path crosses, in order (from Yosys' flattened cell names, e.g.
-        `$flatten\\sfu.\\sfu.\\lut.$mul...` -> `sfu.sfu.lut`; cells ABC renamed carry none)."""
+        """The design hierarchy the path crosses, in order: the module part of each named signal
+        (`sfu.sfu.x1_0` -> `sfu.sfu`); top-level signals count as `top`."""
         out: list[str] = []
-        for cell in self.path:
-            if cell.startswith("$flatten"):
-                parts = cell[len("$flatten"):].split(".")
-                unit = ".".join(p.lstrip("\\") for p in parts if p.startswith("\\"))
-                if unit and (not out or out[-1] != unit):
-                    out.append(unit)
+        for sig in self.signals:
+            unit = sig.rpartition(".")[0] or "top"
+            if not out or out[-1] != unit:
+                out.append(unit)
         return tuple(out)
 
 
@@ -105,9 +105,31 @@ def logic_depth(netlist: dict, top: str) -> Depth:
             via[b] = src
             stack.pop()
     best = max(ends, key=lambda b: levels[b], default=None)
-    path, b = [], best
-    while b is not None and b in driver:
+    path, bits, b = [], [], best
+    while b is not None:
+        bits.append(b)
+        if b not in driver:
+            break
         if weight[driver[b][0]]:
             path.append(driver[b][0])
         b = via[b]
-    return Depth(levels[best] if best is not None else 0, tuple(reversed(path)), unregistered)
+    return Depth(levels[best] if best is not None else 0, tuple(reversed(path)), unregistered,
+                 _signals(mod, reversed(bits)))
+
+
+def _signals(mod: dict, bits) -> tuple[str, ...]:
+    """The user-visible names of `bits` (ABC renames the cells it maps, but the nets of named
+    signals keep their names), repeats dropped: which registers and wires a path runs through."""
+    name_of: dict[int, str] = {}
+    for name, net in sorted(mod.get("netnames", {}).items()):
+        if net.get("hide_name"):
+            continue
+        for b in net["bits"]:
+            if isinstance(b, int) and b not in name_of:
+                name_of[b] = name.replace("\\", "")
+    out: list[str] = []
+    for b in bits:
+        n = name_of.get(b)
+        if n and (not out or out[-1] != n):
+            out.append(n)
+    return tuple(out)

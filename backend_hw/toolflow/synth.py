@@ -80,7 +80,7 @@ class SynthReport:
                "lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram": self.bram, "uram": self.uram}
         if self.depth is not None:
             out.update(logic_depth=self.depth.levels, logic_depth_units=list(self.depth.units),
-                       unregistered_dsp=self.depth.unregistered)
+                       logic_depth_path=list(self.depth.signals), unregistered_dsp=self.depth.unregistered)
         if self.flow == "ecp5":
             out.update(fmax_mhz=self.fmax_mhz, target_mhz=self.target_mhz, timing_met=self.timing_met,
                        bitstream=self.bitstream, device=self.device)
