@@ -38,6 +38,14 @@ def bit_length(m: Module, v, width: int) -> Signal:
     return bl
 
 
+def _try_sub(a, b, bits: int):
+    """(a - b if a >= b else a, a >= b), the test read off the subtraction's borrow: one carry
+    chain and a select a step, where a compare beside the subtraction doubles the levels."""
+    diff = Cat(a, Const(0, 1)).as_unsigned() - b
+    fits = ~diff[len(a)]
+    return Mux(fits, diff[:bits], a[:bits]), fits
+
+
 class SeqDivider(wiring.Component):
     """q = floor(n / d) for a signed `n` and a positive `d`, restoring division, `radix_bits`
     quotient bits a cycle (that many restoring steps chained in one cycle).
@@ -45,19 +53,21 @@ class SeqDivider(wiring.Component):
     Pulse `start` with `n`, `d` and `q_bits` set, where |n| < d 2^q_bits (the quotient's magnitude
     fits in `q_bits` bits; `q_bits` defaults to `n_bits`, always enough): only those quotient bits
     are computed, the numerator's bits above them go straight into the remainder. `busy` is high
-    for `ceil(q_bits / radix_bits)` cycles, after which `q` holds the quotient until the next
-    start. A zero divisor, or a `q_bits` too small for the operands, gives garbage.
+    for 1 + `ceil(q_bits / radix_bits)` cycles (the first aligns the registered operands: the
+    variable shifts stay off the caller's paths), after which `q` holds the quotient until the
+    next start. A zero divisor, or a `q_bits` too small for the operands, gives garbage. With
+    `signed_n=False` the numerator is unsigned (no absolute value in front of the first register).
     """
 
-    def __init__(self, n_bits: int, d_bits: int, radix_bits: int = 1):
+    def __init__(self, n_bits: int, d_bits: int, radix_bits: int = 1, *, signed_n: bool = True):
         for name, v in (("n_bits", n_bits), ("d_bits", d_bits)):
             if not isinstance(v, int) or v < 2:
                 raise ValueError(f"{name} must be an integer of at least 2, not {v!r}")
         if not isinstance(radix_bits, int) or radix_bits < 1:
             raise ValueError(f"radix_bits must be a positive integer, not {radix_bits!r}")
-        self.n_bits, self.d_bits, self.radix_bits = n_bits, d_bits, radix_bits
+        self.n_bits, self.d_bits, self.radix_bits, self.signed_n = n_bits, d_bits, radix_bits, signed_n
         super().__init__({
-            "start": In(1), "n": In(signed(n_bits)), "d": In(unsigned(d_bits)),
+            "start": In(1), "n": In(signed(n_bits) if signed_n else unsigned(n_bits)), "d": In(unsigned(d_bits)),
             "q_bits": In(range(n_bits + 1), init=n_bits),
             "busy": Out(1), "q": Out(signed(n_bits + 1)),
         })
@@ -68,8 +78,8 @@ class SeqDivider(wiring.Component):
 
     @staticmethod
     def steps(q_bits: int, radix_bits: int) -> int:
-        """`cycles` without building the divider (for cycle formulas)."""
-        return -(-q_bits // radix_bits)
+        """`cycles` without building the divider (for cycle formulas): the alignment, then the steps."""
+        return 1 + -(-q_bits // radix_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -80,24 +90,28 @@ class SeqDivider(wiring.Component):
         den = Signal(self.d_bits, reset_less=True)
         neg = Signal(reset_less=True)
         count = Signal(range(nb // R + 1))
-        m.d.comb += self.busy.eq(count != 0)
+        mag = Signal(nb, reset_less=True)          # |n| and the quotient bits asked, registered
+        q_bits = Signal.like(self.q_bits, reset_less=True)
+        align = Signal()
+        m.d.comb += self.busy.eq(align | (count != 0))
 
         with m.If(self.start):
-            steps = (self.q_bits + R - 1) // R
-            k = Signal(range(nb + 1))                # quotient bits computed: whole steps
-            m.d.comb += k.eq(steps * R)
-            mag = Signal(nb)
-            m.d.comb += mag.eq(abs(self.n))
-            up = Signal(range(nb + 1))
-            m.d.comb += up.eq(nb - k)
-            m.d.sync += [num.eq(mag << up), rem.eq(mag >> k), den.eq(self.d), neg.eq(self.n < 0),
-                         count.eq(steps)]
-        with m.Elif(count != 0):
+            m.d.sync += [mag.eq(abs(self.n) if self.signed_n else self.n), q_bits.eq(self.q_bits),
+                         den.eq(self.d), neg.eq(self.n < 0), align.eq(1)]
+        with m.Elif(align):
+            # steps, k and the shift up, a table of the registered q_bits (no adders before the shifts)
+            steps, k, up = Signal(range(nb // R + 1)), Signal(range(nb + 1)), Signal(range(nb + 1))
+            with m.Switch(q_bits):
+                for q in range(self.n_bits + 1):
+                    with m.Case(q):
+                        st = -(-q // R)
+                        m.d.comb += [steps.eq(st), k.eq(st * R), up.eq(nb - st * R)]
+            m.d.sync += [num.eq(mag << up), rem.eq(mag >> k), count.eq(steps), align.eq(0)]
+        with m.Elif(count != 0):                     # after the alignment
             r, q = rem, num
             for _ in range(R):
                 trial = Cat(q[-1], r)                # (r << 1) | the next numerator bit
-                fits = trial >= den
-                r = Mux(fits, trial - den, trial)[:self.d_bits + 1]
+                r, fits = _try_sub(trial, den, self.d_bits + 1)
                 q = Cat(fits, q[:-1])
             m.d.sync += [rem.eq(r), num.eq(q), count.eq(count - 1)]
         # floor for a negative numerator: -ceil(|n| / d)
@@ -142,9 +156,69 @@ class SeqSqrt(wiring.Component):
             for _ in range(R):
                 cur = Cat(xv[-2:], r)                # (rem << 2) | the next two radicand bits
                 trial = Cat(Const(1, 2), q)          # (root << 2) | 1
-                fits = cur >= trial
-                r = Mux(fits, cur - trial, cur)[:rb + 2]
+                r, fits = _try_sub(cur, trial, rb + 2)
                 q = Cat(fits, q[:-1])
                 xv = Cat(Const(0, 2), xv[:-2])
             m.d.sync += [x.eq(xv), rem.eq(r), root.eq(q), count.eq(count - 1)]
         return m
+
+
+# DSP48E2 multiplier: 27 x 18 bits signed. Unsigned limbs of 26 and 17 bits fit it with their sign bit.
+A_LIMB, B_LIMB = 26, 17
+
+
+def _limbs(v, width: int, lo: int) -> list[tuple[object, int]]:
+    """`v` (signed, `width` bits) as unsigned `lo`-bit limbs and a signed top limb: (limb, offset)."""
+    out, off = [], 0
+    while width - off > lo + 1:
+        out.append((v[off:off + lo], off))
+        off += lo
+    out.append((v[off:width].as_signed(), off))
+    return out
+
+
+def limb_mul(m: Module, a, a_bits: int, b, b_bits: int, name: str) -> Signal:
+    """a * b for signed `a` (a_bits) and `b` (b_bits) in two registered stages: the DSP-sized
+    partial products (each one DSP with its output register), then their sum. Splitting by hand
+    keeps every DSP registered and the sum in fabric carry chains, where a wide `*` would become
+    a chain of unregistered DSPs (one logic level each). The result is valid two cycles after
+    the operands."""
+    parts = []
+    for i, (ai, ao) in enumerate(_limbs(a, a_bits, A_LIMB)):
+        for j, (bj, bo) in enumerate(_limbs(b, b_bits, B_LIMB)):
+            p = Signal(signed(len(ai) + len(bj) + 1), name=f"{name}_pp{i}{j}", reset_less=True)
+            m.d.sync += p.eq(ai * bj)
+            parts.append(p if ao + bo == 0 else p << (ao + bo))
+    out = Signal(signed(a_bits + b_bits), name=name, reset_less=True)
+    m.d.sync += out.eq(_pairwise(parts, lambda x, y: x + y))
+    return out
+
+
+def _pairwise(terms, op):
+    terms = list(terms)
+    while len(terms) > 1:
+        terms = [op(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def tree(m: Module, terms, op, levels_per_stage: int, name: str):
+    """Reduce `terms` with `op` in a balanced tree with a register after every `levels_per_stage`
+    levels but the last group (which the caller's accumulator follows). Returns (value, registers)."""
+    terms, level, regs = list(terms), 0, 0
+    while len(terms) > 1:
+        terms = [op(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        level += 1
+        if level % levels_per_stage == 0 and len(terms) > 1:
+            staged = []
+            for k, t in enumerate(terms):
+                s = Signal(t.shape(), name=f"{name}_r{regs}_{k}", reset_less=True)
+                m.d.sync += s.eq(t)
+                staged.append(s)
+            terms, regs = staged, regs + 1
+    return terms[0], regs
+
+
+def tree_registers(n: int, levels_per_stage: int) -> int:
+    """The registers `tree` puts in a reduction of `n` terms (for cycle formulas)."""
+    levels = max(n - 1, 0).bit_length()
+    return max(levels - 1, 0) // levels_per_stage

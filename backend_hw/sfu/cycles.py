@@ -99,7 +99,7 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
     half = depth >> 1
 
     def gap(kind: Sweep, skip: bool) -> int:
-        return sweep_gap(func, kind, skip)
+        return sweep_gap(func, kind, L, skip)
 
     def beats(src_row, src2_row, dst_row, tab):
         """Per beat of one row: (pass kind, src words, src2 words, result words or 0, pass end)."""

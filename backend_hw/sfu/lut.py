@@ -7,7 +7,12 @@ top address bits. Bit-exact with `lut_eval(table, x, lo)` given u = x - lo * 2^1
 
     u < 0: 0;   u >= 2^20: T[256];   else T[j] + rshr(slope[j] * (u & 4095), 12), j = u >> 12
 
-Latency 1: `u` and `table` in one cycle (the ROM's read address), `y` the next.
+The caller decodes u into a lane's `Index` (`below` = u < 0, `above` = u >= 2^20, `j`, `fr` =
+u & 4095): for the SFU's two inputs that is bit selects and comparisons with constants
+(`Index.of_act`, `Index.of_exp`), no adder in front of the ROM.
+
+Latency 2: the index and `table` in one cycle (the ROM's read address), the ROM word the next,
+`y` registered after the interpolation (its product is one DSP).
 """
 
 from enum import IntEnum
@@ -20,7 +25,7 @@ from llmfab.ir.integer import Lut, act_table
 
 from .arith import rshr
 
-U_BITS = 44           # u = x - lo * 2^16 for |x| < 2^42 (softmax's d = s - max with an empty row)
+LATENCY = 2
 
 
 class Table(IntEnum):
@@ -33,6 +38,26 @@ class Table(IntEnum):
     @property
     def lut(self) -> Lut:
         return Lut[self.name]
+
+
+class Index(data.Struct):
+    """Where u = x - lo 2^16 falls: clipped below or above, or knot interval `j` at `fr` / 4096."""
+    j: unsigned(8)
+    fr: unsigned(12)
+    below: unsigned(1)
+    above: unsigned(1)
+
+    @staticmethod
+    def of_act(x) -> dict:
+        """The index of an activation table (lo = -8) at Q.16 `x`: u = x + 2^19, so u < 0 is
+        x < -2^19, u >= 2^20 is x >= 2^19, and bits 12..19 of u are x's with bit 19 flipped."""
+        return {"j": x[12:20] ^ 0x80, "fr": x[:12], "below": x < -(1 << 19), "above": x >= 1 << 19}
+
+    @staticmethod
+    def of_exp(d) -> dict:
+        """The index of the exp table (lo = -16) at min(d, 0): u = min(d, 0) + 2^20, so u < 0 is
+        d < -2^20, u >= 2^20 is d >= 0, and bits 0..19 of u are d's."""
+        return {"j": d[12:20], "fr": d[:12], "below": d < -(1 << 20), "above": d >= 0}
 
 
 def _bits(values, signed_: bool) -> int:
@@ -54,7 +79,7 @@ class LutEval(wiring.Component):
         self.slope_bits = _bits(self._slope, True)
         super().__init__({
             "table": In(unsigned(2)),
-            "u": In(data.ArrayLayout(signed(U_BITS), lanes)),
+            "idx": In(data.ArrayLayout(Index, lanes)),
             "y": Out(data.ArrayLayout(signed(self.base_bits + 1), lanes)),
         })
 
@@ -72,15 +97,14 @@ class LutEval(wiring.Component):
                 with m.Case(i):
                     m.d.comb += top.eq(v)
         for n in range(self.lanes):
-            u = self.u[n]
+            idx = self.idx[n]
             rb, rs = base.read_port(), slope.read_port()
             addr = Signal(10)
-            j = Mux(u < 0, 0, Mux(u >= 1 << 20, 255, u[12:20]))
-            m.d.comb += [addr.eq(self.table << 8 | j), rb.addr.eq(addr), rs.addr.eq(addr)]
+            m.d.comb += [addr.eq(self.table << 8 | idx.j), rb.addr.eq(addr), rs.addr.eq(addr)]
             below, above = Signal(reset_less=True), Signal(reset_less=True)
             fr = Signal(12, reset_less=True)
             # clip(u, 0, 2^20) & 4095: 0 at either clip, the low 12 bits in between
-            m.d.sync += [below.eq(u < 0), above.eq(u >= 1 << 20), fr.eq(u[:12])]
+            m.d.sync += [below.eq(idx.below), above.eq(idx.above), fr.eq(idx.fr)]
             interp = rb.data + rshr(rs.data * fr, 12)
-            m.d.comb += self.y[n].eq(Mux(below, 0, Mux(above, top, interp)))
+            m.d.sync += self.y[n].eq(Mux(below, 0, Mux(above, top, interp)))
         return m

@@ -11,10 +11,13 @@ pass needs, exactly as ir/integer.py does:
 | SUMSQ      | ms = div_round(sum Xs^2, D), S = isqrt(ms + E), r = div_round(2^46, max(S, 1)) | _normalize |
 | SSUM       | R = floor(2^35 / 2Z), the reciprocal that makes div_round(e 2^16, Z) one multiply | int_softmax_rows |
 
-Every division is one `SeqDivider` (2 quotient bits a cycle, only the bits the quotient can have:
-the `Q_*` bounds below) and the root `SeqSqrt` (2 result bits a cycle); QUANT_ROWS' m has a small
-divider of its own beside inv's. After the pass a norm row spends `SCALAR_CYCLES[SUMSQ]` = 66
-cycles here, a quantized row 20, a softmax row 18 (`SCALAR_CYCLES`, `QUANT_SCALAR_CYCLES`).
+Every division is one `SeqDivider` (2 quotient bits a cycle after a cycle that aligns the operands,
+only the bits the quotient can have: the `Q_*` bounds below) and the root `SeqSqrt` (2 result bits
+a cycle); QUANT_ROWS' m has a small divider of its own beside inv's, started a cycle later. After
+the pass a norm row spends `SCALAR_CYCLES[SUMSQ]` = 68 cycles here, a quantized row 21, a softmax
+row 19 (`SCALAR_CYCLES`, `QUANT_SCALAR_CYCLES`). Every path from a register to the next stays
+within the SFU's few LUT levels: operands derived in one cycle (the divider's alignment, e, E)
+are registered before the shifts that use them.
 """
 
 from enum import IntEnum
@@ -69,7 +72,7 @@ SQRT_BITS = 62     # isqrt(ms + E)
 
 def _div(q_bits: int) -> int:
     """Cycles of one division in RowScalars: its start cycle (the state before), then `busy`."""
-    return 1 + -(-q_bits // RADIX_BITS)
+    return 1 + SeqDivider.steps(q_bits, RADIX_BITS)
 
 
 # cycles RowScalars is busy after a pass (the worst case: a non-zero row); the last step's result
@@ -99,7 +102,7 @@ class RowScalars(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.div = div = SeqDivider(64, 34, RADIX_BITS)
-        m.submodules.div_m = div_m = SeqDivider(M_N_BITS, 8, RADIX_BITS)     # QUANT_ROWS' m, beside inv
+        m.submodules.div_m = div_m = SeqDivider(M_N_BITS, 8, RADIX_BITS, signed_n=False)  # QUANT_ROWS' m, beside inv
         m.submodules.sqrt = sqrt = SeqSqrt(SQRT_BITS, RADIX_BITS)
         is_ln = self.func == MiscFunc.LAYERNORM
         cols = self.cols
@@ -109,14 +112,20 @@ class RowScalars(wiring.Component):
         s = Signal(signed(7), reset_less=True)
         s_new = Signal(signed(7))
         m.d.comb += s_new.eq(Mux(is_ln, Mux(bl > 15, bl - 23, -8), Mux(bl > 7, bl - 23, -16)))
-        # QUANT_ROWS: e = 21 - bit_length(a), scaled = rshr(a, -e)
-        e = Signal(signed(7))
+        # QUANT_ROWS: e = 21 - bit_length(a), scaled = rshr(a, -e); m's division starts a cycle after
+        # inv's, from the registered e (the encoder and the shift in one cycle are too deep)
+        e, e_r = Signal(signed(7)), Signal(signed(7), reset_less=True)
+        a_r = Signal(42, reset_less=True)
+        m_pending = Signal()
         m.d.comb += e.eq(21 - bl)
-        scaled = rshr_var(a, e < 0, (-e - 1).as_unsigned()[:5], e.as_unsigned()[:5])
+        scaled = rshr_var(a_r, e_r < 0, (-e_r - 1).as_unsigned()[:5], e_r.as_unsigned()[:5])
         # norms: E = rshr(eps32, 2s - 2(F - 16)), t in [-32, 18]
         t = Signal(signed(8))
         m.d.comb += t.eq(2 * s - Mux(is_ln, 16, 0))
-        big_e = rshr_var(self.eps, t > 0, (t - 1).as_unsigned()[:5], (-t).as_unsigned()[:6])
+        # from s, set an AMAX pass before the sqrt needs it: registered twice, the shift from t's register
+        t_r, big_e = Signal(signed(8), reset_less=True), Signal(signed(SQRT_BITS + 1), reset_less=True)
+        m.d.sync += [t_r.eq(t), big_e.eq(rshr_var(self.eps, t_r > 0, (t_r - 1).as_unsigned()[:5],
+                                                  (-t_r).as_unsigned()[:6]))]
         s_max = Signal(unsigned(31))
         m.d.comb += s_max.eq(Mux(sqrt.r == 0, 1, sqrt.r))
 
@@ -135,8 +144,7 @@ class RowScalars(wiring.Component):
                                 m.d.sync += [self.inv.eq(0), self.m.eq(0), self.e.eq(0)]
                                 with m.If(a != 0):
                                     divide((2 * 127 << 32) + a, 2 * a, Q_INV, "INV")
-                                    m.d.comb += [div_m.start.eq(1), div_m.n.eq(2 * scaled + 127), div_m.d.eq(254),
-                                                 div_m.q_bits.eq(Q_M)]
+                                    m.d.sync += [e_r.eq(e), a_r.eq(a), m_pending.eq(1)]
                             with m.Else():
                                 m.d.sync += [s.eq(s_new), self.s_right.eq(s_new > 0),
                                              self.s_r1.eq(s_new - 1), self.s_l.eq(-s_new)]
@@ -151,8 +159,12 @@ class RowScalars(wiring.Component):
                     m.d.sync += self.mu.eq(div.q)
                     m.next = "IDLE"
             with m.State("INV"):                 # m's division is the shorter
+                with m.If(m_pending):
+                    m.d.comb += [div_m.start.eq(1), div_m.n.eq(2 * scaled + 127), div_m.d.eq(254),
+                                 div_m.q_bits.eq(Q_M)]
+                    m.d.sync += m_pending.eq(0)
                 with m.If(~div.busy):
-                    m.d.sync += [self.inv.eq(div.q), self.e.eq(e), self.m.eq(div_m.q)]
+                    m.d.sync += [self.inv.eq(div.q), self.e.eq(e_r), self.m.eq(div_m.q)]
                     m.next = "IDLE"
             with m.State("MS"):
                 with m.If(~div.busy):

@@ -66,7 +66,8 @@ class SfuUnit(wiring.Component):
       operand or parameters; `dst` (out): result writes. Data width = the widest buffer.
     """
 
-    OUT_DEPTH = 4            # result beats between the SFU and the writer (the SFU cannot stall)
+    OUT_DEPTH = 12           # result beats between the SFU and the writer (the SFU cannot stall): its
+                             # LATENCY and then some, so the writer, not the credit, paces a row
     EMBED_DIVIDER = (17, 16, 2)   # EMBED's cols / group: SeqDivider numerator, divisor and radix bits
     IN_DEPTH = 16            # fetched beats ahead of the SFU: 4 keep up with beats of one word a port,
                              # more fetch the next pass during the scalars (distributed RAM: as cheap)

@@ -243,7 +243,7 @@ def test_one_pass_functions_stream_a_beat_per_cycle():
             await ctx.tick()
             valid.append(ctx.get(dut.o.valid))
         ctx.set(dut.i.valid, 0)
-        for _ in range(4):
+        for _ in range(SFU.LATENCY + 1):
             await ctx.tick()
             valid.append(ctx.get(dut.o.valid))
 
@@ -251,7 +251,8 @@ def test_one_pass_functions_stream_a_beat_per_cycle():
     sim.add_clock(1e-8)
     sim.add_testbench(drive)
     sim.run()
-    assert valid == [0, 0] + [1] * 8 + [0, 0]
+    # sampled after each tick: the first beat's result is there after LATENCY ticks
+    assert valid == [0] * (SFU.LATENCY - 1) + [1] * 8 + [0, 0]
 
 
 @pytest.mark.sim
@@ -321,7 +322,8 @@ def _bound_cases(rng):
 @pytest.mark.parametrize("radix_bits", [1, 2, 3])
 def test_divider_computes_only_the_quotient_bits_asked(radix_bits):
     """`SeqDivider` with `q_bits`: exact floor quotients at the bounds of every RowScalars division
-    (and at the full width), busy for exactly ceil(q_bits / radix_bits) cycles."""
+    (and at the full width), busy for exactly 1 + ceil(q_bits / radix_bits) cycles (the alignment,
+    then the steps)."""
     from amaranth.sim import Simulator
     rng = np.random.default_rng(4 + radix_bits)
     cases = _bound_cases(rng) + [(-(1 << 63), 3, 64), ((1 << 63) - 1, (1 << 34) - 1, 64), (-5, 7, 64)]
@@ -348,7 +350,7 @@ def test_divider_computes_only_the_quotient_bits_asked(radix_bits):
     sim.add_testbench(tb)
     sim.run()
     assert got == [n // d for n, d, _ in cases]
-    assert busy == [div.cycles(q) for _, _, q in cases] == [-(-q // radix_bits) for _, _, q in cases]
+    assert busy == [div.cycles(q) for _, _, q in cases] == [1 + -(-q // radix_bits) for _, _, q in cases]
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
