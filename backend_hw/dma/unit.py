@@ -219,9 +219,14 @@ class DMA(wiring.Component):
         acc = Signal(8 * CAP)
         cnt = Signal(range(CAP + 1))
         pend, pend_n, pend_skip = Signal(), Signal(range(WB + 1)), Signal(range(WB))
-        blog = word_log(m, f["buf"], self.word_bytes)
-        wbuf = Signal(range(WB + 1))
-        m.d.comb += wbuf.eq(Const(1, 1) << blog)
+        # the instruction buffer's word size and the gearbox's sink width, registered with the
+        # instruction: constants for its length, kept off the gearbox's per-beat paths
+        blog = Signal(range(WB.bit_length()), reset_less=True)
+        wbuf, sink_bytes = Signal(range(WB + 1), reset_less=True), Signal(range(wide + 1), reset_less=True)
+        with m.If(self.inst.valid & self.inst.ready):
+            lg_p = word_log(m, field(self.inst.payload, Opcode.LD, "buf"), self.word_bytes)
+            st_p = header(self.inst.payload, "op") == Opcode.ST
+            m.d.sync += [blog.eq(lg_p), wbuf.eq(Const(1, 1) << lg_p), sink_bytes.eq(Mux(st_p, Wa, Const(1, 1) << lg_p))]
 
         with m.If(~ds_busy & fifo_d.r_rdy):
             d = Signal(desc)
@@ -235,7 +240,6 @@ class DMA(wiring.Component):
                 m.d.sync += [sskip.eq(d.h[:_log2(Wa)]), dskip.eq(buf_lane), dst_addr.eq(d.b >> blog)]
 
         # sink: what can leave the gearbox this cycle
-        sink_bytes = Mux(is_st, Wa, wbuf)
         m_out = Signal(range(wide + 1))
         m.d.comb += m_out.eq(_min(sink_bytes - dskip, dst_left))
         can_pop = ds_busy & (dst_left != 0) & (cnt >= m_out)
