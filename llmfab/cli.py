@@ -150,10 +150,14 @@ def cmd_compile(args) -> int:
         from llmfab.backend_hw.toolflow.emit import rtl_files
         from llmfab.ir.isa import Program
 
+        from . import progress
         formats = formats_of([Program.from_bytes(data) for _, data in c.programs])
-        files = rtl_files(build_top(c.target, formats, buffers=args.buffers), c.target, notes={"buffers": args.buffers})
+        with progress.phase("rtl: elaborate and convert to Verilog"):
+            files = rtl_files(build_top(c.target, formats, buffers=args.buffers), c.target, notes={"buffers": args.buffers})
         hw = {f"hw/{k}": v for k, v in (files | {MARKER: marker("rtl")}).items()}
-    write_build(c, Path(args.out), hw)
+    from . import progress
+    with progress.phase(f"write {args.out}"):
+        write_build(c, Path(args.out), hw)
     print(summary(c), end="")
     print(f"time         {c.seconds:.1f} s")
     print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")

@@ -42,8 +42,9 @@ def _resources(t) -> dict:
 
 
 def _plain(d: dict) -> dict:
-    """The dict as `--json` prints it (integer keys become strings): what the page is drawn from."""
-    return json.loads(json.dumps(d))
+    """The dict exactly as `--json` prints it (integer keys become strings, keys sorted): what the
+    page is drawn from, so the page never depends on anything --json does not show."""
+    return json.loads(json.dumps(d, sort_keys=True))
 
 
 def report_data(model: str, target: str, policy: str, prefill: int, decode: int) -> dict:

@@ -49,6 +49,17 @@ class Page:
                 f"{text}</span>")
 
 
+def _by_number(items) -> list:
+    """(key, value) pairs of a JSON object whose keys are integers (contexts, prompt lengths), in order."""
+    return sorted(items, key=lambda kv: int(kv[0]))
+
+
+def _program_order(k: str):
+    """Sections as the program runs them: the embedding, layers.0, layers.1, ..., then the rest."""
+    n = k.removeprefix("layers.")
+    return (1, int(n), "") if k.startswith("layers.") and n.isdigit() else (0 if "embed" in k else 2, 0, k)
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{h}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -121,13 +132,14 @@ def _time(p: Page) -> str:
         parts.append(plots.hbars(ops, f"{st}: unit time per function (top {len(ops)}, ms)", "ms", f"ops-{st}",
                                  scale=1e3, color=plots.PALETTE[0 if st == "decode" else 1]))
     for st in ("decode", "prefill"):
-        secs = list(bd[st]["sections"].items())
+        secs = sorted(bd[st]["sections"].items(), key=lambda kv: _program_order(kv[0]))
         parts.append(plots.hbars(secs, f"{st}: time each layer adds to the run (ms)", "ms", f"sections-{st}",
                                  scale=1e3, color=plots.PALETTE[2 if st == "decode" else 3]))
         tables.append(f"<details><summary>{st}: every layer and function (ms)</summary>" + _table(
             ["section", "ms"], [[html.escape(k), p.n(f"{s}breakdown/{st}/sections/{k}", ".4f", 1e3)] for k, _ in secs])
             + _table(["function", "ms"], [[html.escape(k), p.n(f"{s}breakdown/{st}/ops/{k}", ".4f", 1e3)]
-                                         for k in bd[st]["ops"]]) + "</details>")
+                                         for k, _ in sorted(bd[st]["ops"].items(), key=lambda kv: (-kv[1], kv[0]))])
+            + "</details>")
     note = (f"The timing model ({html.escape(sim['model'])}): prefill of {sim['prefill']} tokens and the decode step "
             f"at mid context. A layer's time is what it adds to the critical path.")
     return _section("Where the time goes", note, "<div class=plots>" + "".join(parts) + "</div>", *tables)
@@ -136,8 +148,10 @@ def _time(p: Page) -> str:
 def _curves(p: Page) -> str:
     d = p.d
     sim, s = _sim(d)
-    dec, ttft = sim["curves"]["decode_s_per_token"], sim["curves"]["ttft_s"]
+    dec, ttft = dict(_by_number(sim["curves"]["decode_s_per_token"].items())), dict(_by_number(sim["curves"]["ttft_s"].items()))
     bounds = d.get("bounds", {})
+    if bounds:
+        bounds = {k: dict(_by_number(v.items())) for k, v in bounds.items()}
     cx = [int(c) for c in dec]
     left = {"tokens/s (timing model)": (cx, [1 / v for v in dec.values()])}
     if bounds:

@@ -191,15 +191,16 @@ def bits_grid(formats: list[dict]) -> str:
         for i, f in enumerate(extra):
             grid[len(roles), i] = f["bits_per_weight"]
         # one colour scale for every page (2 to 9 bits), so a uniform policy looks uniform
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
-                       vmin=min(2.0, np.nanmin(grid)), vmax=max(9.0, np.nanmax(grid)))
-        ax.set_yticks(range(grid.shape[0]), roles)
+        im = ax.pcolormesh(np.ma.masked_invalid(grid), cmap="viridis", edgecolors="white", linewidth=0.5,
+                           vmin=min(2.0, np.nanmin(grid)), vmax=max(9.0, np.nanmax(grid)))
+        ax.invert_yaxis()
+        ax.set_yticks([i + 0.5 for i in range(grid.shape[0])], roles)
         step = max(1, len(layers) // 16)
-        ax.set_xticks(range(0, len(layers), step), [str(layers[i]) for i in range(0, len(layers), step)])
+        ax.set_xticks([i + 0.5 for i in range(0, len(layers), step)], [str(layers[i]) for i in range(0, len(layers), step)])
         if len(layers) <= 16:
             for (y, x), v in np.ndenumerate(grid):
                 if not np.isnan(v):
-                    ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=7.5,
+                    ax.text(x + 0.5, y + 0.5, f"{v:.2f}", ha="center", va="center", fontsize=7.5,
                             color="white" if v < 6 else "black")
         style(ax, "Bits per weight of every layer (codes, indices, scales)", "layer", "")
         ax.grid(False)

@@ -154,7 +154,8 @@ def format_report(r: SimReport) -> str:
         total = b["seconds"] or 1.0
         lines.append(f"{stage} breakdown ({b['seconds'] * 1e3:.2f} ms; unit busy time, then the top functions):")
         lines.append("  units      " + ", ".join(f"{u} {s * 1e3:.2f} ms ({s / total:.0%})" for u, s in b["units"].items()))
-        lines.append("  functions  " + ", ".join(f"{k} {s * 1e3:.2f}" for k, s in list(b["ops"].items())[:6]) + " ms")
+        top = sorted(b["ops"].items(), key=lambda kv: (-kv[1], kv[0]))[:6]
+        lines.append("  functions  " + ", ".join(f"{k} {s * 1e3:.2f}" for k, s in top) + " ms")
         layers = [s for k, s in b["sections"].items() if k.startswith("layers.")]
         other = {k: s for k, s in b["sections"].items() if not k.startswith("layers.")}
         if layers:
