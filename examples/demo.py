@@ -11,7 +11,8 @@
 6. run a decode step on the accelerator's RTL (Amaranth -> Verilog -> Verilator; needs Verilator);
 7. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters, weight
    storage under each policy, the U280 roofline;
-and print a short summary.
+and print a short summary; 8. write the HTML reports (`llmfab report --html`) of the tiny LLaMA and
+LLaMA2-7B on the U280 into build/reports/ and say where.
 """
 from __future__ import annotations
 

@@ -145,7 +145,6 @@ def _chromium(args: list[str], tmp_path) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"needs {CHROMIUM}: apt-get install chromium")
 def test_page_renders_in_headless_chromium(report_page, tmp_path):
     import matplotlib.image as mpimg
-    import numpy as np
 
     _, page = report_page
     src = tmp_path / "report.html"
