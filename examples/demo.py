@@ -11,7 +11,8 @@
 6. run a decode step on the accelerator's RTL (Amaranth -> Verilog -> Verilator; needs Verilator);
 7. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters, weight
    storage under each policy, the U280 roofline;
-and print a short summary.
+and print a short summary; 8. write the HTML reports (`llmfab report --html`) of the tiny LLaMA and
+LLaMA2-7B on the U280 into build/reports/ and say where.
 """
 from __future__ import annotations
 
@@ -152,7 +153,33 @@ def main() -> int:
     print("  Next: `llmfab inspect MODEL`, `llmfab interpret MODEL.onnx --tokens \"1 2 3\" --out logits.npy`,")
     print("        `llmfab quantize MODEL --policy int4-g128-gptq`, `llmfab compile MODEL --target u280 -o BUILD`,")
     print("        `llmfab simulate BUILD`, `llmfab rtl --target sim-small -o RTL`, `llmfab synth RTL --flow xilinx`")
+    _html_reports()
     return 0
+
+
+REPORTS = ROOT / "build" / "reports"
+
+
+def _html_reports() -> None:
+    """What `llmfab report MODEL --target u280 --html OUT.html` writes, for the tiny LLaMA and LLaMA2-7B."""
+    from llmfab.report import report_data
+    from llmfab.report_html import render_html
+
+    print("\n== HTML reports (roofline, where the time goes, speed against context, resources, bits per layer)")
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    for name, model, policy, prefill, decode in (("tiny-llama-u280", str(MODELS[0]), "int4-g128", 16, 48),
+                                                  ("llama2-7b-u280", "llama2-7b", "w4-2of4", 128, 512)):
+        t0 = time.perf_counter()
+        d = report_data(model, "u280", policy, prefill, decode)
+        try:
+            page = render_html(d)
+        except RuntimeError as e:    # matplotlib missing: `make demo` installs it (the test extra)
+            print(f"   skipped: {e}")
+            return
+        out = REPORTS / f"{name}.html"
+        out.write_text(page)
+        print(f"   wrote {out} ({len(page) / 1e3:.0f} kB, {time.perf_counter() - t0:.0f} s): {policy}, "
+              f"{d['simulate']['decode_tokens_per_s']:,.1f} decode tokens/s; open it in a browser")
 
 
 def _rtl_step(model: Path, prompt: list[int]) -> str | None:

@@ -150,10 +150,14 @@ def cmd_compile(args) -> int:
         from llmfab.backend_hw.toolflow.emit import rtl_files
         from llmfab.ir.isa import Program
 
+        from . import progress
         formats = formats_of([Program.from_bytes(data) for _, data in c.programs])
-        files = rtl_files(build_top(c.target, formats, buffers=args.buffers), c.target, notes={"buffers": args.buffers})
+        with progress.phase("rtl: elaborate and convert to Verilog"):
+            files = rtl_files(build_top(c.target, formats, buffers=args.buffers), c.target, notes={"buffers": args.buffers})
         hw = {f"hw/{k}": v for k, v in (files | {MARKER: marker("rtl")}).items()}
-    write_build(c, Path(args.out), hw)
+    from . import progress
+    with progress.phase(f"write {args.out}"):
+        write_build(c, Path(args.out), hw)
     print(summary(c), end="")
     print(f"time         {c.seconds:.1f} s")
     print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")
@@ -182,15 +186,35 @@ def _format(f) -> str:
     return f"int{bits}" + (f" {NM(*pattern)}" if pattern else "") + f" g{group}"
 
 
-def cmd_simulate(args) -> int:
-    from llmfab.simulator.run import format_report
-    from llmfab.ir.folders import check_output_file
-    from llmfab.timing import simulate_build
+def _write_html(path: str, data: dict, inputs) -> None:
+    """`--html OUT.html`: the page drawn from `data`, the dict `--json` prints."""
+    from .report_html import render_html
+    check = [Path(p) for p in inputs if p]
+    html = render_html(data)      # before touching the file: a missing matplotlib leaves it as it was
+    _write_atomic(Path(path), lambda f: f.write(html.encode()), check)
 
-    if args.trace:
-        check_output_file(args.trace, [args.build])
-    r = simulate_build(args.build, args.prefill, args.decode, model=args.model, trace=args.trace)
-    print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else format_report(r), end="\n" if args.json else "")
+
+def _print_data(args, data: dict, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text, end="\n" if args.json else "")
+    if args.html:
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
+
+
+def cmd_simulate(args) -> int:
+    from llmfab.ir.folders import check_output_file
+    from llmfab.simulator.run import SimReport, format_report
+
+    from .report import simulate_data
+
+    for out in (args.trace, args.html):
+        if out:
+            check_output_file(out, [args.build])
+    d = simulate_data(args.build, args.prefill, args.decode, model=args.model, trace=args.trace)
+    if args.html:
+        _write_html(args.html, d, [args.build])
+    fields = SimReport.__dataclass_fields__
+    r = SimReport(**{k: v for k, v in d.items() if k in fields})
+    _print_data(args, d, format_report(r))
     return 0
 
 
@@ -207,73 +231,17 @@ def cmd_execute(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from llmfab.flow import load_model
-    from llmfab.ir.target import load_target
-    from llmfab.passes import PASSES, parse_pipeline, run_pipeline
-    from llmfab.passes.roofline import power, resources, roofline, to_json
+    from llmfab.ir.folders import check_output_file
 
-    from llmfab.compile import CompileError, check_fit, step_lower
-    from llmfab.simulator import DesignUnits, schedule
+    from .report import format_report, report_data
 
-    t = load_target(args.target)
-    context = args.prefill + args.decode
-    try:   # capacity first, as compile checks it: no figures for a configuration that does not fit
-        fit = check_fit(args.model, args.target, policy=args.policy, length=context)
-    except CompileError as e:
-        if args.json:
-            print(json.dumps({"target": t.name, "policy": args.policy, "prefill": args.prefill,
-                              "decode_context": context, "fits": False, "reason": str(e)}, indent=2, sort_keys=True))
-        else:
-            print(f"{args.model} on {t.name} ({args.policy}, prefill {args.prefill}, context {context}): "
-                  f"does not fit: {e}")
-        return 1
-    hbm = {"bytes_total": fit.layout.bytes_used, "bytes_per_channel": max(fit.layout.used),
-           "capacity_per_channel": fit.capacity}
-    stages = []
-    for stage, tokens, context in (("prefill", args.prefill, args.prefill), ("decode", 1, args.prefill + args.decode)):
-        g = load_model(args.model, seq_len=tokens)
-        run_pipeline(g, parse_pipeline(f"quantize{{policy={args.policy}}}", PASSES))
-        stages.append(roofline(g, t, stage, tokens, context))
-    res = resources(t)
-    # power at the decode step as the design timing model runs it (its time, bytes and MAC
-    # activity depend on the policy), not at the roofline bound, where HBM watts are a constant
-    step_lower(fit, largest_only=True)
-    step = schedule(fit.decode[-1].program, context, DesignUnits(t))
-    pw = power(t, res, step.seconds, step.hbm_bytes, step.dsp_utilization(t))
-    if args.json:
-        out = {"target": t.name, "policy": args.policy, "prefill": args.prefill, "decode_context": stages[1].context,
-               "fits": True, "hbm": hbm,
-               "roofline": to_json(stages[0]) + to_json(stages[1]),
-               "stages": {r.stage: {"ideal_s": r.seconds, "bound_s": r.bound_seconds(t), "bytes": r.bytes}
-                          for r in stages},
-               "resources": {k: {"used": v.used, "capacity": v.capacity} for k, v in res.items()},
-               "power": {"static_w": pw.static_w, "dynamic_w": pw.dynamic_w,
-                         "joules_per_token": pw.joules_per_token, "decode_step_s": step.seconds,
-                         "dsp_activity": step.dsp_utilization(t)}}
-        print(json.dumps(out, indent=2, sort_keys=True))
-        return 0
-    for r in stages:
-        print(f"{r.stage} ({r.tokens} tokens, context {r.context}): ideal {r.seconds * 1e3:.2f} ms op by op, "
-              f"bound {r.bound_seconds(t) * 1e3:.2f} ms; {r.bytes / 1e9:.3f} GB moved")
-        kinds = {}
-        for row in r.rows:
-            k = kinds.setdefault(row.kind, [0.0, 0.0, 0.0, set()])
-            k[0] += row.ops
-            k[1] += row.bytes
-            k[2] += row.seconds
-            k[3].add(row.bound)
-        print(f"  {'op':12s} {'GOPs':>10s} {'MB':>10s} {'ops/byte':>9s} {'ms':>8s}  bound")
-        for kind, (ops, nbytes, sec, bounds) in sorted(kinds.items(), key=lambda kv: -kv[1][2]):
-            inten = f"{ops / nbytes:9.1f}" if nbytes else "      inf"
-            print(f"  {kind:12s} {ops / 1e9:10.3f} {nbytes / 1e6:10.2f} {inten} {sec * 1e3:8.3f}  {'/'.join(sorted(bounds))}")
-    print(f"memory    {hbm['bytes_total'] / 1e9:.2f} GB of {fit.capacity * t.memory.channels / 1e9:.2f} GB "
-          f"(fullest channel {hbm['bytes_per_channel'] / 1e6:.1f} of {fit.capacity / 1e6:.1f} MB) at context {context}")
-    print("resources " + ", ".join(f"{k} {v.used:,.0f}/{v.capacity:,.0f} ({v.fraction:.0%})" for k, v in res.items()
-                                   if v.capacity or v.used))
-    print(f"power     {pw.static_w + pw.dynamic_w:.1f} W ({pw.static_w:.1f} static), "
-          f"{pw.joules_per_token:.3f} J per decode token ({step.seconds * 1e3:.2f} ms a step at context {context} "
-          f"on the design timing model, MACs {step.dsp_utilization(t):.0%} busy)")
-    return 0
+    if args.html:
+        check_output_file(args.html, [args.model, args.target, args.policy])
+    d = report_data(args.model, args.target, args.policy, args.prefill, args.decode)
+    if args.html and d["fits"]:
+        _write_html(args.html, d, [args.model, args.target, args.policy])
+    _print_data(args, d, format_report(d))
+    return 0 if d["fits"] else 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -288,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmfab.backend_hw import PARTS  # light: names only, no Amaranth
     from llmfab.backend_hw.toolflow.synth import FLOWS
     p = _Parser(prog="llmfab", description="Compile decoder LLMs onto FPGA accelerators.")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr (shown only on a terminal anyway)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     i = sub.add_parser("inspect", help="summarise the fused graph of a model")
@@ -342,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", choices=tuple(TIMING_MODELS), default="design",
                    help="time the pipelined design the target describes (default), or the accelerator RTL "
                    "`llmfab rtl` emits today")
+    html_arg(s)
     s.set_defaults(func=cmd_simulate)
 
     rp = sub.add_parser("report", help="roofline, resources and power of a model on a target")
@@ -351,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--prefill", type=_at_least(1), default=128, help="prompt length L (default 128)")
     rp.add_argument("--decode", type=_at_least(0), default=512, help="decode steps: decode is analysed at context L+N")
     rp.add_argument("--json", action="store_true", help="print one JSON object")
+    html_arg(rp)
     rp.set_defaults(func=cmd_report)
 
     x = sub.add_parser("execute", help="run a build's programs on the functional simulator")
@@ -392,10 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--allow-timing-fail", action="store_true",
                     help="ecp5: exit 0 even when the routed Fmax misses the target clock (default: exit 1)")
     hs.set_defaults(func=cmd_synth)
+    for command in sub.choices.values():   # `llmfab compile ... --quiet` as well as `llmfab --quiet compile ...`
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress on stderr (shown only on a terminal anyway)")
     return p
 
 
-_PATHS = ("model", "build", "program", "out", "trace", "target", "policy", "names", "calibration")
+def html_arg(p) -> None:
+    p.add_argument("--html", metavar="OUT.html", help="also write one self-contained HTML page with the plots "
+                   "(needs matplotlib: pip install 'llmfab[report]'); its numbers are the --json ones")
+
+
+_PATHS = ("model", "build", "program", "out", "trace", "target", "policy", "names", "calibration", "html")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         if v == "" or isinstance(v, list) and "" in v:
             print(f"llmfab {args.command}: error: argument {name}: must not be empty", file=sys.stderr)
             return 2
+    from . import progress
+    progress.set_quiet(args.quiet)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -27,10 +27,13 @@ def cmd_rtl(args) -> int:
         from llmfab.backend_hw.accelerator import build_top
     except ImportError as e:
         raise RuntimeError(f"the accelerator top is not available (llmfab.backend_hw.accelerator.build_top: {e})") from None
-    top = build_top(t, part=args.part, buffers=args.buffers)
+    from . import progress
+    with progress.phase(f"rtl: build the {args.part} for {t.name}"):
+        top = build_top(t, part=args.part, buffers=args.buffers)
     designs = top if isinstance(top, dict) else {args.part: top}
-    out = write_rtl(designs, t, Path(args.out), notes={"buffers": args.buffers} if args.part == "accelerator" else None,
-                    inputs=[Path(args.target)])
+    with progress.phase("rtl: elaborate, convert to Verilog and write"):
+        out = write_rtl(designs, t, Path(args.out), notes={"buffers": args.buffers} if args.part == "accelerator" else None,
+                        inputs=[Path(args.target)])
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}/ for {t.name} ({t.clock_mhz:g} MHz): {', '.join(files)}")
     return 0
@@ -57,6 +60,7 @@ def cmd_synth(args) -> int:
     from llmfab.ir.folders import inside
     from llmfab.ir.target import DeviceFamily, load_target
 
+    from . import progress
     manifest, sources = read_rtl(args.build)
     top = manifest["top"]
     here = Path(args.build) / ("hw" if (Path(args.build) / "hw" / "rtl.json").is_file() else "")
@@ -67,9 +71,10 @@ def cmd_synth(args) -> int:
                             if "target_file" in manifest else manifest["target"])
             if t.device.family is not DeviceFamily.LATTICE_ECP5:
                 t = load_target("ecp5-85k")  # RTL for another device: place it on the bundled ECP5
-            r = synth.ecp5(sources, top, target=t, out_dir=work)
+            r = synth.ecp5(sources, top, target=t, out_dir=work, phase=progress.phase)
         else:
-            r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work)
+            r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work,
+                             phase=progress.phase)
     except synth.SynthError as e:
         raise synth.SynthError(f"{e} (logs in {work}/){synth_hint(manifest, e.out_of_memory)}") from None
     print(json.dumps(r.to_json(), indent=2, sort_keys=True) if args.json else synth.format_report(r), end="\n" if args.json else "")

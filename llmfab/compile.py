@@ -27,8 +27,9 @@ from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, pla
 from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket
 from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
-from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_sites
+from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_formats, weight_sites
 
+from . import progress
 from .flow import is_onnx, load_model
 
 
@@ -183,8 +184,10 @@ def step_lower(f: Flow, *, largest_only: bool = False) -> None:
     if largest_only:
         f.prefill, f.decode = [last], [last_dec]
         return
-    f.prefill = [_lower(f, b) for b in pre[:-1]] + [last]
-    f.decode = [_lower(f, b) for b in dec[:-1]] + [last_dec]
+    rest = pre[:-1] + dec[:-1]
+    done = {b: _lower(f, b) for b in progress.track(rest, f"lower {len(rest) + 2} length buckets")}
+    f.prefill = [done[b] for b in pre[:-1]] + [last]
+    f.decode = [done[b] for b in dec[:-1]] + [last_dec]
 
 
 def step_check(f: Flow) -> None:
@@ -238,6 +241,7 @@ def step_package(f: Flow) -> None:
         "output": {"addr": lay.output.addr, "channel": lay.output.channel, "channels": lay.output.channels,
                    "row_bytes": lay.output.row_bytes, "rows": lay.output.rows,
                    "vocab": max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=0)},
+        "weight_formats": weight_formats(g),   # the bits of every layer, for reports
         "buffers_peak": {"act": max(lo.peak["act"] for lo in lowered),
                          "scratch": max(lo.peak["scratch"] for lo in lowered),
                          "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
@@ -284,7 +288,8 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     f = Flow(model, tgt, pol, max_len, prefill_step, decode_step)
     for step in STEPS:
         try:
-            step(f)
+            with progress.phase(f"compile: {step.__name__.removeprefix('step_')}"):
+                step(f)
         except CompileError as e:
             if step not in (step_layout, step_lower):
                 raise

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from llmfab.ir import ConstAttrs, Graph, InputRole, OpKind, TensorType, run
-from llmfab.ir.quant import QuantError, QuantizedWeight
+from llmfab.ir.quant import NM, QuantError, QuantizedWeight
 
 from .pass_base import Pass
 from .policy import Policy, PolicyError, WeightPlan
@@ -45,6 +45,22 @@ def weight_sites(g: Graph) -> list[WeightSite]:
             sites.setdefault(w.name, WeightSite(w.name, n.name, "embedding", None, w.type.shape))
     order = {n.name: i for i, n in enumerate(g.nodes())}
     return sorted(sites.values(), key=lambda s: order[s.user])
+
+
+def weight_formats(g: Graph) -> list[dict]:
+    """Each matrix weight's stored format, in graph order (reports: the bits of every layer):
+    the op that reads it, its layer and role, bits, group along K, N:M pattern and the storage
+    bits per weight (codes, indices, scales and shifts over the dense [N, K])."""
+    out = []
+    for s in weight_sites(g):
+        d, n_k = g.node(s.const).data, s.shape[0] * s.shape[1]
+        q = d.scheme if isinstance(d, QuantizedWeight) else None
+        out.append({"weight": s.user, "layer": s.layer, "role": s.role,
+                    "bits": q.bits if q else g.node(s.const).type.dtype.bits,
+                    "group": d.group if q else None,
+                    "sparsity": str(NM(*q.sparsity)) if q and q.sparsity else None,
+                    "bits_per_weight": (d.storage_bits() if q else g.node(s.const).type.nbytes * 8) / n_k})
+    return out
 
 
 def token_streams(g: Graph, samples: int, seed: int, tokens: str | None = None, origin: str = "") -> list[np.ndarray]:

@@ -178,3 +178,12 @@ def power(t: Target, res: dict[str, Resource], seconds_per_token: float, bytes_p
 
 def to_json(r: Roofline) -> list[dict]:
     return [asdict(x) | {"intensity": None if math.isinf(x.intensity) else x.intensity} for x in r.rows]
+
+
+def roofs(t: Target) -> dict[str, float]:
+    """The peaks `roofline` places ops under: memory bytes/s, and ops/s of the engine in MM mode
+    (prefill), in MV mode (decode and attention) and of the special-function unit."""
+    return {"memory_bytes_per_s": t.memory.peak_gbps * 1e9,
+            "engine_mm_ops_per_s": 2 * t.peak_macs(EngineMode.MM),
+            "engine_mv_ops_per_s": 2 * t.peak_macs(EngineMode.MV),
+            "sfu_ops_per_s": t.sfu.lanes * t.clock_mhz * 1e6}

