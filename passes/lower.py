@@ -33,6 +33,7 @@ from .buckets import Bucket, Stage
 from .buffer_alloc import Allocator
 from .hbm_layout import HbmLayout, LayoutError
 from .lower_attention import attention, quant_rows
+from .lower_copies import lower_concat, lower_slice, seq_axes
 from .tokens import TokenTracker
 
 # the token tracker's queue index of each opcode: the bit of its ISA queue. SYS has none; it is
@@ -139,6 +140,7 @@ class Lowerer:
         self.p_rows, self.p_first, self.p_keys = b.rows, b.hi - b.rows, b.hi
         self.sections: list[tuple[int, str]] = []
         check_lowerable(self.g)
+        self.seq_axis = seq_axes(self.g)
         self.left = {n.name: len(self.g.users(n.name)) for n in self.g.nodes()}
         label = None
         for node in (n for n in self.g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)):
@@ -213,7 +215,7 @@ def _transpose(lw: Lowerer, node) -> None:
     if lw.p_rows == 1:
         return _view(lw, node)
     src = node.inputs[0]
-    to_heads = lw.g.node(src).op is not OpKind.ATTENTION
+    to_heads = lw.seq_axis.get(src) == 1     # [S, H, D] -> [H, S, D]; else back
     shape = lw.g.node(src).type.shape
     heads, d = (shape[2], shape[3]) if to_heads else (shape[1], shape[3])
     dst = lw.new_act(node.name)
@@ -225,17 +227,6 @@ def _transpose(lw: Lowerer, node) -> None:
             sa, ss, da, ds = lw.addr(src) + 4 * h * s * d, 4 * d, dst + 4 * h * d, 4 * heads * d
         lw.emit(Opcode.MISC, [("act", lw.key(src))], [("act", node.name)], func=MiscFunc.COPY, rows=s, cols=4 * d,
                 src_buf=ACT, src_addr=sa, src_stride=ss, dst_buf=ACT, dst_addr=da, dst_stride=ds)
-
-
-def _slice(lw: Lowerer, node) -> None:
-    """Columns [a, b) of every row (GPT-2's fused q/k/v): a strided COPY."""
-    src = node.inputs[0]
-    rows, cols = lw.rows_cols(node.name)
-    src_cols = lw.g.node(src).type.shape[-1]
-    dst = lw.new_act(node.name)
-    lw.emit(Opcode.MISC, [("act", lw.key(src))], [("act", node.name)], func=MiscFunc.COPY, rows=rows, cols=4 * cols,
-            src_buf=ACT, src_addr=lw.addr(src) + 4 * node.attrs.starts[0], src_stride=4 * src_cols,
-            dst_buf=ACT, dst_addr=dst)
 
 
 def _norm(lw: Lowerer, node) -> None:
@@ -322,17 +313,12 @@ def _linear(lw: Lowerer, node) -> None:
                writes=[("hbm", "logits")], len_field="hbm_addr" if prefill else None)
 
 
-def _concat(lw: Lowerer, node) -> None:
-    """The KV cache: present K/V are the cache itself (attention stores the new rows)."""
-    lw.alias(node.name, node.inputs[-1])
-
-
 LOWER = {
     OpKind.EMBEDDING: _embedding, OpKind.LINEAR: _linear, OpKind.LMHEAD: _linear,
     OpKind.RMSNORM: _norm, OpKind.LAYERNORM: _norm, OpKind.ROPE: _rope, OpKind.ATTENTION: attention,
     OpKind.SILU: _unary(MiscFunc.SILU), OpKind.RELU: _unary(MiscFunc.RELU), OpKind.GELU: _gelu,
     OpKind.ADD: _binary(MiscFunc.ADD), OpKind.MUL: _binary(MiscFunc.MUL),
-    OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: _slice, OpKind.CONCAT: _concat,
+    OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: lower_slice, OpKind.CONCAT: lower_concat,
 }
 
 
