@@ -37,12 +37,20 @@ def seq_axes(g: Graph) -> dict[str, int | None]:
             ax[n.name] = 1
         elif n.op is OpKind.TRANSPOSE:
             ax[n.name] = None if ins[0] is None else list(n.attrs.perm).index(ins[0])
-        elif n.op is OpKind.RESHAPE:   # kept where the dims up to it are unchanged
-            k, src = ins[0], g.node(n.inputs[0]).type.shape
-            ax[n.name] = k if k is not None and tuple(src[:k + 1]) == tuple(n.type.shape[:k + 1]) else None
+        elif n.op is OpKind.RESHAPE:
+            ax[n.name] = _reshaped_axis(ins[0], g.node(n.inputs[0]).type.shape, n.type.shape)
         else:                          # elementwise, norms, linear, rope, attention, slice, concat
             ax[n.name] = next((a for a in ins if a is not None), None)
     return ax
+
+
+def _reshaped_axis(k: int | None, src: tuple, out: tuple) -> int | None:
+    """Where axis k of `src` is in `out`, if a reshape keeps it whole: the axis of the same size
+    with as many elements before it (axes of size 1 may come and go around it)."""
+    if k is None:
+        return None
+    before = int(np.prod(src[:k]))
+    return next((j for j in range(len(out)) if out[j] == src[k] and int(np.prod(out[:j])) == before), None)
 
 
 def _blocks(lw: Lowerer, name: str, axis: int) -> tuple[int, int]:
