@@ -57,6 +57,9 @@ class Lowered:
     program: Program
     peak: dict[str, int]         # bytes used per on-chip buffer
     sections: list[tuple[int, str]] = field(default_factory=list)   # (first instruction, "layers.N" or op)
+    # (instructions run when the value is whole, node, act address) of every value the program
+    # computes into the act buffer, in program order: what compile's check compares
+    probes: list[tuple[int, str, int]] = field(default_factory=list)
 
 
 def section_of(node_name: str) -> str:
@@ -139,6 +142,7 @@ class Lowerer:
         # rows, first position and keys at LEN = hi; fields that depend on them are LEN-relative
         self.p_rows, self.p_first, self.p_keys = b.rows, b.hi - b.rows, b.hi
         self.sections: list[tuple[int, str]] = []
+        self.probes: list[tuple[int, str, int]] = []
         check_lowerable(self.g)
         self.seq_axis = seq_axes(self.g)
         self.left = {n.name: len(self.g.users(n.name)) for n in self.g.nodes()}
@@ -150,13 +154,15 @@ class Lowerer:
                     self.sections.pop()              # the previous section emitted nothing
                 self.sections.append((len(self.ops), label))
             LOWER[node.op](self, node)
+            if node.name in self.act.live:        # computed here, not a view of another value
+                self.probes.append((len(self.ops), node.name, self.act.live[node.name][0]))
             self.done_with(node)
         self.emit(Opcode.SYS, func=SysFunc.END)
         insts = []
         for (op, fields, len_field), wait, release in zip(self.ops, self.tokens.wait, self.tokens.release):
             insts.append(self._instruction(op, fields, len_field, wait, release))
         peak = {"act": self.act.peak, "scratch": self.scratch.peak}
-        return Lowered(b, Program(b.name, tuple(insts)), peak, self.sections)
+        return Lowered(b, Program(b.name, tuple(insts)), peak, self.sections, self.probes)
 
     def _instruction(self, op, fields, len_field, wait, release) -> Instruction:
         len_reg = False
