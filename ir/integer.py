@@ -173,7 +173,7 @@ def check_kernels(graph: Graph) -> None:
     """IntegerError naming every node without an integer kernel (ops fusion left), before any runs."""
     missing = unfused_nodes(graph, INT_KERNELS)
     if missing:
-        raise IntegerError(unfused_message(missing, "the integer contract (docs/integer.md)"))
+        raise IntegerError(unfused_message(missing, "the integer contract (docs/integer.md)", graph=graph))
 
 
 def _execute(graph: Graph, feeds: Mapping[str, np.ndarray], values=()) -> tuple[dict[str, np.ndarray], dict[str, bool]]:

@@ -63,7 +63,7 @@ def cmd_inspect(args) -> int:
         if left:
             from llmfab.ir.verify import unfused_message, unfused_nodes
             what = "`llmfab compile` (and quantize with integer activations)"
-            print(f"warning: {unfused_message(unfused_nodes(g), what)}")
+            print(f"warning: {unfused_message(unfused_nodes(g), what, graph=g)}")
     return 0
 
 

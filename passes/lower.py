@@ -23,15 +23,15 @@ import numpy as np
 
 from llmfab.ir import Graph, InputRole, OpKind
 from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
-from llmfab.ir.isa import (BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc, lookup_field, make,
-                           weight_fields)
+from llmfab.ir.isa import (BROADCAST, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc, lookup_field,
+                           make, weight_fields)
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
 from llmfab.ir.verify import unfused_message, unfused_nodes
 
 from .buckets import Bucket, Stage
 from .buffer_alloc import Allocator
-from .hbm_layout import HbmLayout, LayoutError
+from .hbm_layout import HbmLayout, LayoutError, const_operand
 from .lower_attention import attention, quant_rows
 from .lower_copies import lower_concat, lower_slice, seq_axes
 from .tokens import TokenTracker
@@ -199,6 +199,8 @@ def _unary(func: MiscFunc):
 
 def _binary(func: MiscFunc):
     def lower(lw: Lowerer, node) -> None:
+        if const_operand(lw.g, node):
+            return _broadcast(lw, node, func)
         a, b = node.inputs
         rows, cols = lw.rows_cols(node.name)
         dst = lw.new_act(node.name)
@@ -206,6 +208,20 @@ def _binary(func: MiscFunc):
                 cols=cols, src_buf=ACT, src_addr=lw.addr(a), src2_buf=ACT, src2_addr=lw.addr(b), dst_buf=ACT,
                 dst_addr=dst)
     return lower
+
+
+def _broadcast(lw: Lowerer, node, func: MiscFunc) -> None:
+    """x op c with c one constant row (hbm_layout.const_operand): LD the row, BROADCAST over x's rows."""
+    x, _ = const_operand(lw.g, node)
+    rows, cols = lw.rows_cols(node.name)
+    key = (node.name, "param")
+    at = lw.scratch.alloc(key, 4 * cols, f"constant of {node.name!r}")
+    lw.dma(Opcode.LD, lw.lay.params[node.name], 0, 1, SCRATCH, at, writes=[("scratch", key)])
+    dst = lw.new_act(node.name)
+    lw.emit(Opcode.MISC, [("act", lw.key(x)), ("scratch", key)], [("act", node.name)], func=func, rows=rows,
+            cols=cols, flags=BROADCAST, src_buf=ACT, src_addr=lw.addr(x), src2_buf=SCRATCH, src2_addr=at,
+            dst_buf=ACT, dst_addr=dst)
+    lw.scratch.free(key)
 
 
 def _gelu(lw: Lowerer, node) -> None:
@@ -332,7 +348,7 @@ def check_lowerable(g: Graph) -> None:
     """LayoutError naming every node with no lowering (ops fusion left), before anything is emitted."""
     missing = unfused_nodes(g, LOWER)
     if missing:
-        raise LayoutError(unfused_message(missing, "lowering to programs"))
+        raise LayoutError(unfused_message(missing, "lowering to programs", graph=g))
 
 
 def lower_bucket(g: Graph, lay: HbmLayout, eng: Engine, bucket: Bucket) -> Lowered:

@@ -2,7 +2,8 @@
 layouts of the supported families (sequential pre-norm; attention and MLP in parallel off one
 shared norm, as Falcon and Phi-2, or off two norms, as GPT-NeoX), any GQA ratio (one KV head
 included), fused qkv split on the head axis (Falcon), partial rotary by slice + concat (Phi),
-tied or own LM head, biases, SwiGLU or GELU MLPs, RMSNorm or LayerNorm."""
+tied or own LM head, biases, SwiGLU or GELU MLPs, RMSNorm or LayerNorm, the embedding scaled by
+sqrt(hidden) (Gemma)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Spec:
     swiglu: bool               # silu(gate) * up, else gelu(fc1)
     layer_norm: bool           # LayerNorm (with bias), else RMSNorm
     bias: bool
+    embed_scale: bool          # embeddings times sqrt(hidden), a constant broadcast over rows
     seed: int
 
 
@@ -77,6 +79,9 @@ def build(spec: Spec, seq: int) -> Graph:
     g.add_input("input_ids", TensorType(DType.INT64, (1, seq)), InputAttrs(InputRole.TOKENS))
     table = weight("embed_tokens.weight", spec.vocab, hid)
     x = op("embed_tokens", OpKind.EMBEDDING, [table, "input_ids"])
+    if spec.embed_scale:
+        c = g.add_const("embed_scale", ArrayData(np.array(np.sqrt(hid), np.float32))).name
+        x = op("embed_scaled", OpKind.MUL, [x, c])
     for i in range(spec.layers):
         p = f"layers.{i}"
         h = norm(f"{p}.attn_norm", x, i)

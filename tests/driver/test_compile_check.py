@@ -70,7 +70,8 @@ def _spec(draw) -> Spec:
                 ffn=draw(st.sampled_from([16, 32])), vocab=draw(st.sampled_from([32, 48])),
                 block=draw(st.sampled_from(BLOCKS)), tied=draw(st.booleans()), fused_qkv=draw(st.booleans()),
                 rotary=draw(st.sampled_from([head_dim, head_dim // 2])), swiglu=draw(st.booleans()),
-                layer_norm=draw(st.booleans()), bias=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 16)))
+                layer_norm=draw(st.booleans()), bias=draw(st.booleans()), embed_scale=draw(st.booleans()),
+                seed=draw(st.integers(0, 2 ** 16)))
 
 
 def _integer_logits(c, spec: Spec, ids: np.ndarray) -> np.ndarray:

@@ -32,3 +32,19 @@ def test_int8_build_executes_close_to_onnxruntime(fixture, tmp_path):
     assert logits.shape == ref.shape == (1, 11, 128)
     assert min(_cosine(logits[0, r], ref[0, r]) for r in range(11)) >= 0.99
     assert len(generated) == 2
+
+
+def test_soft_capping_is_named_as_what_stops_fusion():
+    """Gemma2's tanh(x / c) * c has no special-function op yet: the error says so, first."""
+    from llmfab.ir import ArrayData, DType, Graph, InputAttrs, InputRole, OpKind, TensorType
+    from llmfab.ir.verify import unfused_message, unfused_nodes
+    g = Graph("softcap")
+    g.add_input("x", TensorType(DType.FP32, (1, 4, 8)), InputAttrs(InputRole.OTHER))
+    g.add_const("c", ArrayData(np.array(30.0, np.float32)))
+    g.add_op("scaled", OpKind.DIV, ["x", "c"])
+    g.add_op("capped", OpKind.TANH, ["scaled"])
+    g.add_op("logits", OpKind.MUL, ["capped", "c"])
+    g.add_output("logits", "logits")
+    assert unfused_message(unfused_nodes(g), "lowering to programs", graph=g).startswith(
+        "2 ops left unfused: 'capped' (tanh; the soft-cap tanh(x / 30) * 30, as Gemma2 caps its attention scores and "
+        "logits, which has no special-function op yet), 'scaled' (div; expected in ")
