@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Export tiny random-initialised decoder LLMs to ONNX test fixtures.
 
-Builds five tiny decoder-only models (llama, qwen2, mistral, gpt2, opt) from
-HuggingFace ``transformers`` config classes with a fixed seed (no downloads),
+Builds tiny decoder-only models (llama, qwen2, mistral, gpt2, opt; falcon and phi with
+attention and MLP in parallel off one shared norm; mistral_kv1, Mistral with a single KV head)
+from HuggingFace ``transformers`` config classes with a fixed seed (no downloads),
 exports each with both PyTorch ONNX exporters (TorchScript and dynamo), plus
 with-KV-cache decoder variants, verifies every file against PyTorch with
 onnxruntime, and writes ``manifest.json`` describing the fixtures.
@@ -38,10 +39,12 @@ import transformers
 from transformers import (
     AutoModelForCausalLM,
     DynamicCache,
+    FalconConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
     OPTConfig,
+    PhiConfig,
     Qwen2Config,
 )
 from transformers.cache_utils import DynamicLayer
@@ -68,7 +71,9 @@ HEAD_DIM = HIDDEN // HEADS
 INTERMEDIATE = 64
 MAX_POS = 128
 
-FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt"]
+# New families go at the end: the seed of each is SEED + its index here.
+FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "falcon", "phi", "mistral_kv1"]
+CLAIMED = FAMILIES[:5]  # exported with both exporters at several opsets; the others with dynamo at 18
 
 
 def make_config(family: str):
@@ -85,11 +90,24 @@ def make_config(family: str):
             num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
             max_position_embeddings=MAX_POS, **common,
         )
-    if family == "mistral":
+    if family in ("mistral", "mistral_kv1"):
         return MistralConfig(
             hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
-            max_position_embeddings=MAX_POS, **common,
+            num_attention_heads=HEADS, num_key_value_heads=1 if family == "mistral_kv1" else KV_HEADS,
+            head_dim=HEAD_DIM, max_position_embeddings=MAX_POS, **common,
+        )
+    if family == "falcon":  # falcon-7b's layout: multi-query (one KV head), fused qkv, one shared LayerNorm
+        return FalconConfig(
+            hidden_size=HIDDEN, ffn_hidden_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, new_decoder_architecture=False, multi_query=True, parallel_attn=True,
+            bias=False, alibi=False, max_position_embeddings=MAX_POS, **common,
+        )
+    if family == "phi":  # phi-2's layout: one shared LayerNorm, partial rotary, gelu_new, biased LM head
+        return PhiConfig(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=MAX_POS,
+            rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default"},
+            **common,
         )
     if family == "gpt2":
         return GPT2Config(
@@ -139,6 +157,8 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         "activation": g("hidden_act", "activation_function"),
         "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
         "attention_bias": getattr(cfg, "attention_bias", None),
+        "partial_rotary_factor": rp.get("partial_rotary_factor") if isinstance(rp, dict) else None,
+        "parallel_attn": family in ("falcon", "phi"),
         "sliding_window": getattr(cfg, "sliding_window", None),
         "use_sliding_window": getattr(cfg, "use_sliding_window", None),
         "positions": "rope" if rope is not None else "learned",
@@ -252,13 +272,15 @@ class Variant:
 
 def variants() -> list[Variant]:
     vs: list[Variant] = []
-    for fam in FAMILIES:
+    for fam in CLAIMED:
         vs.append(Variant(fam, "ts", 14))
         if fam in ("llama", "gpt2"):
             vs.append(Variant(fam, "ts", 17))
         vs.append(Variant(fam, "dynamo", 18, keep_node_metadata=(fam == "llama")))
         if fam == "qwen2":
             vs.append(Variant(fam, "dynamo", 20))
+    for fam in FAMILIES[len(CLAIMED):]:
+        vs.append(Variant(fam, "dynamo", 18))
     for fam in ("llama", "gpt2"):
         vs.append(Variant(fam, "ts", 14, kv_cache=True))
         vs.append(Variant(fam, "dynamo", 18, kv_cache=True))
@@ -566,8 +588,12 @@ def main(argv=None) -> int:
     }
     man_path = os.path.join(out, "manifest.json")
     if args.only and os.path.exists(man_path):
-        # Merge into existing manifest.
+        # Merge into existing manifest; the top-level versions stay those of the earlier fixtures,
+        # and each fixture exported now records its own.
         old = json.load(open(man_path))
+        for e in entries:
+            e["versions"] = manifest["versions"]
+        manifest["versions"] = old.get("versions", manifest["versions"])
         names = {e["file"] for e in entries}
         manifest["fixtures"] = [e for e in old.get("fixtures", []) if e["file"] not in names] + entries
         order = {v.relpath(): i for i, v in enumerate(variants())}

@@ -173,15 +173,15 @@ def check_kernels(graph: Graph) -> None:
     """IntegerError naming every node without an integer kernel (ops fusion left), before any runs."""
     missing = unfused_nodes(graph, INT_KERNELS)
     if missing:
-        raise IntegerError(unfused_message(missing, "the integer contract (docs/integer.md)"))
+        raise IntegerError(unfused_message(missing, "the integer contract (docs/integer.md)", graph=graph))
 
 
-def _execute(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
+def _execute(graph: Graph, feeds: Mapping[str, np.ndarray], values=()) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
     check_kernels(graph)
     r = _Run(graph, feeds)
     nodes = graph.nodes()
     remaining = {n.name: len(graph.users(n.name)) for n in nodes}
-    keep = graph.output_names()
+    keep = set(graph.output_names()) | set(values)
     for node in nodes:
         if node.op is OpKind.INPUT:
             r.feed(node)
@@ -195,12 +195,19 @@ def _execute(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, n
     for out, n in graph.outputs:
         raw[out] = r.value(n, graph.node(n))
         fixed[out] = r.fixed[n]
+    for n in values:
+        raw[n], fixed[n] = r.env[n], r.fixed[n]
     return raw, fixed
 
 
 def run_integer_raw(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Execute `graph` under the integer contract; outputs as raw int64 (Q.16 for activations)."""
     return _execute(graph, feeds)[0]
+
+
+def run_integer_values(graph: Graph, feeds: Mapping[str, np.ndarray], names) -> dict[str, np.ndarray]:
+    """`run_integer_raw`'s outputs and the raw values of the nodes `names` (intermediates kept)."""
+    return _execute(graph, feeds, tuple(names))[0]
 
 
 def run_integer(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -213,5 +220,5 @@ __all__ = [
     "I64", "MAX_HEAD_DIM", "MAX_K", "MAX_NORM_D", "MEAN_BITS", "INT_KERNELS", "IntegerError", "Lut", "act_table", "check_kernels", "group_accumulate", "group_partial_sums",
     "int_add", "int_attention", "int_embedding", "int_exp", "int_gelu", "int_layer_norm", "int_linear",
     "int_mul", "int_relu", "int_rms_norm", "int_rope", "int_silu", "int_softmax_rows", "isqrt",
-    "lut_eval", "quantize_activation", "quantize_rows", "run_integer", "run_integer_raw",
+    "lut_eval", "quantize_activation", "quantize_rows", "run_integer", "run_integer_raw", "run_integer_values",
 ]

@@ -34,12 +34,39 @@ def unfused_nodes(graph: Graph, covered=LLM_OPS | STRUCTURAL_OPS) -> list:
     return [n for n in graph.nodes() if n.op not in covered and n.op not in (OpKind.INPUT, OpKind.CONST)]
 
 
-def unfused_message(nodes, what: str, shown: int = 4) -> str:
+def soft_caps(graph: Graph) -> dict[str, float]:
+    """tanh nodes of soft-capping `tanh(x / c) * c` (Gemma2's attention scores and final logits) -> c."""
+    def scalar(name):
+        n = graph.node(name)
+        v = n.data.numpy() if n.op is OpKind.CONST and n.type.numel == 1 and n.data.has_values else None
+        return None if v is None else float(v.ravel()[0])
+    caps = {}
+    for t in graph.nodes():
+        if t.op is not OpKind.TANH or graph.node(t.inputs[0]).op is not OpKind.DIV:
+            continue
+        c = scalar(graph.node(t.inputs[0]).inputs[1])
+        users = graph.users(t.name)
+        if c and len(users) == 1 and users[0].op is OpKind.MUL and any(
+                i != t.name and scalar(i) is not None and abs(scalar(i) - c) <= 1e-6 * abs(c) for i in users[0].inputs):
+            caps[t.name] = c
+    return caps
+
+
+def unfused_message(nodes, what: str, shown: int = 4, graph: Graph | None = None) -> str:
     """One line for `nodes` that `what` (the integer contract, the lowering) has no rule for: each
-    node with its op and ONNX node, the fusion expected to lift it, and what that means."""
+    node with its op and ONNX node, the fusion expected to lift it, and what that means. With the
+    `graph`, a soft-cap (tanh(x / c) * c) is named as such and listed first: it is what stops fusion
+    (an attention whose scores are soft-capped keeps its matmul, softmax and expand too)."""
+    caps = soft_caps(graph) if graph is not None else {}
+    nodes = sorted(nodes, key=lambda n: n.name not in caps)
     parts = []
     for n in nodes[:shown]:
         origin = f" from ONNX {n.origin!r}" if n.origin and n.origin != n.name else ""
+        if n.name in caps:
+            c = caps[n.name]
+            parts.append(f"{n.name!r} ({n.op}{origin}; the soft-cap tanh(x / {c:g}) * {c:g}, as Gemma2 caps its "
+                         "attention scores and logits, which has no special-function op yet)")
+            continue
         parts.append(f"{n.name!r} ({n.op}{origin}; expected in {FUSED_BY.get(n.op, 'no fusion pass')})")
     more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
     ops = sorted({str(n.op) for n in nodes})

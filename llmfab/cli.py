@@ -63,7 +63,7 @@ def cmd_inspect(args) -> int:
         if left:
             from llmfab.ir.verify import unfused_message, unfused_nodes
             what = "`llmfab compile` (and quantize with integer activations)"
-            print(f"warning: {unfused_message(unfused_nodes(g), what)}")
+            print(f"warning: {unfused_message(unfused_nodes(g), what, graph=g)}")
     return 0
 
 
@@ -143,7 +143,7 @@ def cmd_compile(args) -> int:
 
     check_output(args.out, "build", compile_inputs(args.model, args.target, args.policy))  # before minutes of work
     c = compile_model(args.model, args.target, policy=args.policy, max_len=args.max_len,
-                      prefill_step=args.prefill_step, decode_step=args.decode_step)
+                      prefill_step=args.prefill_step, decode_step=args.decode_step, check=False if args.no_check else None)
     hw = {}
     if args.rtl:  # the accelerator for this build's weight formats, beside the programs, in the same write
         from llmfab.backend_hw.accelerator import build_top, formats_of
@@ -159,6 +159,9 @@ def cmd_compile(args) -> int:
     with progress.phase(f"write {args.out}"):
         write_build(c, Path(args.out), hw)
     print(summary(c), end="")
+    if c.checked:
+        print(f"checked      bit-exact with the integer model: prompts of {' and '.join(map(str, c.checked))} tokens, "
+              "a decode step after each")
     print(f"time         {c.seconds:.1f} s")
     print(f"wrote {args.out}/ (manifest.json, {len(c.programs)} programs, {len(c.images)} weight images)")
     if args.rtl:
@@ -296,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--decode-step", type=int, default=None, help="context lengths per decode bucket (default: "
                    "as many keys as one KV tile holds)")
     c.add_argument("-o", "--out", required=True, help="the BUILD folder to write")
+    c.add_argument("--no-check", action="store_true", help="do not run the programs against the integer model "
+                   "(by default compile does for models with weights up to 50 M parameters)")
     c.add_argument("--rtl", action="store_true", help="also write the accelerator's RTL for this build's weight "
                    "formats into BUILD/hw (Verilog, Vivado TCL, FuseSoC core; slow for large targets)")
     buffers_arg(c)

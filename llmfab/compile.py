@@ -2,8 +2,8 @@
 
 The flow is `STEPS`, named functions over one `Flow` (as FINN's build steps): load (the fused
 graph with shapes at max_len, so position tables cover every position) -> quantize by the
-policy -> lay out HBM -> lower every length bucket -> check every program -> package; then
-`write_build`. Writing is atomic (a temporary folder renamed into place), so a failed compile leaves an
+policy -> lay out HBM -> lower every length bucket -> check every program -> package -> run the
+packaged programs against the integer model (compile_check.py); then `write_build`. Writing is atomic (a temporary folder renamed into place), so a failed compile leaves an
 earlier BUILD untouched, and replaces only a BUILD llmfab wrote (ir/folders.py); the same inputs give
 byte-identical files (no timestamps, sorted JSON).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +29,10 @@ from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket
 from llmfab.passes.policy import Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
 from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_formats, weight_sites
+from llmfab.passes.summary import summarize
 
 from . import progress
+from .compile_check import CHECK_MAX_PARAMETERS, MiscompileError, check_build
 from .flow import is_onnx, load_model
 
 
@@ -52,6 +55,7 @@ class Compiled:
     target_yaml: bytes = b""           # the target file compiled for, written as BUILD/target.yaml
     target: Target | None = None       # ... and as read (for `compile --rtl`: never looked up again)
     inputs: tuple[Path, ...] = ()      # the files compiled from: BUILD must never hold one
+    checked: tuple[int, ...] = ()      # the prompt lengths run against the integer model (none: not checked)
 
 
 def _check_formats(g, target: Target, plans) -> None:
@@ -84,6 +88,13 @@ class Flow:
     programs: list[tuple[str, bytes]] = field(default_factory=list)
     images: list[tuple[str, bytes]] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    check: bool | None = None           # run the programs against the integer model (None: if small enough)
+    graph_at: Callable[[int], Graph] | None = None   # the fused graph at a length, instead of loading `model`
+    parameters: int = 0
+    checked: tuple[int, ...] = ()
+
+    def load(self, seq_len: int) -> Graph:
+        return self.graph_at(seq_len) if self.graph_at else load_model(self.model, seq_len=seq_len)
 
 
 def _check_positions(f: Flow, n_pos) -> None:
@@ -96,14 +107,15 @@ def step_load(f: Flow) -> None:
     """The fused graph, with shapes at max_len so position tables cover every position (no more
     than the model has)."""
     if not is_onnx(f.model):  # a config's positions first, in a second, not after building tables for max_len
-        _check_positions(f, load_model(f.model, seq_len=1).meta.get("max_position_embeddings"))
-    f.graph = load_model(f.model, seq_len=f.max_len)
+        _check_positions(f, f.load(1).meta.get("max_position_embeddings"))
+    f.graph = f.load(f.max_len)
     _check_positions(f, f.graph.meta.get("max_position_embeddings"))
     try:  # now, not after quantizing and after every prefill step was tried
         check_lowerable(f.graph)
     except LayoutError as e:
         raise CompileError(f"{f.model}: {e}") from None
     f.has_data = all(f.graph.node(s.const).data.has_values for s in weight_sites(f.graph))
+    f.parameters = summarize(f.graph).parameters
 
 
 def step_quantize(f: Flow) -> None:
@@ -248,7 +260,19 @@ def step_package(f: Flow) -> None:
     }
 
 
-STEPS = (step_load, step_quantize, step_layout, step_lower, step_check, step_package)
+def step_verify(f: Flow) -> None:
+    """Run the programs, from the bytes written, against the integer model (llmfab/compile_check.py):
+    always when asked, by default for models with weights up to CHECK_MAX_PARAMETERS."""
+    if f.check is False or not f.has_data or (f.check is None and f.parameters > CHECK_MAX_PARAMETERS):
+        return
+    try:
+        f.checked = check_build(f.load, f.graph, f.target, f.prefill + f.decode, dict(f.programs),
+                                [d for _, d in f.images], max(f.layout.used), f.layout.output, f.p_step, f.max_len)
+    except MiscompileError as e:
+        raise CompileError(f"{f.model}: {e}") from None
+
+
+STEPS = (step_load, step_quantize, step_layout, step_lower, step_check, step_package, step_verify)
 
 
 def check_fit(model: str, target: str, *, policy: str = "int8", length: int) -> Flow:
@@ -272,9 +296,13 @@ def default_max_len(model: str) -> int:
 
 
 def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int | None = None,
-                  prefill_step: int | None = None, decode_step: int | None = None) -> Compiled:
+                  prefill_step: int | None = None, decode_step: int | None = None,
+                  check: bool | None = None, graph_at: Callable[[int], Graph] | None = None) -> Compiled:
     """Run `STEPS` on the model for the target; `write_build` writes the result. `max_len`:
-    longest prompt + generation (`default_max_len(model)` if None)."""
+    longest prompt + generation (`default_max_len(model)` if None). `check`: run the programs
+    against the integer model (None: for models with weights up to CHECK_MAX_PARAMETERS).
+    `graph_at(seq_len)`: the fused graph at a length, for a graph built in memory (`model` then
+    only names it)."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     pol = load_policy(policy)
@@ -285,7 +313,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
     for name, v in (("--prefill-step", prefill_step), ("--decode-step", decode_step)):
         if v is not None and not 1 <= v <= max_len:
             raise CompileError(f"{name} must be between 1 and --max-len ({max_len}), not {v}")
-    f = Flow(model, tgt, pol, max_len, prefill_step, decode_step)
+    f = Flow(model, tgt, pol, max_len, prefill_step, decode_step, check=check, graph_at=graph_at)
     for step in STEPS:
         try:
             with progress.phase(f"compile: {step.__name__.removeprefix('step_')}"):
@@ -296,7 +324,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
             fit = "no max length fits" if getattr(e, "any_length", False) else longest_fit(f, step is step_lower)
             raise CompileError(f"{e}; {fit}") from None
     return Compiled(f.manifest, f.programs, f.images, time.perf_counter() - t0, f.layout, f.graph,
-                    tgt.text.encode(), tgt, compile_inputs(model, target, policy))
+                    tgt.text.encode(), tgt, compile_inputs(model, target, policy), f.checked)
 
 
 def _fits(f: Flow, n: int, lower: bool) -> bool:

@@ -65,6 +65,7 @@ class Annotate(Pass):
         after = {a: nx.descendants(g._g, a) for a in attn}
         def layer_of(name: str) -> int:
             return sum(name in d for d in after.values())
+        blocks = []      # the residual stream entering each layer: what its attention's norm reads
         for i, a in enumerate(attn):
             _set(g, a, layer=i)
             q, k, v = g.node(a).inputs[:3]
@@ -72,18 +73,29 @@ class Annotate(Pass):
             for role, s in zip((LinearRole.Q, LinearRole.K, LinearRole.V), srcs):
                 for lin in s:
                     _set(g, lin, role=LinearRole.QKV if all(lin in t for t in srcs) else role, layer=i)
+            norms = {g.node(lin).inputs[0] for t in srcs for lin in t}
+            if len(norms) == 1 and g.node(x := norms.pop()).op in (OpKind.RMSNORM, OpKind.LAYERNORM):
+                blocks.append(g.node(x).inputs[0])
+        if len(blocks) == len(attn):
+            # Layer i holds what comes after its residual stream input and before the next one's:
+            # right whether the MLP follows attention or runs beside it (Falcon, Phi-2, GPT-NeoX).
+            after_block = [nx.descendants(g._g, x) for x in blocks]
+            def block_of(name: str) -> int:
+                return sum(name in d for d in after_block) - 1
+        else:
+            def block_of(name: str) -> int:
+                return layer_of(name) - 1
         for n in g.nodes():
             if n.op is OpKind.LINEAR and n.attrs.role is LinearRole.UNKNOWN:
-                self._mlp_role(g, n, attn, layer_of(n.name) - 1)
+                self._mlp_role(g, n, attn, block_of(n.name))
             elif n.op in (OpKind.RMSNORM, OpKind.LAYERNORM):
-                # The norm in front of attention i feeds its q/k/v projections and follows i
-                # attentions; the one in front of the MLP follows i + 1; the final one feeds the head.
+                # The final norm feeds the head; every other one belongs to a layer.
                 qkv = {LinearRole.Q, LinearRole.K, LinearRole.V, LinearRole.QKV}
                 users = g.users(n.name)
                 feeds_qkv = any(u.op is OpKind.LINEAR and u.attrs.role in qkv for u in users)
                 feeds_head = any(u.op is OpKind.LMHEAD for u in users)
-                layer = None if feeds_head else layer_of(n.name) - (0 if feeds_qkv else 1)
-                _set(g, n.name, layer=layer)
+                layer = block_of(n.name) if len(blocks) == len(attn) else layer_of(n.name) - (0 if feeds_qkv else 1)
+                _set(g, n.name, layer=None if feeds_head else layer)
         g.meta.setdefault("num_layers", len(attn))
 
     def _tie_lm_head(self, g: Graph) -> None:

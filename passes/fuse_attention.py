@@ -3,7 +3,8 @@
     softmax(scale * (q @ k^T) + mask) @ v   ->   Attention(q, k, v){num_heads, num_kv_heads, scale, causal}
 
 q is [B, H, S, D]; k and v are [B, Hkv, T, D] (T = past + S), before HF's `repeat_kv`
-(reshape(expand(unsqueeze(k)))) which this pass strips so the op sees the real KV heads.
+(reshape(expand(unsqueeze(k)))) which this pass strips so the op sees the real KV heads (any
+ratio H / Hkv, one KV head included).
 Scalar scales anywhere on the q, k or score path are multiplied into `scale`. The additive mask,
 folded to a constant at import, becomes `causal=True` when it is exactly the causal pattern;
 any other constant mask is kept as a fourth input.
@@ -15,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from llmfab.ir import ArrayData, AttentionAttrs, Graph, OpKind, PermAttrs
+from llmfab.ir import ArrayData, AttentionAttrs, Graph, OpKind, PermAttrs, ShapeAttrs
 
 from .pass_base import Pass
 from .patterns import find_or_add, replace, split_const
@@ -41,8 +42,23 @@ def _peel_scale(g: Graph, name: str) -> tuple[str, float]:
             return name, scale
 
 
+def _same_order_source(g: Graph, name: str) -> str:
+    """The earliest value with the elements of `name` in the same order: back through reshapes and
+    transposes that move only axes of size 1 (exporters spell a one-head split either way)."""
+    while True:
+        n = g.node(name)
+        if n.op is OpKind.TRANSPOSE:
+            big = [p for p in n.attrs.perm if g.node(n.inputs[0]).type.shape[p] != 1]
+            if big != sorted(big):
+                return name
+        elif n.op is not OpKind.RESHAPE:
+            return name
+        name = n.inputs[0]
+
+
 def _strip_repeat_kv(g: Graph, name: str) -> str:
-    """k if `name` is reshape(expand(reshape(k, [B,Hkv,1,T,D]), [B,Hkv,r,T,D]), [B,Hkv*r,T,D])."""
+    """k if `name` is reshape(expand(u, [B,Hkv,r,T,D]), [B,Hkv*r,T,D]) where u holds k [B,Hkv,T,D]
+    as [B,Hkv,1,T,D] (HF's repeat_kv, any ratio r, a single KV head included)."""
     r = g.node(name)
     if r.op is not OpKind.RESHAPE or r.type.rank != 4:
         return name
@@ -50,14 +66,20 @@ def _strip_repeat_kv(g: Graph, name: str) -> str:
     if e.op is not OpKind.EXPAND or e.type.rank != 5:
         return name
     u = g.node(e.inputs[0])
-    if u.op is not OpKind.RESHAPE:
+    B, Hkv, one, T, D = u.type.shape if u.type.rank == 5 else (None,) * 5
+    if one != 1 or e.type.shape[:2] != (B, Hkv) or e.type.shape[3:] != (T, D) \
+            or r.type.shape != (B, Hkv * e.type.shape[2], T, D):
         return name
-    k = g.node(u.inputs[0])
-    B, Hkv, T, D = k.type.shape if k.type.rank == 4 else (None,) * 4
-    if k.type.rank == 4 and u.type.shape == (B, Hkv, 1, T, D) and e.type.shape[:2] == (B, Hkv) \
-            and e.type.shape[3:] == (T, D) and r.type.shape == (B, Hkv * e.type.shape[2], T, D):
-        return k.name
-    return name
+    if u.op is OpKind.RESHAPE and g.node(u.inputs[0]).type.shape == (B, Hkv, T, D):
+        return u.inputs[0]
+    src = _same_order_source(g, u.name)
+    if g.node(src).type.shape == (B, Hkv, T, D):
+        return src
+    if Hkv == 1:   # one head: [B, T, 1, D] and [B, 1, T, D] hold the same order; spell it as every
+        # other export does (reshape to heads, transpose), so the graph is the config's
+        heads = find_or_add(g, u.name + ".heads", OpKind.RESHAPE, [src], ShapeAttrs((B, T, 1, D)))
+        return find_or_add(g, u.name + ".kv", OpKind.TRANSPOSE, [heads], PermAttrs((0, 2, 1, 3)))
+    return find_or_add(g, u.name + ".kv", OpKind.RESHAPE, [src], ShapeAttrs((B, Hkv, T, D)))
 
 
 def _key_from_transposed(g: Graph, name: str) -> str | None:

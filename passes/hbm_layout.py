@@ -130,6 +130,23 @@ def _bias_of(g: Graph, user: str) -> str | None:
     return n.inputs[2] if n.op in (OpKind.LINEAR, OpKind.LMHEAD) and len(n.inputs) == 3 else None
 
 
+def const_operand(g: Graph, n) -> tuple[str, str] | None:
+    """(activation, constant) of an ADD or MUL with one constant operand (Gemma's embedding scale),
+    which runs as one row broadcast over every row (MISC BROADCAST); None for other nodes."""
+    if n.op not in (OpKind.ADD, OpKind.MUL) or len(n.inputs) != 2:
+        return None
+    a, b = n.inputs
+    consts = [x for x in (a, b) if g.node(x).op is OpKind.CONST]
+    if len(consts) != 1:
+        return None
+    c = consts[0]
+    t, cols = g.node(c).type, n.type.shape[-1]
+    if any(d != 1 for d in t.shape[:-1]) or (t.rank and t.shape[-1] not in (1, cols)):
+        raise LayoutError(f"node {n.name!r} ({n.op}): its constant {c!r} {list(t.shape)} is not one row to "
+                          f"broadcast over rows of {cols}; only such constants are lowered")
+    return (b if c == a else a), c
+
+
 def _rope_pairs(g: Graph) -> dict[tuple[str, str], str]:
     return {(n.inputs[1], n.inputs[2]): f"rope:{n.inputs[1]}" for n in g.nodes() if n.op is OpKind.ROPE}
 
@@ -200,8 +217,10 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
             lay.params[n.name] = lay.alloc(8 * n.type.shape[-1], 1)
         elif n.op is OpKind.EMBEDDING and g.node(n.inputs[1]).op is OpKind.CONST:
             pass  # learned positions: rows of the table, picked by position
+        elif const_operand(g, n):
+            lay.params[n.name] = lay.alloc(4 * n.type.shape[-1], 1)
         elif n.op is OpKind.CONST and n.attrs.weight and n.name not in quantized | biases \
-                and not any(u.op in (OpKind.RMSNORM, OpKind.LAYERNORM) for u in g.users(n.name)):
+                and not any(u.op in (OpKind.RMSNORM, OpKind.LAYERNORM) or const_operand(g, u) for u in g.users(n.name)):
             raise LayoutError(f"parameter {n.name!r} is read by no op the accelerator runs")
     for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
         kt = g.node(a.inputs[1]).type
@@ -284,6 +303,9 @@ def channel_images(g: Graph, lay: HbmLayout, weights: ChainLayout) -> list[bytea
             _write(images, lay.params[n.name], 0, q16(g.const_value(n.inputs[1])))
         elif n.op is OpKind.LAYERNORM:
             _write(images, lay.params[n.name], 0, q16(g.const_value(n.inputs[1])) + q16(g.const_value(n.inputs[2])))
+        elif (pair := const_operand(g, n)) is not None:
+            row = np.broadcast_to(np.ravel(g.const_value(pair[1])), (n.type.shape[-1],))
+            _write(images, lay.params[n.name], 0, q16(row))
     for (cos, sin), key in _rope_pairs(g).items():
         c = g.const_value(cos).reshape(-1, g.node(cos).type.shape[-1])
         s = g.const_value(sin).reshape(c.shape)

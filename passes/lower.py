@@ -23,16 +23,17 @@ import numpy as np
 
 from llmfab.ir import Graph, InputRole, OpKind
 from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
-from llmfab.ir.isa import (BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc, lookup_field, make,
-                           weight_fields)
+from llmfab.ir.isa import (BROADCAST, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc, lookup_field,
+                           make, weight_fields)
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
 from llmfab.ir.verify import unfused_message, unfused_nodes
 
 from .buckets import Bucket, Stage
 from .buffer_alloc import Allocator
-from .hbm_layout import HbmLayout, LayoutError
+from .hbm_layout import HbmLayout, LayoutError, const_operand
 from .lower_attention import attention, quant_rows
+from .lower_copies import lower_concat, lower_slice, seq_axes
 from .tokens import TokenTracker
 
 # the token tracker's queue index of each opcode: the bit of its ISA queue. SYS has none; it is
@@ -56,6 +57,9 @@ class Lowered:
     program: Program
     peak: dict[str, int]         # bytes used per on-chip buffer
     sections: list[tuple[int, str]] = field(default_factory=list)   # (first instruction, "layers.N" or op)
+    # (instructions run when the value is whole, node, act address) of every value the program
+    # computes into the act buffer, in program order: what compile's check compares
+    probes: list[tuple[int, str, int]] = field(default_factory=list)
 
 
 def section_of(node_name: str) -> str:
@@ -138,7 +142,9 @@ class Lowerer:
         # rows, first position and keys at LEN = hi; fields that depend on them are LEN-relative
         self.p_rows, self.p_first, self.p_keys = b.rows, b.hi - b.rows, b.hi
         self.sections: list[tuple[int, str]] = []
+        self.probes: list[tuple[int, str, int]] = []
         check_lowerable(self.g)
+        self.seq_axis = seq_axes(self.g)
         self.left = {n.name: len(self.g.users(n.name)) for n in self.g.nodes()}
         label = None
         for node in (n for n in self.g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)):
@@ -148,13 +154,15 @@ class Lowerer:
                     self.sections.pop()              # the previous section emitted nothing
                 self.sections.append((len(self.ops), label))
             LOWER[node.op](self, node)
+            if node.name in self.act.live:        # computed here, not a view of another value
+                self.probes.append((len(self.ops), node.name, self.act.live[node.name][0]))
             self.done_with(node)
         self.emit(Opcode.SYS, func=SysFunc.END)
         insts = []
         for (op, fields, len_field), wait, release in zip(self.ops, self.tokens.wait, self.tokens.release):
             insts.append(self._instruction(op, fields, len_field, wait, release))
         peak = {"act": self.act.peak, "scratch": self.scratch.peak}
-        return Lowered(b, Program(b.name, tuple(insts)), peak, self.sections)
+        return Lowered(b, Program(b.name, tuple(insts)), peak, self.sections, self.probes)
 
     def _instruction(self, op, fields, len_field, wait, release) -> Instruction:
         len_reg = False
@@ -191,6 +199,8 @@ def _unary(func: MiscFunc):
 
 def _binary(func: MiscFunc):
     def lower(lw: Lowerer, node) -> None:
+        if const_operand(lw.g, node):
+            return _broadcast(lw, node, func)
         a, b = node.inputs
         rows, cols = lw.rows_cols(node.name)
         dst = lw.new_act(node.name)
@@ -198,6 +208,20 @@ def _binary(func: MiscFunc):
                 cols=cols, src_buf=ACT, src_addr=lw.addr(a), src2_buf=ACT, src2_addr=lw.addr(b), dst_buf=ACT,
                 dst_addr=dst)
     return lower
+
+
+def _broadcast(lw: Lowerer, node, func: MiscFunc) -> None:
+    """x op c with c one constant row (hbm_layout.const_operand): LD the row, BROADCAST over x's rows."""
+    x, _ = const_operand(lw.g, node)
+    rows, cols = lw.rows_cols(node.name)
+    key = (node.name, "param")
+    at = lw.scratch.alloc(key, 4 * cols, f"constant of {node.name!r}")
+    lw.dma(Opcode.LD, lw.lay.params[node.name], 0, 1, SCRATCH, at, writes=[("scratch", key)])
+    dst = lw.new_act(node.name)
+    lw.emit(Opcode.MISC, [("act", lw.key(x)), ("scratch", key)], [("act", node.name)], func=func, rows=rows,
+            cols=cols, flags=BROADCAST, src_buf=ACT, src_addr=lw.addr(x), src2_buf=SCRATCH, src2_addr=at,
+            dst_buf=ACT, dst_addr=dst)
+    lw.scratch.free(key)
 
 
 def _gelu(lw: Lowerer, node) -> None:
@@ -213,7 +237,7 @@ def _transpose(lw: Lowerer, node) -> None:
     if lw.p_rows == 1:
         return _view(lw, node)
     src = node.inputs[0]
-    to_heads = lw.g.node(src).op is not OpKind.ATTENTION
+    to_heads = lw.seq_axis.get(src) == 1     # [S, H, D] -> [H, S, D]; else back
     shape = lw.g.node(src).type.shape
     heads, d = (shape[2], shape[3]) if to_heads else (shape[1], shape[3])
     dst = lw.new_act(node.name)
@@ -225,17 +249,6 @@ def _transpose(lw: Lowerer, node) -> None:
             sa, ss, da, ds = lw.addr(src) + 4 * h * s * d, 4 * d, dst + 4 * h * d, 4 * heads * d
         lw.emit(Opcode.MISC, [("act", lw.key(src))], [("act", node.name)], func=MiscFunc.COPY, rows=s, cols=4 * d,
                 src_buf=ACT, src_addr=sa, src_stride=ss, dst_buf=ACT, dst_addr=da, dst_stride=ds)
-
-
-def _slice(lw: Lowerer, node) -> None:
-    """Columns [a, b) of every row (GPT-2's fused q/k/v): a strided COPY."""
-    src = node.inputs[0]
-    rows, cols = lw.rows_cols(node.name)
-    src_cols = lw.g.node(src).type.shape[-1]
-    dst = lw.new_act(node.name)
-    lw.emit(Opcode.MISC, [("act", lw.key(src))], [("act", node.name)], func=MiscFunc.COPY, rows=rows, cols=4 * cols,
-            src_buf=ACT, src_addr=lw.addr(src) + 4 * node.attrs.starts[0], src_stride=4 * src_cols,
-            dst_buf=ACT, dst_addr=dst)
 
 
 def _norm(lw: Lowerer, node) -> None:
@@ -322,17 +335,12 @@ def _linear(lw: Lowerer, node) -> None:
                writes=[("hbm", "logits")], len_field="hbm_addr" if prefill else None)
 
 
-def _concat(lw: Lowerer, node) -> None:
-    """The KV cache: present K/V are the cache itself (attention stores the new rows)."""
-    lw.alias(node.name, node.inputs[-1])
-
-
 LOWER = {
     OpKind.EMBEDDING: _embedding, OpKind.LINEAR: _linear, OpKind.LMHEAD: _linear,
     OpKind.RMSNORM: _norm, OpKind.LAYERNORM: _norm, OpKind.ROPE: _rope, OpKind.ATTENTION: attention,
     OpKind.SILU: _unary(MiscFunc.SILU), OpKind.RELU: _unary(MiscFunc.RELU), OpKind.GELU: _gelu,
     OpKind.ADD: _binary(MiscFunc.ADD), OpKind.MUL: _binary(MiscFunc.MUL),
-    OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: _slice, OpKind.CONCAT: _concat,
+    OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: lower_slice, OpKind.CONCAT: lower_concat,
 }
 
 
@@ -340,7 +348,7 @@ def check_lowerable(g: Graph) -> None:
     """LayoutError naming every node with no lowering (ops fusion left), before anything is emitted."""
     missing = unfused_nodes(g, LOWER)
     if missing:
-        raise LayoutError(unfused_message(missing, "lowering to programs"))
+        raise LayoutError(unfused_message(missing, "lowering to programs", graph=g))
 
 
 def lower_bucket(g: Graph, lay: HbmLayout, eng: Engine, bucket: Bucket) -> Lowered:

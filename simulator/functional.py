@@ -90,9 +90,12 @@ class Machine:
         at = obj.addr + row * obj.pitch
         return b"".join(bytes(self.hbm[obj.channel + c][at:at + obj.pitch]) for c in range(obj.channels))
 
-    def run(self, program: Program, length: int) -> None:
+    def run(self, program: Program, length: int, after=None) -> None:
+        """Run `program` at LEN `length`; `after(n)`, if given, is called once n instructions have run."""
         self.held = None
         for idx, inst in enumerate(program.instructions):
+            if after is not None and idx:
+                after(idx)
             i = resolve_length(inst, length)
             try:
                 if i.op is Opcode.SYS:
