@@ -14,7 +14,7 @@ from llmfab.flow import load_model
 from llmfab.frontend.config import PRESET_DIR
 from llmfab.ir import OpKind, verify
 from llmfab.ir.quant import QuantizedWeight
-from llmfab.passes.policy import POLICY_DIR, load_policy
+from llmfab.passes.policy import load_policy
 from llmfab.passes.quant_report import quantize_model
 
 
