@@ -12,7 +12,7 @@ from llmfab.compile import compile_model
 from llmfab.flow import load_model
 from llmfab.ir import ConstAttrs, OpKind, TensorType
 from llmfab.ir.integer import run_integer_raw
-from llmfab.ir.isa import Opcode, Program
+from llmfab.ir.isa import MiscFunc, Opcode, Program
 from llmfab.ir.quant import QuantizedWeight
 from llmfab.ir.target import load_target
 from llmfab.simulator.execute import run_prompt
@@ -28,8 +28,10 @@ POLICIES = ("int8", "int4-g128", "int4-g128-gptq", "int4-g32", "int3-g64", "w4-2
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("wide")
+    # int4 g64 on the embedding too: hidden 96 = 64 + 32 makes its rows two EMBEDs (docs/integer.md)
+    (root / "int4-g64.yaml").write_text("name: int4-g64\ndefault: {bits: 4, group: 64, method: rtn}\n")
     return {name: widen(FIXTURES / f"{src}.onnx", root / f"{name}.onnx", h, f, seed=i)
-            for i, (name, (src, h, f)) in enumerate(SHAPES.items())}
+            for i, (name, (src, h, f)) in enumerate(SHAPES.items())} | {"int4-g64": root / "int4-g64.yaml"}
 
 
 def _program(c, stage, length):
@@ -53,15 +55,15 @@ def _cosine(a, b) -> float:
 
 
 @pytest.mark.parametrize("model,policy", [(m, p) for m in ("llama_h64_f160", "llama_h96_f250") for p in POLICIES]
-                         + [("qwen2_h64_f160", "int8"), ("qwen2_h64_f160", "w4-2of4")])
+                         + [("qwen2_h64_f160", "int8"), ("qwen2_h64_f160", "w4-2of4"), ("llama_h96_f250", "int4-g64")])
 def test_every_policy_compiles_and_executes_bit_exact(models, model, policy):
     path = models[model]
-    c = compile_model(str(path), "sim-small", max_len=16, policy=policy)
+    c = compile_model(str(path), "sim-small", max_len=16, policy=str(models.get(policy, policy)))
     ffn = SHAPES[model][2]
     downs = {p["k_engine"] for p in c.manifest["padded_k"] if p["layer"].endswith("down_proj")}
     ks = {i["k"] for _, p in c.programs for i in Program.from_bytes(p).instructions if i.op in (Opcode.MV, Opcode.MM)}
     if policy != "mixed-3.5":     # mixed picks bits per layer; its groups are the default's 128
-        g = {"int4-g32": 32, "int3-g64": 64}.get(policy, 128)
+        g = {"int4-g32": 32, "int3-g64": 64, "int4-g64": 64}.get(policy, 128)
         want = -(-ffn // g) * g
         assert downs == ({want} if want != ffn else set())
         assert want in ks and (want == ffn or ffn not in ks)    # the engine runs the padded K only
@@ -74,6 +76,9 @@ def test_every_policy_compiles_and_executes_bit_exact(models, model, policy):
     ref = ort_run(path, ort_feeds(path, ids[None]))["logits"][0]
     cos = _cosine(got / 65536.0, ref)
     assert cos >= {"int8": 0.99, "w4-2of4": 0.75}.get(policy, 0.9), cos
+    embeds = [i for _, p in c.programs for i in Program.from_bytes(p).instructions
+              if i.op is Opcode.MISC and i["func"] is MiscFunc.EMBED]
+    assert {i["cols"] for i in embeds} == ({64, 32} if policy == "int4-g64" else {SHAPES[model][1]})
 
 
 def test_quantize_report_shows_the_partial_groups(models):
