@@ -87,14 +87,17 @@ def _check_weight(qw) -> QuantizedWeight:
 
 
 def group_partial_sums(x_q, qw: QuantizedWeight) -> np.ndarray:
-    """P[r, n, j] = sum over group j of x_q[r, k] * code[n, k] (exact): int64 [R, N, G]."""
+    """P[r, n, j] = sum over group j of x_q[r, k] * code[n, k] (exact): int64 [R, N, G]. A partial
+    last group sums its K mod g columns (zero-padded here: a zero code adds nothing)."""
     qw = _check_weight(qw)
     x_q = _i64(x_q)
     (n, k), g = qw.shape, qw.group
     if x_q.ndim != 2 or x_q.shape[1] != k:
         raise IntegerError(f"activation codes {list(x_q.shape)} do not fit weight [{n}, {k}]")
-    xg = x_q.reshape(-1, k // g, g).transpose(1, 0, 2)                 # [G, R, g]
-    cg = _i64(qw.codes).reshape(n, k // g, g).transpose(1, 2, 0)       # [G, g, N]
+    groups = qw.scheme.groups(k)
+    pad = groups * g - k
+    xg = np.pad(x_q, ((0, 0), (0, pad))).reshape(-1, groups, g).transpose(1, 0, 2)                   # [G, R, g]
+    cg = np.pad(_i64(qw.codes), ((0, 0), (0, pad))).reshape(n, groups, g).transpose(1, 2, 0)      # [G, g, N]
     return np.matmul(xg, cg).transpose(1, 2, 0)                        # [R, N, G]
 
 
@@ -129,7 +132,7 @@ def int_embedding(qw: QuantizedWeight, ids) -> np.ndarray:
     if ids.size and (ids.min() < 0 or ids.max() >= v):
         raise IntegerError(f"token ids must be in [0, {v}), got {ids.min()}..{ids.max()}")
     codes = _i64(qw.codes)[ids]                                          # [..., D]
-    mant = np.repeat(_i64(qw.mant), qw.group, axis=1)[ids]
+    mant = np.repeat(_i64(qw.mant), qw.group, axis=1)[:, :qw.shape[1]][ids]
     return _shr_sat(codes * mant, (_i64(qw.shift)[ids] - FRAC)[..., None], 32)
 
 

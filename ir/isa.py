@@ -243,7 +243,7 @@ _DMA = (   # LD: HBM -> buffer, ST: buffer -> HBM
 )
 _MATRIX = (   # y = x W^T (+ b); x: quantized rows in abuf; W: a packed weight tile in the weight buffer
     Field("n", 16, doc="output features (weight rows)"),
-    Field("k", 16, doc="reduction length (weight columns): always the whole K of the weight"),
+    Field("k", 16, doc="reduction length (weight columns): the whole K of the weight, padded to whole groups and beats"),
     Field("bits", 2, enum=WeightBits, doc="weight code width"),
     Field("sparsity", 3, enum=Sparsity, doc="N:M pattern of the weight tile"),
     Field("group", 2, enum=Group, doc="scale group along K"),

@@ -35,12 +35,14 @@ collide. `ChainLayout()` (one chain, byte words) is the row-major stream itself.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from .quant import MANT_BITS, QuantError, QuantizedWeight, QuantScheme, kept
+
+from .quant import MANT_BITS, QuantError, QuantizedWeight, QuantScheme, block_quota, kept
 
 MANT_FIELD_BITS = 16
 SHIFT_FIELD_BITS = 8
@@ -101,10 +103,9 @@ class PackedWeight:
 
     def __post_init__(self):
         n, k = self.shape
-        g = self.scheme.group_size(k)
         kept = self.kept_per_row() * n
         want = {"values": _nbytes(kept, self.scheme.bits), "indices": _nbytes(kept, self.scheme.index_bits()),
-                "mant": _nbytes(n * (k // g), MANT_FIELD_BITS), "shift": _nbytes(n, SHIFT_FIELD_BITS)}
+                "mant": _nbytes(n * self.scheme.groups(k), MANT_FIELD_BITS), "shift": _nbytes(n, SHIFT_FIELD_BITS)}
         for stream, size in want.items():
             if len(getattr(self, stream)) != size:
                 raise QuantError(f"{stream} stream of a {self.scheme} [{n}, {k}] weight must be {size} bytes, "
@@ -145,12 +146,14 @@ def pack(qw: QuantizedWeight) -> PackedWeight:
 @dataclass(frozen=True)
 class ChainLayout:
     """Chain interleaving of a tile's per-row streams in the weight buffer (module docstring):
-    `chains` matrix chains, `word_bytes` the weight buffer's word (one bank read)."""
+    `chains` matrix chains, `word_bytes` the weight buffer's word (one bank read), `chain_len` the
+    kept weights a chain takes per beat (what `hardware_k` pads a per-row group to)."""
     chains: int = 1
     word_bytes: int = 1
+    chain_len: int = 1
 
     def __post_init__(self):
-        for name in ("chains", "word_bytes"):
+        for name in ("chains", "word_bytes", "chain_len"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise QuantError(f"ChainLayout.{name} must be a positive integer, not {v!r}")
@@ -190,6 +193,52 @@ class ChainLayout:
         return np.packbits(bits[:rows * row_bits], bitorder="little").tobytes()
 
 
+def hardware_k(scheme: QuantScheme, k: int, chain_len: int = 1) -> int:
+    """K as the matrix engine runs a weight of K inputs: whole scale groups (a partial last group
+    padded to g) and, per row, whole beats of `chain_len` kept weights (K a multiple of
+    chain_len * M / N; dense: of chain_len). Equal to K when K is already whole."""
+    g = scheme.group_size(k)
+    if g < k:
+        unit = g
+    else:
+        nn, m = scheme.sparsity or (1, 1)
+        unit = -(-chain_len // nn) * m            # beats of chain_len kept weights hold whole blocks
+    return -(-k // unit) * unit
+
+
+def pad_k(qw: QuantizedWeight, k_hw: int) -> QuantizedWeight:
+    """`qw` [N, K] as the [N, k_hw] weight the hardware streams: zero codes past K (their products
+    are 0 whatever the activation codes there), the same scales, per row one group of k_hw when the
+    group was the row. With N:M, every padded block keeps exactly N: the zero codes at its first pad
+    positions make up what a last partial block of real weights kept fewer of."""
+    n, k = qw.shape
+    if k_hw == k:
+        return qw
+    s = qw.scheme
+    per_row = qw.group == k
+    if not (k_hw > k and (per_row or s.groups(k) == -(-k_hw // qw.group))):
+        raise QuantError(f"{qw.name or 'weight'}: cannot pad K={k} (group {qw.group}) to {k_hw} without adding "
+                         f"a scale group")
+    hw = dataclasses.replace(s, group=0) if per_row else s
+    if not qw.has_values:                          # config-only: the format alone, for sizes
+        return QuantizedWeight(hw, (n, k_hw), name=qw.name)
+    codes = np.zeros((n, k_hw), np.int8)
+    codes[:, :k] = qw.codes
+    mask = None
+    if s.sparsity is not None:
+        nn, m = s.sparsity
+        if k_hw % m:
+            raise QuantError(f"{qw.name or 'weight'}: a padded K of {k_hw} is not whole {m}-blocks")
+        mask = np.zeros((n, k_hw), bool)
+        mask[:, :k] = qw.mask
+        quota = block_quota(k, nn, m)
+        for c in range(k, k_hw):                   # pad column c: kept while its block is short
+            b, first = c // m, max(k, c // m * m)
+            real = quota[b] if b < len(quota) else 0
+            mask[:, c] = c - first < nn - real
+    return QuantizedWeight(hw, (n, k_hw), codes, qw.mant, qw.shift, mask, qw.name)
+
+
 class TileStream(NamedTuple):
     addr: int           # byte address in the weight buffer
     row_bits: int       # bits of one row's fields
@@ -214,20 +263,22 @@ def _fields(p: PackedWeight) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
     """(codes [N, kept], absolute K positions [N, kept] or None if dense, mant [N, G], shift [N])."""
     n, k = p.shape
     s = p.scheme
-    g = s.group_size(k)
     kept = p.kept_per_row()
+    groups = s.groups(k)
     codes = unpack_bits(p.values, s.bits, n * kept).reshape(n, kept)
-    mant = unpack_bits(p.mant, MANT_FIELD_BITS, n * (k // g), signed=False).reshape(n, k // g)
+    mant = unpack_bits(p.mant, MANT_FIELD_BITS, n * groups, signed=False).reshape(n, groups)
     shift = unpack_bits(p.shift, SHIFT_FIELD_BITS, n)
     if s.sparsity is None:
         return codes, None, mant, shift
     nn, m = s.sparsity
-    idx = unpack_bits(p.indices, s.index_bits(), n * kept, signed=False).reshape(n, k // m, nn)
-    if (idx >= m).any() or (np.diff(idx, axis=-1) <= 0).any():
+    idx = unpack_bits(p.indices, s.index_bits(), n * kept, signed=False).reshape(n, kept)
+    block = np.repeat(np.arange(-(-k // m)), block_quota(k, nn, m))     # the m-block of each kept code
+    pos = idx + block * m
+    same = block[1:] == block[:-1]
+    if (pos >= k).any() or (idx >= m).any() or (np.diff(idx, axis=-1)[:, same] <= 0).any():
         raise QuantError(f"indices stream: the {nn} positions of every {m}-block must be strictly ascending "
-                         f"in 0..{m - 1}")
-    pos = idx + (np.arange(k // m) * m)[None, :, None]
-    return codes, pos.reshape(n, kept), mant, shift
+                         f"in 0..{m - 1} (in 0..{k % m - 1} in a last partial block)")
+    return codes, pos, mant, shift
 
 
 def unpack(p: PackedWeight, name: str = "") -> QuantizedWeight:
@@ -252,7 +303,13 @@ def sparse_matvec(p: PackedWeight, x_q: np.ndarray) -> np.ndarray:
     if x.shape[-1:] != (k,) or not np.issubdtype(x.dtype, np.integer):
         raise QuantError(f"x_q must be integer codes [..., {k}], not {x.dtype} {list(x.shape)}")
     codes, pos, _, _ = _fields(p)
-    groups = k // p.scheme.group_size(k)
+    g, groups = p.scheme.group_size(k), p.scheme.groups(k)
     x = x.astype(np.int64)
-    xs = x[..., None, :] if pos is None else x[..., pos]         # the activation of each kept code
-    return (xs * codes).reshape(*x.shape[:-1], n, groups, -1).sum(axis=-1)
+    if pos is None:
+        pos = np.broadcast_to(np.arange(k), (n, k))
+    xs = x[..., pos]                                             # the activation of each kept code
+    out = np.zeros((*x.shape[:-1], n, groups), np.int64)
+    for j in range(groups):                                      # kept codes of group j (a partial last one too)
+        cols = (pos[0] >= j * g) & (pos[0] < (j + 1) * g)       # every row keeps the same count per block
+        out[..., j] = (xs[..., cols] * codes[:, cols]).sum(axis=-1)
+    return out

@@ -37,7 +37,9 @@ class NM(NamedTuple):
         return f"{self.n}:{self.m}"
 
     def kept(self, k: int) -> int:
-        return k * self.n // self.m
+        """Weights kept of `k` along K: n per whole block, and of a last partial block of r < m
+        weights min(n, r) (all of them when r <= n; docs/quantization.md)."""
+        return k // self.m * self.n + min(self.n, k % self.m)
 
     @property
     def index_bits(self) -> int:
@@ -55,16 +57,6 @@ SHIFT_BITS_PER_ROW = 8
 
 class QuantError(ValueError):
     pass
-
-
-def group_advice(k: int, sparsity: tuple[int, int] | None = None) -> str:
-    """What to use when a group does not divide K: the largest of `GROUPS` that does, or per row."""
-    fits = [g for g in GROUPS if g and k % g == 0 and not (sparsity and g % sparsity[1])]
-    per_row = "group 0 (one scale per output row)"
-    if not fits:
-        return f"use {per_row}" + (" with sparsity null" if sparsity and k % sparsity[1] else "")
-    sizes = ", ".join(str(g) for g in GROUPS if g)
-    return f"use group {max(fits)} (the largest of {sizes} that divides {k}) or {per_row}"
 
 
 def check_format(weight_bits, pattern) -> tuple[int, int] | None:
@@ -85,6 +77,22 @@ def kept(k: int, pattern: tuple[int, int] | None) -> int:
     return k if pattern is None else NM(*pattern).kept(k)
 
 
+def block_counts(mask: np.ndarray, m: int) -> np.ndarray:
+    """Kept weights [N, ceil(K / m)] of every m-block along K (a last partial block included)."""
+    n, k = mask.shape
+    padded = np.zeros((n, -(-k // m) * m), dtype=np.int64)
+    padded[:, :k] = mask
+    return padded.reshape(n, -1, m).sum(axis=-1)
+
+
+def block_quota(k: int, n: int, m: int) -> np.ndarray:
+    """What an n:m mask keeps of each m-block of a row of K: n, and min(n, r) of a last block of r."""
+    quota = np.full(-(-k // m), n, dtype=np.int64)
+    if k % m:
+        quota[-1] = min(n, k % m)
+    return quota
+
+
 @dataclass(frozen=True)
 class QuantScheme:
     bits: int = 8
@@ -103,16 +111,19 @@ class QuantScheme:
     def qmax(self) -> int:
         return (1 << (self.bits - 1)) - 1
 
-    def group_size(self, k: int, where: str = "") -> int:
-        """The group along K for a weight with K inputs (checked to divide K). `where` prefixes the
-        error with what the caller knows (the weight, the policy field)."""
-        g = k if self.group == 0 or self.group >= k else self.group
-        if k % g:
-            raise QuantError(f"{where}group size {g} does not divide K={k}; {group_advice(k, self.sparsity)}")
-        if self.sparsity and g % self.sparsity[1]:  # only per row: every group of GROUPS is a multiple of M
-            raise QuantError(f"{where}sparsity {NM(*self.sparsity)} needs K to be a multiple of "
-                             f"{self.sparsity[1]}, not K={k}; use sparsity null (dense) for this weight")
-        return g
+    def group_size(self, k: int) -> int:
+        """The group along K for a weight with K inputs: `group`, or K when per row (0 or larger
+        than K). A group that does not divide K leaves a partial last group of K mod g columns,
+        whose scale comes from those columns only (docs/integer.md)."""
+        return k if self.group == 0 or self.group >= k else self.group
+
+    def groups(self, k: int) -> int:
+        """Scale groups per row of a weight with K inputs, a partial last group included."""
+        return -(-k // self.group_size(k))
+
+    def partial_group(self, k: int) -> int:
+        """Columns of the partial last group of a row (0 when the group divides K)."""
+        return k % self.group_size(k)
 
     def kept_fraction(self) -> float:
         return 1.0 if self.sparsity is None else self.sparsity[0] / self.sparsity[1]
@@ -122,8 +133,7 @@ class QuantScheme:
 
     def storage_bits(self, n: int, k: int) -> int:
         """Exact bits of an [n, k] weight: codes, indices, scale mantissas and row shifts."""
-        g = self.group_size(k)
-        return (n * kept(k, self.sparsity) * (self.bits + self.index_bits()) + n * (k // g) * SCALE_BITS_PER_GROUP
+        return (n * kept(k, self.sparsity) * (self.bits + self.index_bits()) + n * self.groups(k) * SCALE_BITS_PER_GROUP
                 + n * SHIFT_BITS_PER_ROW)
 
     @property
@@ -171,7 +181,7 @@ class QuantizedWeight(TensorData):
         self.codes, self.mant, self.shift, self.mask = codes, mant, shift, mask
         if codes is not None:
             n, k = self.shape
-            if codes.shape != (n, k) or mant.shape != (n, k // self.group) or shift.shape != (n,):
+            if codes.shape != (n, k) or mant.shape != (n, scheme.groups(k)) or shift.shape != (n,):
                 raise QuantError(f"{name}: codes {codes.shape}, mant {mant.shape}, shift {shift.shape} "
                                  f"do not fit [{n}, {k}] with group {self.group}")
             if np.abs(codes).max(initial=0) > scheme.qmax:
@@ -182,9 +192,11 @@ class QuantizedWeight(TensorData):
                 raise QuantError(f"{name}: row shifts must fit int8, not [{shift.min()}, {shift.max()}]")
             if scheme.sparsity is not None:
                 nn, m = scheme.sparsity
-                kept = mask.reshape(n, k // m, m).sum(axis=-1)
-                if not (kept == nn).all():
-                    raise QuantError(f"{name}: mask does not keep exactly {nn} of every {m} weights")
+                if mask.shape != (n, k) or mask.dtype != np.bool_:
+                    raise QuantError(f"{name}: mask must be bool [{n}, {k}], not {mask.dtype} {list(mask.shape)}")
+                if (block_counts(mask, m) != block_quota(k, nn, m)).any():
+                    raise QuantError(f"{name}: mask does not keep exactly {nn} of every {m} weights "
+                                     f"(min({nn}, r) of a last block of r < {m})")
                 if (codes[~mask] != 0).any():
                     raise QuantError(f"{name}: pruned weights must have code 0")
 
@@ -200,7 +212,7 @@ class QuantizedWeight(TensorData):
         if self.codes is None:
             from .tensor_data import WeightDataMissing
             raise WeightDataMissing(f"quantized tensor {self.name or '<unnamed>'} has no values (config-only model)")
-        s = np.repeat(self.scales(), self.group, axis=1)
+        s = np.repeat(self.scales(), self.group, axis=1)[:, :self.shape[1]]   # a partial last group
         return (self.codes.astype(np.float64) * s).astype(np.float32)
 
     def storage_bits(self) -> int:

@@ -259,7 +259,7 @@ class Target:
     @property
     def chain_layout(self) -> ChainLayout:
         """How weight tiles sit in the weight buffer: interleaved over the chains, a word each."""
-        return ChainLayout(self.engine.n_chains, self.buffer("weight").word_bytes)
+        return ChainLayout(self.engine.n_chains, self.buffer("weight").word_bytes, self.engine.chain_len)
 
     @property
     def word_bytes(self) -> dict[BufferId, int]:

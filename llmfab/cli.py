@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model by a policy and measure the result")
     q.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
     q.add_argument("--policy", required=True, help="a policy YAML file or a bundled policy name "
-                   "(int8, int4-g128, int4-g128-gptq, w4-2of4, mixed-3.5)")
+                   "(int8, int4-g128, int4-g128-gptq, int4-g32, int3-g64, w4-2of4, mixed-3.5)")
     q.add_argument("--seq-len", type=_at_least(1), default=None, help="tokens per calibration/evaluation stream "
                    "(default: the policy's calibration seq_len)")
     q.add_argument("--calibration", default=None, metavar="TOKENS",

@@ -254,6 +254,11 @@ def step_package(f: Flow) -> None:
                    "row_bytes": lay.output.row_bytes, "rows": lay.output.rows,
                    "vocab": max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=0)},
         "weight_formats": weight_formats(g),   # the bits of every layer, for reports
+        # layers whose K the packer padded with zero codes to whole scale groups and chain beats
+        # (docs/integer.md): the bytes streamed grow by k_engine / k, the arithmetic does not change
+        "padded_k": [{"layer": name, "k": g.node(g.node(name).inputs[0]).type.shape[-1], "k_engine": k_hw}
+                     for name, (_, k_hw) in lay.engine_k.items()
+                     if k_hw != g.node(g.node(name).inputs[0]).type.shape[-1]],
         "buffers_peak": {"act": max(lo.peak["act"] for lo in lowered),
                          "scratch": max(lo.peak["scratch"] for lo in lowered),
                          "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
@@ -393,6 +398,10 @@ def summary(c: Compiled) -> str:
                  f"{m['instruction_bytes_per_exact_length'] / 1e9:.2f} GB with one program per exact length")
     lines.append(f"HBM          {m['hbm']['bytes_total'] / 1e9:.3f} GB used "
                  f"({m['hbm']['bytes_per_channel'] / 1e6:.1f} of {m['hbm']['capacity_per_channel'] / 1e6:.0f} MB per channel)")
+    if m.get("padded_k"):
+        pads = sorted({(p["k"], p["k_engine"]) for p in m["padded_k"]})
+        lines.append(f"padded K     {len(m['padded_k'])} layers stream zero codes to whole groups and chain beats: "
+                     + ", ".join(f"K={k} as {e}" for k, e in pads))
     lines.append(f"weights      {len(m['weights'])} channel images" if m["weights"] else
                  "weights      none (config-only model: programs and layout only)")
     return "\n".join(lines) + "\n"

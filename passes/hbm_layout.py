@@ -27,8 +27,8 @@ import numpy as np
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.isa import quant_row_bytes
 from llmfab.ir.memory import Region
-from llmfab.ir.packing import MANT_FIELD_BITS, ChainLayout
-from llmfab.ir.quant import QuantizedWeight, kept
+from llmfab.ir.packing import MANT_FIELD_BITS, ChainLayout, hardware_k, pad_k
+from llmfab.ir.quant import QuantizedWeight, QuantScheme, kept
 
 from .quantize import weight_sites
 
@@ -55,6 +55,7 @@ class HbmLayout:
     channels: int
     channel_capacity: int
     tiles: dict[str, tuple[Tile, ...]] = field(default_factory=dict)     # linear / lm_head node -> tiles
+    engine_k: dict[str, tuple[QuantScheme, int]] = field(default_factory=dict)  # linear -> format and K as run
     tables: dict[str, Region] = field(default_factory=dict)              # embedding table const -> rows
     params: dict[str, Region] = field(default_factory=dict)              # param key -> one row
     kv: dict[int, list[KVHead]] = field(default_factory=dict)            # layer -> per KV head
@@ -97,18 +98,35 @@ def kv_channels(row: int, channels: int, max_padding: float | None = None) -> in
     return c
 
 
+def engine_weight(qw: QuantizedWeight, weights: ChainLayout) -> QuantizedWeight:
+    """A linear's weight as the matrix engine streams it: K padded with zero codes to whole groups
+    and beats (ir/packing.py `hardware_k`, `pad_k`); the weight itself when K is whole already."""
+    return pad_k(qw, hardware_k(qw.scheme, qw.shape[1], weights.chain_len))
+
+
+def embed_parts(qw: QuantizedWeight) -> tuple[tuple[int, int, int], ...]:
+    """(first column, columns, group) of each EMBED over a table row. A partial last group is an
+    EMBED of its own (per row, its columns its group), so that every EMBED row is whole groups and
+    the SFU's EMBED needs no partial-group mode; a table row stores each part's EMBED row in turn."""
+    k, g = qw.shape[1], qw.group
+    full = k // g * g
+    return ((0, k, g),) if full == k else ((0, full, g), (full, k - full, k - full))
+
+
+def embed_row_bytes(bits: int, cols: int, group: int) -> int:
+    """Bytes of one EMBED row of `cols` codes of `bits` in groups of `group` (docs/isa.md EMBED)."""
+    return -(-cols * bits // 8) + 2 * (cols // group) + 1
+
+
 def row_bytes(qw: QuantizedWeight) -> int:
-    """Packed bytes of one row (codes + indices + mantissas + shift): an EMBED table row."""
-    s = qw.scheme
-    n, k = qw.shape
-    n_kept = kept(k, s.sparsity)
-    return -(-n_kept * s.bits // 8) + -(-n_kept * s.index_bits() // 8) + 2 * (k // qw.group) + 1
+    """Packed bytes of one table row (per EMBED part: codes, mantissas, shift): an EMBED table row."""
+    return sum(embed_row_bytes(qw.scheme.bits, cols, g) for _, cols, g in embed_parts(qw))
 
 
 def row_bits(qw: QuantizedWeight) -> tuple[int, int, int]:
     """Bits per row of the codes, indices and mantissa streams."""
     n_kept = kept(qw.shape[1], qw.scheme.sparsity)
-    return n_kept * qw.scheme.bits, n_kept * qw.scheme.index_bits(), MANT_FIELD_BITS * (qw.shape[1] // qw.group)
+    return n_kept * qw.scheme.bits, n_kept * qw.scheme.index_bits(), MANT_FIELD_BITS * qw.scheme.groups(qw.shape[1])
 
 
 def stream_offsets(qw: QuantizedWeight, rows: int, weights: ChainLayout) -> tuple[int, int, int, int, int]:
@@ -179,7 +197,8 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
     too_big = None
     for m in (n for n in g.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD)):
         const = m.inputs[1]
-        qw = g.node(const).data
+        qw = engine_weight(g.node(const).data, weights)
+        lay.engine_k[m.name] = (qw.scheme, qw.shape[1])
         n = qw.shape[0]
         bias = _bias_of(g, m.name) is not None
         nc = weights.chains
@@ -267,6 +286,14 @@ def _packed_rows(qw: QuantizedWeight, r0: int, r1: int):
                                 None if qw.mask is None else qw.mask[r0:r1], name=qw.name))
 
 
+def _table_part(qw: QuantizedWeight, c0: int, cols: int, group: int) -> QuantizedWeight:
+    """Columns [c0, c0 + cols) of a table with their scales: one EMBED part (`embed_parts`)."""
+    scheme = QuantScheme(qw.scheme.bits, group if group < cols else 0)
+    j0 = c0 // qw.group
+    return QuantizedWeight(scheme, (qw.shape[0], cols), qw.codes[:, c0:c0 + cols],
+                           qw.mant[:, j0:j0 + scheme.groups(cols)], qw.shift, name=qw.name)
+
+
 def channel_images(g: Graph, lay: HbmLayout, weights: ChainLayout) -> list[bytearray]:
     """Every channel's bytes: weight tiles, tables and parameters (KV cache and output stay zero)."""
     from llmfab.ir.fixed_point import to_fixed
@@ -276,7 +303,7 @@ def channel_images(g: Graph, lay: HbmLayout, weights: ChainLayout) -> list[bytea
 
     images = [bytearray(max(lay.used)) for _ in range(lay.channels)]
     for user, tiles in lay.tiles.items():
-        qw = g.node(g.node(user).inputs[1]).data
+        qw = engine_weight(g.node(g.node(user).inputs[1]).data, weights)
         b = _bias_of(g, user)
         bias = g.const_value(b) if b else None
         bits = row_bits(qw)
@@ -293,11 +320,12 @@ def channel_images(g: Graph, lay: HbmLayout, weights: ChainLayout) -> list[bytea
             if bias is not None:
                 img[at[4]:] = q16(bias[t.rows[0]:t.rows[1]])
             _write(images, t.obj, 0, bytes(img))
-    for const, obj in lay.tables.items():  # EMBED rows: codes, mantissas, shift of each row
+    for const, obj in lay.tables.items():  # EMBED rows: per part, codes, mantissas, shift of each row
         qw = g.node(const).data
+        parts = [_table_part(qw, *part) for part in embed_parts(qw)]
         for r in range(qw.shape[0]):
-            p = _packed_rows(qw, r, r + 1)
-            _write(images, obj, r, p.values + p.mant + p.shift)
+            rows = [_packed_rows(part, r, r + 1) for part in parts]
+            _write(images, obj, r, b"".join(p.values + p.mant + p.shift for p in rows))
     for n in g.nodes():
         if n.op is OpKind.RMSNORM:
             _write(images, lay.params[n.name], 0, q16(g.const_value(n.inputs[1])))

@@ -24,14 +24,14 @@ import numpy as np
 from llmfab.ir import Graph, InputRole, OpKind
 from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
 from llmfab.ir.isa import (BROADCAST, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc, lookup_field,
-                           make, weight_fields)
+                           make, quant_row_bytes, weight_fields)
 from llmfab.ir.memory import Region
 from llmfab.ir.quant import QuantizedWeight
 from llmfab.ir.verify import unfused_message, unfused_nodes
 
 from .buckets import Bucket, Stage
 from .buffer_alloc import Allocator
-from .hbm_layout import HbmLayout, LayoutError, const_operand
+from .hbm_layout import HbmLayout, LayoutError, const_operand, embed_parts, embed_row_bytes
 from .lower_attention import attention, quant_rows
 from .lower_copies import lower_concat, lower_slice, seq_axes
 from .tokens import TokenTracker
@@ -298,20 +298,27 @@ def _embedding(lw: Lowerer, node) -> None:
         lw.dma(Opcode.LD, obj, offset + lw.p_first, rows, WEIGHT, at, writes=[("weight", half)],
                len_field="hbm_addr")
     dst = lw.new_act(node.name)
-    lw.emit(Opcode.MISC, [("weight", half)], [("act", node.name)], func=MiscFunc.EMBED, rows=rows, cols=cols,
-            depth=qw.group, imm=qw.scheme.bits, src_buf=WEIGHT, src_addr=at, src_stride=obj.row_bytes,
-            dst_buf=ACT, dst_addr=dst)
+    parts = embed_parts(qw)
+    src = at
+    for c0, n, group in parts:   # one EMBED per part of the row (a partial last group is its own)
+        lw.emit(Opcode.MISC, [("weight", half)], [("act", node.name)], func=MiscFunc.EMBED, rows=rows, cols=n,
+                depth=group, imm=qw.scheme.bits, src_buf=WEIGHT, src_addr=src, src_stride=obj.row_bytes,
+                dst_buf=ACT, dst_addr=dst + 4 * c0, dst_stride=4 * cols if len(parts) > 1 else 0)
+        src += embed_row_bytes(qw.scheme.bits, n, group)
 
 
 def _linear(lw: Lowerer, node) -> None:
     x = node.inputs[0]
-    qw: QuantizedWeight = lw.g.node(node.inputs[1]).data
     rows, k = lw.rows_cols(x)
     _, n = lw.rows_cols(node.name)
-    xq = quant_rows(lw, x, (node.name, "xq"), rows, k)
+    # K as the engine runs it: padded with zero weight codes to whole groups and beats, so the
+    # activation rows are that far apart; the codes past K are never written, and multiply only
+    # zero weights (docs/integer.md, "K that is not whole groups")
+    scheme, k_hw = lw.lay.engine_k[node.name]
+    xq = quant_rows(lw, x, (node.name, "xq"), rows, k, pitch=quant_row_bytes(k_hw))
     dst = lw.new_act(node.name)
     decode = lw.bucket.stage is Stage.DECODE
-    wf = weight_fields(qw.scheme, k)
+    wf = weight_fields(scheme, k_hw)
     bias = len(node.inputs) == 3
     for t in lw.lay.tiles[node.name]:
         if t.obj.row_bytes > lw.half["weight"]:
@@ -320,8 +327,8 @@ def _linear(lw: Lowerer, node) -> None:
         at, half = lw.next_half("weight")
         lw.dma(Opcode.LD, t.obj, 0, 1, WEIGHT, at, writes=[("weight", half)])
         r0, r1 = t.rows
-        f = dict(n=r1 - r0, k=k, **wf, has_bias=int(bias), abuf=SCRATCH, obuf=ACT, wbuf_addr=at + t.streams[0],
-                 idx_addr=at + t.streams[1] if qw.scheme.sparsity else 0, scale_addr=at + t.streams[2],
+        f = dict(n=r1 - r0, k=k_hw, **wf, has_bias=int(bias), abuf=SCRATCH, obuf=ACT, wbuf_addr=at + t.streams[0],
+                 idx_addr=at + t.streams[1] if scheme.sparsity else 0, scale_addr=at + t.streams[2],
                  bias_addr=at + t.streams[4] if bias else 0, a_addr=xq, o_addr=dst + 4 * r0)
         reads = [("weight", half), ("scratch", (node.name, "xq"))]
         if decode:

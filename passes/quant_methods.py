@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmfab.ir.quant import MANT_BITS, QuantError, QuantizedWeight, QuantScheme, scale_multipliers
+from llmfab.ir.quant import (MANT_BITS, QuantError, QuantizedWeight, QuantScheme, block_counts, block_quota,
+                             scale_multipliers)
 
 MANT_MAX = (1 << MANT_BITS) - 1
 DAMP_RETRIES = 3                      # a failing Cholesky is retried with damp * 10, 100, 1000
@@ -25,16 +26,42 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 # ---- checks -------------------------------------------------------------------------------------
 
-def _weight(w, scheme: QuantScheme, name: str = "") -> tuple[np.ndarray, int]:
-    """w as a float64 copy [N, K] and its group size (QuantError for shapes the scheme cannot take,
-    naming the weight when the caller gave its name)."""
+def _weight(w, scheme: QuantScheme, name: str = "") -> np.ndarray:
+    """w as a float64 copy [N, K] (QuantError for a shape no scheme takes, naming the weight when the
+    caller gave its name)."""
     where = f"{name}: " if name else ""
     w = np.array(w, dtype=np.float64)
     if w.ndim != 2 or 0 in w.shape:
         raise QuantError(f"{where}a weight to quantize must be a non-empty [N, K] matrix, not shape {list(w.shape)}")
     if not np.isfinite(w).all():
         raise QuantError(f"{where}the weight has non-finite values (NaN or inf)")
-    return w, scheme.group_size(w.shape[1], where)
+    return w
+
+
+def padded_group(scheme: QuantScheme, k: int) -> tuple[int, int]:
+    """(g, Kp): the group the algorithms work with and K padded to whole groups with zero columns.
+    Zero columns change no group's max |w| and are never kept before a real weight (ties go to the
+    lower index), so a partial last group or N:M block gets its scale and mask from its real
+    columns only; the padding is cut off again. Per row, the group is K rounded up to the N:M block."""
+    g = scheme.group_size(k)
+    m = scheme.sparsity[1] if scheme.sparsity else 1
+    if g == k:
+        g = -(-k // m) * m
+    return g, -(-k // g) * g
+
+
+def _pad(a: np.ndarray, kp: int) -> np.ndarray:
+    return np.pad(a, ((0, 0), (0, kp - a.shape[1])))
+
+
+def _pad_hessian(h: np.ndarray, kp: int) -> np.ndarray:
+    """H [K, K] to [Kp, Kp]: the padding columns are independent inputs (no coupling, so no error
+    reaches them) with the mean diagonal, so the damping, d * mean(diag H), does not change."""
+    k = h.shape[0]
+    out = np.zeros((kp, kp))
+    out[:k, :k] = h
+    out[range(k, kp), range(k, kp)] = np.mean(np.diag(h)) if k else 0.0
+    return out
 
 
 def _mask(mask, scheme: QuantScheme, w: np.ndarray) -> np.ndarray | None:
@@ -50,11 +77,12 @@ def _mask(mask, scheme: QuantScheme, w: np.ndarray) -> np.ndarray | None:
     if mask.shape != w.shape or mask.dtype != np.bool_:
         raise QuantError(f"mask must be a bool array of the weight's shape {list(w.shape)}, "
                          f"not {mask.dtype} {list(mask.shape)}")
-    kept = mask.reshape(w.shape[0], -1, m).sum(axis=-1)
-    if (kept != n).any():
-        r, b = np.argwhere(kept != n)[0]
-        raise QuantError(f"mask keeps {kept[r, b]} of the {m} weights at row {r}, columns "
-                         f"{b * m}..{b * m + m - 1}; {scheme} needs exactly {n}")
+    kept, quota = block_counts(mask, m), block_quota(w.shape[1], n, m)
+    if (kept != quota).any():
+        r, b = np.argwhere(kept != quota)[0]
+        hi = min(b * m + m, w.shape[1])
+        raise QuantError(f"mask keeps {kept[r, b]} of the {hi - b * m} weights at row {r}, columns "
+                         f"{b * m}..{hi - 1}; {scheme} needs exactly {quota[b]}")
     return mask.copy()
 
 
@@ -71,13 +99,15 @@ def _top_n(scores: np.ndarray, n: int, m: int) -> np.ndarray:
 
 
 def nm_mask_magnitude(w: np.ndarray, n: int, m: int) -> np.ndarray:
-    """bool [N, K]: the n largest |w| of every m consecutive weights along K (ties: lower index first)."""
+    """bool [N, K]: the n largest |w| of every m consecutive weights along K (ties: lower index
+    first); a last block of r < m weights keeps min(n, r) of them."""
     w = np.asarray(w)
     if not (isinstance(n, (int, np.integer)) and isinstance(m, (int, np.integer)) and 0 < n <= m):
         raise QuantError(f"an N:M pattern needs 0 < n <= m, not {n}:{m}")
-    if w.ndim != 2 or w.shape[1] % m:
-        raise QuantError(f"an {n}:{m} mask needs a [N, K] weight with K a multiple of {m}, not shape {list(w.shape)}")
-    return _top_n(np.abs(w.astype(np.float64)), n, m)
+    if w.ndim != 2:
+        raise QuantError(f"an {n}:{m} mask needs a [N, K] weight, not shape {list(w.shape)}")
+    k = w.shape[1]
+    return _top_n(_pad(np.abs(w.astype(np.float64)), -(-k // m) * m), n, m)[:, :k]
 
 
 def _group_scales(w: np.ndarray, g: int, qmax: int, mask: np.ndarray | None) -> np.ndarray:
@@ -109,10 +139,13 @@ def rtn(w: np.ndarray, scheme: QuantScheme, mask: np.ndarray | None = None, name
     `scale_multipliers` first; codes are rounded against the exact scales mant * 2^-shift. A sparse
     scheme without a mask uses `nm_mask_magnitude`; pruned weights get code 0.
     """
-    w, g = _weight(w, scheme, name)
+    w = _weight(w, scheme, name)
     mask = _mask(mask, scheme, w)
-    mant, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, mask))
-    s = np.repeat(mant * np.exp2(-shift.astype(np.float64))[:, None], g, axis=1)
+    k = w.shape[1]
+    g, kp = padded_group(scheme, k)
+    pmask = None if mask is None else _pad(mask, kp)
+    mant, shift = _fixed_scales(_group_scales(_pad(w, kp), g, scheme.qmax, pmask))
+    s = np.repeat(mant * np.exp2(-shift.astype(np.float64))[:, None], g, axis=1)[:, :k]
     codes = _quantize(w, s, scheme.qmax)
     if mask is not None:
         codes[~mask] = 0
@@ -207,6 +240,13 @@ def _obs(W: np.ndarray, U: np.ndarray, scheme: QuantScheme, g: int, mant0: np.nd
     return codes, mant
 
 
+def _check_hessian(H, k: int, name: str) -> None:
+    shape = np.shape(H)
+    if shape != (k, k):
+        where = f"{name}: " if name else ""
+        raise QuantError(f"{where}H must be the [K, K] = [{k}, {k}] Hessian 2 X^T X, not shape {list(shape)}")
+
+
 def _check_block(block) -> None:
     if not (isinstance(block, (int, np.integer)) and block > 0):
         raise QuantError(f"block must be a positive integer, not {block!r}")
@@ -228,14 +268,19 @@ def gptq(w: np.ndarray, H: np.ndarray, scheme: QuantScheme, mask: np.ndarray | N
     scheme when none is given), pruned weights are quantized to 0 and their error propagated.
     H = c * I gives exactly `rtn`.
     """
-    w, g = _weight(w, scheme, name)
+    w = _weight(w, scheme, name)
     _check_block(block)
-    U, dead = _inverse_cholesky(H, w.shape[1], damp, f"{name}: " if name else "")
+    k = w.shape[1]
+    g, kp = padded_group(scheme, k)
+    _check_hessian(H, k, name)
+    U, dead = _inverse_cholesky(_pad_hessian(np.asarray(H, np.float64), kp), kp, damp, f"{name}: " if name else "")
+    w = _pad(w, kp)
     w[:, dead] = 0.0
-    mask = _mask(mask, scheme, w)
-    mant0, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, mask))
-    codes, mant = _obs(w, U, scheme, g, mant0, shift, mask, False, block)
-    return QuantizedWeight(scheme, w.shape, codes, mant, shift, mask, name)
+    mask = _mask(mask, scheme, w[:, :k])
+    pmask = None if mask is None else _pad(mask, kp)
+    mant0, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, pmask))
+    codes, mant = _obs(w, U, scheme, g, mant0, shift, pmask, False, block)
+    return QuantizedWeight(scheme, (w.shape[0], k), codes[:, :k], mant, shift, mask, name)
 
 
 def sparsegpt(w: np.ndarray, H: np.ndarray, scheme: QuantScheme, damp: float = 0.01, block: int = 128,
@@ -252,11 +297,15 @@ def sparsegpt(w: np.ndarray, H: np.ndarray, scheme: QuantScheme, damp: float = 0
     """
     if scheme.sparsity is None:
         raise QuantError(f"sparsegpt needs a sparse scheme (n:m), not {scheme}")
-    w, g = _weight(w, scheme, name)
+    w = _weight(w, scheme, name)
     _check_block(block)
-    U, dead = _inverse_cholesky(H, w.shape[1], damp, f"{name}: " if name else "")
+    k = w.shape[1]
+    g, kp = padded_group(scheme, k)
+    _check_hessian(H, k, name)
+    U, dead = _inverse_cholesky(_pad_hessian(np.asarray(H, np.float64), kp), kp, damp, f"{name}: " if name else "")
+    w = _pad(w, kp)
     w[:, dead] = 0.0
     mant0, shift = _fixed_scales(_group_scales(w, g, scheme.qmax, nm_mask_magnitude(w, *scheme.sparsity)))
     mask = np.zeros(w.shape, dtype=bool)
     codes, mant = _obs(w, U, scheme, g, mant0, shift, mask, True, block)
-    return QuantizedWeight(scheme, w.shape, codes, mant, shift, mask, name)
+    return QuantizedWeight(scheme, (w.shape[0], k), codes[:, :k], mant, shift, mask[:, :k], name)

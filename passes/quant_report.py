@@ -34,6 +34,8 @@ class LayerRow:
     method: str
     bits_per_weight: float
     sqnr_db: float | None
+    groups: int = 1                  # scale groups per output row
+    last_group: int = 0              # columns of the last group: fewer than the group when it does not divide K
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,9 @@ def quantize_model(g: Graph, policy: Policy, *, integer: bool = True) -> tuple[G
                 x = held_out[s.user]
                 sqnr = _sqnr(x @ w.T, x @ d.T)
         plan = plans[s.const]
+        groups = qw.scheme.groups(k)
         rows.append(LayerRow(s.user, s.role, s.layer, s.shape, str(plan.scheme), plan.method,
-                             qw.storage_bits() / (n * k), sqnr))
+                             qw.storage_bits() / (n * k), sqnr, groups, k - (groups - 1) * qw.group))
     quantized = {s.const for s in weight_sites(q)}
     other = sum(int(math.ceil(n.type.numel * 4)) for n in q.nodes()  # Q.16 int32 parameters
                 if n.op is OpKind.CONST and n.attrs.weight and n.name not in quantized)
@@ -134,8 +137,10 @@ def format_report(r: QuantReport) -> str:
                      f"({kind}, {r.eval_tokens} tokens)")
     else:
         lines.append("fidelity     n/a (config-only model: no weights)")
-    lines.append(f"{'layer':28s} {'scheme':16s} {'method':6s} {'bits/w':>6s} {'SQNR dB':>8s}")
+    lines.append(f"{'layer':28s} {'scheme':16s} {'method':6s} {'bits/w':>6s} {'SQNR dB':>8s}  groups")
     for row in r.layers:
         sq = "-" if row.sqnr_db is None else f"{row.sqnr_db:8.2f}"
-        lines.append(f"{row.name[:28]:28s} {row.scheme:16s} {row.method:6s} {row.bits_per_weight:6.3f} {sq:>8s}")
+        partial = row.last_group * row.groups != row.shape[1]
+        groups = f"{row.groups}" + (f" (last {row.last_group} of K={row.shape[1]})" if partial else "")
+        lines.append(f"{row.name[:28]:28s} {row.scheme:16s} {row.method:6s} {row.bits_per_weight:6.3f} {sq:>8s}  {groups}")
     return "\n".join(lines) + "\n"

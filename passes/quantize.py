@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from llmfab.ir import ConstAttrs, Graph, InputRole, OpKind, TensorType, run
-from llmfab.ir.quant import NM, QuantError, QuantizedWeight
+from llmfab.ir.quant import NM, QuantizedWeight
 
 from .pass_base import Pass
 from .policy import Policy, PolicyError, WeightPlan
@@ -155,22 +155,14 @@ def quantize_graph(g: Graph, plans: dict[str, WeightPlan], inputs: dict[str, np.
 
 
 def plan_sites(g: Graph, policy: Policy) -> dict[str, WeightPlan]:
-    """Each site's plan, checked against its shape now (before any calibration runs), so a scheme
-    that does not fit a weight names the policy field, the node and what would fit."""
+    """Each site's plan. Any group fits any K: a group that does not divide K leaves a partial last
+    group (docs/integer.md), which the quantize report shows per layer."""
     plans = {}
     for s in weight_sites(g):
         plan = policy.plan(s.role, s.layer)
         if plan.scheme.sparsity and any(u.op is OpKind.EMBEDDING for u in g.users(s.const)):
             # a table the embedding reads (a tied LM head) stays dense: rows are looked up whole
             plan = dataclasses.replace(plan, scheme=dataclasses.replace(plan.scheme, sparsity=None))
-        n, k = s.shape
-        per_row = plan.scheme.group == 0 or plan.scheme.group >= k  # then only the N:M block can fail
-        key = policy.field_of("sparsity" if per_row else "group", s.role, s.layer)
-        try:
-            plan.scheme.group_size(k, f"{policy.source}: {key}: {s.user} ({g.node(s.user).op}, weight [{n}, {k}]) "
-                                      f"gets {plan.scheme}: ")
-        except QuantError as e:
-            raise PolicyError(str(e)) from None
         plans[s.const] = plan
     return plans
 

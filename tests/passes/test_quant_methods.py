@@ -223,15 +223,6 @@ def test_deterministic(problem):
 
 def test_errors(problem):
     _, w, H = problem
-    with pytest.raises(QuantError, match=r"^group size 32 does not divide K=48; use group 0 \(one scale per "
-                                         r"output row\)$"):
-        rtn(np.ones((4, 48)), QuantScheme(4, 32))
-    with pytest.raises(QuantError, match=r"^w: group size 64 does not divide K=96; use group 32 \(the largest of "
-                                         r"32, 64, 128 that divides 96\) or group 0 \(one scale per output row\)$"):
-        gptq(np.ones((4, 96)), np.eye(96), QuantScheme(4, 64), name="w")
-    with pytest.raises(QuantError, match=r"^w: sparsity 2:4 needs K to be a multiple of 4, not K=6; use sparsity "
-                                         r"null \(dense\) for this weight$"):
-        rtn(np.ones((4, 6)), QuantScheme(4, 0, (2, 4)), name="w")
     assert rtn(np.ones((4, 48)), QuantScheme(4, 128)).group == 48   # a group larger than K: per row
     with pytest.raises(QuantError, match=r"^H must be the \[K, K\] = \[128, 128\] Hessian 2 X\^T X, "
                                          r"not shape \[64, 64\]$"):
@@ -256,6 +247,5 @@ def test_errors(problem):
         rtn(np.full((2, 32), np.nan), QuantScheme(4, 32))
     with pytest.raises(QuantError, match=r"^damp must be positive, not 0$"):
         gptq(w, H, QuantScheme(4, 32), damp=0)
-    with pytest.raises(QuantError, match=r"^an 2:4 mask needs a \[N, K\] weight with K a multiple of 4, "
-                                         r"not shape \[2, 6\]$"):
-        nm_mask_magnitude(np.ones((2, 6)), 2, 4)
+    with pytest.raises(QuantError, match=r"^an 2:4 mask needs a \[N, K\] weight, not shape \[6\]$"):
+        nm_mask_magnitude(np.ones(6), 2, 4)

@@ -1,6 +1,7 @@
 """The quantize flow: plans, sizes, measured fidelity (fixtures) and the `llmfab quantize` CLI."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from llmfab.flow import load_model
 from llmfab.frontend.config import PRESET_DIR
 from llmfab.ir import OpKind, verify
 from llmfab.ir.quant import QuantizedWeight
-from llmfab.passes.policy import POLICY_DIR, load_policy
+from llmfab.passes.policy import load_policy
 from llmfab.passes.quant_report import quantize_model
 
 
@@ -195,32 +196,24 @@ def _config(tmp_path, **fields):
     return str(tmp_path / "config.json")
 
 
-def test_group_that_does_not_divide_k_names_policy_field_node_and_fix(tmp_path, capsys):
-    """Issue 14: `group size 128 does not divide K=160` named neither the weight nor the fix."""
+def test_group_that_does_not_divide_k_leaves_a_partial_last_group_shown_per_layer(tmp_path, capsys):
+    """Issue 15 (any K): `group size 128 does not divide K=160` used to stop quantize and compile.
+    The group the policy asks for is kept; the last group of a row is partial, and says so."""
     model = _config(tmp_path, hidden_size=160, intermediate_size=320)
-    bundled = str(POLICY_DIR / "int4-g128.yaml")
-    assert main(["quantize", model, "--policy", "int4-g128"]) == 2
-    assert capsys.readouterr().err == (
-        f"llmfab: error: {bundled}: default.group: embed_tokens (embedding, weight [256, 160]) gets int4-g128: "
-        "group size 128 does not divide K=160; use group 32 (the largest of 32, 64, 128 that divides 160) or "
-        "group 0 (one scale per output row)\n")
+    assert main(["quantize", model, "--policy", "int4-g128", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["layers"]}
+    assert rows["embed_tokens"]["scheme"] == "int4-g128"
+    assert (rows["embed_tokens"]["groups"], rows["embed_tokens"]["last_group"]) == (2, 32)     # 160 = 128 + 32
+    assert (rows["layers.0.down_proj"]["groups"], rows["layers.0.down_proj"]["last_group"]) == (3, 64)   # 320
+    # bits: codes, one 16-bit mantissa per group (the partial one too), an 8-bit shift per row
+    assert rows["embed_tokens"]["bits_per_weight"] == pytest.approx(4 + (2 * 16 + 8) / 160)
+    assert main(["quantize", model, "--policy", "int4-g128"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^layers\.0\.down_proj +int4-g128 .* 3 \(last 64 of K=320\)$", text, re.M)
+    assert re.search(r"^layers\.0\.q_proj +int4-g128 .* 2 \(last 32 of K=160\)$", text, re.M)
     policy = tmp_path / "p.yaml"
-    policy.write_text("default: {bits: 4, group: 0}\nlayers: {1.down_proj: {group: 64, sparsity: '2:4'}}\n")
-    model = _config(tmp_path, hidden_size=160, intermediate_size=352)  # 352 = 32 * 11
-    assert main(["quantize", model, "--policy", str(policy)]) == 2
-    assert capsys.readouterr().err == (
-        f"llmfab: error: {policy}: layers.1.down_proj.group: layers.1.down_proj (linear, weight [160, 352]) gets "
-        "int4-g64-2:4: group size 64 does not divide K=352; use group 32 (the largest of 32, 64, 128 that divides "
-        "352) or group 0 (one scale per output row)\n")
-    policy.write_text("default: {bits: 4, group: 0, sparsity: '2:8'}\n")
-    model = _config(tmp_path, hidden_size=160, intermediate_size=324)
-    assert main(["compile", model, "--target", "sim-small", "--policy", str(policy), "--max-len", "64", "-o", str(tmp_path / "B")]) == 2
-    assert capsys.readouterr().err == (
-        f"llmfab: error: {policy}: default.sparsity: layers.0.down_proj (linear, weight [160, 324]) gets "
-        "int4-ch-2:8: sparsity 2:8 needs K to be a multiple of 8, not K=324; use sparsity null (dense) for "
-        "this weight\n")
-    # the advice works: the suggested group quantizes the model that failed
-    policy.write_text("default: {bits: 4, group: 32}\n")
-    model = _config(tmp_path, hidden_size=160, intermediate_size=320)
-    assert main(["quantize", model, "--policy", str(policy)]) == 0
-    assert "int4-g32" in capsys.readouterr().out
+    policy.write_text("default: {bits: 4, group: 0, sparsity: '2:8'}\nroles: {embedding: {sparsity: null}}\n")
+    model = _config(tmp_path, hidden_size=160, intermediate_size=324)    # 324 = 8 * 40 + 4
+    assert main(["compile", model, "--target", "sim-small", "--policy", str(policy), "--max-len", "64",
+                 "-o", str(tmp_path / "B")]) == 0
+    capsys.readouterr()
