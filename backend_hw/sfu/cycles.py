@@ -14,11 +14,11 @@ elements of one pass over one row) with the RTL's recurrences, in cycles after t
   S + w + 2 (`FETCH_RETURN`).
 - SFU: takes a beat at T_j = max(S_j + w_j + 2, T_{j-1} + 1, the SFU back in STREAM); after the
   last beat of a reduction pass the next pass's first beat is taken `sweep_gap` cycles later
-  (sfu/datapath.py: SMAX 2; else 4 plus `RowScalars`' busy cycles, `SCALAR_CYCLES`,
-  `QUANT_SCALAR_CYCLES`). An output beat reaches the FIFO `SFU.LATENCY` cycles after T; COPY and
-  EMBED beats skip the SFU and reach it at T. A beat is held while `OUT_DEPTH` results are
-  between take and the writer (the writer is the bottleneck of one-pass functions, whose beats
-  write as many words as they read).
+  (sfu/datapath.py: SMAX `acc_ready` - 1; else `acc_ready` + 1 plus `RowScalars`' busy cycles,
+  `SCALAR_CYCLES`, `QUANT_SCALAR_CYCLES`). An output beat reaches the FIFO `SFU.LATENCY` cycles
+  after T; COPY and EMBED beats skip the SFU and reach it at T + `EmbedLanes.LATENCY`. A beat is
+  held while `OUT_DEPTH` results are between take and the writer (the writer is the bottleneck of
+  one-pass functions, whose beats write as many words as they read).
 - writer: `ByteWriter` takes a FIFO entry the cycle after it was written, and the next one in the
   cycle it writes the current one's last word (one word a cycle); `done` pulses the cycle after
   the last word is written.
@@ -39,6 +39,7 @@ from llmfab.ir.target import Target
 
 from .arith import SeqDivider
 from .datapath import SFU, sweep_gap
+from .embed import EmbedLanes
 from .scalars import SWEEPS, Sweep
 from .unit import SfuUnit
 
@@ -175,7 +176,7 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
             s = max(s, pops[-D]) if len(pops) >= D else s      # room in the input FIFO
             t = max(s + w + FETCH_RETURN, pops[-1] + 1 if pops else 0)
             if bypass:
-                lat = 0
+                lat = EmbedLanes.LATENCY
             else:
                 t, lat = max(t, sfu_ready), SFU.LATENCY
             if wo:

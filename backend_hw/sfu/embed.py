@@ -2,8 +2,10 @@
 `Y[k] = sat(rshr(code[k] * mant, shift - 16), 32)` for the `lanes` codes of one beat, all in one
 scale group (the unit ends beats at group boundaries, so one mantissa serves the beat).
 
-Combinational: `codes` holds the beat's packed code bytes, the first code at bit `phase`; `bits`
-is the code width (2, 3, 4 or 8; any other width gives zeros).
+`codes` holds the beat's packed code bytes, the first code at bit `phase`; `bits` is the code
+width (2, 3, 4 or 8; any other width gives zeros). Three registered stages (`LATENCY`): the codes
+unpacked and the shift decoded, the products (a DSP each), the rounding shift and saturation;
+each stage a few LUT levels.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ CODE_BITS = (2, 3, 4, 8)
 
 
 class EmbedLanes(wiring.Component):
+    LATENCY = 3
+
     def __init__(self, lanes: int, code_bytes: int):
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
@@ -34,18 +38,21 @@ class EmbedLanes(wiring.Component):
         s = Signal(signed(10))
         m.d.comb += s.eq(self.shift - 16)
         # |code * mant| < 2^23: a right shift past 31 gives 0 as rshr does, a left one past 31 saturates
-        right = s > 0
-        sr1 = Signal(5)
-        sl = Signal(6)
-        m.d.comb += [sr1.eq(Mux(s > 31, 30, s - 1)), sl.eq(Mux(s < -31, 31, -s))]
+        right, sr1, sl = Signal(reset_less=True), Signal(5, reset_less=True), Signal(6, reset_less=True)
+        mant = Signal(16, reset_less=True)
+        m.d.sync += [right.eq(s > 0), sr1.eq(Mux(s > 31, 30, s - 1)), sl.eq(Mux(s < -31, 31, -s)),
+                     mant.eq(self.mant)]
+        right2, sr2, sl2 = (Signal.like(v, name=f"{v.name}2") for v in (right, sr1, sl))
+        m.d.sync += [right2.eq(right), sr2.eq(sr1), sl2.eq(sl)]
         aligned = self.codes >> self.phase
         for n in range(L):
-            code = Signal(signed(8), name=f"code_{n}")
+            code = Signal(signed(8), name=f"code_{n}", reset_less=True)
             with m.Switch(self.bits):
                 for b in CODE_BITS:
                     with m.Case(b):
-                        m.d.comb += code.eq(aligned[n * b:(n + 1) * b].as_signed())
-            v = Signal(signed(25), name=f"v_{n}")
-            m.d.comb += v.eq(code * self.mant)
-            m.d.comb += self.y[n].eq(sat(rshr_var(v, right, sr1, sl)))
+                        m.d.sync += code.eq(aligned[n * b:(n + 1) * b].as_signed())
+                with m.Default():
+                    m.d.sync += code.eq(0)
+            v = Signal(signed(25), name=f"v_{n}", reset_less=True)
+            m.d.sync += [v.eq(code * mant), self.y[n].eq(sat(rshr_var(v, right2, sr2, sl2)))]
         return m

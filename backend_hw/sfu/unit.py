@@ -250,9 +250,17 @@ class SfuUnit(wiring.Component):
         m.d.comb += e8.eq(o.payload.e)
         codes = Cat(*(o.payload.y[n][:8] for n in range(L)))
         entry = Signal(write_layout(OB))
+        # COPY and EMBED beats reach the FIFO `EmbedLanes.LATENCY` cycles after their pop, COPY's
+        # bytes delayed alike (one path, and no combinational work between the two FIFOs)
+        by_push, by_addr, by_n, by_data = push_bypass, head.addr, head.n, hregs[0]
+        for i in range(EmbedLanes.LATENCY):
+            nxt = [Signal(name=f"by_push{i}"), Signal.like(head.addr, name=f"by_addr{i}"),
+                   Signal.like(head.n, name=f"by_n{i}"), Signal(8 * RB, name=f"by_data{i}", reset_less=True)]
+            m.d.sync += [nxt[0].eq(by_push), nxt[1].eq(by_addr), nxt[2].eq(by_n), nxt[3].eq(by_data)]
+            by_push, by_addr, by_n, by_data = nxt
         with m.If(bypass):
-            m.d.comb += [entry.addr.eq(head.addr), entry.n.eq(head.n),
-                         entry.data.eq(Mux(is_copy, hregs[0], Cat(*(emb.y[n] for n in range(L)))))]
+            m.d.comb += [entry.addr.eq(by_addr), entry.n.eq(by_n),
+                         entry.data.eq(Mux(is_copy, by_data, Cat(*(emb.y[n] for n in range(L)))))]
         with m.Elif(func == F.QUANT_ROWS):
             with m.If(o_k0 == 0):
                 m.d.comb += [entry.addr.eq(o_row), entry.n.eq(o_nl + 4),
@@ -264,7 +272,7 @@ class SfuUnit(wiring.Component):
                          entry.data.eq(Cat(*(o.payload.y[n] for n in range(L))))]
         m.d.comb += [emb.codes.eq(hregs[0]), emb.phase.eq(head.phase), emb.bits.eq(bits),
                      emb.mant.eq(hregs[1][:16]), emb.shift.eq(hregs[2][:8]),
-                     fifo.w_data.eq(entry), fifo.w_en.eq(o.valid | push_bypass),
+                     fifo.w_data.eq(entry), fifo.w_en.eq(o.valid | by_push),
                      wr.i.payload.eq(fifo.r_data), wr.i.valid.eq(fifo.r_rdy), fifo.r_en.eq(wr.i.ready),
                      wr.buf.eq(f["dst_buf"])]
         with m.If(o.valid):
