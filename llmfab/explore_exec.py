@@ -20,12 +20,14 @@ class ExecutorError(RuntimeError):
     pass
 
 
-def run_local(tasks: list[Task], jobs: int, done: Callable[[Task, dict], None]) -> None:
+def run_local(tasks: list[Task], jobs: int, done: Callable[[Task, dict], None],
+              fn: Callable[[Task], dict] = evaluate) -> None:
     """`--jobs 1` runs the points in this process; more, in a pool of `jobs` spawned processes
-    (spawned, not forked: the progress display runs a thread)."""
+    (spawned, not forked: the progress display runs a thread). `fn`: what runs a point (a
+    module-level function: the pool pickles it by name)."""
     if jobs == 1:
         for t in tasks:
-            done(t, evaluate(t))
+            done(t, fn(t))
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -41,7 +43,7 @@ def run_local(tasks: list[Task], jobs: int, done: Callable[[Task, dict], None]) 
             while (source or running) and not broken:
                 while source and len(running) < width:   # no more in flight than workers: a break names few
                     t = source.popleft()
-                    running[pool.submit(evaluate, t)] = t
+                    running[pool.submit(fn, t)] = t
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     t = running.pop(fut)

@@ -178,3 +178,24 @@ def test_ray_gives_the_same_points(local_run, tmp_path, capsys):
     assert r["points"] == d["points"] and r["counts"] == d["counts"]
     import ray
     assert not ray.is_initialized()
+
+
+def _dies_on_b(task):
+    """A point runner whose process dies (no exception, no result) on point 'b'."""
+    import os
+    if task.id == "b":
+        os._exit(3)
+    return {"status": "ok", "metrics": {"tokens_per_s": len(task.id)}}
+
+
+def test_a_dead_worker_process_is_found_and_the_pool_goes_on():
+    from llmfab.explore_exec import run_local
+    from llmfab.explore_point import Task
+    tasks = [Task(pid, "m", "", "", "int8", 16, None, None, 8, 8) for pid in ("a", "b", "cc", "ddd", "e")]
+    results = {}
+    run_local(tasks, 2, lambda t, r: results.__setitem__(t.id, r), fn=_dies_on_b)
+    assert results == {"a": {"status": "ok", "metrics": {"tokens_per_s": 1}},
+                       "b": {"status": "crashed", "error": "the worker process died while running this point"},
+                       "cc": {"status": "ok", "metrics": {"tokens_per_s": 2}},
+                       "ddd": {"status": "ok", "metrics": {"tokens_per_s": 3}},
+                       "e": {"status": "ok", "metrics": {"tokens_per_s": 1}}}
