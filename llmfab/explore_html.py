@@ -15,15 +15,20 @@ COLUMNS = (("tokens_per_s", "tok/s", ".1f", 1.0), ("ttft_s", "TTFT ms", ".1f", 1
            ("power_w", "W", ".1f", 1.0), ("j_per_token", "J/token", ".3f", 1.0))
 
 
+def _short(axis: str) -> str:
+    """A column head: `engine.n_chains` -> `n_chains`, `buffers.kv.bytes` -> `kv bytes`."""
+    return axis.removeprefix("engine.").removeprefix("buffers.").replace(".bytes", " bytes")
+
+
 def _points_table(p: Page, rows: list[tuple[int, dict]], axes: list[str]) -> str:
-    head = ["point", *axes, *(c[1] for c in COLUMNS), "front", "target YAML"]
+    head = ["point", *map(_short, axes), *(c[1] for c in COLUMNS), "front"]   # its target: best-<point>.yaml
     body = []
     for i, pt in rows:
         flags = ("DSP " if pt["pareto_dsp"] else "") + ("power" if pt["pareto_power"] else "")
         body.append([html.escape(pt["id"]), *(html.escape(str(pt["params"][k])) for k in axes),
                      *(p.n(f"points/{i}/metrics/{k}", fmt, scale) for k, _, fmt, scale in COLUMNS),
-                     flags.strip() or "–", html.escape(pt.get("yaml", ""))])
-    return _table(head, body)
+                     flags.strip() or "–"])
+    return f"<div style='overflow-x:auto;white-space:nowrap'>{_table(head, body)}</div>"
 
 
 def render_explore_html(d: dict) -> str:
@@ -58,7 +63,7 @@ def render_explore_html(d: dict) -> str:
     bad = [(i, q) for i, q in pts if q["status"] != OK]
     if bad:
         body += _section("Points that do not fit or crashed", "Why each was refused, as compile, the target checks "
-                         "or the worker said.", _table(["point", *axes, "status", "why"], [
+                         "or the worker said.", _table(["point", *map(_short, axes), "status", "why"], [
                              [html.escape(q["id"]), *(html.escape(str(q["params"][k])) for k in axes),
                               "crashed" if q["status"] == CRASHED else "does not fit", html.escape(q["error"])]
                              for i, q in bad]))
