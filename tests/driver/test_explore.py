@@ -8,6 +8,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 import sys
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from conftest import TINY
 from llmfab import explore_point
 from llmfab.cli import main
-from test_report_html import _check_numbers
+from test_report_html import CHROMIUM, _check_numbers, _chromium
 
 SPACE = """prefill: 8
 decode: 8
@@ -120,6 +121,25 @@ def test_report_page_shows_the_points(local_run):
     page = (tmp / "local" / "report.html").read_text()
     assert _check_numbers(d, page) >= 8 * 2        # every front and every point's figures, from points.json
     assert page.count("<svg") == 2 and "Decode tokens/s against DSPs" in page and "<script" not in page
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"needs {CHROMIUM}: apt-get install chromium (.ci/run does)")
+def test_report_page_is_deterministic_and_renders(local_run, tmp_path):
+    import matplotlib.image as mpimg
+
+    from llmfab.explore_html import render_explore_html
+    tmp, d, _ = local_run
+    src = tmp / "local" / "report.html"
+    assert render_explore_html(d) == src.read_text()         # the page is drawn from points.json alone
+    shot = tmp_path / "shot.png"
+    r = _chromium([f"--screenshot={shot}", "--window-size=1200,1600", src.as_uri()], tmp_path)
+    assert shot.is_file(), (CHROMIUM, r.stderr[-2000:])
+    img = (mpimg.imread(shot)[..., :3] * 255).astype(int)
+    assert img.mean(axis=2).std() > 10                       # not a blank page
+    orange = (abs(img[..., 0] - 0xe0) < 12) & (abs(img[..., 1] - 0x7b) < 12) & (abs(img[..., 2] - 0x39) < 12)
+    assert orange.sum() > 200                                # the Pareto markers and staircases are drawn
+    dom = _chromium(["--dump-dom", src.as_uri()], tmp_path).stdout
+    assert dom.count("<svg") == 2 and "Decode tokens/s against power" in dom
 
 
 def test_rerun_and_extended_space_come_from_the_cache(local_run, capsys):
