@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 MARKER = ".llmfab"                                     # "llmfab <kind>\n" in every folder llmfab writes
-MANIFESTS = {"build": "manifest.json", "rtl": "rtl.json"}   # kind -> the manifest beside the marker
+MANIFESTS = {"build": "manifest.json", "rtl": "rtl.json", "explore": "points.json"}   # kind -> its manifest
+KIND_NAMES = {"build": "a BUILD", "rtl": "an RTL", "explore": "an explore"}
 
 
 class FolderError(ValueError):
@@ -61,7 +62,7 @@ def check_output(out: str | Path, kind: str, inputs=()) -> Path:
     if not stat.S_ISDIR(mode):
         raise FolderError(f"{out}: exists and is {_what(mode)}, not a folder; choose another output folder")
     if not _replaceable(out, kind):
-        raise FolderError(f"{out}: exists and is not a{'n RTL' if kind == 'rtl' else ' BUILD'} folder llmfab "
+        raise FolderError(f"{out}: exists and is not {KIND_NAMES[kind]} folder llmfab "
                           f"wrote (no {MARKER} and {MANIFESTS[kind]}); empty it or choose another output folder")
     return out
 

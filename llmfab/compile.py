@@ -280,16 +280,27 @@ def step_verify(f: Flow) -> None:
 STEPS = (step_load, step_quantize, step_layout, step_lower, step_check, step_package, step_verify)
 
 
-def check_fit(model: str, target: str, *, policy: str = "int8", length: int) -> Flow:
+def check_fit(model: str, target: str | Target, *, policy: str = "int8", length: int,
+              prefill_step: int | None = None, decode_step: int | None = None) -> Flow:
     """What compile checks before lowering, at `length` tokens: the model's positions, the weight
     formats the target runs, memory (weights, parameters, KV cache) and weight and KV tiles
-    against the buffers. CompileError says what does not fit and by how much (`llmfab report`)."""
+    against the buffers. CompileError says what does not fit and by how much (`llmfab report`,
+    `llmfab explore`, which passes a derived Target and bucket steps)."""
     if length < 1:
         raise CompileError(f"the context must be positive, not {length}")
-    f = Flow(model, load_target(target), load_policy(policy), length, None, None)
+    check_steps(length, prefill_step, decode_step)
+    tgt = target if isinstance(target, Target) else load_target(target)
+    f = Flow(model, tgt, load_policy(policy), length, prefill_step, decode_step)
     for step in (step_load, step_quantize, step_layout):
         step(f)
     return f
+
+
+def check_steps(max_len: int, prefill_step: int | None, decode_step: int | None) -> None:
+    """CompileError unless each bucket step asked for is between 1 and the max length."""
+    for name, v in (("--prefill-step", prefill_step), ("--decode-step", decode_step)):
+        if v is not None and not 1 <= v <= max_len:
+            raise CompileError(f"{name} must be between 1 and --max-len ({max_len}), not {v}")
 
 
 def default_max_len(model: str) -> int:
@@ -315,9 +326,7 @@ def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int
         max_len = default_max_len(model)
     if max_len < 1:
         raise CompileError(f"--max-len must be positive, not {max_len}")
-    for name, v in (("--prefill-step", prefill_step), ("--decode-step", decode_step)):
-        if v is not None and not 1 <= v <= max_len:
-            raise CompileError(f"{name} must be between 1 and --max-len ({max_len}), not {v}")
+    check_steps(max_len, prefill_step, decode_step)
     f = Flow(model, tgt, pol, max_len, prefill_step, decode_step, check=check, graph_at=graph_at)
     for step in STEPS:
         try:

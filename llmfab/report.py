@@ -52,8 +52,8 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
     from llmfab.flow import load_model
     from llmfab.ir.target import load_target
     from llmfab.passes import PASSES, parse_pipeline, run_pipeline
-    from llmfab.passes.roofline import power, resources, roofline, roofs, to_json
-    from llmfab.simulator import DesignUnits, schedule
+    from llmfab.passes.roofline import resources, roofline, roofs, to_json
+    from llmfab.simulator import DesignUnits
     from llmfab.simulator.run import simulate
 
     t = load_target(target)
@@ -79,10 +79,7 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
     units = DesignUnits(t)
     build = _FlowBuild(fit)
     sim = simulate(build, prefill, max(decode, 1), units, track=progress.track)
-    # power at the decode step as the design timing model runs it (its time, bytes and MAC
-    # activity depend on the policy), not at the roofline bound, where HBM watts are a constant
-    step = schedule(fit.decode[-1].program, context, units)
-    pw = power(t, res, step.seconds, step.hbm_bytes, step.dsp_utilization(t))
+    pw = decode_power(t, res, fit.decode[-1].program, context, units)
     # no schedule beats the roofline bound: the same curves at each op's peak, for comparison
     bounds = {"ttft_s": {n: roofline(graphs["prefill"], t, "prefill", int(n), int(n)).bound_seconds(t)
                          for n in sim.curves["ttft_s"]},
@@ -96,13 +93,25 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
         "roofs": roofs(t),
         "stages": {r.stage: {"ideal_s": r.seconds, "bound_s": r.bound_seconds(t), "bytes": r.bytes} for r in stages},
         "resources": _resources(t),
-        "power": {"static_w": pw.static_w, "dynamic_w": pw.dynamic_w, "joules_per_token": pw.joules_per_token,
-                  "decode_step_s": step.seconds, "dsp_activity": step.dsp_utilization(t)},
+        "power": pw,
         "simulate": sim.to_json(),
         "bounds": bounds,
         "storage": _storage(fit.manifest),
         "weight_formats": fit.manifest["weight_formats"],
     })
+
+
+def decode_power(t, res: dict, program, context: int, units) -> dict:
+    """Power and J/token at one decode step as the timing model runs it (its time, HBM bytes and
+    MAC activity depend on the policy), not at the roofline bound, where HBM watts are a constant
+    (`llmfab report` and `llmfab explore`)."""
+    from llmfab.passes.roofline import power
+    from llmfab.simulator import schedule
+
+    step = schedule(program, context, units)
+    pw = power(t, res, step.seconds, step.hbm_bytes, step.dsp_utilization(t))
+    return {"static_w": pw.static_w, "dynamic_w": pw.dynamic_w, "joules_per_token": pw.joules_per_token,
+            "decode_step_s": step.seconds, "dsp_activity": step.dsp_utilization(t)}
 
 
 def simulate_data(path, prefill: int, decode: int, model: str = "design", trace=None) -> dict:

@@ -206,3 +206,25 @@ def bits_grid(formats: list[dict]) -> str:
         ax.grid(False)
         fig.colorbar(im, ax=ax, label="bits per weight", fraction=0.04, pad=0.02)
         return svg(fig, "bits")
+
+
+def pareto_plot(points: list[tuple[float, float, bool]], title: str, xlabel: str, salt: str) -> str:
+    """`llmfab explore`: every point that fits as (cost, tokens/s, on the front); the front drawn
+    as a staircase (a cheaper point is never faster than the front at its cost) and highlighted."""
+    mpl = _mpl()
+    with mpl.rc_context(rc()):
+        fig = figure(5.6, 3.8)
+        ax = fig.add_subplot()
+        rest = [p for p in points if not p[2]]
+        front = sorted(p for p in points if p[2])
+        ax.scatter([p[0] for p in rest], [p[1] for p in rest], s=18, color=PALETTE[7], alpha=0.6,
+                   edgecolors="none", label="dominated", zorder=2)
+        if front:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=PALETTE[1], linewidth=1.4,
+                    zorder=3)
+            ax.scatter([p[0] for p in front], [p[1] for p in front], s=40, color=PALETTE[1], edgecolors="white",
+                       linewidths=0.6, label="Pareto-optimal", zorder=4)
+        style(ax, title, xlabel, "decode tokens/s")
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="lower right")
+        return svg(fig, salt)

@@ -90,11 +90,12 @@ def write_trace(t: Timing, clock_mhz: float, path: str | Path) -> None:
 
 
 def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path | None = None,
-             track=_identity) -> SimReport:
+             track=_identity, curves: bool = True) -> SimReport:
     """Time `build` (a `llmfab.build.Build`: `.target`, `.max_len`, `.manifest`, `.program_for(stage,
     length)`, `.sections(stage, length)`) on `units`: the prefill of `prefill` tokens, then `decode`
-    steps; and the curves over the whole build: TTFT at every chunk end, decode speed at
-    `curve_contexts`. `track(items, label)`: iterates `items`, showing progress (the driver's)."""
+    steps; and, with `curves`, the curves over the whole build: TTFT at every chunk end, decode
+    speed at `curve_contexts` (`llmfab explore` leaves them out: they cost most of the time and
+    change neither TTFT nor tokens/s). `track(items, label)`: iterates `items`, showing progress."""
     if prefill < 1 or decode < 1 or prefill + decode > build.max_len:
         raise SimulateError(f"--prefill {prefill} + --decode {decode} must be positive and fit max_len "
                             f"{build.max_len} of {build.path}")
@@ -105,6 +106,8 @@ def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path |
     mine = {end for _, end in prompt_chunks(prefill, step)}
     pre = {"seconds": 0.0, "units": {}, "ops": {}, "sections": {}, "macs": 0, "hbm_bytes": 0}
     ttft_curve, elapsed = {}, 0.0
+    if not curves:
+        ends = sorted(mine)
     for end in track(ends, f"simulate {len(ends)} prefill chunks"):
         t = schedule(build.program_for("prefill", end), end, units)
         elapsed += t.seconds
@@ -116,7 +119,8 @@ def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path |
     contexts = sorted({prefill + 1, prefill + (decode + 1) // 2, prefill + decode})
     mid_ctx = contexts[len(contexts) // 2]
     seconds, mid = {}, None
-    for c in track(sorted(set(contexts) | set(curve_contexts(build.max_len))), "simulate decode contexts"):
+    curve_ctx = curve_contexts(build.max_len) if curves else []
+    for c in track(sorted(set(contexts) | set(curve_ctx)), "simulate decode contexts"):
         t = schedule(build.program_for("decode", c), c, units)
         seconds[c] = t.seconds
         if c == mid_ctx:
@@ -133,7 +137,7 @@ def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path |
     peak = target.memory.peak_gbps * 1e9
     breakdown = {"prefill": pre,
                  "decode": _breakdown(mid, build.sections("decode", mid_ctx))}
-    curves = {"ttft_s": ttft_curve, "decode_s_per_token": {c: seconds[c] for c in curve_contexts(build.max_len)}}
+    curves = {"ttft_s": ttft_curve if curves else {}, "decode_s_per_token": {c: seconds[c] for c in curve_ctx}}
     return SimReport(target.name, units.name, prefill, decode, ttft, decode / total, {c: seconds[c] for c in contexts},
                      mid.hbm_utilization(target), mid.dsp_utilization(target), peak / mid.hbm_bytes,
                      mid.instructions, breakdown, curves)
