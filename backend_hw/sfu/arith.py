@@ -97,7 +97,7 @@ class SeqDivider(wiring.Component):
 
         with m.If(self.start):
             m.d.sync += [mag.eq(abs(self.n) if self.signed_n else self.n), q_bits.eq(self.q_bits),
-                         den.eq(self.d), neg.eq(self.n < 0), align.eq(1)]
+                         den.eq(self.d), neg.eq(self.n < 0 if self.signed_n else 0), align.eq(1)]
         with m.Elif(align):
             # steps, k and the shift up, a table of the registered q_bits (no adders before the shifts)
             steps, k, up = Signal(range(nb // R + 1)), Signal(range(nb + 1)), Signal(range(nb + 1))
