@@ -106,22 +106,22 @@ class Requantizer(wiring.Component):
         m.d.sync += [total.eq(acc + prod), s2.eq(b1.shift + b1.ex)]
         b2 = carry(b1, RowScale, "b2")
 
-        # 3: times the activation mantissa
+        # 3: times the activation mantissa; the shift amounts decoded beside it (off the shifter's path)
         v3 = Signal()
         x = Signal(signed(xw), reset_less=True)
         m.d.sync += [v3.eq(v2), x.eq(total * b2.mx)]
-        s3, b3 = carry(s2, signed(9), "s3"), carry(b2, RowScale, "b3")
+        b3 = carry(b2, RowScale, "b3")
+        right3 = carry(s2 > 0, 1, "right3")
+        rs1 = carry((Mux(s2 > xw, xw, s2) - 1)[:7], 7, "rs1")   # beyond xw bits every shift gives 0 / -1
+        k3 = carry(Mux(-s2 > 32, 32, -s2)[:6], 6, "k3")
 
         # 4: the barrel shift; right shifts keep one extra bit for rounding
         v4 = Signal()
         right = Signal(reset_less=True)
         half = Signal(signed(xw), reset_less=True)       # x >> (s - 1), s >= 1
         left = Signal(signed(34 + 32), reset_less=True)  # clamp(x, +-2^32) << min(-s, 32)
-        rs = Mux(s3 > xw, xw, s3)                          # beyond xw bits every shift gives 0 / -1
-        k = Mux(-s3 > 32, 32, -s3)
         xc = Mux(x > (1 << 32), 1 << 32, Mux(x < -(1 << 32), -(1 << 32), x))
-        m.d.sync += [v4.eq(v3), right.eq(s3 > 0), half.eq(x >> (rs - 1)[:7]),
-                     left.eq(xc.as_signed() << k[:6])]
+        m.d.sync += [v4.eq(v3), right.eq(right3), half.eq(x >> rs1), left.eq(xc.as_signed() << k3)]
         b4 = carry(b3, RowScale, "b4")
 
         # 5: round half up and saturate to int32

@@ -131,19 +131,21 @@ class MatmulSequencer(wiring.Component):
             with m.Default():
                 m.d.comb += groups.eq(1)
 
-        # Per format (constants): stream bits per row and beats per row.
-        nbits = {s: Signal(24, name=f"nbits_{s}") for s in STREAMS}
-        beats = Signal(18)
-        n_act = Signal(range(self.n_act + 1))
-        m.d.comb += nbits["mant"].eq(groups * MANT_FIELD_BITS)
+        # Per format (constants of the instruction): stream bits per row and beats per row, worked out
+        # from the instruction word here and registered in SETUP, off the passes' paths.
+        nbits_c = {s: Signal(24, name=f"nbits_c_{s}") for s in STREAMS}
+        beats_c, n_act_c = Signal(18), Signal(range(self.n_act + 1))
+        m.d.comb += nbits_c["mant"].eq(groups * MANT_FIELD_BITS)
         with m.Switch(fmt):
             for i, e in enumerate(self.engines):
                 with m.Case(i):
                     p = e.pattern
                     kept = k if p is None else (k >> (p[1].bit_length() - 1)) * p[0]
                     ib = 0 if p is None else (p[1] - 1).bit_length()
-                    m.d.comb += [nbits["codes"].eq(kept * e.weight_bits), nbits["idx"].eq(kept * ib),
-                                 beats.eq(kept >> (cl.bit_length() - 1)), n_act.eq(e.chains[0].n_act)]
+                    m.d.comb += [nbits_c["codes"].eq(kept * e.weight_bits), nbits_c["idx"].eq(kept * ib),
+                                 beats_c.eq(kept >> (cl.bit_length() - 1)), n_act_c.eq(e.chains[0].n_act)]
+        nbits = {s: Signal(24, name=f"nbits_{s}", reset_less=True) for s in STREAMS}
+        beats, n_act = Signal(18, reset_less=True), Signal(range(self.n_act + 1), reset_less=True)
 
         # -- pass cursors: each process walks the passes (q outer, r inner) on its own copy -----------
         class Cursor:
@@ -388,6 +390,7 @@ class MatmulSequencer(wiring.Component):
                 m.d.sync += run_c.reset() + load_c.reset() + write_c.reset()
                 m.d.sync += [load_done.eq(0), wc.eq(0), set_w.eq(0), set_in.eq(0)]
                 m.d.sync += [bitaddr[s].eq(0) for s in STREAMS]
+                m.d.sync += [nbits[s].eq(nbits_c[s]) for s in STREAMS] + [beats.eq(beats_c), n_act.eq(n_act_c)]
                 # the mantissas start at the first word after the n row shifts
                 wb = W // 8
                 m.d.sync += [wbase["codes"].eq(f("wbuf_addr") >> lgb), wbase["idx"].eq(f("idx_addr") >> lgb),
