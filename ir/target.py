@@ -21,11 +21,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .isa import BufferId
 from .packing import ChainLayout
 from .quant import NM
+from .yaml_file import parse_yaml, read_yaml
 
 BRAM36_KB = 4.5      # KiB in one Xilinx BRAM36 (36 Kbit)
 URAM_KB = 36.0       # KiB in one Xilinx UltraRAM (288 Kbit)
@@ -345,25 +344,13 @@ def load_target(spec: str | Path) -> Target:
         if not path.is_file():
             raise TargetError(f"{s}: not a target file nor a bundled target "
                               f"(bundled: {', '.join(bundled_targets())})")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TargetError(f"{source}: cannot read: {e}") from None
-    return target_from_text(text, source)
+    text, data = read_yaml(path, "target", TargetError, source)
+    return replace(parse_target(data, source), text=text)
 
 
 def target_from_text(text: str, source: str) -> Target:
     """The target a YAML text holds (`load_target` of text already read); `source` names it."""
-    try:
-        data = yaml.safe_load(text)
-    except RecursionError:
-        raise TargetError(f"{source}: not valid YAML: nested too deeply") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}:" if mark is not None else ""
-        why = " ".join(str(getattr(e, "problem", None) or e).split())   # yaml's own text spans lines
-        raise TargetError(f"{source}:{at} not valid YAML: {why}") from None
-    return replace(parse_target(data, source), text=text)
+    return replace(parse_target(parse_yaml(text, source, TargetError), source), text=text)
 
 
 def parse_target(data: Any, source: str) -> Target:

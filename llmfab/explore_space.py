@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from llmfab.ir.target import BufferName, Target, TargetError, _is_int, target_from_text
+from llmfab.ir.yaml_file import read_yaml
 
 MAX_POINTS = 10_000   # a typo in a range (step 1 instead of 100) should not start a week-long sweep
 TOP_KEYS = {"prefill": "a positive int (prompt tokens timed; default 128)",
@@ -94,14 +95,7 @@ def point_id(params: dict) -> str:
 def load_space(path: str | Path, base: Target) -> Space:
     """The space in the YAML file at `path`, every value checked against `base` (SpaceError)."""
     src = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpaceError(f"{src}: cannot read the space file ({e})") from None
-    except RecursionError:
-        raise SpaceError(f"{src}: not valid YAML: nested too deeply") from None
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{src}: not valid YAML: {' '.join(str(e).split())}") from None
+    _, data = read_yaml(path, "space file", SpaceError, src)
     if not isinstance(data, dict):
         raise SpaceError(f"{src}: a space file must be a mapping with {', '.join(TOP_KEYS)}, not {data!r}")
     for k in data:

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import yaml
-
 from llmfab.ir.quant import NM, QuantError, QuantScheme
+from llmfab.ir.yaml_file import read_yaml
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "examples" / "policies"
 ROLES = ("embedding", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
@@ -200,12 +199,5 @@ def load_policy(spec: str) -> Policy:
         else:
             raise PolicyError(f"{spec}: no such policy file or bundled policy "
                               f"(bundled: {', '.join(bundled_policies())})")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError(f"{p}: cannot read the policy ({e})") from None
-    except RecursionError:
-        raise PolicyError(f"{p}: not valid YAML: nested too deeply") from None
-    except yaml.YAMLError as e:
-        raise PolicyError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    _, data = read_yaml(p, "policy", PolicyError)
     return parse_policy(data, str(p))

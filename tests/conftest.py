@@ -53,6 +53,25 @@ def ort_feeds(path, ids: np.ndarray, past: dict | None = None, past_len: int = 0
     return feeds
 
 
+def integer_logits(c, path, ids: np.ndarray) -> np.ndarray:
+    """The integer model's logits (`run_integer_raw`) of the model at `path` on `ids`, with the
+    compiled build `c`'s quantized weights: what the programs must reproduce bit for bit."""
+    import dataclasses
+
+    from llmfab.flow import load_model
+    from llmfab.ir import ConstAttrs, OpKind, TensorType
+    from llmfab.ir.integer import run_integer_raw
+    from llmfab.ir.quant import QuantizedWeight
+    g = load_model(str(path), seq_len=len(ids))
+    for n in g.nodes():
+        if n.op is OpKind.CONST and n.name in c.graph and isinstance(c.graph.node(n.name).data, QuantizedWeight):
+            qw = c.graph.node(n.name).data
+            g.set_node(dataclasses.replace(n, attrs=ConstAttrs(qw, True), type=TensorType(qw.dtype, qw.shape)))
+    feeds = {n.name: ids[None] if n.attrs.role.value == "tokens" else np.zeros(n.type.shape, np.float32)
+             for n in g.inputs()}
+    return run_integer_raw(g, feeds)["logits"][0]
+
+
 def tolerance(entry: dict) -> float:
     """Relative logits bound against onnxruntime: 1e-4 (the issue's bound) for float32 exports;
     fp16 exports are compared at fp16 precision (onnxruntime computes in half, llmfab in fp32)."""

@@ -59,7 +59,7 @@ BAD = [
     ("axes:\n  policy: [int5]\n", r"S: axes\.policy: int5: no such policy file or bundled policy \(bundled: .*\)"),
     ("axes:\n  clock_mhz: [100, 100]\n", r"S: axes\.clock_mhz: lists 100 twice"),
     ("decode: 0\naxes:\n  clock_mhz: [100]\n", r"S: decode must be a positive int \(decode steps timed; default 512\), not 0"),
-    ("axes: !!python/object/apply:os.system ['true']\n", r"S: not valid YAML: could not determine a constructor .*"),
+    ("axes: !!python/object/apply:os.system ['true']\n", r"S: line 1: not valid YAML: could not determine a constructor .*"),
     ("- 1\n- 2\n", r"S: a space file must be a mapping with prefill, decode, axes, not \[1, 2\]"),
 ]
 

@@ -57,7 +57,7 @@ def test_bad_policies(data, message):
 def test_policy_file_errors(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("default: {bits: 4\n")
-    with pytest.raises(PolicyError, match=r"^.*bad\.yaml: not valid YAML: "):
+    with pytest.raises(PolicyError, match=r"^.*bad\.yaml: line 2: not valid YAML: "):
         load_policy(str(f))
     f.write_text("!!python/object/apply:os.system ['echo pwned']\n")  # safe_load refuses tags
     with pytest.raises(PolicyError, match=r"not valid YAML"):

@@ -2,18 +2,14 @@
 (widths no group of 64 or 128 divides, 250 not even whole 2:4 blocks), every bundled policy:
 quantize, compile for sim-small, execute on the functional simulator bit for bit with the integer
 model, and int8 logits within cosine 0.99 of onnxruntime. Fast tier: the models are tiny."""
-import dataclasses
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, ort_feeds, ort_run
+from conftest import FIXTURES, integer_logits, ort_feeds, ort_run
 from llmfab.compile import compile_model
 from llmfab.flow import load_model
-from llmfab.ir import ConstAttrs, OpKind, TensorType
-from llmfab.ir.integer import run_integer_raw
 from llmfab.ir.isa import MiscFunc, Opcode, Program
-from llmfab.ir.quant import QuantizedWeight
 from llmfab.ir.target import load_target
 from llmfab.simulator.execute import run_prompt
 from llmfab.simulator.functional import Machine
@@ -39,17 +35,6 @@ def _program(c, stage, length):
     return Program.from_bytes(dict(c.programs)[e["file"]])
 
 
-def _integer_logits(c, path, ids):
-    g = load_model(str(path), seq_len=len(ids))
-    for n in g.nodes():
-        if n.op is OpKind.CONST and n.name in c.graph and isinstance(c.graph.node(n.name).data, QuantizedWeight):
-            qw = c.graph.node(n.name).data
-            g.set_node(dataclasses.replace(n, attrs=ConstAttrs(qw, True), type=TensorType(qw.dtype, qw.shape)))
-    feeds = {n.name: ids[None] if n.attrs.role.value == "tokens" else np.zeros(n.type.shape, np.float32)
-             for n in g.inputs()}
-    return run_integer_raw(g, feeds)["logits"][0]
-
-
 def _cosine(a, b) -> float:
     return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
@@ -72,7 +57,7 @@ def test_every_policy_compiles_and_executes_bit_exact(models, model, policy):
     m = Machine.for_target(load_target("sim-small"), [d for _, d in c.images], max(c.layout.used))
     run_prompt(m, ids, c.manifest["prefill_step"], lambda end: _program(c, "prefill", end))
     got = np.array([np.frombuffer(m.read_row(c.layout.output, r), "<i4")[:VOCAB] for r in range(length)])
-    assert np.array_equal(got, _integer_logits(c, path, ids))
+    assert np.array_equal(got, integer_logits(c, path, ids))
     ref = ort_run(path, ort_feeds(path, ids[None]))["logits"][0]
     cos = _cosine(got / 65536.0, ref)
     assert cos >= {"int8": 0.99, "w4-2of4": 0.75}.get(policy, 0.9), cos

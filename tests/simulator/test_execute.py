@@ -1,17 +1,12 @@
 """Compiled programs, executed instruction by instruction (simulator/functional.py), compute
 exactly what the integer interpreter (the specification) computes: logits bit for bit."""
-import dataclasses
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, integer_logits
 from llmfab.compile import compile_model
-from llmfab.flow import load_model
-from llmfab.ir import ConstAttrs, OpKind, TensorType
-from llmfab.ir.integer import run_integer_raw
 from llmfab.ir.isa import BufferId, Program
-from llmfab.ir.quant import QuantizedWeight
 from llmfab.ir.target import load_target
 from llmfab.simulator.execute import run_prompt
 from llmfab.simulator.functional import ExecutionError, Machine
@@ -36,14 +31,7 @@ def _prefill(m, c, ids):
 
 def _reference(c, fixture, ids):
     """run_integer_raw on the model at len(ids) tokens with the compiled graph's quantized weights."""
-    g = load_model(str(FIXTURES / f"{fixture}.onnx"), seq_len=len(ids))
-    for n in g.nodes():
-        if n.op is OpKind.CONST and n.name in c.graph and isinstance(c.graph.node(n.name).data, QuantizedWeight):
-            qw = c.graph.node(n.name).data
-            g.set_node(dataclasses.replace(n, attrs=ConstAttrs(qw, True), type=TensorType(qw.dtype, qw.shape)))
-    feeds = {n.name: ids[None] if n.attrs.role.value == "tokens" else np.zeros(n.type.shape, np.float32)
-             for n in g.inputs()}
-    return run_integer_raw(g, feeds)["logits"][0]
+    return integer_logits(c, FIXTURES / f"{fixture}.onnx", ids)
 
 
 def _logits(m, c, rows, vocab):
