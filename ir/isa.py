@@ -491,6 +491,13 @@ def resolve_length(inst: Instruction, length: int) -> Instruction:
     return inst.evolve(len_reg=False, **{name: value}, **extra)
 
 
+def prompt_chunks(length: int, step: int) -> list[tuple[int, int]]:
+    """(first token, LEN) of each chunk a prompt of `length` tokens runs in, the host's protocol
+    (docs/compile.md): LEN is the chunk's end, step, 2 step, ..., the last padded to a whole step.
+    The compiler's prefill buckets and every runner of prefill programs share it."""
+    return [(end - step, end) for end in range(step, -(-length // step) * step + 1, step)]
+
+
 def weight_fields(scheme: QuantScheme, k: int) -> dict[str, IntEnum]:
     """`bits`, `sparsity` and `group` of an MM/MV instruction for a weight of `scheme` with K = k."""
     g = scheme.group_size(k)

@@ -22,7 +22,7 @@ from llmfab.ir.quant import QuantizedWeight
 from llmfab.passes.buckets import Stage
 from llmfab.passes.lower import Lowered, section_of
 from llmfab.passes.lower_copies import seq_axes
-from llmfab.simulator.execute import prompt_chunks
+from llmfab.ir.isa import prompt_chunks
 from llmfab.simulator.functional import Machine
 
 CHECK_MAX_PARAMETERS = 50_000_000

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from llmfab.ir.isa import prompt_chunks
+
 
 class Stage(Enum):
     PREFILL = "prefill"
@@ -42,8 +44,8 @@ class Bucket:
 
 
 def chunk_ends(length: int, prefill_step: int) -> list[int]:
-    """LEN of each prefill chunk of a prompt of `length` tokens: step, 2 step, ... (the last padded)."""
-    return list(range(prefill_step, -(-length // prefill_step) * prefill_step + 1, prefill_step))
+    """LEN of each prefill chunk of a prompt of `length` tokens (`isa.prompt_chunks`)."""
+    return [end for _, end in prompt_chunks(length, prefill_step)]
 
 
 def buckets(max_len: int, prefill_step: int = 128, decode_step: int = 128) -> list[Bucket]:

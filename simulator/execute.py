@@ -8,7 +8,7 @@ import numpy as np
 
 from llmfab.ir.fixed_point import from_fixed
 from llmfab.ir.host import require
-from llmfab.ir.isa import BufferId
+from llmfab.ir.isa import BufferId, prompt_chunks
 from llmfab.ir.memory import Region
 
 from .functional import Machine
@@ -16,12 +16,6 @@ from .functional import Machine
 
 class ExecuteError(ValueError):
     pass
-
-
-def prompt_chunks(length: int, step: int) -> list[tuple[int, int]]:
-    """(first token, LEN) of each chunk a prompt of `length` tokens runs in: LEN is the chunk's end,
-    step, 2 step, ..., the last one padded to a whole step (docs/compile.md, the host)."""
-    return [(end - step, end) for end in range(step, -(-length // step) * step + 1, step)]
 
 
 def run_prompt(machine: Machine, ids: np.ndarray, step: int, program_for) -> None:

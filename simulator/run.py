@@ -1,7 +1,7 @@
 """`llmfab simulate BUILD --prefill L --decode N`: time to first token and decode speed of a build.
 
 The prefill of L tokens is timed chunk by chunk as the host runs it (each chunk's program at its
-LEN, one after the other; simulator/execute.py `prompt_chunks`). Decode steps at contexts L+1 .. L+N are
+LEN, one after the other; ir/isa.py `prompt_chunks`). Decode steps at contexts L+1 .. L+N are
 timed at three contexts (first, middle, last: every instruction of each is timed) and integrated
 piecewise linearly in between, since a step's work grows linearly with its context.
 
@@ -22,7 +22,8 @@ import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .execute import prompt_chunks
+from llmfab.ir.isa import prompt_chunks
+
 from .schedule import UNIT_NAMES, Timing, Units, schedule
 
 CURVE_POINTS = 8   # decode contexts timed for the curve of speed against context (curve_contexts)
