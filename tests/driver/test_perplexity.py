@@ -98,3 +98,21 @@ def test_execute_eval_equals_quantize_eval_on_the_tiny_model(tmp_path, capsys):
     x = _json(capsys, ["execute", str(tmp_path / "B"), "--eval", str(tmp_path / "e.npy"), "--json"])
     assert x["perplexity"] == q["perplexity"]
     assert math.isfinite(q["float_perplexity"]) and q["perplexity"] != q["float_perplexity"]
+
+
+def test_trained_model_int8_perplexity_near_float_and_execute_equal(tmp_path, capsys):
+    """On trained weights: finite perplexities, int8 within 2% of float, and the compiled programs on
+    the functional simulator give quantize's integer perplexity exactly (2 held-out sequences of 64
+    tokens, to keep the test fast; benchmarks/bench_accuracy.py measures the whole set)."""
+    ids = np.load(TRAINED_EVAL, allow_pickle=False)
+    assert ids.shape == (16, 128) and ids.dtype == np.int64
+    np.save(tmp_path / "e.npy", ids[:2, :64])
+    q = _json(capsys, ["quantize", str(TRAINED), "--policy", "int8", "--eval", str(tmp_path / "e.npy"), "--json"])
+    fp, qp = q["float_perplexity"], q["perplexity"]
+    assert 1.0 < fp < 20.0 and math.isfinite(qp)      # trained: far below the 256 of a uniform guess
+    assert abs(qp / fp - 1) < 0.02, (fp, qp)
+    assert main(["compile", str(TRAINED), "--target", "sim-small", "--policy", "int8", "--max-len", "64",
+                 "-o", str(tmp_path / "B")]) == 0
+    capsys.readouterr()
+    x = _json(capsys, ["execute", str(tmp_path / "B"), "--eval", str(tmp_path / "e.npy"), "--json"])
+    assert x["perplexity"] == qp
