@@ -39,7 +39,7 @@ def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, l
     """Logits [1, L, vocab] (float32) of the prompt, and `generate` greedily decoded token ids, of
     `build` (a `llmfab.build.Build`: `.manifest`, `.target`, `.images()`, `.program_for`)."""
     logits, generated = _execute(build, tokens, generate)
-    return logits, generated
+    return from_fixed(logits).astype(np.float32)[None], generated
 
 
 def prompt_logits(build, tokens: np.ndarray) -> np.ndarray:
