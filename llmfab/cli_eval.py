@@ -12,13 +12,13 @@ def eval_set(path: str):
 def check_eval(model: str, g, data) -> None:
     """`quantize --eval`: the set fits the model (weights, vocabulary, positions) before quantizing."""
     from llmfab.flow import FlowError
-    from llmfab.passes.perplexity import graph_vocab
+    from llmfab.passes.perplexity import graph_vocab, position_limit
     from llmfab.passes.quantize import weight_sites
 
     if not all(g.node(s.const).data.has_values for s in weight_sites(g)):
         raise FlowError(f"{model}: --eval needs a model with weights (an .onnx file), not a config-only model")
-    n_pos = g.meta.get("max_position_embeddings")
-    data.check(graph_vocab(g), n_pos if isinstance(n_pos, int) else None, "the model's positions")
+    n_pos = g.meta.get("max_position_embeddings")   # a config's; an ONNX file's learned position table
+    data.check(graph_vocab(g), n_pos if isinstance(n_pos, int) else position_limit(g), "the model's positions")
 
 
 def with_perplexity(model: str, g, q, report, data, load_model):

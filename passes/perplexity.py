@@ -108,6 +108,19 @@ def graph_vocab(g) -> int:
     return next(g.node(u.inputs[0]).type.shape[0] for u in g.users(tok.name) if u.op is OpKind.EMBEDDING)
 
 
+def position_limit(g) -> int | None:
+    """The positions a learned position table gives (GPT-2, OPT: its rows less the offset of the
+    first position id), or None when the graph has none (RoPE: no limit the file records)."""
+    from llmfab.ir import OpKind
+    limits = []
+    for n in g.nodes():
+        if n.op is OpKind.EMBEDDING and g.node(n.inputs[1]).op is OpKind.CONST:
+            ids = g.node(n.inputs[1]).data
+            if ids.has_values:
+                limits.append(g.node(n.inputs[0]).type.shape[0] - int(np.asarray(ids.numpy()).min()))
+    return min(limits, default=None)
+
+
 def model_perplexities(g, q, data: EvalSet, *, integer: bool = True) -> tuple[float, float]:
     """(float perplexity of the fused float graph `g`, perplexity of the quantized model): `g` bound
     to the evaluation length; `q` the policy's quantized graph (at any length: its quantized weights

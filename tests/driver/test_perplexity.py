@@ -87,6 +87,14 @@ def test_eval_longer_than_the_build_and_config_only_model(tmp_path, capsys):
     assert err == "llmfab: error: --eval measures perplexity on its own: give it without --tokens, --out and --generate\n"
 
 
+@pytest.mark.parametrize("model, positions", [("gpt2_ts_op14", 128), ("opt_ts_op14", 128)])
+def test_eval_longer_than_a_learned_position_table(tmp_path, capsys, model, positions):
+    np.save(tmp_path / "e.npy", np.ones((1, positions + 1), np.int64))
+    err = _error(capsys, ["quantize", str(FIXTURES / f"{model}.onnx"), "--policy", "int8", "--eval", str(tmp_path / "e.npy")])
+    assert err == (f"llmfab: error: {tmp_path / 'e.npy'}: sequences of {positions + 1} tokens are longer than the "
+                   f"model's positions ({positions})\n")
+
+
 def test_execute_eval_equals_quantize_eval_on_the_tiny_model(tmp_path, capsys):
     ids = np.random.default_rng(1).integers(0, 128, (2, 10))
     np.save(tmp_path / "e.npy", ids.astype(np.int32))
