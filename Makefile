@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 LLMFAB := $(VENV)/bin/llmfab
 DEMO_MODEL := tests/fixtures/llama_ts_op14.onnx
 
-.PHONY: demo test test-fast fuzz install clean-venv fixtures bitstream rtl-programs
+.PHONY: demo test test-fast fuzz install clean-venv fixtures trained-fixture bitstream rtl-programs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ fixtures: $(VENV)/bin/python
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[export,test]'
 	$(PY) examples/export_tiny.py --out tests/fixtures
+
+# Regenerate the trained fixture (tests/fixtures/trained_llama*: a tiny LLaMA trained on the Python
+# stdlib's sources, byte tokens, ~4 minutes on 2 threads; the same export extra as `fixtures`).
+trained-fixture: $(VENV)/bin/python
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[export,test]'
+	$(PY) examples/train_tiny.py --out tests/fixtures
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmfab.cli_eval import check_eval, eval_set, execute_eval, with_perplexity
 from llmfab.cli_explore import add_explore_parser
 from llmfab.cli_hw import buffers_arg, cmd_rtl, cmd_synth
 from llmfab.timing import TIMING_MODELS
@@ -96,9 +97,14 @@ def cmd_quantize(args) -> int:
         import dataclasses
         cal = dataclasses.replace(policy.calibration, tokens=args.calibration, origin="--calibration")
         policy = dataclasses.replace(policy, calibration=cal)
+    data = eval_set(args.eval) if args.eval else None     # a bad file fails before minutes of work
     g = load_model(args.model, seq_len=args.seq_len or policy.calibration.seq_len)
+    if data is not None:
+        check_eval(args.model, g, data)
     try:
-        _, report = quantize_model(g, policy, integer=not args.float_activations)
+        q, report = quantize_model(g, policy, integer=not args.float_activations)
+        if data is not None:
+            report = with_perplexity(args.model, g, q, report, data, load_model)
     except IntegerError as e:  # the integer model failed on this graph: name the model
         raise FlowError(f"{args.model}: {e}") from None
     if args.json:
@@ -224,9 +230,15 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_execute(args) -> int:
-    from llmfab.flow import execute_build, parse_tokens
+    from llmfab.flow import FlowError, execute_build, parse_tokens
     from llmfab.ir.folders import check_output_file
 
+    if args.eval:
+        if args.tokens or args.out or args.generate:
+            raise FlowError("--eval measures perplexity on its own: give it without --tokens, --out and --generate")
+        return execute_eval(args)
+    if not args.tokens or not args.out:
+        raise FlowError("execute needs --tokens and --out (or --eval DATA for perplexity)")
     check_output_file(args.out, [args.build])   # before the run
     logits, generated = execute_build(args.build, parse_tokens(args.tokens), args.generate)
     _write_atomic(Path(args.out), lambda f: np.save(f, logits), [args.build])
@@ -287,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file of whitespace-separated token ids to calibrate on (default: random ids)")
     q.add_argument("--float-activations", action="store_true",
                    help="measure logits with dequantized weights and float activations")
+    q.add_argument("--eval", default=None, metavar="DATA", help="a .npy of token ids [sequences, length]: also "
+                   "report float_perplexity (the float graph) and perplexity (the quantized model) on it")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_quantize)
 
@@ -335,9 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("execute", help="run a build's programs on the functional simulator")
     x.add_argument("build", help="a BUILD folder written by `llmfab compile` (with weights)")
-    x.add_argument("--tokens", required=True, help='prompt token ids, e.g. "1 2 3"')
-    x.add_argument("--out", required=True, help="where to write the prompt's logits (.npy, [1, seq, vocab])")
+    x.add_argument("--tokens", default=None, help='prompt token ids, e.g. "1 2 3"')
+    x.add_argument("--out", default=None, help="where to write the prompt's logits (.npy, [1, seq, vocab])")
     x.add_argument("--generate", type=_at_least(0), default=0, help="also decode this many tokens greedily")
+    x.add_argument("--eval", default=None, metavar="DATA", help="instead of --tokens: the perplexity of the "
+                   "programs on a .npy of token ids [sequences, length] (each sequence a prompt of its own)")
+    x.add_argument("--json", action="store_true", help="with --eval: print one JSON object")
     x.set_defaults(func=cmd_execute)
 
     t = sub.add_parser("targets", help="list the bundled hardware targets and their key numbers")
@@ -384,7 +401,7 @@ def html_arg(p) -> None:
 
 
 _PATHS = ("model", "build", "program", "out", "trace", "target", "policy", "names", "calibration", "html", "space",
-          "cache")
+          "cache", "eval")
 
 
 def main(argv: list[str] | None = None) -> int:

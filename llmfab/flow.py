@@ -94,3 +94,18 @@ def execute_build(path, tokens: np.ndarray, generate: int = 0):
     """`llmfab execute`: the prompt's logits and `generate` greedy tokens from the build's images."""
     from llmfab.simulator.execute import execute
     return execute(Build.open(path), tokens, generate)
+
+
+def build_perplexity(path, data) -> float:
+    """`llmfab execute BUILD --eval DATA`: the perplexity of the build's programs on the functional
+    simulator over the evaluation set `data` (passes.perplexity.EvalSet), each sequence a prompt run
+    from an empty KV cache; the logits are the exact Q.16 values, as the integer model's."""
+    from llmfab.passes.perplexity import perplexity
+    from llmfab.simulator.execute import prompt_logits
+
+    build = Build.open(path)
+    m = build.manifest
+    if not m["weights"]:
+        raise FlowError(f"{path}: a config-only build has no weight images to execute")
+    data.check(m["output"]["vocab"], m["max_len"], "the build's max length (compile --max-len)")
+    return perplexity(data, lambda ids: prompt_logits(build, ids))

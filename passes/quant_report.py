@@ -51,6 +51,9 @@ class QuantReport:
     eval_tokens: int
     integer_activations: bool
     layers: list[LayerRow] = field(default_factory=list)
+    float_perplexity: float | None = None   # with an evaluation set (quantize --eval): the float graph
+    perplexity: float | None = None         # ... and the quantized model (integer unless --float-activations)
+    eval_set: dict | None = None            # {"file", "sequences", "length"} of that set
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -137,6 +140,11 @@ def format_report(r: QuantReport) -> str:
                      f"({kind}, {r.eval_tokens} tokens)")
     else:
         lines.append("fidelity     n/a (config-only model: no weights)")
+    if r.perplexity is not None:
+        e = r.eval_set
+        lines.append(f"perplexity   {r.perplexity:.4f} (float {r.float_perplexity:.4f}, "
+                     f"{(r.perplexity / r.float_perplexity - 1) * 100:+.2f}%; {e['sequences']} x {e['length']} tokens "
+                     f"of {e['file']})")
     lines.append(f"{'layer':28s} {'scheme':16s} {'method':6s} {'bits/w':>6s} {'SQNR dB':>8s}  groups")
     for row in r.layers:
         sq = "-" if row.sqnr_db is None else f"{row.sqnr_db:8.2f}"

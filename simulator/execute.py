@@ -32,6 +32,18 @@ def run_prompt(machine: Machine, ids: np.ndarray, step: int, program_for) -> Non
 def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, list[int]]:
     """Logits [1, L, vocab] (float32) of the prompt, and `generate` greedily decoded token ids, of
     `build` (a `llmfab.build.Build`: `.manifest`, `.target`, `.images()`, `.program_for`)."""
+    logits, generated = _execute(build, tokens, generate)
+    return from_fixed(logits).astype(np.float32)[None], generated
+
+
+def prompt_logits(build, tokens: np.ndarray) -> np.ndarray:
+    """The prompt's logits [L, vocab] as float64, exactly the Q.16 values / 2^16 (as
+    `run_integer`'s): perplexities from them equal the integer model's to the last digit."""
+    return from_fixed(_execute(build, tokens, 0)[0])
+
+
+def _execute(build, tokens: np.ndarray, generate: int) -> tuple[np.ndarray, list[int]]:
+    """The prompt's raw Q.16 logits [L, vocab] (int64) and the generated ids."""
     m = build.manifest
     if not m["weights"]:
         raise ExecuteError(f"{build.path}: a config-only build has no weight images to execute")
@@ -62,4 +74,4 @@ def execute(build, tokens: np.ndarray, generate: int = 0) -> tuple[np.ndarray, l
         machine.write(BufferId.ACT, 0, np.array([nxt], "<i4").tobytes())
         machine.run(build.program_for("decode", length), length)
         last = row(0)
-    return from_fixed(logits).astype(np.float32)[None], generated
+    return logits, generated

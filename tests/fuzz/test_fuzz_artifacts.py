@@ -115,7 +115,8 @@ def test_tampered_builds(root, good, data, command):
     run(w, *argv)   # a symlink out is caught by the open() record even when the bytes match
 
 
-FIXTURE_FILES = sorted(p.name for p in FIXTURES.glob("*.onnx"))
+# the random-initialised exports; the trained fixture (1 M parameters) would make each compile case slow
+FIXTURE_FILES = sorted(p.name for p in FIXTURES.glob("*.onnx") if not p.name.startswith("trained_"))
 
 
 @given(name=st.sampled_from(FIXTURE_FILES), flips=st.lists(st.tuples(st.integers(0, 2**24), st.integers(0, 255)),
