@@ -1,4 +1,4 @@
-"""The accelerator as a Vitis RTL kernel.
+r"""The accelerator as a Vitis RTL kernel.
 
     s_axi_control --ControlRegs-- ap_start --> loader --host port--> INST, ACT
                                                  |  \--start, length--> Accelerator --axi[k]--+
@@ -144,7 +144,7 @@ class KernelCore(wiring.Component):
         ptr = Signal(M_AXI_ADDR_BITS)
         host = acc.host
         remaining = Signal(size_bits)
-        m.d.comb += [remaining.eq(total - off), ar_addr.eq(ptr + off)]
+        m.d.comb += [remaining.eq(Mux(off < total, total - off, 0)), ar_addr.eq(ptr + off)]
         beats = Signal(size_bits)
         page = Signal(range(AXI_PAGE_BYTES // beat + 1))
         m.d.comb += [beats.eq((remaining + beat - 1) >> lb), page.eq((AXI_PAGE_BYTES - ar_addr[:12]) >> lb)]
