@@ -9,3 +9,16 @@ package_xo.tcl, the v++ link config).
   (the same on `ap_clk` / `ap_rst_n`), `build_kernel(target)`;
 - `package.py`: `kernel_files(target)`, the packaging files.
 """
+from importlib import import_module
+
+_WHERE = {"KernelArg": "args", "kernel_args": "args", "ControlRegs": "control", "KERNEL_NAME": "vitis",
+          "KernelCore": "vitis", "VitisKernel": "vitis", "build_kernel": "vitis", "kernel_files": "package",
+          "verilog_ports": "package"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

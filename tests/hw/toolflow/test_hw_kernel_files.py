@@ -135,3 +135,14 @@ def test_cli_refuses_kernel_with_the_engine_part(tmp_path, capsys):
     assert main(["rtl", "--target", "sim-small", "--kernel", "vitis", "--part", "engine", "-o", str(tmp_path / "k")]) == 2
     assert capsys.readouterr().err == "llmfab: error: --kernel vitis wraps the whole accelerator, not --part engine\n"
     assert not (tmp_path / "k").exists()
+
+
+def test_packaging_files_are_deterministic_and_follow_the_target():
+    from llmfab.backend_hw.kernel.package import _package_tcl
+    t = load_target("u280")
+    assert _kernel_xml(t) == _kernel_xml(load_target("u280")) and _link_cfg(t) == _link_cfg(t)
+    _, xports, xargs = _xml_ports_args(_kernel_xml(t))
+    assert len([p for p in xports.values() if p["mode"] == "master"]) == 32
+    assert {p["dataWidth"] for n, p in xports.items() if n != "s_axi_control"} == {"256"}
+    assert len(xargs) == 5 + 32
+    assert "-part xcu280-fsvh2892-2L-e" in _package_tcl(t)
