@@ -378,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     hr.add_argument("--part", choices=PARTS, default="accelerator",
                     help="the whole accelerator (default) or the matrix engine alone behind a serial shell "
                          "(small packages: make bitstream)")
+    hr.add_argument("--kernel", choices=("vitis",), default=None,
+                    help="wrap the accelerator as a Vitis RTL kernel (ap_clk, m_axi_hbm<k>, s_axi_control) and "
+                         "write kernel.xml, package_xo.tcl and a v++ link config in kernel/")
     buffers_arg(hr)
     hr.set_defaults(func=cmd_rtl)
 

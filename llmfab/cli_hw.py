@@ -22,18 +22,30 @@ def cmd_rtl(args) -> int:
     from llmfab.ir.target import load_target
 
     t = load_target(args.target)
+    kernel = getattr(args, "kernel", None)
+    if kernel and args.part != "accelerator":
+        raise ValueError(f"--kernel {kernel} wraps the whole accelerator, not --part {args.part}")
     check_output(args.out, "rtl", [Path(args.target)])   # before the slow elaboration
     try:
         from llmfab.backend_hw.accelerator import build_top
     except ImportError as e:
         raise RuntimeError(f"the accelerator top is not available (llmfab.backend_hw.accelerator.build_top: {e})") from None
     from . import progress
+    extra = {}
     with progress.phase(f"rtl: build the {args.part} for {t.name}"):
-        top = build_top(t, part=args.part, buffers=args.buffers)
+        if kernel:
+            from llmfab.backend_hw.kernel.package import kernel_files
+            from llmfab.backend_hw.kernel.vitis import build_kernel
+            top = build_kernel(t, buffers=args.buffers)
+            extra = {"clock": "ap_clk", "extra": lambda verilog: kernel_files(t, verilog)}
+        else:
+            top = build_top(t, part=args.part, buffers=args.buffers)
     designs = top if isinstance(top, dict) else {args.part: top}
+    notes = {"buffers": args.buffers} if args.part == "accelerator" else {}
+    if kernel:
+        notes["kernel"] = kernel
     with progress.phase("rtl: elaborate, convert to Verilog and write"):
-        out = write_rtl(designs, t, Path(args.out), notes={"buffers": args.buffers} if args.part == "accelerator" else None,
-                        inputs=[Path(args.target)])
+        out = write_rtl(designs, t, Path(args.out), notes=notes or None, inputs=[Path(args.target)], **extra)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}/ for {t.name} ({t.clock_mhz:g} MHz): {', '.join(files)}")
     return 0
