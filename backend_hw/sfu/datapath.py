@@ -204,8 +204,8 @@ class SFU(wiring.Component):
                 m.d.comb += self.i.ready.eq(~sc.busy)
                 stream()
 
-        # ---- stage 0: the accepted beat. Stage k's registers hold a beat k + 1 cycles after its
-        # handshake; `st[k]` carries what later stages still need.
+        # ---- stage 0: the accepted beat. Stage k's registers (`sk`) hold a beat k + 1 cycles after
+        # its handshake, with what later stages still need carried along.
         def lanes_of(shape, name):
             return [Signal(shape, name=f"{name}_{n}", reset_less=True) for n in range(L)]
 
@@ -232,7 +232,7 @@ class SFU(wiring.Component):
                         & (~self.causal | (((beat << lg) | n) <= self.key_limit))),
                    half=(1, lambda n: hpos + n < (self.depth >> 1)))
 
-        # ---- stage 1: norm operand Xs = rshr(X, s), |X|; the table index (the ROM reads)
+        # ---- stage 1: X (LayerNorm's x 2^8 - mu), |X|; the table index (the ROM reads)
         with m.Switch(s0["func"]):
             for f, t in _TABLES.items():
                 with m.Case(f):
@@ -249,7 +249,7 @@ class SFU(wiring.Component):
         s1 = stage(1, s0, **keep, bx=(signed(42), lambda n: big_x[n]),
                    ax=(unsigned(42), lambda n: abs(big_x[n])))                                  # |X| < 2^40
 
-        # ---- stage 2: the table's output e (SiLU, GELU, exp)
+        # ---- stage 2: the table's output e (SiLU, GELU, exp); the norm shift Xs = rshr(X, s)
         keep = {f: (signed(32), lambda n, f=f: s1[f][n]) for f in "xbcd"}
         keep.update({f: (1, lambda n, f=f: s1[f][n]) for f in ("ok", "vis", "half")})
         s2 = stage(2, s1, **keep,                                                          # |Xs| <= 2^23
