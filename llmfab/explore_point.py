@@ -64,7 +64,7 @@ def metrics(task: Task) -> dict:
     from llmfab.simulator import DesignUnits
     from llmfab.simulator.run import simulate
 
-    from .report import _FlowBuild, decode_power
+    from .report import _FlowBuild, decode_power, decode_program
 
     t = target_from_text(task.target_text, task.target_source)
     res = resources(t)
@@ -82,7 +82,7 @@ def metrics(task: Task) -> dict:
     step_package(f)
     units = DesignUnits(t)
     sim = simulate(_FlowBuild(f), task.prefill, task.decode, units, curves=False)
-    pw = decode_power(t, res, f.decode[-1].program, task.prefill + task.decode, units)
+    pw = decode_power(t, res, decode_program(f, task.prefill + task.decode), task.prefill + task.decode, units)
     m = f.manifest
     return {"tokens_per_s": sim.decode_tokens_per_s, "ttft_s": sim.ttft_s,
             "dsp": res["dsp"].used, "lut": res["lut"].used, "ff": res["ff"].used, "bram": res["bram"].used,

@@ -79,7 +79,7 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
     units = DesignUnits(t)
     build = _FlowBuild(fit)
     sim = simulate(build, prefill, max(decode, 1), units, track=progress.track)
-    pw = decode_power(t, res, fit.decode[-1].program, context, units)
+    pw = decode_power(t, res, decode_program(fit, context), context, units)
     # no schedule beats the roofline bound: the same curves at each op's peak, for comparison
     bounds = {"ttft_s": {n: roofline(graphs["prefill"], t, "prefill", int(n), int(n)).bound_seconds(t)
                          for n in sim.curves["ttft_s"]},
@@ -99,6 +99,15 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
         "storage": _storage(fit.manifest),
         "weight_formats": fit.manifest["weight_formats"],
     })
+
+
+def decode_program(f, context: int):
+    """The decode program of a lowered flow that serves `context`: the bucket holding it (a
+    bucket's program runs the KV tiles of its own longest context)."""
+    for lo in f.decode:
+        if lo.bucket.lo <= context <= lo.bucket.hi:
+            return lo.program
+    raise ValueError(f"no decode bucket holds context {context} (buckets up to {f.decode[-1].bucket.hi})")
 
 
 def decode_power(t, res: dict, program, context: int, units) -> dict:
