@@ -394,7 +394,8 @@ def summary(c: Compiled) -> str:
     progs = m["programs"]
     dec = [p for p in progs if p["stage"] == "decode"]
     pre = [p for p in progs if p["stage"] == "prefill"]
-    lines = [f"model        {m['model']} ({m['family']}), policy {m['policy']}, target {m['target']['name']}",
+    family = f" ({m['family']})" if m.get("family") else ""     # an ONNX export names none
+    lines = [f"model        {m['model']}{family}, policy {m['policy']}, target {m['target']['name']}",
              f"max length   {m['max_len']}: {len(pre)} prefill programs (step {m['prefill_step']}), "
              f"{len(dec)} decode programs (step {m['decode_step']})"]
     if dec:
