@@ -13,6 +13,7 @@ from ..kernel.args import M_AXI_ADDR_BITS, bundle
 from ..kernel.control import lite_members
 from ..kernel.vitis import KernelCore
 from ..protocol.axi import AxiSignature
+from .system import connect_rams
 
 __all__ = ["KernelHarness", "KernelRamSystem"]
 
@@ -76,14 +77,6 @@ class KernelRamSystem(wiring.Component):
             if name not in ("axi", "interrupt"):
                 mine, theirs = getattr(self, name), getattr(h, name)
                 m.d.comb += theirs.eq(mine) if member.flow == wiring.In else mine.eq(theirs)
-        chan = Signal.like(self.dbg_chan)
-        m.d.sync += chan.eq(self.dbg_chan)
-        for k, ram in enumerate(self.rams):
-            m.submodules[f"ram{k}"] = ram
-            wiring.connect(m, h.axi[k], ram.axi)
-            m.d.comb += [ram.dbg_addr.eq(self.dbg_addr), ram.dbg_wdata.eq(self.dbg_wdata),
-                         ram.dbg_we.eq(self.dbg_we & (self.dbg_chan == k))]
-            with m.If(chan == k):
-                m.d.comb += self.dbg_data.eq(ram.dbg_data)
-        m.d.comb += [self.axi_error.eq(Cat(*(r.error for r in self.rams)).any()), self.irq.eq(h.interrupt)]
+        connect_rams(m, self, h.axi)
+        m.d.comb += self.irq.eq(h.interrupt)
         return m

@@ -80,19 +80,23 @@ class SimSystem(wiring.Component):
                      self.halted.eq(acc.halted), self.error.eq(acc.error),
                      self.issued.eq(acc.issued), self.completed.eq(acc.completed)]
         wiring.connect(m, wiring.flipped(self.host), acc.host)
-        chan = Signal.like(self.dbg_chan)
-        m.d.sync += chan.eq(self.dbg_chan)                 # which RAM answers next cycle
-        errors = []
-        for k, ram in enumerate(self.rams):
-            m.submodules[f"ram{k}"] = ram
-            wiring.connect(m, acc.axi[k], ram.axi)
-            m.d.comb += [ram.dbg_addr.eq(self.dbg_addr), ram.dbg_wdata.eq(self.dbg_wdata),
-                         ram.dbg_we.eq(self.dbg_we & (self.dbg_chan == k))]
-            with m.If(chan == k):
-                m.d.comb += self.dbg_data.eq(ram.dbg_data)
-            errors.append(ram.error)
-        m.d.comb += self.axi_error.eq(Cat(*errors).any())
+        connect_rams(m, self, acc.axi)
         return m
+
+
+def connect_rams(m: Module, top, axi) -> None:
+    """`top.rams` on the AXI ports `axi` (one a channel), and `top`'s debug port on them: the host
+    reads and writes channel `dbg_chan`'s memory; `axi_error` when any RAM saw a bad request."""
+    chan = Signal.like(top.dbg_chan)
+    m.d.sync += chan.eq(top.dbg_chan)                  # which RAM answers next cycle
+    for k, ram in enumerate(top.rams):
+        m.submodules[f"ram{k}"] = ram
+        wiring.connect(m, axi[k], ram.axi)
+        m.d.comb += [ram.dbg_addr.eq(top.dbg_addr), ram.dbg_wdata.eq(top.dbg_wdata),
+                     ram.dbg_we.eq(top.dbg_we & (top.dbg_chan == k))]
+        with m.If(chan == k):
+            m.d.comb += top.dbg_data.eq(ram.dbg_data)
+    m.d.comb += top.axi_error.eq(Cat(*(r.error for r in top.rams)).any())
 
 
 def _cache_root(cache_dir) -> Path:
