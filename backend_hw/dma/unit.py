@@ -121,13 +121,19 @@ class DMA(wiring.Component):
         gen_read = Signal()                      # the generator owns the buffer port this cycle
         as_busy, ds_busy = Signal(), Signal()
         aw_count, b_count = Signal(32), Signal(32)
+        # the instruction buffer's word size and the gearbox's sink width, registered with the
+        # instruction: constants for its length, kept off the gearbox's per-beat paths
+        blog = Signal(range(WB.bit_length()), reset_less=True)
+        wbuf, sink_bytes = Signal(range(WB + 1), reset_less=True), Signal(range(wide + 1), reset_less=True)
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.inst.ready.eq(1)
                 p = self.inst.payload
                 with m.If(self.inst.valid):
-                    m.d.sync += [ir.eq(p), is_st.eq(header(p, "op") == Opcode.ST), r.eq(0), k.eq(0),
+                    st, lg = header(p, "op") == Opcode.ST, word_log(m, field(p, Opcode.LD, "buf"), self.word_bytes)
+                    m.d.sync += [blog.eq(lg), wbuf.eq(Const(1, 1) << lg), sink_bytes.eq(Mux(st, Wa, Const(1, 1) << lg))]
+                    m.d.sync += [ir.eq(p), is_st.eq(st), r.eq(0), k.eq(0),
                                  h_row.eq(field(p, Opcode.LD, "hbm_addr")), b_row.eq(field(p, Opcode.LD, "buf_addr")),
                                  aw_count.eq(0), b_count.eq(0)]
                     empty = ((field(p, Opcode.LD, "rows") == 0) | (field(p, Opcode.LD, "row_bytes") == 0) |
@@ -219,14 +225,6 @@ class DMA(wiring.Component):
         acc = Signal(8 * CAP)
         cnt = Signal(range(CAP + 1))
         pend, pend_n, pend_skip = Signal(), Signal(range(WB + 1)), Signal(range(WB))
-        # the instruction buffer's word size and the gearbox's sink width, registered with the
-        # instruction: constants for its length, kept off the gearbox's per-beat paths
-        blog = Signal(range(WB.bit_length()), reset_less=True)
-        wbuf, sink_bytes = Signal(range(WB + 1), reset_less=True), Signal(range(wide + 1), reset_less=True)
-        with m.If(self.inst.valid & self.inst.ready):
-            lg_p = word_log(m, field(self.inst.payload, Opcode.LD, "buf"), self.word_bytes)
-            st_p = header(self.inst.payload, "op") == Opcode.ST
-            m.d.sync += [blog.eq(lg_p), wbuf.eq(Const(1, 1) << lg_p), sink_bytes.eq(Mux(st_p, Wa, Const(1, 1) << lg_p))]
 
         with m.If(~ds_busy & fifo_d.r_rdy):
             d = Signal(desc)
