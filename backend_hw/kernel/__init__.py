@@ -9,16 +9,10 @@ package_xo.tcl, the v++ link config).
   (the same on `ap_clk` / `ap_rst_n`), `build_kernel(target)`;
 - `package.py`: `kernel_files(target)`, the packaging files.
 """
-from importlib import import_module
+from .args import KernelArg, kernel_args
+from .control import ControlRegs
+from .package import kernel_files, verilog_ports
+from .vitis import KERNEL_NAME, KernelCore, VitisKernel, build_kernel
 
-_WHERE = {"KernelArg": "args", "kernel_args": "args", "ControlRegs": "control", "KERNEL_NAME": "vitis",
-          "KernelCore": "vitis", "VitisKernel": "vitis", "build_kernel": "vitis", "kernel_files": "package",
-          "verilog_ports": "package"}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["ControlRegs", "KERNEL_NAME", "KernelArg", "KernelCore", "VitisKernel", "build_kernel", "kernel_args",
+           "kernel_files", "verilog_ports"]
