@@ -109,16 +109,22 @@ def mutated_yaml(draw, text: str):
 
 
 TARGET = (ROOT / "llmfab" / "targets" / "sim-small.yaml").read_text()
+
+
+def _model_with_file(root, name: str, data: bytes):
+    """A world whose model folder holds the tiny model as m.onnx and `data` as `name`."""
+    w = World(root)
+    shutil.copy(TINY, w.model / "m.onnx")
+    path = w.model / name
+    path.write_bytes(data)
+    return w, path
 POLICIES = [(ROOT / "examples" / "policies" / f"{n}.yaml").read_text() for n in ("int4-g128", "w4-2of4", "mixed-3.5")]
 
 
 @given(data=mutated_yaml(TARGET), command=st.sampled_from(["targets", "compile", "report"]))
 @FUZZ
 def test_target_yaml(root, data, command):
-    w = World(root)
-    shutil.copy(TINY, w.model / "m.onnx")
-    path = w.model / "t.yaml"
-    path.write_bytes(data)
+    w, path = _model_with_file(root, "t.yaml", data)
     argv = {"targets": ["targets", path],
             "compile": ["compile", w.model / "m.onnx", "--target", path, "--max-len", "8", "-o", "B"],
             "report": ["report", "llama2-7b", "--target", path]}[command]
@@ -129,10 +135,7 @@ def test_target_yaml(root, data, command):
 @given(data=st.sampled_from(POLICIES).flatmap(mutated_yaml), command=st.sampled_from(["quantize", "compile"]))
 @FUZZ
 def test_policy_yaml(root, data, command):
-    w = World(root)
-    shutil.copy(TINY, w.model / "m.onnx")
-    path = w.model / "p.yaml"
-    path.write_bytes(data)
+    w, path = _model_with_file(root, "p.yaml", data)
     argv = {"quantize": ["quantize", w.model / "m.onnx", "--policy", path, "--seq-len", "8"],
             "compile": ["compile", w.model / "m.onnx", "--target", "sim-small", "--policy", path, "--max-len", "8",
                         "-o", "B"]}[command]
