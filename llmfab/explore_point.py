@@ -64,7 +64,7 @@ def metrics(task: Task) -> dict:
     from llmfab.simulator import DesignUnits
     from llmfab.simulator.run import simulate
 
-    from .report import _FlowBuild, decode_power, decode_program
+    from .report import _FlowBuild, decode_power
 
     t = target_from_text(task.target_text, task.target_source)
     res = resources(t)
@@ -81,8 +81,10 @@ def metrics(task: Task) -> dict:
     f.has_data = False      # timing needs programs and layout only, never the weight images
     step_package(f)
     units = DesignUnits(t)
-    sim = simulate(_FlowBuild(f), task.prefill, task.decode, units, curves=False)
-    pw = decode_power(t, res, decode_program(f, task.prefill + task.decode), task.prefill + task.decode, units)
+    build = _FlowBuild(f)
+    sim = simulate(build, task.prefill, task.decode, units, curves=False)
+    pw = decode_power(t, res, build.program_for("decode", task.prefill + task.decode), task.prefill + task.decode,
+                      units)
     m = f.manifest
     return {"tokens_per_s": sim.decode_tokens_per_s, "ttft_s": sim.ttft_s,
             "dsp": res["dsp"].used, "lut": res["lut"].used, "ff": res["ff"].used, "bram": res["bram"].used,

@@ -21,7 +21,11 @@ class _FlowBuild:
         self._programs = {low.bucket.name: low for low in f.prefill + f.decode}
 
     def entry(self, stage: str, length: int) -> dict:
-        return next(e for e in self.manifest["programs"] if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1])
+        """The manifest entry of the program that serves `length` in `stage` (its bucket)."""
+        for e in self.manifest["programs"]:
+            if e["stage"] == stage and e["bucket"][0] <= length <= e["bucket"][1]:
+                return e
+        raise ValueError(f"{self.path}: no {stage} program for length {length} (max_len {self.max_len})")
 
     def program_for(self, stage: str, length: int):
         return self._programs[self.entry(stage, length)["file"].removeprefix("programs/").removesuffix(".bin")].program
@@ -79,7 +83,8 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
     units = DesignUnits(t)
     build = _FlowBuild(fit)
     sim = simulate(build, prefill, max(decode, 1), units, track=progress.track)
-    pw = decode_power(t, res, decode_program(fit, context), context, units)
+    # the bucket holding the context: a bucket's program runs the KV tiles of its own longest context
+    pw = decode_power(t, res, build.program_for("decode", context), context, units)
     # no schedule beats the roofline bound: the same curves at each op's peak, for comparison
     bounds = {"ttft_s": {n: roofline(graphs["prefill"], t, "prefill", int(n), int(n)).bound_seconds(t)
                          for n in sim.curves["ttft_s"]},
@@ -99,15 +104,6 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
         "storage": _storage(fit.manifest),
         "weight_formats": fit.manifest["weight_formats"],
     })
-
-
-def decode_program(f, context: int):
-    """The decode program of a lowered flow that serves `context`: the bucket holding it (a
-    bucket's program runs the KV tiles of its own longest context)."""
-    for lo in f.decode:
-        if lo.bucket.lo <= context <= lo.bucket.hi:
-            return lo.program
-    raise ValueError(f"no decode bucket holds context {context} (buckets up to {f.decode[-1].bucket.hi})")
 
 
 def decode_power(t, res: dict, program, context: int, units) -> dict:
