@@ -190,15 +190,9 @@ def limb_mul(m: Module, a, a_bits: int, b, b_bits: int, name: str) -> Signal:
             m.d.sync += p.eq(ai * bj)
             parts.append(p if ao + bo == 0 else p << (ao + bo))
     out = Signal(signed(a_bits + b_bits), name=name, reset_less=True)
-    m.d.sync += out.eq(_pairwise(parts, lambda x, y: x + y))
+    total, _ = tree(m, parts, lambda x, y: x + y, len(parts), name)   # no register inside: `out` is it
+    m.d.sync += out.eq(total)
     return out
-
-
-def _pairwise(terms, op):
-    terms = list(terms)
-    while len(terms) > 1:
-        terms = [op(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
 
 
 def tree(m: Module, terms, op, levels_per_stage: int, name: str):
