@@ -144,5 +144,7 @@ def test_packaging_files_are_deterministic_and_follow_the_target():
     _, xports, xargs = _xml_ports_args(_kernel_xml(t))
     assert len([p for p in xports.values() if p["mode"] == "master"]) == 32
     assert {p["dataWidth"] for n, p in xports.items() if n != "s_axi_control"} == {"256"}
-    assert len(xargs) == 5 + 32
+    assert len(xargs) == 7 + 32
+    assert [a["name"] for a in xargs[5:7]] == ["status", "cycles"] and xargs[6]["type"] == "ulong"
     assert "-part xcu280-fsvh2892-2L-e" in _package_tcl(t)
+
