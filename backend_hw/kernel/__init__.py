@@ -9,14 +9,17 @@ package_xo.tcl, the v++ link config).
 - `status.py`: `KernelStatus`, the read-only `status` (error bits) and `cycles` registers;
 - `vitis.py`: `KernelCore` (loader + accelerator + registers, `sync` domain) and `VitisKernel`
   (the same on `ap_clk` / `ap_rst_n`), `build_kernel(target)`;
-- `package.py`: `kernel_files(target)`, the packaging files.
+- `package.py`: `kernel_files(target)`, the packaging files;
+- `host.py`: `HostPlan`, what a host runner allocates, copies and writes for a build (pure: the
+  XRT calls are llmfab/run_xrt.py's).
 """
 from .args import STATUS_BITS, KernelArg, kernel_args, register_writes, status_names
 from .control import ControlRegs
+from .host import HostPlan, host_plan
 from .package import kernel_files, verilog_ports
 from .status import KernelStatus
 from .vitis import KERNEL_NAME, KernelCore, VitisKernel, build_kernel
 
-__all__ = ["ControlRegs", "KERNEL_NAME", "KernelArg", "KernelCore", "KernelStatus", "STATUS_BITS",
-           "VitisKernel", "build_kernel", "kernel_args", "kernel_files", "register_writes", "status_names",
+__all__ = ["ControlRegs", "HostPlan", "KERNEL_NAME", "KernelArg", "KernelCore", "KernelStatus", "STATUS_BITS",
+           "VitisKernel", "build_kernel", "host_plan", "kernel_args", "kernel_files", "register_writes", "status_names",
            "verilog_ports"]
