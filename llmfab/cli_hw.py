@@ -118,6 +118,8 @@ def cmd_run(args) -> int:
 
     from .cli import _write_atomic
     ids = parse_tokens(args.tokens)
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     if args.out:
         check_output_file(args.out, [args.build])   # before the run
     logits, generated, reports = run_on_card(args.build, args.xclbin, ids, args.generate, args.device, args.timeout)

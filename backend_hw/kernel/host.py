@@ -13,6 +13,9 @@ llmfab/run_xrt.py makes the calls, tests check the plan against the manifest and
   `Slice(buffer, offset, size)` of a device buffer for a pointer.
 - `logits(row)`: the slices of the channel buffers holding output row `row` (the prompt's rows
   after a prefill, row 0 after a decode step), to join and read as int32 Q.16.
+- `drive(plan, start, read, ids, generate)`: the host loop over any kernel given its `start(run)`
+  and `read(slices)`: XRT's (run_xrt.py) or, in the tests, the kernel's contract on the
+  functional simulator.
 
 The KV cache is part of the channel images and stays on the card between runs.
 """

@@ -160,10 +160,10 @@ def test_make_xclbin_names_the_missing_tool(tmp_path, present):
         (tmp_path / tool).chmod(0o755)
     path = f"{tmp_path}:/usr/bin:/bin"
     assert [t for t in ("vivado", "v++") if shutil.which(t, path=path)] == list(present)
-    out = subprocess.run(["make", "-s", "xclbin", "TARGET=sim-small"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(["make", "-s", "xclbin", "TARGET=sim-small", f"KERNEL_DIR={tmp_path / 'k'}"], cwd=ROOT, capture_output=True, text=True,
                          env={"PATH": path}, timeout=60)
     assert out.returncode != 0
     missing = " ".join(t for t in ("vivado", "v++") if t not in present)
     assert out.stderr.startswith(f"make xclbin: not on PATH: {missing}; install Vitis (Vivado and v++) and "
                                  f"source its settings64.sh (docs/hardware.md)\n")
-    assert not (ROOT / "build" / "sim-small-kernel").exists()
+    assert not (tmp_path / "k").exists()                  # stopped before `llmfab rtl`

@@ -184,3 +184,5 @@ def test_run_without_xrt_says_what_is_missing(build, tmp_path, capsys):
     assert main(["run", str(build.path), "--xclbin", str(tmp_path / "k.xclbin"), "--tokens", "1 2 3"]) == 2
     err = capsys.readouterr().err
     assert "the xclbin" not in err and "pyxrt" in err
+    assert main(["run", str(build.path), "--xclbin", str(tmp_path / "k.xclbin"), "--tokens", "1", "--timeout", "0"]) == 2
+    assert capsys.readouterr().err == "llmfab: error: --timeout must be a positive number of seconds, not 0.0\n"
