@@ -22,10 +22,12 @@ from llmfab.simulator.functional import Machine
 PROMPT = [3, 77, 12, 5, 90]
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sim-small", "u280"])
+def build(request, tmp_path_factory):
+    """The tiny LLaMA built for sim-small (one channel) and u280 (32 HBM channels, the logits
+    rows striped over all of them)."""
     out = tmp_path_factory.mktemp("kh") / "build"
-    write_build(tiny_compiled(), out)
+    write_build(tiny_compiled(target=request.param), out)
     return Build.open(out)
 
 
@@ -38,9 +40,12 @@ def test_buffers_sit_in_the_banks_link_cfg_maps_their_bundles_to(build):
     plan, t = _plan(build), build.target
     sp = dict(ln[len("sp=llmfab_1."):].split(":") for ln in _link_cfg(t).splitlines() if ln.startswith("sp="))
     assert {b.name for b in plan.buffers} == {f"hbm{k}" for k in range(t.memory.channels)} | {"programs", "tokens"}
+    assert len(sp) == t.memory.channels
     for b in plan.buffers:
         assert b.bank == sp[b.arg.bundle], b.name
         assert b.size % 4096 == 0 and len(b.contents) <= b.size
+    assert [plan.buffer(f"hbm{k}").bank for k in range(t.memory.channels)] == \
+        [f"{t.memory.kind.name}[{k}]" for k in range(t.memory.channels)]
     assert plan.buffer("programs").arg.name == "program" and plan.buffer("tokens").arg.name == "tokens"
     for k, image in enumerate(build.images()):
         hb = plan.buffer(f"hbm{k}")
@@ -144,12 +149,13 @@ def test_host_loop_over_the_kernel_contract_matches_execute(build):
 def test_plan_refuses_what_the_kernel_cannot_run(build):
     t, m = build.target, build.manifest
     programs = {e["file"]: build.program_file(e) for e in m["programs"]}
-    with pytest.raises(ValueError, match=r"has 0 weight images; the kernel runs a build with one per memory channel"):
+    with pytest.raises(ValueError, match=rf"has 0 weight images; the kernel runs a build with one per memory channel "
+                                         rf"\({t.memory.channels}\)"):
         host_plan(t, m, programs, [])
     big = Program("big", (make(Opcode.SYS, func=SysFunc.END),) * (t.buffer_bytes[BufferId.INST] // INST_BYTES + 1))
     first = m["programs"][0]["file"]
     with pytest.raises(ValueError, match=rf"^program {first} has [\d,]+ bytes of instructions; the kernel's INST "
-                                         r"buffer holds [\d,]+ \(target sim-small\): the loader would cut it$"):
+                                         rf"buffer holds [\d,]+ \(target {t.name}\): the loader would cut it$"):
         host_plan(t, m, {**programs, first: big.to_bytes()}, build.images())
 
 
