@@ -166,8 +166,9 @@ class KernelCore(wiring.Component):
         for k in range(t.memory.channels):
             for ch, ready in (("R", "RREADY"), ("B", "BREADY")):
                 resp_bad[ch].append(self._p(k, ch + "VALID") & self._p(k, ready) & self._p(k, ch + "RESP").any())
-        starting = Signal()
-        m.d.comb += [events[bits["illegal_instruction"]].eq(acc.error),
+        starting, in_run = Signal(), Signal()
+        # the accelerator's error is sticky until its own start, after the loads: count it in RUN only
+        m.d.comb += [events[bits["illegal_instruction"]].eq(acc.error & in_run),
                      events[bits["read_error"]].eq(Cat(*resp_bad["R"]).any()),
                      events[bits["write_error"]].eq(Cat(*resp_bad["B"]).any()),
                      events[bits["program_cut"]].eq(starting & (regs.arg_program_bytes > ids[BufferId.INST][0])),
@@ -225,6 +226,7 @@ class KernelCore(wiring.Component):
                 m.d.comb += acc.start.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
+                m.d.comb += in_run.eq(1)
                 with m.If(acc.halted):
                     m.d.comb += done.eq(1)
                     m.next = "IDLE"

@@ -94,6 +94,22 @@ def test_kernel_runs_a_program_from_device_memory():
             polls += 1
             assert polls < 20000, "ap_done never rose"
         out["status"] = await read(ctx, dut, args["status"].offset)
+        out["mem"] = bytes(mem[BASE:])
+        # a third: the memory answers SLVERR to every read and write (AxiMemory sets the response
+        # fields once, at the start); both reported; `cycles` counts while the run goes
+        ctx.set(dut.axi[0].r.payload.resp, 2)
+        ctx.set(dut.axi[0].b.payload.resp, 2)
+        for off, word in register_writes(t, {"program": PROG, "program_bytes": len(code),
+                                             "tokens_bytes": len(tokens)}):
+            await write(ctx, dut, off, word)
+        await write(ctx, dut, CTRL, 1)
+        running = [await read(ctx, dut, args["cycles"].offset) for _ in range(2)]
+        polls = 0
+        while not await read(ctx, dut, CTRL) & 0b0010:
+            polls += 1
+            assert polls < 2000, "ap_done never rose"
+        out["running"] = running + [await read(ctx, dut, args["cycles"].offset)]
+        out["status3"] = await read(ctx, dut, args["status"].offset)
 
     sim = Simulator(dut)
     sim.add_clock(1 / (t.clock_mhz * 1e6))
@@ -104,7 +120,9 @@ def test_kernel_runs_a_program_from_device_memory():
     print(f"kernel: {time.perf_counter() - t0:.1f} s; the run took {out['cycles']} cycles")
     assert out["status"] == 0b10001 and status_names(out["status"]) == ["illegal_instruction", "tokens_cut"]
     assert 50 < out["cycles"] < 2000 * 20
-    assert bytes(mem[BASE:]) == bytes(m.hbm[0])
+    assert out["status3"] == 0b110 and status_names(out["status3"]) == ["read_error", "write_error"]
+    assert 0 < out["running"][0] < out["running"][1] < out["running"][2]      # counting, then the total
+    assert out["mem"] == bytes(m.hbm[0])
     assert out[BufferId.INST][:len(code)] == code
     for b in (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT):
         assert out[b] == bytes(m.buffers[b]), b.name
