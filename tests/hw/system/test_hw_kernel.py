@@ -1,7 +1,8 @@
 """The Vitis kernel top in amaranth.sim: a host drives s_axi_control as XRT would (arguments,
 ap_start, poll ap_done), the loader fetches the program and token ids from device memory through
 m_axi_hbm0, the accelerator runs with its channel rebased on the `hbm0` argument, and memory and
-buffers end as the functional simulator's, bit for bit."""
+buffers end as the functional simulator's, bit for bit; then the `status` register reports an
+illegal instruction and cut token ids, and SLVERR responses, in two more runs."""
 import time
 from dataclasses import replace
 
