@@ -9,7 +9,12 @@ training text (tests/fixtures/trained_llama_calib.txt) instead of the bundled po
 perplexity is the integer model's (int8 activations and KV cache), the same number `llmfab quantize
 --eval` and `llmfab execute --eval` give. The logit cosine and top-1 columns are quantize's usual
 fidelity numbers, measured on its 4 streams of random ids (not text). Prints a Markdown table
-(BENCHMARKS.md); about 2 minutes on 2 cores.
+(BENCHMARKS.md) and the activation ranges that explain the activation rows; about 8 minutes on 2 cores.
+
+Rows past the weight policies: the activation side (int8 per token row, what the accelerator runs,
+against one calibrated static scale per tensor, `activations: static-per-tensor`, a what-if of the
+integer model that compile refuses), SmoothQuant-style smoothing (`smoothing: {alpha: 0.5}`), and
+the automatic mixed policy at exactly a uniform policy's code bits (same group, method, embedding).
 """
 from __future__ import annotations
 
@@ -20,13 +25,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmfab.flow import load_model  # noqa: E402
 from llmfab.passes.perplexity import load_eval, model_perplexities  # noqa: E402
-from llmfab.passes.policy import load_policy, parse_policy  # noqa: E402
+from llmfab.ir.yaml_file import read_yaml  # noqa: E402
+from llmfab.passes.act_calibration import smoothable  # noqa: E402
+from llmfab.passes.policy import POLICY_DIR, PolicyError, load_policy, parse_policy  # noqa: E402
 from llmfab.passes.quant_report import quantize_model  # noqa: E402
+from llmfab.passes.quantize import layer_inputs, token_streams, weight_sites  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"
 MODEL, EVAL, CALIB = FIX / "trained_llama.onnx", FIX / "trained_llama_eval.npy", FIX / "trained_llama_calib.txt"
@@ -44,6 +54,46 @@ POLICIES = [
     ("w4 2:4 SparseGPT (emb int8)", "w4-2of4"),
     ("mixed-3.5 (auto by sensitivity)", "mixed-3.5"),
 ]
+
+
+def bundled(name: str, label: str, **top) -> dict:
+    """A bundled policy with more top-level keys (activations, smoothing, auto)."""
+    _, data = read_yaml(POLICY_DIR / f"{name}.yaml", "policy", PolicyError)
+    return {**data, **top, "name": label}
+
+
+STATIC = {"activations": "static-per-tensor"}
+SMOOTH = {"smoothing": {"alpha": 0.5}}
+POLICIES += [
+    ("int8 g128 RTN, static per-tensor activations (what-if)", bundled("int8", "int8-static", **STATIC)),
+    ("int8 g128 RTN, smoothed (alpha 0.5)", bundled("int8", "int8-smooth", **SMOOTH)),
+    ("int8 g128 RTN, smoothed, static per-tensor (what-if)", bundled("int8", "int8-smooth-static", **SMOOTH, **STATIC)),
+    ("int4 g128 GPTQ, static per-tensor activations (what-if)", bundled("int4-g128-gptq", "int4-static", **STATIC)),
+    ("int4 g128 GPTQ, smoothed (alpha 0.5)", bundled("int4-g128-gptq", "int4-smooth", **SMOOTH)),
+    ("int4 g128 GPTQ, smoothed, static per-tensor (what-if)",
+     bundled("int4-g128-gptq", "int4-smooth-static", **SMOOTH, **STATIC)),
+    # the automatic mixed policy at a uniform policy's code bits: same group, method and embedding
+    ("mixed at int4 g128 GPTQ's bits (auto, 4.0 code bits)",
+     bundled("int4-g128-gptq", "mixed-4.0", auto={"target_bits": 4.0, "candidates": [2, 3, 4, 8]})),
+    ("mixed at int3 g64 GPTQ's bits (auto, 3.0 code bits, emb int8)",
+     bundled("int3-g64", "mixed-3.0", auto={"target_bits": 3.0, "candidates": [2, 3, 4, 8]})),
+]
+
+
+def activation_ranges(g, seq_len: int) -> str:
+    """Why static scales cost what they cost: over the calibration text, for each linear input the
+    tensor's max |x| against the median token row's (what one static scale gives away: bits of
+    resolution of a typical row), and for the norm outputs the largest channel max over the median
+    channel max (the outliers smoothing flattens)."""
+    g = load_model(str(MODEL), seq_len=seq_len)
+    x = layer_inputs(g, weight_sites(g), token_streams(g, 8, 0, str(CALIB), "bench"))
+    tensor = {u: np.abs(v).max() / np.median(np.abs(v).max(1)) for u, v in x.items()}
+    chan = {n: np.abs(x[ls[0]]).max(0) for n, ls in smoothable(g)}
+    chan = {n: c.max() / np.median(c) for n, c in chan.items()}
+    worst_t, worst_c = max(tensor, key=tensor.get), max(chan, key=chan.get)
+    return (f"tensor max / median row max over linear inputs: median {np.median(list(tensor.values())):.1f}, "
+            f"largest {tensor[worst_t]:.1f} ({worst_t}); norm outputs, largest channel max / median channel max: "
+            f"median {np.median(list(chan.values())):.1f}, largest {chan[worst_c]:.1f} ({worst_c})")
 
 
 def policy_for(spec, seq_len: int):
@@ -75,9 +125,12 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"| {label} | {row['bits_per_weight']:.3f} | {qp:.4f} | {(qp / fp - 1) * 100:+.2f}% | "
               f"{rep.logit_cosine:.5f} | {rep.top1_agreement:.3f} | {row['seconds']:.0f} |", flush=True)
+    ranges = activation_ranges(g, data.length)
+    print(f"\nActivation ranges on the calibration text: {ranges}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(MODEL.relative_to(ROOT)), "eval": str(EVAL.relative_to(ROOT)),
-                                               "sequences": data.sequences, "length": data.length, "rows": rows},
+                                               "sequences": data.sequences, "length": data.length, "rows": rows,
+                                               "activation_ranges": ranges},
                                               indent=1) + "\n")
     return 0
 
