@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from llmfab.flow import load_model  # noqa: E402
 from llmfab.passes.perplexity import load_eval, model_perplexities  # noqa: E402
 from llmfab.ir.yaml_file import read_yaml  # noqa: E402
-from llmfab.passes.act_calibration import smoothable  # noqa: E402
+from llmfab.passes.act_calibration import migrate, smoothable  # noqa: E402
 from llmfab.passes.policy import POLICY_DIR, PolicyError, load_policy, parse_policy  # noqa: E402
 from llmfab.passes.quant_report import quantize_model  # noqa: E402
 from llmfab.passes.quantize import layer_inputs, token_streams, weight_sites  # noqa: E402
@@ -80,12 +80,33 @@ POLICIES += [
 ]
 
 
-def activation_ranges(g, seq_len: int) -> str:
+# A function-preserving stress case: two channels of every norm output that feeds only linears
+# made OUTLIER times larger (the norm's weight), the linears' columns that read them OUTLIER times
+# smaller, the float model the same. Trained LLMs past a few billion parameters have such channels
+# (LLM.int8(), SmoothQuant); this small model has none (see the ranges printed).
+OUTLIER, OUTLIER_CHANNELS = 32.0, (17, 90)
+PLANTED = [
+    ("planted outliers: int8 g128 RTN, per token", bundled("int8", "int8")),
+    ("planted outliers: int8 g128 RTN, static per-tensor (what-if)", bundled("int8", "int8-static", **STATIC)),
+    ("planted outliers: int8 g128 RTN, smoothed", bundled("int8", "int8-smooth", **SMOOTH)),
+    ("planted outliers: int8 g128 RTN, smoothed, static (what-if)", bundled("int8", "int8-smooth-static", **SMOOTH, **STATIC)),
+]
+
+
+def planted(g):
+    h = g.copy()
+    for norm, linears in smoothable(h):
+        s = np.ones(h.node(norm).type.shape[-1])
+        s[list(OUTLIER_CHANNELS)] = 1.0 / OUTLIER
+        migrate(h, norm, linears, s)
+    return h
+
+
+def activation_ranges(g) -> str:
     """Why static scales cost what they cost: over the calibration text, for each linear input the
     tensor's max |x| against the median token row's (what one static scale gives away: bits of
     resolution of a typical row), and for the norm outputs the largest channel max over the median
     channel max (the outliers smoothing flattens)."""
-    g = load_model(str(MODEL), seq_len=seq_len)
     x = layer_inputs(g, weight_sites(g), token_streams(g, 8, 0, str(CALIB), "bench"))
     tensor = {u: np.abs(v).max() / np.median(np.abs(v).max(1)) for u, v in x.items()}
     chan = {n: np.abs(x[ls[0]]).max(0) for n, ls in smoothable(g)}
@@ -102,22 +123,16 @@ def policy_for(spec, seq_len: int):
     return dataclasses.replace(p, calibration=cal)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", default=None, help="also write the rows as JSON")
-    args = ap.parse_args(argv)
-    data = load_eval(str(EVAL))
-    g = load_model(str(MODEL), seq_len=data.length)
+def measure(g, policies, data, float_label: str) -> list[dict]:
+    """A row per policy on the float graph `g` (bound to the set's length), after `g`'s float row."""
     rows, float_ppl = [], None
-    print("| policy | bits/weight | perplexity | vs float | logit cosine (random ids) | top-1 (random ids) | time (s) |\n"
-          "|---|---|---|---|---|---|---|")
-    for label, spec in POLICIES:
+    for label, spec in policies:
         t0 = time.perf_counter()
         q, rep = quantize_model(g, policy_for(spec, data.length))
         fp, qp = model_perplexities(g, q, data)
         if float_ppl is None:
             float_ppl = fp
-            print(f"| float (fp32) | 32 | {fp:.4f} | | | | |")
+            print(f"| {float_label} | 32 | {fp:.4f} | | | | |")
         assert fp == float_ppl
         row = {"policy": label, "bits_per_weight": rep.avg_bits_per_weight, "perplexity": qp,
                "float_perplexity": fp, "logit_cosine": rep.logit_cosine, "top1_agreement": rep.top1_agreement,
@@ -125,8 +140,23 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"| {label} | {row['bits_per_weight']:.3f} | {qp:.4f} | {(qp / fp - 1) * 100:+.2f}% | "
               f"{rep.logit_cosine:.5f} | {rep.top1_agreement:.3f} | {row['seconds']:.0f} |", flush=True)
-    ranges = activation_ranges(g, data.length)
-    print(f"\nActivation ranges on the calibration text: {ranges}")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=None, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    data = load_eval(str(EVAL))
+    g = load_model(str(MODEL), seq_len=data.length)
+    print("| policy | bits/weight | perplexity | vs float | logit cosine (random ids) | top-1 (random ids) | time (s) |\n"
+          "|---|---|---|---|---|---|---|")
+    rows = measure(g, POLICIES, data, "float (fp32)")
+    h = planted(g)
+    rows += measure(h, PLANTED, data, f"planted outliers ({OUTLIER:g}x, channels {OUTLIER_CHANNELS}): float")
+    ranges = {"model": activation_ranges(g), "planted": activation_ranges(h)}
+    print(f"\nActivation ranges on the calibration text, the model: {ranges['model']}; "
+          f"with the planted outliers: {ranges['planted']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(MODEL.relative_to(ROOT)), "eval": str(EVAL.relative_to(ROOT)),
                                                "sequences": data.sequences, "length": data.length, "rows": rows,

@@ -54,22 +54,30 @@ def _set(g: Graph, name: str, values: np.ndarray) -> None:
     g.set_node(dataclasses.replace(n, attrs=ConstAttrs(data, n.attrs.weight)))
 
 
+def _weights(g: Graph, linears: list[str]) -> list[np.ndarray]:
+    return [np.asarray(g.node(g.node(u).inputs[1]).data.numpy(), np.float64) for u in linears]
+
+
+def migrate(g: Graph, norm: str, linears: list[str], s: np.ndarray) -> None:
+    """Divide channel j of `norm`'s output by s_j and multiply column j of the weights of `linears`
+    (the linears it feeds, `smoothable`) by it, in place: the same float function."""
+    for c in g.node(norm).inputs[1:]:   # weight (and LayerNorm bias)
+        _set(g, c, np.asarray(g.node(c).data.numpy(), np.float64) / s)
+    for u, w in zip(linears, _weights(g, linears)):
+        _set(g, g.node(u).inputs[1], w * s[None, :])
+
+
 def smooth(g: Graph, alpha: float, inputs: dict[str, np.ndarray]) -> list[str]:
     """Migrate scale from each smoothable norm's output into its linears (in place); `inputs`:
     layer_inputs() of the unsmoothed graph. Returns the norms smoothed."""
     done = []
     for norm, linears in smoothable(g):
         x_max = np.max(np.abs(inputs[linears[0]]), axis=0)
-        ws = [np.asarray(g.node(g.node(u).inputs[1]).data.numpy(), np.float64) for u in linears]
-        w_max = np.max([np.max(np.abs(w), axis=0) for w in ws], axis=0)
+        w_max = np.max([np.max(np.abs(w), axis=0) for w in _weights(g, linears)], axis=0)
         ok = (x_max > 0) & (w_max > 0)
         s = np.ones_like(x_max)
         s[ok] = np.maximum(x_max[ok] ** alpha / w_max[ok] ** (1.0 - alpha), MIN_SCALE)
-        node = g.node(norm)
-        for c in node.inputs[1:]:   # weight (and LayerNorm bias): the output's channels divided by s
-            _set(g, c, np.asarray(g.node(c).data.numpy(), np.float64) / s)
-        for u, w in zip(linears, ws):
-            _set(g, g.node(u).inputs[1], w * s[None, :])
+        migrate(g, norm, linears, s)
         done.append(norm)
     return done
 
