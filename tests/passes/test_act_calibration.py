@@ -16,7 +16,7 @@ from llmfab.ir import OpKind, run
 from llmfab.ir.fixed_point import quantize_rows, quantize_rows_static
 from llmfab.ir.integer import int_linear, run_integer
 from llmfab.ir.quant import QuantScheme
-from llmfab.passes.act_calibration import calibrate, smoothable
+from llmfab.passes.act_calibration import calibrate, migrate, smoothable
 from llmfab.passes.policy import parse_policy
 from llmfab.passes.quant_report import quantize_model
 from llmfab.passes.quantize import feeds_for, layer_inputs, token_streams, weight_sites
@@ -76,6 +76,28 @@ def test_smoothing_keeps_the_float_model_and_balances_each_channel():
         x0 = np.abs(orig[linears[0]]).max(0)
         spread_before, spread_after = max(spread_before, x0.max() / x0.min()), max(spread_after, x_max.max() / x_max.min())
     assert spread_after < spread_before             # channel outliers of the norm outputs shrink
+
+
+def test_smoothing_undoes_a_planted_outlier_channel():
+    """A channel of a norm output made 30x larger (weights 30x smaller: the same float model) is an
+    activation outlier; smoothing's scales are equivariant to it, so it smooths to the same model."""
+    g = load_model(str(TRAINED), seq_len=16)
+    h = g.copy()
+    for norm, linears in smoothable(h):
+        s = np.ones(h.node(norm).type.shape[-1])
+        s[5] = 1 / 30
+        migrate(h, norm, linears, s)
+    p = _policy(smoothing={})
+    hx = layer_inputs(h, weight_sites(h), token_streams(h, CAL["samples"], CAL["seed"]))
+    norm, linears = smoothable(h)[0]
+    x = np.abs(hx[linears[0]]).max(0)
+    assert x[5] > 10 * np.median(x)                  # planted: an outlier channel
+    gs, hs = g.copy(), h.copy()
+    calibrate(gs, p)
+    calibrate(hs, p)
+    for norm, linears in smoothable(g):
+        for c in list(g.node(norm).inputs[1:]) + [g.node(u).inputs[1] for u in linears]:
+            assert np.allclose(hs.node(c).data.numpy(), gs.node(c).data.numpy(), rtol=1e-4, atol=1e-6), c
 
 
 def test_static_policy_sets_a_scale_on_every_linear_and_changes_the_integer_model():
