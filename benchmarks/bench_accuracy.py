@@ -9,7 +9,7 @@ training text (tests/fixtures/trained_llama_calib.txt) instead of the bundled po
 perplexity is the integer model's (int8 activations and KV cache), the same number `llmfab quantize
 --eval` and `llmfab execute --eval` give. The logit cosine and top-1 columns are quantize's usual
 fidelity numbers, measured on its 4 streams of random ids (not text). Prints a Markdown table
-(BENCHMARKS.md) and the activation ranges that explain the activation rows; about 8 minutes on 2 cores.
+(BENCHMARKS.md) and the activation ranges that explain the activation rows; about 15 minutes on 2 busy cores.
 
 Rows past the weight policies: the activation side (int8 per token row, what the accelerator runs,
 against one calibrated static scale per tensor, `activations: static-per-tensor`, a what-if of the

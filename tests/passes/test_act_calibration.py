@@ -78,6 +78,38 @@ def test_smoothing_keeps_the_float_model_and_balances_each_channel():
     assert spread_after < spread_before             # channel outliers of the norm outputs shrink
 
 
+@pytest.mark.parametrize("model, fed", [
+    ("gpt2_ts_op14", {"qkv_proj", "fc1"}),                   # tied head: final_norm left alone
+    ("falcon_dynamo_op18", {"qkv_proj+fc1"}),                 # one norm, attention and MLP in parallel
+    ("phi_dynamo_op18", {"q_proj+k_proj+v_proj+fc1", "lm_head"})])
+def test_smoothing_layer_norms_and_shared_norms_keeps_the_float_model(model, fed):
+    """LayerNorm (its bias divided too) and one norm feeding attention and MLP in parallel (one scale
+    per channel over every linear it feeds): the float logits stay, the weights move."""
+    g = load_model(str(FIXTURES / f"{model}.onnx"), seq_len=8)
+    groups = smoothable(g)
+    assert {"+".join(g.node(u).attrs.role.value for u in ls) for _, ls in groups} == fed
+    assert all(g.node(n).op is OpKind.LAYERNORM for n, _ in groups)
+    s = g.copy()
+    calibrate(s, parse_policy({"smoothing": {"alpha": 0.5}, "calibration": {"samples": 2, "seq_len": 8}}, "p"))
+    for c in g.node(groups[0][0]).inputs[1:]:          # weight and bias
+        assert not np.allclose(s.node(c).data.numpy(), g.node(c).data.numpy())
+    ids = token_streams(g, 1, 5)[0]
+    before, after = run(g, feeds_for(g, ids))["logits"], run(s, feeds_for(s, ids))["logits"]
+    assert np.allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+
+
+def test_pass_form_smooths_like_the_quantize_flow(tmp_path):
+    from llmfab.passes.quantize import Quantize
+    pol = tmp_path / "s.yaml"
+    pol.write_text("default: {bits: 8, group: 128}\nsmoothing: {alpha: 0.7}\ncalibration: {samples: 2, seq_len: 16}\n")
+    g = load_model(str(TRAINED), seq_len=16)
+    q, _ = quantize_model(g, parse_policy({"default": {"bits": 8, "group": 128}, "smoothing": {"alpha": 0.7},
+                                           "calibration": {"samples": 2, "seq_len": 16}}, str(pol)))
+    Quantize(str(pol)).apply(g)
+    ids = token_streams(g, 1, 9)[0]
+    assert np.array_equal(run_integer(g, feeds_for(g, ids))["logits"], run_integer(q, feeds_for(q, ids))["logits"])
+
+
 def test_smoothing_undoes_a_planted_outlier_channel():
     """A channel of a norm output made 30x larger (weights 30x smaller: the same float model) is an
     activation outlier; smoothing's scales are equivariant to it, so it smooths to the same model."""
@@ -150,3 +182,15 @@ def test_smoothed_policy_compiles_bit_exact_and_execute_eval_equals_quantize_eva
     assert "checked      bit-exact with the integer model" in capsys.readouterr().out
     assert main(["execute", str(tmp_path / "B"), "--eval", str(tmp_path / "e.npy"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["perplexity"] == qp
+
+
+def test_smoothed_shared_norm_compiles_bit_exact(tmp_path):
+    """Falcon's one norm feeding attention and MLP, smoothed over both: compile's self-check runs
+    the programs against the integer model (a miscompile would raise) on the prompts it lists."""
+    pol = tmp_path / "smooth.yaml"
+    pol.write_text("default: {bits: 4, group: 32, method: gptq}\nsmoothing: {}\ncalibration: {samples: 2, seq_len: 8}\n")
+    c = compile_model(str(FIXTURES / "falcon_dynamo_op18.onnx"), "sim-small", policy=str(pol), max_len=8)
+    assert c.checked
+    norm = next(n for n in c.graph.nodes() if n.op is OpKind.LAYERNORM)
+    plain = load_model(str(FIXTURES / "falcon_dynamo_op18.onnx"), seq_len=8)
+    assert not np.array_equal(c.graph.node(norm.inputs[1]).data.numpy(), plain.node(norm.inputs[1]).data.numpy())
