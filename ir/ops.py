@@ -143,6 +143,10 @@ class InputAttrs:
 class LinearAttrs:
     role: LinearRole = LinearRole.UNKNOWN
     layer: int | None = None
+    # A static activation scale: max |X| in Q.16, calibrated, one per input tensor (a policy's
+    # `activations: static-per-tensor`, a what-if of the integer model that no program runs).
+    # None: each token row by its own max, as the hardware does (docs/integer.md).
+    act_amax: int | None = None
 
 
 @dataclass(frozen=True)
