@@ -78,8 +78,9 @@ def arch_llama(f: _Fields, family: str, dtype: DType) -> _Arch:
                  f.bool("tie_word_embeddings", False))
 
 
-def _check_window(f: _Fields, family: str, total: int) -> None:
-    """Sliding-window attention equals causal attention up to the window; beyond it is not supported."""
+def _check_window(f: _Fields, family: str, total: int) -> int | None:
+    """Sliding-window attention equals causal attention up to the window; beyond it is not supported.
+    Returns the window (None: full attention)."""
     if family in ("mistral", "phi3"):
         # MistralConfig defaults to a 4096 window, Phi3Config to none; an explicit null means full attention
         default = 4096 if family == "mistral" else None
@@ -87,16 +88,19 @@ def _check_window(f: _Fields, family: str, total: int) -> None:
         if window is not None and total > window:
             f.fail(f"field 'sliding_window' is {window} but seq_len + past_len = {total}: sliding-window "
                    "attention is not supported beyond the window")
+        return window
     if family in ("qwen2", "qwen3") and f.bool("use_sliding_window", False):
         window = f.cfg.get("sliding_window")
         if window is not None and total > f.int("sliding_window"):
             f.fail(f"field 'sliding_window' is {window} with use_sliding_window=true but seq_len + "
                    f"past_len = {total}: sliding-window attention is not supported beyond the window")
+        return window
+    return None
 
 
 def build_llama(f: _Fields, b: _Builder, family: str) -> dict:
     a, S, P = b.a, b.S, b.P
-    _check_window(f, family, S + P)
+    window = _check_window(f, family, S + P)
     _partial_rotary(f)
     o_bias = family in ("llama", "qwen3") and f.bool("attention_bias", False)   # (Phi-3 has no biases)
     qkv_bias = family == "qwen2" or o_bias     # Qwen2: q/k/v always biased, o_proj never
@@ -137,5 +141,5 @@ def build_llama(f: _Fields, b: _Builder, family: str) -> dict:
         d = b.linear(f"{n}.mlp.down", m, f"{w}.mlp.down_proj", a.hidden, a.inter, LinearRole.DOWN, i, mlp_bias)
         x = b.op(f"{n}.mlp_residual", OpKind.ADD, [x, d])
     b.finish(b.rms_norm("final_norm", x, "model.norm", None), embed)
-    return {"rope_theta": theta, "rope_scaling": scaling,
+    return {"rope_theta": theta, "rope_scaling": scaling, "attention_window": window,
             "max_position_embeddings": f.int("max_position_embeddings", None)}
