@@ -24,7 +24,7 @@ PASS_THROUGH = {OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.SLICE, OpKind.CONCAT, O
 ACTIVATIONS = {OpKind.SILU, OpKind.GELU, OpKind.RELU}
 
 
-def is_head_norm(g: Graph, n) -> bool:
+def is_head_norm(n) -> bool:
     """A norm over each head's rows of q or k ([B, S, H, D]), not over the residual stream ([B, S, D])."""
     return n.op in (OpKind.RMSNORM, OpKind.LAYERNORM) and n.type.rank >= 4
 
@@ -40,7 +40,7 @@ def _sources(g: Graph, name: str, want: set[OpKind], heads: bool = False) -> set
         seen.add(n.name)
         if n.op in want:
             out.add(n.name)
-        elif n.op in PASS_THROUGH or (heads and is_head_norm(g, n)):
+        elif n.op in PASS_THROUGH or (heads and is_head_norm(n)):
             # data flows through input 0 (all inputs of a concat)
             stack.extend(n.inputs if n.op is OpKind.CONCAT else n.inputs[:1])
     return out

@@ -53,7 +53,7 @@ class CanonicalNames(Pass):
                 for tag, x in zip("qkv", n.inputs[:3]):
                     self._chain_up(g, x, f"{p}.{tag}", give)
                 self._chain_down(g, n.name, f"{p}.attention", give)
-            elif n.op in (OpKind.RMSNORM, OpKind.LAYERNORM) and not is_head_norm(g, n):  # (those: _chain_up)
+            elif n.op in (OpKind.RMSNORM, OpKind.LAYERNORM) and not is_head_norm(n):  # (those: _chain_up)
                 if a.layer is None:
                     give(n.name, "final_norm")
                 else:
@@ -127,7 +127,7 @@ class CanonicalNames(Pass):
     def _chain_up(self, g: Graph, x: str, prefix: str, give):
         """Name the layout ops between a projection and attention: q.reshape, q.transpose, q.rope
         (and a per-head norm: q_norm)."""
-        while g.node(x).op in LAYOUT or is_head_norm(g, g.node(x)):
+        while g.node(x).op in LAYOUT or is_head_norm(g.node(x)):
             n = g.node(x)
             if n.op in LAYOUT:
                 give(x, f"{prefix}.{'cache' if n.op is OpKind.CONCAT else n.op.value}")
