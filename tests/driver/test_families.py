@@ -11,6 +11,8 @@ from conftest import FIXTURES, ort_feeds, ort_run
 from llmfab.build import Build
 from llmfab.compile import compile_model, write_build
 from llmfab.flow import load_model
+from llmfab.ir import OpKind
+from llmfab.ir.quant import QuantizedWeight
 from llmfab.passes.policy import load_policy
 from llmfab.passes.quant_report import quantize_model
 from llmfab.simulator.execute import execute
@@ -53,8 +55,8 @@ def test_quantize(fixture, policy, bound):
     g = load_model(str(FIXTURES / f"{fixture}.onnx"), seq_len=16)
     q, r = quantize_model(g, load_policy(policy))
     assert r.integer_activations and r.logit_cosine >= bound
-    linears = [n for n in q.nodes() if n.op.value in ("linear", "lm_head")]
-    assert all(type(q.node(n.inputs[1]).data).__name__ == "QuantizedWeight" for n in linears)
+    linears = [n for n in q.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD)]
+    assert linears and all(isinstance(q.node(n.inputs[1]).data, QuantizedWeight) for n in linears)
 
 
 def test_soft_capping_is_named_as_what_stops_fusion():
