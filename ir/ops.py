@@ -103,6 +103,7 @@ class LinearRole(Enum):
     O = "o_proj"
     GATE = "gate_proj"
     UP = "up_proj"
+    GATE_UP = "gate_up_proj"   # gate and up in one Linear, split by two slices (Phi-3)
     DOWN = "down_proj"
     FC1 = "fc1"
     FC2 = "fc2"

@@ -310,11 +310,14 @@ def check_steps(max_len: int, prefill_step: int | None, decode_step: int | None)
 
 
 def default_max_len(model: str) -> int:
-    """`DEFAULT_MAX_LEN`, or a config's positions when it has fewer (an ONNX export says none)."""
+    """`DEFAULT_MAX_LEN`, or a config's positions or attention window when it has fewer (an ONNX
+    export says neither): Phi-3-mini's window is 2047."""
     if is_onnx(model):
         return DEFAULT_MAX_LEN
-    n_pos = load_model(model, seq_len=1).meta.get("max_position_embeddings")
-    return min(DEFAULT_MAX_LEN, n_pos) if isinstance(n_pos, int) and n_pos >= 1 else DEFAULT_MAX_LEN
+    meta = load_model(model, seq_len=1).meta
+    limits = [n for n in (meta.get("max_position_embeddings"), meta.get("attention_window"))
+              if isinstance(n, int) and n >= 1]
+    return min(DEFAULT_MAX_LEN, *limits)
 
 
 def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int | None = None,

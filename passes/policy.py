@@ -29,7 +29,7 @@ from llmfab.ir.yaml_file import read_yaml
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "examples" / "policies"
 ROLES = ("embedding", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
-         "down_proj", "fc1", "fc2", "lm_head", "linear")
+         "gate_up_proj", "down_proj", "fc1", "fc2", "lm_head", "linear")
 METHODS = ("rtn", "gptq")
 SPARSITY_METHODS = ("magnitude", "sparsegpt")
 SETTING_KEYS = ("bits", "group", "method", "sparsity", "sparsity_method")

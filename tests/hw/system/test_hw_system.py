@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from conftest import tiny_compiled
+from conftest import FIXTURES, tiny_compiled
 from llmfab.backend_hw.accelerator import formats_of
 from llmfab.backend_hw.sim.axi_ram import AxiRam
 from llmfab.backend_hw.cycle_model import RtlUnits
@@ -148,6 +148,25 @@ def test_block_ram_buffers_run_the_same_programs(model):
         for b in (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT):
             assert run.buffers[b] == bytes(m.buffers[b]), (stage, b.name)
         assert predicted <= run.cycles <= bound * predicted, stage
+
+
+def test_qwen3_decode_step_equals_the_functional_simulator():
+    """A family beyond LLaMA on the RTL: the tiny Qwen3's decode step (an RMSNorm over each q and k
+    head, run as the SFU's RMSNORM over head_dim rows) ends with the functional simulator's bytes."""
+    if shutil.which("verilator") is None:
+        pytest.skip("needs Verilator: apt-get install verilator")
+    from llmfab.compile import compile_model
+    t = load_target("sim-small")
+    c = compile_model(str(FIXTURES / "qwen3_dynamo_op18.onnx"), "sim-small", max_len=16, policy="int8")
+    decode = _program(c, "decode", len(PROMPT) + 1)
+    assert any(i.op.name == "MISC" and i["func"].name == "RMSNORM" and i["cols"] == 8 for i in decode.instructions)
+    formats = formats_of([_program(c, "prefill", _chunk(c)), decode])
+    vs = VerilatorSystem(t, formats, [max(c.layout.used)] * t.memory.channels)
+    m = _machine(t, c)
+    m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
+    m.run(_program(c, "prefill", _chunk(c)), _chunk(c))
+    m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
+    _check(t, vs, formats, m, decode, len(PROMPT) + 1, "qwen3 decode")
 
 
 # -- AxiRam alone, in amaranth.sim ---------------------------------------------------------------

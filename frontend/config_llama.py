@@ -1,0 +1,145 @@
+"""Config-only graphs of the LLaMA-like families (frontend/config.py): RMSNorm, rotary positions,
+SwiGLU. llama (with Llama 3.1/3.2's llama3 RoPE scaling and tied embeddings), qwen2 (q/k/v bias),
+mistral (sliding window), phi3 (fused qkv_proj and gate_up_proj) and qwen3 (an RMSNorm over each
+q and k head)."""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from llmfab.ir import ArrayData, DType, LinearRole, OpKind
+
+from .config_fields import _Fields
+from .config_graph import MAX_LAYERS, _Arch, _Builder
+from .rope import rope_cos_sin
+
+LLAMA_LIKE = ("llama", "qwen2", "mistral", "phi3", "qwen3")
+
+
+def _rope_params(f: _Fields) -> tuple[float, dict | None]:
+    """rope theta and scaling from either `rope_theta`/`rope_scaling` (transformers 4) or
+    `rope_parameters` (transformers 5)."""
+    params = f.cfg.get("rope_parameters")
+    if params is not None:
+        if not isinstance(params, Mapping):
+            f.fail(f"field 'rope_parameters' must be an object, not {params!r}")
+        theta = _Fields(params, f"{f.label}: rope_parameters").float("rope_theta", 10000.0)
+        scaling, key = params, "rope_parameters"
+    else:
+        theta = f.float("rope_theta", 10000.0)
+        scaling, key = f.cfg.get("rope_scaling"), "rope_scaling"
+    if scaling is None:
+        return theta, None
+    if not isinstance(scaling, Mapping):
+        f.fail(f"field {key!r} must be an object or null, not {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    sf = _Fields(scaling, f"{f.label}: {key}")
+    if kind == "default":
+        return theta, None
+    if kind == "linear":
+        return theta, {"rope_type": "linear", "factor": sf.float("factor")}
+    if kind == "llama3":
+        lo, hi = sf.float("low_freq_factor"), sf.float("high_freq_factor")
+        if hi <= lo:
+            sf.fail(f"field 'high_freq_factor' must be greater than low_freq_factor={lo}, not {hi}")
+        return theta, {"rope_type": "llama3", "factor": sf.float("factor"), "low_freq_factor": lo,
+                       "high_freq_factor": hi, "original_max_position_embeddings":
+                       sf.int("original_max_position_embeddings")}
+    f.fail(f"field {key!r} has rope type {kind!r}, which is not supported "
+           "(supported: default, linear, llama3)")
+
+
+def _partial_rotary(f: _Fields) -> None:
+    """Rotating only part of each head is what the ONNX import handles (Phi-2, StableLM, GPT-NeoX);
+    the config builder rotates whole heads."""
+    params = f.cfg.get("rope_parameters")
+    for src in (f.cfg, params if isinstance(params, Mapping) else {}):
+        v = src.get("partial_rotary_factor")
+        if v is not None and v != 1.0:
+            f.fail(f"field 'partial_rotary_factor' is {v!r}: rotating part of each head is not supported "
+                   "config-only (import an ONNX export instead)")
+
+
+def arch_llama(f: _Fields, family: str, dtype: DType) -> _Arch:
+    hidden = f.int("hidden_size")
+    # Qwen3Config's head_dim defaults to 128 (not hidden / heads), the others' to hidden / heads
+    head_dim = f.cfg.get("head_dim", 128 if family == "qwen3" else None)
+    if head_dim is None:
+        heads = f.heads("num_attention_heads", hidden, "hidden_size")
+        head_dim = hidden // heads
+    else:
+        heads, head_dim = f.int("num_attention_heads"), f.int("head_dim", 128)
+    if head_dim % 2:
+        f.fail(f"head dimension must be even for rotary embeddings, not {head_dim}")
+    f.choice("hidden_act", ("silu", "swish"), "silu")
+    return _Arch(family, f.int("num_hidden_layers", maximum=MAX_LAYERS), hidden, heads,
+                 f.heads("num_key_value_heads", heads, "num_attention_heads", heads), head_dim,
+                 f.int("intermediate_size"), f.int("vocab_size"), f.float("rms_norm_eps", 1e-6), dtype,
+                 f.bool("tie_word_embeddings", False))
+
+
+def _check_window(f: _Fields, family: str, total: int) -> int | None:
+    """Sliding-window attention equals causal attention up to the window; beyond it is not supported.
+    Returns the window (None: full attention)."""
+    if family in ("mistral", "phi3"):
+        # MistralConfig defaults to a 4096 window, Phi3Config to none; an explicit null means full attention
+        default = 4096 if family == "mistral" else None
+        window = None if f.cfg.get("sliding_window", default) is None else f.int("sliding_window", default)
+        if window is not None and total > window:
+            f.fail(f"field 'sliding_window' is {window} but seq_len + past_len = {total}: sliding-window "
+                   "attention is not supported beyond the window")
+        return window
+    if family in ("qwen2", "qwen3") and f.bool("use_sliding_window", False):
+        window = f.cfg.get("sliding_window")
+        if window is not None and total > f.int("sliding_window"):
+            f.fail(f"field 'sliding_window' is {window} with use_sliding_window=true but seq_len + "
+                   f"past_len = {total}: sliding-window attention is not supported beyond the window")
+        return window
+    return None
+
+
+def build_llama(f: _Fields, b: _Builder, family: str) -> dict:
+    a, S, P = b.a, b.S, b.P
+    window = _check_window(f, family, S + P)
+    _partial_rotary(f)
+    o_bias = family in ("llama", "qwen3") and f.bool("attention_bias", False)   # (Phi-3 has no biases)
+    qkv_bias = family == "qwen2" or o_bias     # Qwen2: q/k/v always biased, o_proj never
+    mlp_bias = family == "llama" and f.bool("mlp_bias", False)
+    theta, scaling = _rope_params(f)
+    cos, sin = rope_cos_sin(a.head_dim, theta, P, S, scaling)
+    b.g.add_const("rope.cos", ArrayData(cos.reshape(1, 1, S, a.head_dim)))
+    b.g.add_const("rope.sin", ArrayData(sin.reshape(1, 1, S, a.head_dim)))
+    b.inputs()
+    embed = b.weight("model.embed_tokens.weight", a.vocab, a.hidden)
+    x = b.op("embed", OpKind.EMBEDDING, [embed, "input_ids"])
+    qd, kvd = a.heads * a.head_dim, a.kv_heads * a.head_dim
+    for i in range(a.layers):
+        w, n = f"model.layers.{i}", f"layers.{i}"
+        h = b.rms_norm(f"{n}.input_norm", x, f"{w}.input_layernorm", i)
+        if family == "phi3":   # one qkv_proj, sliced
+            qkv = b.linear(f"{n}.attn.qkv", h, f"{w}.self_attn.qkv_proj", qd + 2 * kvd, a.hidden, LinearRole.QKV,
+                           i, qkv_bias)
+            q, k, v = b.split(f"{n}.attn.qkv", qkv, (qd, kvd, kvd))
+        else:
+            q = b.linear(f"{n}.attn.q", h, f"{w}.self_attn.q_proj", qd, a.hidden, LinearRole.Q, i, qkv_bias)
+            k = b.linear(f"{n}.attn.k", h, f"{w}.self_attn.k_proj", kvd, a.hidden, LinearRole.K, i, qkv_bias)
+            v = b.linear(f"{n}.attn.v", h, f"{w}.self_attn.v_proj", kvd, a.hidden, LinearRole.V, i, qkv_bias)
+        o = b.attention(i, q, k, v, 1.0 / math.sqrt(a.head_dim), ("rope.cos", "rope.sin"),
+                        head_norms=f"{w}.self_attn" if family == "qwen3" else None)
+        o = b.linear(f"{n}.attn.o", o, f"{w}.self_attn.o_proj", a.hidden, qd, LinearRole.O, i, o_bias)
+        x = b.op(f"{n}.attn_residual", OpKind.ADD, [x, o])
+        h = b.rms_norm(f"{n}.post_norm", x, f"{w}.post_attention_layernorm", i)
+        if family == "phi3":   # one gate_up_proj, sliced: gate first
+            gu = b.linear(f"{n}.mlp.gate_up", h, f"{w}.mlp.gate_up_proj", 2 * a.inter, a.hidden, LinearRole.GATE_UP,
+                          i, mlp_bias)
+            g, u = b.split(f"{n}.mlp.gate_up", gu, (a.inter, a.inter))
+        else:
+            g = b.linear(f"{n}.mlp.gate", h, f"{w}.mlp.gate_proj", a.inter, a.hidden, LinearRole.GATE, i, mlp_bias)
+            u = b.linear(f"{n}.mlp.up", h, f"{w}.mlp.up_proj", a.inter, a.hidden, LinearRole.UP, i, mlp_bias)
+        s = b.op(f"{n}.mlp.act", OpKind.SILU, [g])
+        m = b.op(f"{n}.mlp.mul", OpKind.MUL, [s, u])
+        d = b.linear(f"{n}.mlp.down", m, f"{w}.mlp.down_proj", a.hidden, a.inter, LinearRole.DOWN, i, mlp_bias)
+        x = b.op(f"{n}.mlp_residual", OpKind.ADD, [x, d])
+    b.finish(b.rms_norm("final_norm", x, "model.norm", None), embed)
+    return {"rope_theta": theta, "rope_scaling": scaling, "attention_window": window,
+            "max_position_embeddings": f.int("max_position_embeddings", None)}
