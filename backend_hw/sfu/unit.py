@@ -134,14 +134,16 @@ class SfuUnit(wiring.Component):
 
         # ---- the beat: sizes, operand pieces
         left = Signal(16)                             # cols - k0, kept as a register
-        nl, nl_row = Signal(range(L + 1)), Signal(range(L + 1))
-        m.d.comb += [nl_row.eq(Mux(left < L, left, L)), nl.eq(nl_row)]
-        with m.If(is_embed & (gleft < nl_row)):
-            m.d.comb += nl.eq(gleft)
+        # nl = min(left, L, and EMBED's gleft): the three compares side by side, off registers
+        nl = Signal(range(L + 1))
+        g_min = is_embed & (gleft < L) & (gleft < left)
+        m.d.comb += nl.eq(Mux(g_min, gleft, Mux(left < L, left, L)))
+        g_step = is_embed & (gleft < L)             # a beat that does not end the row takes min(L, gleft)
         n_copy = Signal(range(RB + 1))
         m.d.comb += n_copy.eq(Mux(left < RB, left, RB))
         is_out = p == npass - 1
-        last_beat = Mux(is_copy, k0 + n_copy >= cols, k0 + nl >= cols)
+        # the beat ends the row when it takes all that is left (read off registers, not off nl)
+        last_beat = Mux(is_copy, left <= RB, (left <= L) & (~is_embed | (left <= gleft)))
         elem = Signal(A_W)
         m.d.comb += elem.eq(src_row + (k0 << 2))
 
@@ -339,10 +341,10 @@ class SfuUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += p.eq(p + 1)
             with m.Else():
-                step = Mux(is_copy, n_copy, nl)
+                step = Mux(is_copy, RB, Mux(g_step, gleft, L))   # = the beat's n_copy or nl
                 m.d.sync += [k0.eq(k0 + step), left.eq(left - step), kbits.eq(kbits + nl_bits),
                              hpos.eq(Mux(hpos + L >= depth, 0, hpos + L))]
-                with m.If(gleft == nl):
+                with m.If(gleft <= L):                 # the beat ends its scale group
                     m.d.sync += [gleft.eq(group), gidx.eq(gidx + 1)]
                 with m.Else():
                     m.d.sync += gleft.eq(gleft - nl)
