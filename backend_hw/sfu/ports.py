@@ -6,8 +6,9 @@ and operands need not be word-aligned (a quantized row is 4 + cols bytes). Two g
 - `PieceFetcher` gathers up to `slots` byte runs ("pieces") into operand registers through one
   `BufferPortSignature` port: one word read a cycle, each returned word shifted to the piece's
   place in the register and merged under a byte mask.
-- `ByteWriter` writes one byte run per accepted entry: shifted to the word lanes of its address,
-  one word a cycle with byte enables on the partial words at either end.
+- `ByteWriter` writes one byte run per accepted entry, one word a cycle with byte enables on the
+  partial words at either end; `align` moves a run to the word lanes of its address beforehand
+  (where the entries are made, so the writer's accept path has no shifter on it).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from llmfab.ir.isa import BufferId
 
 from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature, word_log
 
-__all__ = ["ByteWriter", "PieceFetcher", "slot_layout", "write_layout"]
+__all__ = ["ByteWriter", "PieceFetcher", "align", "aligned_layout", "slot_layout", "write_layout"]
 
 
 def _byte_mask(n_lanes: int, lo, hi) -> Value:
@@ -42,6 +43,26 @@ def slot_layout(reg_bytes: int) -> data.StructLayout:
 def write_layout(max_bytes: int) -> data.StructLayout:
     """One write: bytes [0, n) of `data` to byte address `addr`."""
     return data.StructLayout({"addr": BUF_ADDR_BITS, "n": max_bytes.bit_length(), "data": 8 * max_bytes})
+
+
+def aligned_layout(max_bytes: int, word_bytes: int) -> data.StructLayout:
+    """A write at its word lanes: `words` words from word address `waddr`; `data` and the byte
+    `mask` with byte 0 at lane 0 of the first word."""
+    lanes = max_bytes + word_bytes
+    return data.StructLayout({"waddr": BUF_ADDR_BITS, "words": range(lanes + 1), "data": 8 * lanes, "mask": lanes})
+
+
+def align(m: Module, e, lg, word_bytes: int) -> Signal:
+    """`e` (a `write_layout` value) moved to the word lanes of its address, for a buffer of 2^`lg`
+    byte words (`lg` a register: the shift by the address's phase is this function's only depth)."""
+    max_bytes = len(e.data) // 8
+    out = Signal(aligned_layout(max_bytes, word_bytes))
+    wb = Signal(range(word_bytes + 1))
+    ph = Signal(range(word_bytes))
+    m.d.comb += [wb.eq(Const(1, 1) << lg), ph.eq(e.addr & (wb - 1)),
+                 out.waddr.eq(e.addr >> lg), out.words.eq((ph + e.n + wb - 1) >> lg),
+                 out.data.eq(e.data << (ph * 8)), out.mask.eq(_byte_mask(max_bytes + word_bytes, ph, ph + e.n))]
+    return out
 
 
 class PieceFetcher(wiring.Component):
@@ -136,14 +157,14 @@ class PieceFetcher(wiring.Component):
 
 
 class ByteWriter(wiring.Component):
-    """Writes entries of `write_layout(max_bytes)` to buffer `buf` through `port`, one word a cycle;
-    takes the next entry in the cycle it writes the last word of the current one. `busy` is high
-    while words are left to write."""
+    """Writes entries of `aligned_layout(max_bytes, word)` (`align`) to buffer `buf` through
+    `port`, one word a cycle; takes the next entry in the cycle it writes the last word of the
+    current one. `busy` is high while words are left to write."""
 
     def __init__(self, max_bytes: int, word_bytes: dict[BufferId, int]):
         self.max_bytes, self.word_bytes = max_bytes, dict(word_bytes)
         self.wb = max(self.word_bytes.values())
-        super().__init__({"i": In(stream.Signature(write_layout(max_bytes))), "buf": In(3),
+        super().__init__({"i": In(stream.Signature(aligned_layout(max_bytes, self.wb))), "buf": In(3),
                           "port": Out(BufferPortSignature(8 * self.wb)), "busy": Out(1)})
 
     def elaborate(self, platform) -> Module:
@@ -165,8 +186,5 @@ class ByteWriter(wiring.Component):
         m.d.comb += self.i.ready.eq((left == 0) | ((left == 1) & self.port.ready))
         with m.If(self.i.valid & self.i.ready):
             e = self.i.payload
-            ph = Signal(range(WB), name="ph")
-            m.d.comb += ph.eq(e.addr & (wb - 1))
-            m.d.sync += [reg.eq(e.data << (ph * 8)), msk.eq(_byte_mask(MB + WB, ph, ph + e.n)),
-                         waddr.eq(e.addr >> lg), left.eq((ph + e.n + wb - 1) >> lg)]
+            m.d.sync += [reg.eq(e.data), msk.eq(e.mask), waddr.eq(e.waddr), left.eq(e.words)]
         return m

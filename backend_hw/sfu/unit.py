@@ -48,7 +48,7 @@ from ..protocol.isa_fields import field
 from .arith import SeqDivider
 from .datapath import SFU, SWEEPS
 from .embed import EmbedLanes
-from .ports import ByteWriter, PieceFetcher, write_layout
+from .ports import ByteWriter, PieceFetcher, align, aligned_layout, write_layout
 
 __all__ = ["SfuUnit"]
 
@@ -94,7 +94,8 @@ class SfuUnit(wiring.Component):
         m.submodules.fa = fa = PieceFetcher(3, RB, self.word_bytes)
         m.submodules.fb = fb = PieceFetcher(2, RB, self.word_bytes)
         m.submodules.wr = wr = ByteWriter(OB, self.word_bytes)
-        m.submodules.fifo = fifo = SyncFIFO(width=write_layout(OB).size, depth=self.OUT_DEPTH)
+        wb_max = max(self.word_bytes.values())
+        m.submodules.fifo = fifo = SyncFIFO(width=aligned_layout(OB, wb_max).size, depth=self.OUT_DEPTH)
         m.submodules.div = div = SeqDivider(*self.EMBED_DIVIDER)
         m.submodules.emb = emb = EmbedLanes(L, RB)
         wiring.connect(m, fa.port, wiring.flipped(self.src))
@@ -195,8 +196,8 @@ class SfuUnit(wiring.Component):
         # Passes that read only `a` split its words between both ports (the src2 port reads the src
         # buffer too): the even words on `src`, the odd ones on `src2`, so that the two reads of a
         # cycle are of neighbouring words, on different banks of a word-interleaved buffer.
-        wb_max = max(self.word_bytes.values())
-        wmask = Signal(range(wb_max))                 # the src buffer's word bytes - 1 (registered)
+        wmask = Signal(range(wb_max))
+        lg_dst = Signal(range(wb_max.bit_length()))  # the dst buffer's word log (registered)                 # the src buffer's word bytes - 1 (registered)
         phase = Signal(range(wb_max))                 # elem's byte in its word
         m.d.comb += phase.eq(elem & wmask)
         split_at = Signal(A_W)                         # the second word
@@ -295,7 +296,7 @@ class SfuUnit(wiring.Component):
                          entry.data.eq(Cat(*(o.payload.y[n] for n in range(L))))]
         m.d.comb += [emb.codes.eq(hregs[0]), emb.phase.eq(head.phase), emb.bits.eq(bits),
                      emb.mant.eq(hregs[1][:16]), emb.shift.eq(hregs[2][:8]),
-                     fifo.w_data.eq(entry), fifo.w_en.eq(o.valid | by_push),
+                     fifo.w_data.eq(align(m, entry, lg_dst, wb_max)), fifo.w_en.eq(o.valid | by_push),
                      wr.i.payload.eq(fifo.r_data), wr.i.valid.eq(fifo.r_rdy), fifo.r_en.eq(wr.i.ready),
                      wr.buf.eq(f["dst_buf"])]
         with m.If(o.valid):
@@ -309,6 +310,7 @@ class SfuUnit(wiring.Component):
         # instruction is taken (from the payload), so SETUP already fills the descriptor and RUN
         # issues the first beat in its first cycle; `gen` then moves the state a beat on.
         lg_in = word_log(m, fin["src_buf"], self.word_bytes)
+        lg_dst_in = word_log(m, fin["dst_buf"], self.word_bytes)
         m.d.sync += nl_bits.eq(nl * bits)
 
         def start_state(g):
@@ -320,7 +322,7 @@ class SfuUnit(wiring.Component):
                     src_row.eq(Mux(is_cp, g["src_addr"] + g["imm"] * Mux(ss != 0, ss, g["cols"]), g["src_addr"])),
                     src2_row.eq(g["src2_addr"]), dst_row.eq(g["dst_addr"]), o_row.eq(g["dst_addr"]), o_k0.eq(0),
                     tab0.eq(t0), tab.eq(t0), group.eq(Mux(g["depth"] == 0, g["cols"], g["depth"])),
-                    code_bytes.eq((g["cols"] * g["imm"][:4] + 7) >> 3), wmask.eq((1 << lg_in) - 1),
+                    code_bytes.eq((g["cols"] * g["imm"][:4] + 7) >> 3), wmask.eq((1 << lg_in) - 1), lg_dst.eq(lg_dst_in),
                     left.eq(g["cols"]), gleft.eq(Mux(g["depth"] == 0, g["cols"], g["depth"])),
                     r.eq(0), rmod.eq(0), p.eq(0), k0.eq(0), hpos.eq(0), gidx.eq(0),
                     kbits.eq(0), seq_end.eq(0)]
