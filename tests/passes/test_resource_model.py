@@ -65,7 +65,7 @@ def test_totals_add_up_and_ecp5_uses_its_own_flow():
     assert resources(load_target("ecp5-85k"))["bram"].capacity == load_target("ecp5-85k").device.ebr
 
 
-@pytest.mark.parametrize("target", ["sim-small"])
+@pytest.mark.parametrize("target", ["sim-small", "ecp5-85k"])
 def test_estimate_is_within_15_percent_of_the_recorded_whole_design_synthesis(target):
     t = load_target(target)
     whole = load_costs()["flows"][resource_model.flow_of(t)]["whole_design"]
