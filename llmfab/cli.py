@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--flow", required=True, choices=FLOWS,
                     help="xilinx: synth_xilinx -family xcup; xc7: -family xc7; ecp5: synth_ecp5 + nextpnr-ecp5 + ecppack")
     hs.add_argument("--json", action="store_true", help="print one JSON object")
+    hs.add_argument("--no-pnr", action="store_true",
+                    help="ecp5: stop after synth_ecp5 (cell counts only: no nextpnr, Fmax or bitstream)")
     hs.add_argument("--allow-timing-fail", action="store_true",
                     help="ecp5: exit 0 even when the routed Fmax misses the target clock (default: exit 1)")
     hs.set_defaults(func=cmd_synth)

@@ -84,8 +84,10 @@ def cmd_synth(args) -> int:
                             if "target_file" in manifest else manifest["target"])
             if t.device.family is not DeviceFamily.LATTICE_ECP5:
                 t = load_target("ecp5-85k")  # RTL for another device: place it on the bundled ECP5
-            r = synth.ecp5(sources, top, target=t, out_dir=work, phase=progress.phase)
+            r = synth.ecp5(sources, top, target=t, out_dir=work, pnr=not args.no_pnr, phase=progress.phase)
         else:
+            if args.no_pnr:
+                raise ValueError(f"--no-pnr is for --flow ecp5 (the {args.flow} flow has no place-and-route)")
             r = synth.xilinx(sources, top, family="xc7" if args.flow == "xc7" else "xcup", keep=work,
                              phase=progress.phase)
     except synth.SynthError as e:

@@ -56,7 +56,7 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
     from llmfab.flow import load_model
     from llmfab.ir.target import load_target
     from llmfab.passes import PASSES, parse_pipeline, run_pipeline
-    from llmfab.passes.roofline import resources, roofline, roofs, to_json
+    from llmfab.passes.roofline import resource_units, resources, roofline, roofs, to_json
     from llmfab.simulator import DesignUnits
     from llmfab.simulator.run import simulate
 
@@ -98,6 +98,7 @@ def report_data(model: str, target: str, policy: str, prefill: int, decode: int)
         "roofs": roofs(t),
         "stages": {r.stage: {"ideal_s": r.seconds, "bound_s": r.bound_seconds(t), "bytes": r.bytes} for r in stages},
         "resources": _resources(t),
+        "resource_units": resource_units(t),
         "power": pw,
         "simulate": sim.to_json(),
         "bounds": bounds,
@@ -170,6 +171,10 @@ def format_report(d: dict) -> str:
                  f"{d['decode_context']}")
     lines.append("resources " + ", ".join(f"{k} {v['used']:,.0f}/{v['capacity']:,.0f} ({v['used'] / v['capacity']:.0%})"
                                          for k, v in res.items() if v["capacity"]))
+    lines.append(f"  {'unit':15s} {'LUT':>9s} {'FF':>9s} {'DSP':>6s} {'BRAM':>6s}  (synthesis-calibrated, "
+                 f"passes/resource_costs.yaml)")
+    for name, u in d["resource_units"].items():
+        lines.append(f"  {name:15s} {u['lut']:9,.0f} {u['ff']:9,.0f} {u['dsp']:6,.0f} {u['bram']:6,.0f}")
     lines.append(f"power     {pw['static_w'] + pw['dynamic_w']:.1f} W ({pw['static_w']:.1f} static), "
                  f"{pw['joules_per_token']:.3f} J per decode token ({pw['decode_step_s'] * 1e3:.2f} ms a step at "
                  f"context {d['decode_context']} on the design timing model, MACs {pw['dsp_activity']:.0%} busy)")

@@ -196,8 +196,8 @@ def _resources(p: Page) -> str:
     if cap:
         rows.append(["HBM bytes (fullest channel)", p.n("hbm/bytes_per_channel", ",.0f"),
                      p.n("hbm/capacity_per_channel", ",.0f")])
-    return _section("Resources against the device", "Estimates of the accelerator the target describes "
-                    "(passes/roofline.py `resources`); HBM as laid out.", f"<div class=plots>{svg}</div>",
+    return _section("Resources against the device", "Estimates of the accelerator the target describes, "
+                    "per unit from synthesis runs (passes/resource_costs.yaml); HBM as laid out.", f"<div class=plots>{svg}</div>",
                     _table(["resource", "used", "device"], rows))
 
 

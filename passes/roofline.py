@@ -1,5 +1,7 @@
 """Analyses: per-op roofline of a stage, accelerator resources, power and energy per token.
 
+Resources are per unit, from the costs synthesis measured (passes/resource_model.py).
+
 Each is a function of the fused (quantized) graph and the Target, returning dataclasses whose
 rows add up. The roofline of an op: `ops` (2 per multiply-accumulate; one per element for
 special functions), `bytes` moved to or from memory (weights in their stored format, KV-cache
@@ -17,7 +19,9 @@ from dataclasses import asdict, dataclass
 from llmfab.ir import Graph, OpKind
 from llmfab.ir.isa import quant_row_bytes
 from llmfab.ir.quant import QuantizedWeight, kept
-from llmfab.ir.target import BRAM36_KB, URAM_KB, BufferKind, DSPPrimitive, EngineMode, Target
+from llmfab.ir.target import BRAM36_KB, URAM_KB, EngineMode, Target
+
+from .resource_model import block_rams, unit_costs
 
 MATRIX_OPS = (OpKind.LINEAR, OpKind.LMHEAD)
 
@@ -116,44 +120,37 @@ class Resource:
         return self.used / self.capacity if self.capacity else math.inf
 
 
-# Per-unit estimates. The engine's are calibrated by synth_xilinx -family xcup of the matrix engine
-# at 2x4, 2x8 and 4x4 chains (BENCHMARKS.md, "Hardware"): a stage (operand skew, sparse multiplexer)
-# 40 LUT / 24 FF; a chain's weight unpacker, requantizer and control 2,377 LUT / 702 FF (with
-# 32-bit weight words: wider words need wider gearboxes). The SFU lane and the fixed part (DMA
-# engines, controller, buffers' control) are estimates.
-LUT_PER_STAGE, FF_PER_STAGE = 40, 24
-LUT_PER_CHAIN, FF_PER_CHAIN = 2377, 702
-LUT_PER_LANE, FF_PER_LANE, DSP_PER_LANE = 600, 900, 2
-LUT_PER_CHANNEL, FF_PER_CHANNEL = 1_800, 2_700     # a DMA port per memory channel (estimate)
-LUT_FIXED, FF_FIXED = 5_000, 5_000                  # controller, fetch, SFU unit control (estimate)
-
-
-# DSP blocks of one chain's requantizer (group sum x 15-bit mantissa, 48-bit sum x 15-bit activation
-# scale): measured with synth_xilinx -family xcup (tests/hw/toolflow/test_hw_engine_synth.py); the 18 x 18
-# multipliers of ECP5 need more of them per product.
-REQUANT_DSP = {DSPPrimitive.DSP48E2: 5, DSPPrimitive.DSP58: 5, DSPPrimitive.BEHAVIOURAL: 5,
-               DSPPrimitive.MULT18X18D: 5}
-
-
 def engine_dsp(t: Target) -> int:
-    """DSP blocks of the matrix engine: its multiply-accumulate stages plus a requantizer per chain."""
-    return t.dsp_used + t.engine.n_chains * REQUANT_DSP[t.engine.dsp_primitive]
+    """DSP blocks of the matrix engine: its multiply-accumulate stages plus a requantizer per chain,
+    at the costs synthesis measured (passes/resource_costs.yaml)."""
+    u = unit_costs(t)
+    return round(u["mac_array"].dsp + u["requant"].dsp)
+
+
+def block_kb(t: Target) -> float:
+    """KiB of one block RAM of the device: a Xilinx BRAM36, an ECP5 EBR."""
+    return t.device.bram_kb / t.device.ebr if t.device.ebr else BRAM36_KB
+
+
+def resource_units(t: Target) -> dict[str, dict[str, float]]:
+    """Each unit's LUT, FF and DSP estimate (passes/resource_model.py), and the buffers' block RAM."""
+    out = {name: {"lut": u.lut, "ff": u.ff, "dsp": u.dsp, "bram": u.bram} for name, u in unit_costs(t).items()}
+    out["buffers"]["bram"] = block_rams(t)[0] - sum(u["bram"] for n, u in out.items() if n != "buffers")
+    return out
 
 
 def resources(t: Target) -> dict[str, Resource]:
-    stages, chains = t.engine.n_chains * t.engine.chain_len, t.engine.n_chains
-    lanes = t.sfu.lanes
-    uram = sum(math.ceil(b.bytes / 1024 / URAM_KB) for b in t.buffers if b.kind is BufferKind.URAM)
-    bram_bytes = sum(b.bytes for b in t.buffers if b.kind is not BufferKind.URAM)
-    bram36 = math.ceil(bram_bytes / 1024 / BRAM36_KB)
+    """Totals of `resource_units` against the device; block RAM in the device's blocks (BRAM36 or
+    EBR), UltraRAM in URAM288s."""
+    units = resource_units(t)
+    bram, uram = block_rams(t)
     dev = t.device
+    total = {m: round(sum(u[m] for u in units.values())) for m in ("lut", "ff", "dsp")}
     return {
-        "dsp": Resource(engine_dsp(t) + DSP_PER_LANE * lanes, dev.dsp),
-        "lut": Resource(LUT_PER_STAGE * stages + LUT_PER_CHAIN * chains + LUT_PER_LANE * lanes
-                       + LUT_PER_CHANNEL * t.memory.channels + LUT_FIXED, dev.lut),
-        "ff": Resource(FF_PER_STAGE * stages + FF_PER_CHAIN * chains + FF_PER_LANE * lanes
-                      + FF_PER_CHANNEL * t.memory.channels + FF_FIXED, dev.ff),
-        "bram": Resource(bram36, dev.bram_kb / BRAM36_KB),
+        "dsp": Resource(total["dsp"], dev.dsp),
+        "lut": Resource(total["lut"], dev.lut),
+        "ff": Resource(total["ff"], dev.ff),
+        "bram": Resource(bram, dev.bram_kb / block_kb(t)),
         "uram": Resource(uram, dev.uram),
     }
 
@@ -170,7 +167,7 @@ def power(t: Target, res: dict[str, Resource], seconds_per_token: float, bytes_p
     p = t.power
     mhz = t.clock_mhz
     dyn = (p.dsp_mw_per_mhz * res["dsp"].used * dsp_activity + p.lut_mw_per_mhz * res["lut"].used * 0.1
-           + p.bram_mw_per_mhz * (res["bram"].used * BRAM36_KB + res["uram"].used * URAM_KB) * 0.5) * mhz / 1e3
+           + p.bram_mw_per_mhz * (res["bram"].used * block_kb(t) + res["uram"].used * URAM_KB) * 0.5) * mhz / 1e3
     hbm_w = p.hbm_pj_per_bit * 1e-12 * bytes_per_token * 8 / seconds_per_token if seconds_per_token else 0.0
     total = p.static_w + dyn + hbm_w
     return Power(p.static_w, dyn + hbm_w, total * seconds_per_token)

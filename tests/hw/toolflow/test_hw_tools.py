@@ -137,6 +137,15 @@ def test_ecp5_flow_builds_a_bitstream(tmp_path):
     print(f"ecp5 MAC: {r.seconds:.1f} s, Fmax {r.fmax_mhz:.1f} MHz")
 
 
+@pytest.mark.synth
+def test_ecp5_flow_without_place_and_route_counts_cells_only(tmp_path):
+    r = synth.ecp5(MAC(), "mac", target="ecp5-85k", out_dir=tmp_path, pnr=False)
+    assert r.cells.get("MULT18X18D") == 1 and r.dsp == 1
+    assert r.fmax_mhz is None and r.bitstream is None and r.timing_met is None and synth.timing_failure(r) is None
+    assert not (tmp_path / "nextpnr.log").exists() and (tmp_path / "mac.json").is_file()
+    assert "Fmax" not in synth.format_report(r)
+
+
 def test_parse_fmax_takes_the_last_report_and_the_slowest_clock():
     log = ("Info: Max frequency for clock '$glbnet$clk': 150.00 MHz (PASS at 100.00 MHz)\n"
            "Info: Max frequency for clock '$glbnet$clk': 121.06 MHz (PASS at 100.00 MHz)\n"
@@ -227,6 +236,13 @@ def test_cli_synth_ecp5_fails_when_timing_is_not_met(tmp_path, capsys, monkeypat
     assert main(["synth", str(tmp_path / "r"), "--flow", "ecp5", "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["timing_met"] is True and err == ""
+
+
+def test_cli_synth_no_pnr_is_for_the_ecp5_flow(tmp_path, capsys):
+    emit.write_rtl({"mac": EMPTY_V}, load_target("sim-small"), tmp_path / "r")
+    assert main(["synth", str(tmp_path / "r"), "--flow", "xilinx", "--no-pnr"]) == 2
+    assert capsys.readouterr().err == ("llmfab: error: --no-pnr is for --flow ecp5 (the xilinx flow has no "
+                                       "place-and-route)\n")
 
 
 # --- emit ----------------------------------------------------------------------------------------
