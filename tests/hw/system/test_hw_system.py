@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from conftest import tiny_compiled
+from conftest import FIXTURES, tiny_compiled
 from llmfab.backend_hw.accelerator import formats_of
 from llmfab.backend_hw.sim.axi_ram import AxiRam
 from llmfab.backend_hw.cycle_model import RtlUnits
@@ -39,10 +39,20 @@ def _program(c, stage, length):
 
 @pytest.fixture(scope="module")
 def model():
+    return _system(tiny_compiled())
+
+
+@pytest.fixture(scope="module")
+def gemma2():
+    """Gemma2 (both soft-caps: MISC SOFTCAP on the scores and the logits), int8 on sim-small."""
+    from llmfab.compile import compile_model
+    return _system(compile_model(str(FIXTURES / "gemma2_dynamo_op18.onnx"), "sim-small", max_len=16))
+
+
+def _system(c):
     if shutil.which("verilator") is None:
         pytest.skip("needs Verilator: apt-get install verilator")
     t = load_target("sim-small")
-    c = tiny_compiled()
     progs = [_program(c, "prefill", _chunk(c)), _program(c, "decode", len(PROMPT) + 1)]
     t0 = time.perf_counter()
     vs = VerilatorSystem(t, formats_of(progs), [max(c.layout.used)] * t.memory.channels)
@@ -115,6 +125,12 @@ def test_decode_step_equals_the_functional_simulator(model):
     m.run(_program(c, "prefill", _chunk(c)), _chunk(c))              # the prompt's KV cache, functionally
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())          # the next token
     _check(t, vs, formats, m, _program(c, "decode", len(PROMPT) + 1), len(PROMPT) + 1, "decode")
+
+
+def test_gemma2_decode_step_equals_the_functional_simulator(gemma2):
+    """A new family's prefill (functionally) and decode step (RTL and functional, compared byte for
+    byte): Gemma2's soft-capped attention scores and logits through the SFU RTL."""
+    test_decode_step_equals_the_functional_simulator(gemma2)
 
 
 def test_prefill_equals_the_functional_simulator(model):
