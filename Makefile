@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 LLMFAB := $(VENV)/bin/llmfab
 DEMO_MODEL := tests/fixtures/llama_ts_op14.onnx
 
-.PHONY: demo test test-fast fuzz install clean-venv fixtures trained-fixture bitstream rtl-programs
+.PHONY: demo test test-fast fuzz install clean-venv fixtures trained-fixture bitstream rtl-programs xclbin xclbin-tools
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,27 @@ BITSTREAM_DIR := build/ecp5-85k-rtl
 bitstream: $(VENV)/.installed-test
 	$(LLMFAB) rtl --target ecp5-85k --part engine -o $(BITSTREAM_DIR)
 	$(LLMFAB) synth $(BITSTREAM_DIR) --flow ecp5 --allow-timing-fail
+
+# The accelerator as a Vitis kernel linked for an Alveo card (docs/hardware.md): `llmfab rtl --kernel
+# vitis`, Vivado packaging it (kernel/package_xo.tcl) and v++ linking it (kernel/link.cfg). Never
+# run here (no Vivado, no v++): without them it stops first, naming the missing tool. PLATFORM is
+# the card's Vitis platform (`platforminfo -l`); run the result with `llmfab run BUILD --xclbin ...`.
+TARGET ?= u280
+PLATFORM ?= xilinx_u280_gen3x16_xdma_1_202211_1
+KERNEL_DIR ?= build/$(TARGET)-kernel
+xclbin: xclbin-tools $(VENV)/.installed-test
+	$(LLMFAB) rtl --target $(TARGET) --kernel vitis -o $(KERNEL_DIR)
+	vivado -mode batch -source $(KERNEL_DIR)/kernel/package_xo.tcl -tclargs $(abspath $(KERNEL_DIR))/kernel/llmfab.xo
+	v++ -l -t hw --platform $(PLATFORM) --config $(KERNEL_DIR)/kernel/link.cfg -o $(KERNEL_DIR)/llmfab.xclbin \
+		$(KERNEL_DIR)/kernel/llmfab.xo
+	@echo "wrote $(KERNEL_DIR)/llmfab.xclbin: llmfab run BUILD --xclbin $(KERNEL_DIR)/llmfab.xclbin --tokens ..."
+
+xclbin-tools:
+	@missing=""; for tool in vivado v++; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make xclbin: not on PATH:$$missing; install Vitis (Vivado and v++) and source its settings64.sh (docs/hardware.md)" >&2; \
+		exit 1; \
+	fi
 
 # Whole compiled programs of the tiny LLaMA (int8, int4-g128, w4-2of4) on the block-RAM
 # accelerator in Verilator, bit-exact with the functional simulator; cycles against the models.

@@ -12,7 +12,8 @@
 7. analyse a 7B model from its Hugging Face config alone (no weights needed): parameters, weight
    storage under each policy, the U280 roofline;
 and print a short summary; 8. write the HTML reports (`llmfab report --html`) of the tiny LLaMA and
-LLaMA2-7B on the U280 into build/reports/ and say where.
+LLaMA2-7B on the U280 into build/reports/ and say where; 9. write the Vitis kernel folder for
+sim-small (`llmfab rtl --kernel vitis`) into build/sim-small-kernel/ and say what runs it.
 """
 from __future__ import annotations
 
@@ -154,7 +155,44 @@ def main() -> int:
     print("        `llmfab quantize MODEL --policy int4-g128-gptq`, `llmfab compile MODEL --target u280 -o BUILD`,")
     print("        `llmfab simulate BUILD`, `llmfab rtl --target sim-small -o RTL`, `llmfab synth RTL --flow xilinx`")
     _html_reports()
+    _kernel_folder()
     return 0
+
+
+KERNEL = ROOT / "build" / "sim-small-kernel"
+
+
+def _kernel_folder() -> None:
+    """What `llmfab rtl --target sim-small --kernel vitis -o build/sim-small-kernel` writes; the ~40 s
+    conversion is skipped when the folder was written from the same backend_hw/ and ir/ sources."""
+    import hashlib
+    import json
+
+    from llmfab.backend_hw.kernel.package import kernel_files
+    from llmfab.backend_hw.kernel.vitis import build_kernel
+    from llmfab.backend_hw.toolflow.emit import write_rtl
+    from llmfab.ir.target import load_target
+
+    print("\n== the accelerator as a Vitis RTL kernel (m_axi_hbm<k>, s_axi_control, kernel.xml, package_xo.tcl, "
+          "link.cfg)")
+    h = hashlib.sha256()
+    for f in sorted([*(ROOT / "backend_hw").rglob("*.py"), *(ROOT / "ir").rglob("*.py")]):
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    key = h.hexdigest()[:20]
+    try:
+        same = json.loads((KERNEL / "rtl.json").read_text()).get("sources") == key
+    except (OSError, ValueError):
+        same = False
+    t0 = time.perf_counter()
+    if not same:
+        t = load_target("sim-small")
+        write_rtl(build_kernel(t), t, KERNEL, notes={"buffers": "block_ram", "kernel": "vitis", "sources": key},
+                  clock="ap_clk", extra=lambda verilog: kernel_files(t, verilog))
+    files = sorted(str(p.relative_to(KERNEL)) for p in KERNEL.rglob("*") if p.is_file())
+    print(f"   {'kept' if same else 'wrote'} {KERNEL.relative_to(ROOT)}/ ({time.perf_counter() - t0:.0f} s): "
+          f"{', '.join(f for f in files if f.startswith(('rtl/', 'kernel/')))}")
+    print("   for a card: `make xclbin TARGET=u280 PLATFORM=...` (Vivado and v++), then `llmfab run BUILD --xclbin "
+          "build/u280-kernel/llmfab.xclbin --tokens ...` (pyxrt); neither was ever run here (docs/hardware.md)")
 
 
 REPORTS = ROOT / "build" / "reports"

@@ -3,8 +3,9 @@
 
 Builds tiny decoder-only models (llama, qwen2, mistral, gpt2, opt; falcon and phi with
 attention and MLP in parallel off one shared norm; mistral_kv1, Mistral with a single KV head;
-gemma and gemma2: GeGLU, RMSNorm with 1 + w, sqrt(hidden)-scaled tied embeddings, and Gemma2's
-post-norms and logit soft-capping)
+phi3, qwen3, llama32 (llama3 RoPE scaling, tied embeddings), gpt_neox, stablelm and smollm
+(a LLaMA with hidden 96 and FFN 160, widths that are not whole 128-groups); gemma and gemma2: GeGLU,
+RMSNorm with 1 + w, sqrt(hidden)-scaled tied embeddings, and Gemma2's post-norms and logit soft-capping)
 from HuggingFace ``transformers`` config classes with a fixed seed (no downloads),
 exports each with both PyTorch ONNX exporters (TorchScript and dynamo), plus
 with-KV-cache decoder variants, verifies every file against PyTorch with
@@ -29,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import traceback
+import zlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -45,11 +47,15 @@ from transformers import (
     Gemma2Config,
     GemmaConfig,
     GPT2Config,
+    GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
     OPTConfig,
+    Phi3Config,
     PhiConfig,
     Qwen2Config,
+    Qwen3Config,
+    StableLmConfig,
 )
 from transformers.cache_utils import DynamicLayer
 
@@ -75,14 +81,28 @@ HEAD_DIM = HIDDEN // HEADS
 INTERMEDIATE = 64
 MAX_POS = 128
 
-# New families go at the end: the seed of each is SEED + its index here.
-FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "falcon", "phi", "mistral_kv1", "gemma", "gemma2"]
+# New families go at the end. The first eight seed from SEED + their index here; later ones from
+# their name (family_seed), so branches that add families side by side cannot shift each other's weights.
+FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "falcon", "phi", "mistral_kv1",
+            "phi3", "qwen3", "llama32", "gpt_neox", "stablelm", "smollm", "gemma", "gemma2"]
+INDEX_SEEDED = 8
+# gemma and gemma2 were added on a branch of their own as index 8 and 9 (SEED + index); their
+# committed fixtures keep those seeds.
+FIXED_SEEDS = {"gemma": SEED + 8, "gemma2": SEED + 9}
 CLAIMED = FAMILIES[:5]  # exported with both exporters at several opsets; the others with dynamo at 18
-TS_TOO = ("gemma", "gemma2")  # later families that the TorchScript exporter (op 14) handles too
+# ... and with TorchScript at opset 14 too (the ones whose TorchScript export works with transformers 5)
+TS_TOO = ("llama32", "qwen3", "gemma", "gemma2")
 # Gemma2's soft-caps, small so the tiny random model's scores and logits reach the tanh's bend
 # (gemma-2-2b: 50 and 30); its attention is eager (transformers' sdpa path has no soft-cap)
 GEMMA2_ATTN_CAP, GEMMA2_FINAL_CAP = 2.0, 1.0
 GEMMA2_INIT = 0.15  # initializer_range, so that scores and logits are large enough to be capped
+
+
+def family_seed(family: str) -> int:
+    i = FAMILIES.index(family)
+    if family in FIXED_SEEDS:
+        return FIXED_SEEDS[family]
+    return SEED + i if i < INDEX_SEEDED else SEED + zlib.crc32(family.encode()) % 10000
 
 
 def attn_impl(family: str) -> str:
@@ -136,6 +156,47 @@ def make_config(family: str):
             query_pre_attn_scalar=2 * HEAD_DIM, attn_logit_softcapping=GEMMA2_ATTN_CAP,
             final_logit_softcapping=GEMMA2_FINAL_CAP, initializer_range=GEMMA2_INIT, **common,
         )
+    if family == "phi3":  # Phi-3's layout: fused qkv_proj and gate_up_proj, RMSNorm, SwiGLU
+        return Phi3Config(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POS,
+            original_max_position_embeddings=MAX_POS, pad_token_id=0, bos_token_id=0, eos_token_id=0, **common,
+        )
+    if family == "qwen3":  # Qwen3: RMSNorm over head_dim on each q and k head, no q/k/v bias
+        return Qwen3Config(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
+            max_position_embeddings=MAX_POS, **common,
+        )
+    if family in ("llama32", "smollm"):
+        # Llama-3.2's llama3 RoPE scaling, with original_max_position_embeddings 64 so that the three
+        # bands (kept, smoothed, divided by factor) each hold some of head_dim 8's frequencies; tied
+        # embeddings. smollm: SmolLM's shape (tied, GQA 3:1), hidden 96 / FFN 160 (not 128-multiples).
+        if family == "llama32":
+            dims = dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_attention_heads=HEADS,
+                        num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM, num_hidden_layers=LAYERS)
+            rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+        else:
+            dims = dict(hidden_size=96, intermediate_size=160, num_attention_heads=6, num_key_value_heads=2,
+                        head_dim=16, num_hidden_layers=1)   # one layer: the file stays ~330 KB
+            rope = {"rope_type": "default", "rope_theta": 10000.0}
+        return LlamaConfig(max_position_embeddings=MAX_POS, tie_word_embeddings=True,
+                           rope_parameters=rope, **dims, **common)
+    if family == "gpt_neox":  # Pythia's layout: fused per-head qkv, partial rotary (25%), parallel residual
+        return GPTNeoXConfig(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, max_position_embeddings=MAX_POS, use_parallel_residual=True,
+            rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
+            **common,
+        )
+    if family == "stablelm":  # StableLM-2's layout: LayerNorm, partial rotary (25%), SwiGLU, GQA
+        return StableLmConfig(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POS,
+            rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
+            **common,
+        )
     if family == "gpt2":
         return GPT2Config(
             n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=INTERMEDIATE,
@@ -185,7 +246,7 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
         "attention_bias": getattr(cfg, "attention_bias", None),
         "partial_rotary_factor": rp.get("partial_rotary_factor") if isinstance(rp, dict) else None,
-        "parallel_attn": family in ("falcon", "phi"),
+        "parallel_attn": family in ("falcon", "phi", "gpt_neox"),
         "sliding_window": getattr(cfg, "sliding_window", None),
         "use_sliding_window": getattr(cfg, "use_sliding_window", None),
         "positions": "rope" if rope is not None else "learned",
@@ -195,6 +256,10 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         summary["learned_position_offset"] = 2  # OPTLearnedPositionalEmbedding offset
     if family == "qwen2":
         summary["attention_bias"] = True  # q/k/v projections carry bias in Qwen2
+    if isinstance(rp, dict) and rp.get("rope_type", "default") != "default":
+        summary["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
+    if family == "qwen3":
+        summary["qk_norm"] = True
     if family == "gemma2":
         summary.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar,
                        attn_logit_softcapping=cfg.attn_logit_softcapping,
@@ -205,7 +270,7 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
 def build_model(family: str):
     cfg = make_config(family)
     cfg._attn_implementation = attn_impl(family)
-    torch.manual_seed(SEED + FAMILIES.index(family))
+    torch.manual_seed(family_seed(family))
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_impl(family), dtype=torch.float32)
     # HF init gives norm weights = 1 and biases = 0; perturb so tests exercise them.
     with torch.no_grad():
@@ -616,7 +681,7 @@ def main(argv=None) -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__},
         "export_example_shapes": {"batch": EXPORT_BATCH, "seq": EXPORT_SEQ, "past_seq": EXPORT_PAST},
-        "weight_init": "HF default init (std 0.02; gemma2: 0.15) with seed+family index; LayerNorm/RMSNorm "
+        "weight_init": "HF default init (std 0.02; gemma2: 0.15) with seed family_seed(family); LayerNorm/RMSNorm "
                        "weight=1+0.1*randn (Gemma's, which multiply by 1+w: 0.1*randn), norm bias=0.1*randn, "
                        "other all-zero biases=0.02*randn",
         "fixtures": entries,
@@ -637,6 +702,8 @@ def main(argv=None) -> int:
         manifest["fixtures"] = [e for e in old.get("fixtures", []) if e["file"] not in names] + entries
         order = {v.relpath(): i for i, v in enumerate(variants())}
         manifest["fixtures"].sort(key=lambda e: order.get(e["file"], len(order)))
+        for k, v in old.items():   # sections this script does not write (the trained model's) stay
+            manifest.setdefault(k, v)
     with open(man_path, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")

@@ -17,26 +17,32 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+
 from llmfab.ir import DType, Graph, LinearRole, OpKind, SliceAttrs, verify
 from llmfab.ir.host import require
 
 from .config_fields import ConfigError, _Fields
 from .config_graph import MAX_LAYERS, _activation, _Arch, _Builder
-from .config_llama import LLAMA_FAMILIES, _arch_llama, _build_llama
+from .config_llama import LLAMA_LIKE, arch_llama, build_llama
 from .random_weights import with_random_weights
 from .rope import rope_cos_sin
 
 
-SUPPORTED_FAMILIES = LLAMA_FAMILIES + ("gpt2", "opt")
+SUPPORTED_FAMILIES = (*LLAMA_LIKE, "gpt2", "opt")
 PRESETS: dict[str, str] = {
     "llama2-7b": "llama2-7b.json",    # meta-llama/Llama-2-7b-hf
     "llama3-8b": "llama3-8b.json",    # meta-llama/Meta-Llama-3-8B
     "mistral-7b": "mistral-7b.json",  # mistralai/Mistral-7B-v0.1
     "qwen2-7b": "qwen2-7b.json",      # Qwen/Qwen2-7B
     "opt-6.7b": "opt-6.7b.json",      # facebook/opt-6.7b
-    "gemma-2b": "gemma-2b.json",      # google/gemma-2b
-    "gemma-7b": "gemma-7b.json",      # google/gemma-7b
-    "gemma2-2b": "gemma2-2b.json",    # google/gemma-2-2b
+    "llama-3.2-1b": "llama-3.2-1b.json",  # meta-llama/Llama-3.2-1B
+    "llama-3.2-3b": "llama-3.2-3b.json",  # meta-llama/Llama-3.2-3B
+    "smollm-360m": "smollm-360m.json",    # HuggingFaceTB/SmolLM-360M
+    "phi-3-mini": "phi-3-mini.json",      # microsoft/Phi-3-mini-4k-instruct
+    "qwen3-8b": "qwen3-8b.json",          # Qwen/Qwen3-8B
+    "gemma-2b": "gemma-2b.json",          # google/gemma-2b
+    "gemma-7b": "gemma-7b.json",          # google/gemma-7b
+    "gemma2-2b": "gemma2-2b.json",        # google/gemma-2-2b
 }
 PRESET_DIR = Path(str(importlib.resources.files("llmfab.presets")))  # package data, any install layout
 
@@ -44,7 +50,7 @@ _DTYPES = {"float16": DType.FP16, "bfloat16": DType.BF16, "float32": DType.FP32}
 
 
 # ---------------------------------------------------------------------------------------------
-# the learned-position families (the LLaMA-shaped ones: config_llama.py)
+# GPT-2 and OPT (the LLaMA-like families: config_llama.py)
 
 
 def _arch_gpt2(f: _Fields, dtype: DType) -> _Arch:
@@ -136,7 +142,6 @@ def _build_opt(f: _Fields, b: _Builder) -> dict:
     return {"max_position_embeddings": n_pos}
 
 
-
 def _check_positions(f: _Fields, b: _Builder, n_pos: int, key: str):
     if b.S + b.P > n_pos:
         f.fail(f"seq_len + past_len = {b.S + b.P} exceeds field {key!r} = {n_pos} "
@@ -167,7 +172,7 @@ _NODE_BYTES, _NODES_PER_LAYER = 1400, 36
 def _graph_bytes(a: _Arch, batch: int, seq: int, past: int) -> int:
     """What building the graph certainly allocates: its nodes, and the RoPE tables or position ids
     (weights are shapes only, never arrays)."""
-    tables = 6 * 4 * seq * a.head_dim if a.family in LLAMA_FAMILIES else 3 * 8 * batch * seq
+    tables = 6 * 4 * seq * a.head_dim if a.family in LLAMA_LIKE else 3 * 8 * batch * seq
     return _NODE_BYTES * _NODES_PER_LAYER * (a.layers + 1) + tables
 
 
@@ -186,8 +191,8 @@ def _build(cfg: Mapping, label: str, seq_len: int, past_len: int, batch: int, na
     if not isinstance(dt, str) or dt not in _DTYPES:
         f.fail(f"field {dtype_key!r} must be one of {', '.join(_DTYPES)}, not {dt!r}")
     dtype = _DTYPES[dt]
-    if family in LLAMA_FAMILIES:
-        arch = _arch_llama(f, family, dtype)
+    if family in LLAMA_LIKE:
+        arch = arch_llama(f, family, dtype)
     elif family == "gpt2":
         arch = _arch_gpt2(f, dtype)
     else:
@@ -204,7 +209,7 @@ def _build(cfg: Mapping, label: str, seq_len: int, past_len: int, batch: int, na
     elif family == "opt":
         extra = _build_opt(f, b)
     else:
-        extra = _build_llama(f, b, family)
+        extra = build_llama(f, b, family)
     g.meta.update(
         family=family, num_layers=arch.layers, hidden_size=arch.hidden, num_heads=arch.heads,
         num_kv_heads=arch.kv_heads, head_dim=arch.head_dim, intermediate_size=arch.inter,

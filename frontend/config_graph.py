@@ -1,5 +1,6 @@
-"""The config-only importer's graph builder (frontend/config.py): the numbers every family shares
-(`_Arch`) and the ops each family's builder adds in the canonical fused form (`_Builder`)."""
+"""The graph builder config-only import shares across families (frontend/config.py): the validated
+architecture numbers, and the canonical fused ops (norms, projections, attention with its head
+split, the LM head) named after the Hugging Face parameters."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ import numpy as np
 
 from llmfab.ir import (AbsentData, ArrayData, AttentionAttrs, AxisAttrs, DType, GeluApprox, GeluAttrs, Graph,
                        InputAttrs, InputRole, LinearAttrs, LinearRole, NormAttrs, OpKind, PermAttrs, RopeAttrs,
-                       RopeStyle, ScaledData, ShapeAttrs, SoftcapAttrs, TensorType)
+                       RopeStyle, ScaledData, ShapeAttrs, SliceAttrs, SoftcapAttrs, TensorType)
 
 from .config_fields import _Fields
 
@@ -86,12 +87,18 @@ class _Builder:
                                 weight=True).name
 
     def attention(self, i: int, q: str, k: str, v: str, scale: float, rope: tuple[str, str] | None,
-                  softcap: float | None = None) -> str:
-        """Split heads, rotate, extend with the cache, attend, merge heads: [B,S,H*D] out."""
+                  head_norms: str | None = None, softcap: float | None = None) -> str:
+        """Split heads, rotate, extend with the cache, attend, merge heads: [B,S,H*D] out.
+        `head_norms`: the parameter prefix of an RMSNorm over each q and k head before RoPE (Qwen3's
+        `{prefix}.q_norm` / `.k_norm`), one [head_dim] weight shared by the heads. `softcap`: the
+        scores' softcap * tanh(scores / softcap) (Gemma2; `scale` already holds the 1 / softcap)."""
         a, B, S, p = self.a, self.B, self.S, f"layers.{i}.attn"
 
         def heads(x: str, tag: str, n: int) -> str:
             r = self.op(f"{p}.{tag}_heads", OpKind.RESHAPE, [x], ShapeAttrs((B, S, n, a.head_dim)))
+            if head_norms and tag in "qk":
+                w = self.weight(f"{head_norms}.{tag}_norm.weight", a.head_dim)
+                r = self.op(f"{p}.{tag}_norm", OpKind.RMSNORM, [r, w], NormAttrs(a.eps, i))
             return self.op(f"{p}.{tag}_t", OpKind.TRANSPOSE, [r], PermAttrs((0, 2, 1, 3)))
 
         q, k, v = heads(q, "q", a.heads), heads(k, "k", a.kv_heads), heads(v, "v", a.kv_heads)
@@ -106,6 +113,14 @@ class _Builder:
                     AttentionAttrs(a.heads, a.kv_heads, scale, True, i, softcap))
         o = self.op(f"{p}.out_t", OpKind.TRANSPOSE, [o], PermAttrs((0, 2, 1, 3)))
         return self.op(f"{p}.out", OpKind.RESHAPE, [o], ShapeAttrs((B, S, a.heads * a.head_dim)))
+
+    def split(self, name: str, x: str, widths: tuple[int, ...]) -> list[str]:
+        """The parts of x's last axis, in order: how a fused projection (qkv_proj, gate_up_proj) is used."""
+        out, at = [], 0
+        for j, w in enumerate(widths):
+            out.append(self.op(f"{name}.{j}", OpKind.SLICE, [x], SliceAttrs((at,), (at + w,), (2,), (1,))))
+            at += w
+        return out
 
     def activation(self, name: str, x: str, op: OpKind, approx: GeluApprox | None) -> str:
         return self.op(name, op, [x], GeluAttrs(approx) if op is OpKind.GELU else None)

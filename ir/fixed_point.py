@@ -79,3 +79,13 @@ def quantize_rows(x):
     inv = np.where(amax > 0, div_round(np.int64(127) << 32, np.maximum(amax, 1)), 0)
     codes = sat(rshr(x * inv[..., None], 32), 8)
     return codes, amax
+
+
+def quantize_rows_static(x, amax: int):
+    """`quantize_rows` with one given amax for every row (a static per-tensor scale): x is clamped to
+    [-amax, amax] first, which gives the codes saturation would and keeps x * inv within int64."""
+    x = np.asarray(x, dtype=np.int64)
+    a = max(int(amax), 0)
+    inv = int(div_round(np.int64(127) << 32, a)) if a else 0
+    codes = sat(rshr(np.clip(x, -a, a) * inv, 32), 8)
+    return codes, np.full(x.shape[:-1], a, dtype=np.int64)

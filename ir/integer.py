@@ -48,8 +48,8 @@ def _slice(x, a) -> np.ndarray:
 
 INT_KERNELS: dict[OpKind, Callable] = {
     OpKind.EMBEDDING: lambda a, table, ids: int_embedding(table, ids),
-    OpKind.LINEAR: lambda a, x, w, b=None: int_linear(x, w, b),
-    OpKind.LMHEAD: lambda a, x, w, b=None: int_linear(x, w, b),
+    OpKind.LINEAR: lambda a, x, w, b=None: int_linear(x, w, b, a.act_amax),
+    OpKind.LMHEAD: lambda a, x, w, b=None: int_linear(x, w, b, a.act_amax),
     OpKind.RMSNORM: lambda a, x, w: int_rms_norm(x, w, a.eps),
     OpKind.LAYERNORM: lambda a, x, w, b: int_layer_norm(x, w, b, a.eps),
     OpKind.ROPE: lambda a, x, c, s: int_rope(x, c, s),

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .fixed_point import FRAC, ONE, bit_length, div_round, quantize_rows, row_multiplier, rshr, sat, to_fixed
+from .fixed_point import FRAC, ONE, bit_length, div_round, quantize_rows, quantize_rows_static, row_multiplier, rshr, sat, to_fixed
 from .ops import GeluApprox
 from .quant import QuantizedWeight
 
@@ -67,9 +67,10 @@ def isqrt(x) -> np.ndarray:
         r = r - hi + lo
 
 
-def quantize_activation(x_fx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int8 codes of each row of `x_fx` and the row scale as (m, e): row ~= codes * m * 2^-e."""
-    codes, amax = quantize_rows(x_fx)
+def quantize_activation(x_fx, static_amax: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int8 codes of each row of `x_fx` and the row scale as (m, e): row ~= codes * m * 2^-e.
+    `static_amax`: every row with that one amax (a static per-tensor scale) instead of its own."""
+    codes, amax = quantize_rows(x_fx) if static_amax is None else quantize_rows_static(x_fx, static_amax)
     m, e = row_multiplier(amax)
     return codes, m, e
 
@@ -106,8 +107,9 @@ def group_accumulate(p, qw: QuantizedWeight) -> np.ndarray:
     return np.sum(_i64(p) * _i64(qw.mant)[None], axis=-1)
 
 
-def int_linear(x_fx, qw: QuantizedWeight, bias_fx=None) -> np.ndarray:
-    """Y = X W^T + b on Q.16 values [..., K] -> [..., N] (docs/integer.md "Linear / LM head")."""
+def int_linear(x_fx, qw: QuantizedWeight, bias_fx=None, act_amax: int | None = None) -> np.ndarray:
+    """Y = X W^T + b on Q.16 values [..., K] -> [..., N] (docs/integer.md "Linear / LM head").
+    `act_amax`: a static per-tensor activation scale (LinearAttrs.act_amax) instead of per row."""
     qw = _check_weight(qw)
     x = _i64(x_fx)
     n, k = qw.shape
@@ -116,7 +118,7 @@ def int_linear(x_fx, qw: QuantizedWeight, bias_fx=None) -> np.ndarray:
     if k > MAX_K:
         raise IntegerError(f"K={k} exceeds {MAX_K}: int32 partial sums would overflow")
     lead = x.shape[:-1]
-    x_q, m_x, e_x = quantize_activation(x.reshape(-1, k))
+    x_q, m_x, e_x = quantize_activation(x.reshape(-1, k), act_amax)
     acc = group_accumulate(group_partial_sums(x_q, qw), qw)
     y = _shr_sat(acc * m_x[:, None], _i64(qw.shift)[None, :] + e_x[:, None], 32)
     if bias_fx is not None:

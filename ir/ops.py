@@ -104,6 +104,7 @@ class LinearRole(Enum):
     O = "o_proj"
     GATE = "gate_proj"
     UP = "up_proj"
+    GATE_UP = "gate_up_proj"   # gate and up in one Linear, split by two slices (Phi-3)
     DOWN = "down_proj"
     FC1 = "fc1"
     FC2 = "fc2"
@@ -144,6 +145,10 @@ class InputAttrs:
 class LinearAttrs:
     role: LinearRole = LinearRole.UNKNOWN
     layer: int | None = None
+    # A static activation scale: max |X| in Q.16, calibrated, one per input tensor (a policy's
+    # `activations: static-per-tensor`, a what-if of the integer model that no program runs).
+    # None: each token row by its own max, as the hardware does (docs/integer.md).
+    act_amax: int | None = None
 
 
 @dataclass(frozen=True)

@@ -149,9 +149,13 @@ class Build:
                 return e
         raise BuildError(f"{self.path}: no {stage} program for length {length} (max_len {self.max_len})")
 
+    def program_file(self, e: dict) -> bytes:
+        """The bytes of the program file of manifest entry `e`, as hashed."""
+        return _read(self.path, e["file"], "program", e["sha256"], e["bytes"])
+
     def _program(self, e: dict) -> Program:
         try:
-            return Program.from_bytes(_read(self.path, e["file"], "program", e["sha256"], e["bytes"]))
+            return Program.from_bytes(self.program_file(e))
         except IsaError as err:
             raise BuildError(f"{self.path / e['file']}: {err}") from None
 

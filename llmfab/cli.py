@@ -1,5 +1,5 @@
 """`llmfab` command line: the parser, and the commands on models and builds (inspect, interpret,
-quantize, compile, simulate, execute, report, disasm, targets); `rtl` and `synth` are in cli_hw.py,
+quantize, compile, simulate, execute, report, disasm, targets); `rtl`, `synth` and `run` are in cli_hw.py,
 `explore` in cli_explore.py."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from llmfab.cli_eval import check_eval, eval_set, execute_eval, with_perplexity
 from llmfab.cli_explore import add_explore_parser
-from llmfab.cli_hw import buffers_arg, cmd_rtl, cmd_synth
+from llmfab.cli_hw import add_run_parser, buffers_arg, cmd_rtl, cmd_synth
 from llmfab.timing import TIMING_MODELS
 
 
@@ -392,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--allow-timing-fail", action="store_true",
                     help="ecp5: exit 0 even when the routed Fmax misses the target clock (default: exit 1)")
     hs.set_defaults(func=cmd_synth)
+    add_run_parser(sub, _at_least)
     for command in sub.choices.values():   # `llmfab compile ... --quiet` as well as `llmfab --quiet compile ...`
         command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                              help="no progress on stderr (shown only on a terminal anyway)")
@@ -404,7 +405,7 @@ def html_arg(p) -> None:
 
 
 _PATHS = ("model", "build", "program", "out", "trace", "target", "policy", "names", "calibration", "html", "space",
-          "cache", "eval")
+          "cache", "eval", "xclbin")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""The hardware commands of the `llmfab` command line: `rtl` (write the accelerator's Verilog) and
-`synth` (Yosys / nextpnr on it); cli.py builds the parser and dispatches here."""
+"""The hardware commands of the `llmfab` command line: `rtl` (write the accelerator's Verilog),
+`synth` (Yosys / nextpnr on it) and `run` (a build on an Alveo card, run_xrt.py); cli.py builds
+the parser and dispatches here."""
 from __future__ import annotations
 
 import json
@@ -94,4 +95,40 @@ def cmd_synth(args) -> int:
     if missed and not args.allow_timing_fail:  # the report is printed; a script must still see the failure
         print(f"llmfab: error: {missed}; pass --allow-timing-fail to accept it", file=sys.stderr)
         return 1
+    return 0
+
+
+def add_run_parser(sub, at_least) -> None:
+    r = sub.add_parser("run", help="run a build on an Alveo card: the Vitis kernel through XRT (pyxrt)")
+    r.add_argument("build", help="a BUILD folder written by `llmfab compile` (with weights) for the kernel's target")
+    r.add_argument("--xclbin", required=True, help="the kernel linked for the card (`make xclbin`, docs/hardware.md)")
+    r.add_argument("--tokens", required=True, help='prompt token ids, e.g. "1 2 3"')
+    r.add_argument("--generate", type=at_least(0), default=0, help="also decode this many tokens greedily (the "
+                   "KV cache stays on the card)")
+    r.add_argument("--out", default=None, help="where to write the prompt's logits (.npy, [1, seq, vocab])")
+    r.add_argument("--device", type=at_least(0), default=0, help="the card's XRT index (default 0)")
+    r.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each kernel run (default 60)")
+    r.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    from llmfab.flow import parse_tokens
+    from llmfab.ir.folders import check_output_file
+    from llmfab.run_xrt import run_on_card
+
+    from .cli import _write_atomic
+    ids = parse_tokens(args.tokens)
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    if args.out:
+        check_output_file(args.out, [args.build])   # before the run
+    logits, generated, reports = run_on_card(args.build, args.xclbin, ids, args.generate, args.device, args.timeout)
+    for r in reports:
+        took = f"{r.cycles:,} cycles" if r.cycles is not None else "cycles not read (this pyxrt has no read_register)"
+        print(f"run LEN {r.length:5d} {r.program}: {took}")
+    if args.out:
+        import numpy as np
+        _write_atomic(Path(args.out), lambda f: np.save(f, logits), [args.build])
+    print(f"next token {int(logits[0, -1].argmax())}" + (f"; generated {' '.join(map(str, generated))}" if generated else "")
+          + (f"; wrote {args.out}" if args.out else ""))
     return 0

@@ -26,9 +26,10 @@ from llmfab.passes.auto_precision import assign
 from llmfab.passes.buckets import Bucket, Stage, buckets
 from llmfab.passes.hbm_layout import HbmLayout, LayoutError, channel_images, place
 from llmfab.passes.lower import Engine, Lowered, check_lowerable, lower_bucket
-from llmfab.passes.policy import Policy, load_policy
+from llmfab.passes.act_calibration import calibrate, needs_inputs
+from llmfab.passes.policy import PER_TOKEN, Policy, load_policy
 from llmfab.passes.program_check import Limits, check_program
-from llmfab.passes.quantize import layer_inputs, quantize_graph, token_streams, weight_formats, weight_sites
+from llmfab.passes.quantize import quantize_graph, weight_formats, weight_sites
 from llmfab.passes.summary import summarize
 
 from . import progress
@@ -120,11 +121,16 @@ def step_load(f: Flow) -> None:
 
 def step_quantize(f: Flow) -> None:
     """Quantize every weight by the policy (calibrating on the float model when it asks)."""
-    g, pol, sites = f.graph, f.policy, weight_sites(f.graph)
+    g, pol = f.graph, f.policy
+    if pol.activations != PER_TOKEN:
+        raise CompileError(f"{pol.source}: activations: {pol.activations} is a what-if of the integer model "
+                           f"(`llmfab quantize`) that the accelerator cannot run: its QUANT_ROWS scales every "
+                           f"token row by that row's own max (docs/integer.md); compile needs activations: {PER_TOKEN}")
     inputs = None
-    if f.has_data and (pol.auto or any(p.needs_calibration for p in assign(g, pol, None).values())):
-        inputs = layer_inputs(g, sites, token_streams(g, pol.calibration.samples, pol.calibration.seed,
-                                                      pol.calibration.tokens, pol.calibration.origin))
+    if f.has_data and needs_inputs(pol, assign(g, pol, None)):
+        # on streams of the policy's calibration length, as `llmfab quantize` (smoothing g first if asked)
+        n = pol.calibration.seq_len
+        inputs = calibrate(g, pol, None if n == f.max_len else f.load(n))
     try:
         plans = assign(g, pol, inputs)
         _check_formats(g, f.target, plans)
@@ -304,11 +310,14 @@ def check_steps(max_len: int, prefill_step: int | None, decode_step: int | None)
 
 
 def default_max_len(model: str) -> int:
-    """`DEFAULT_MAX_LEN`, or a config's positions when it has fewer (an ONNX export says none)."""
+    """`DEFAULT_MAX_LEN`, or a config's positions or attention window when it has fewer (an ONNX
+    export says neither): Phi-3-mini's window is 2047."""
     if is_onnx(model):
         return DEFAULT_MAX_LEN
-    n_pos = load_model(model, seq_len=1).meta.get("max_position_embeddings")
-    return min(DEFAULT_MAX_LEN, n_pos) if isinstance(n_pos, int) and n_pos >= 1 else DEFAULT_MAX_LEN
+    meta = load_model(model, seq_len=1).meta
+    limits = [n for n in (meta.get("max_position_embeddings"), meta.get("attention_window"))
+              if isinstance(n, int) and n >= 1]
+    return min(DEFAULT_MAX_LEN, *limits)
 
 
 def compile_model(model: str, target: str, *, policy: str = "int8", max_len: int | None = None,

@@ -11,17 +11,16 @@ prompt, so one run serves the prompt's chunks and the decode step.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
-from llmfab.ir import ConstAttrs, Graph, OpKind, TensorType
+from llmfab.ir import Graph, OpKind
 from llmfab.ir.integer import run_integer_values
 from llmfab.ir.isa import BufferId, Program
-from llmfab.ir.quant import QuantizedWeight
 from llmfab.passes.buckets import Stage
 from llmfab.passes.lower import Lowered, logits_value, section_of
 from llmfab.passes.lower_copies import seq_axes
+from llmfab.passes.quantize import adopt_parameters
 from llmfab.ir.isa import prompt_chunks
 from llmfab.simulator.functional import Machine
 
@@ -41,13 +40,11 @@ def prompt_lengths(max_len: int, prefill_step: int) -> list[int]:
 
 
 def reference(load, compiled: Graph, ids: np.ndarray) -> tuple[Graph, dict[str, np.ndarray]]:
-    """The model at len(ids) tokens (`load(seq_len)`) with `compiled`'s quantized weights, and
+    """The model at len(ids) tokens (`load(seq_len)`) with `compiled`'s parameters (quantized and
+    smoothed weights), and
     every value the integer interpreter computes for `ids` (raw Q.16)."""
     g = load(len(ids))
-    for n in g.nodes():
-        if n.op is OpKind.CONST and n.name in compiled and isinstance(compiled.node(n.name).data, QuantizedWeight):
-            qw = compiled.node(n.name).data
-            g.set_node(dataclasses.replace(n, attrs=ConstAttrs(qw, True), type=TensorType(qw.dtype, qw.shape)))
+    adopt_parameters(g, compiled)
     feeds = {n.name: ids[None] if n.attrs.role.value == "tokens" else np.zeros(n.type.shape, np.float32)
              for n in g.inputs()}
     names = [n.name for n in g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)]

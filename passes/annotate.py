@@ -3,7 +3,9 @@
 Roles come from structure, not names (TorchScript exports rename weights `onnx::MatMul_123`):
 a Linear feeding attention's q/k/v is q/k/v_proj (qkv_proj if it feeds all three), the Linear
 reading attention's output is o_proj, an MLP Linear feeding the activation is gate or fc1, the
-one multiplied with the activation is up, the one after it down or fc2.
+one multiplied with the activation is up (gate_up if one Linear, sliced, is both), the one after it
+down or fc2. A norm over each head of q or k (Qwen3's q_norm/k_norm) lies between a projection and
+attention like a layout op.
 """
 from __future__ import annotations
 
@@ -22,8 +24,14 @@ PASS_THROUGH = {OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.SLICE, OpKind.CONCAT, O
 ACTIVATIONS = {OpKind.SILU, OpKind.GELU, OpKind.RELU}
 
 
-def _sources(g: Graph, name: str, want: set[OpKind]) -> set[str]:
-    """Nodes of kinds `want` reached upward from `name` through structural ops only."""
+def is_head_norm(n) -> bool:
+    """A norm over each head's rows of q or k ([B, S, H, D]), not over the residual stream ([B, S, D])."""
+    return n.op in (OpKind.RMSNORM, OpKind.LAYERNORM) and n.type.rank >= 4
+
+
+def _sources(g: Graph, name: str, want: set[OpKind], heads: bool = False) -> set[str]:
+    """Nodes of kinds `want` reached upward from `name` through structural ops only (and with
+    `heads`, through per-head norms)."""
     out, stack, seen = set(), [name], set()
     while stack:
         n = g.node(stack.pop())
@@ -32,8 +40,17 @@ def _sources(g: Graph, name: str, want: set[OpKind]) -> set[str]:
         seen.add(n.name)
         if n.op in want:
             out.add(n.name)
-        elif n.op in PASS_THROUGH:  # data flows through input 0 (all inputs of a concat)
+        elif n.op in PASS_THROUGH or (heads and is_head_norm(n)):
+            # data flows through input 0 (all inputs of a concat)
             stack.extend(n.inputs if n.op is OpKind.CONCAT else n.inputs[:1])
+    return out
+
+
+def _through_slices(g: Graph, name: str) -> list:
+    """The users of `name`, and the users of the slices of it in place of those slices."""
+    out = []
+    for u in g.users(name):
+        out.extend(g.users(u.name) if u.op is OpKind.SLICE else [u])
     return out
 
 
@@ -69,7 +86,7 @@ class Annotate(Pass):
         for i, a in enumerate(attn):
             _set(g, a, layer=i)
             q, k, v = g.node(a).inputs[:3]
-            srcs = [_sources(g, x, linear) for x in (q, k, v)]
+            srcs = [_sources(g, x, linear, heads=True) for x in (q, k, v)]
             for role, s in zip((LinearRole.Q, LinearRole.K, LinearRole.V), srcs):
                 for lin in s:
                     _set(g, lin, role=LinearRole.QKV if all(lin in t for t in srcs) else role, layer=i)
@@ -127,11 +144,15 @@ class Annotate(Pass):
         elif x.op is OpKind.MUL and any(g.node(i).op in ACTIVATIONS for i in x.inputs):
             role = LinearRole.DOWN
         else:
-            users = g.users(n.name)
-            if any(u.op in ACTIVATIONS for u in users):
-                gated = any(w.op is OpKind.MUL for u in users if u.op in ACTIVATIONS for w in g.users(u.name))
+            users = _through_slices(g, n.name)
+            acts = {u.name for u in users if u.op in ACTIVATIONS}
+            muls = [u for u in users if u.op is OpKind.MUL]
+            if any(acts & set(m.inputs) for m in muls):       # gate and up: one Linear, two slices
+                role = LinearRole.GATE_UP
+            elif acts:
+                gated = any(w.op is OpKind.MUL for a in acts for w in g.users(a))
                 role = LinearRole.GATE if gated else LinearRole.FC1
-            elif any(u.op is OpKind.MUL and any(g.node(i).op in ACTIVATIONS for i in u.inputs) for u in users):
+            elif any(g.node(i).op in ACTIVATIONS for m in muls for i in m.inputs):
                 role = LinearRole.UP
             else:
                 role = LinearRole.UNKNOWN

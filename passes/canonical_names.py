@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace as dc_replace
 from typing import ClassVar
 
-from llmfab.ir import Graph, InputRole, OpKind
+from llmfab.ir import Graph, InputRole, LinearRole, OpKind
 
+from .annotate import is_head_norm
 from .pass_base import Pass
 
 PARAM_SLOTS = {  # what each input slot of an op holds
@@ -52,7 +53,7 @@ class CanonicalNames(Pass):
                 for tag, x in zip("qkv", n.inputs[:3]):
                     self._chain_up(g, x, f"{p}.{tag}", give)
                 self._chain_down(g, n.name, f"{p}.attention", give)
-            elif n.op in (OpKind.RMSNORM, OpKind.LAYERNORM):
+            elif n.op in (OpKind.RMSNORM, OpKind.LAYERNORM) and not is_head_norm(n):  # (those: _chain_up)
                 if a.layer is None:
                     give(n.name, "final_norm")
                 else:
@@ -73,10 +74,16 @@ class CanonicalNames(Pass):
                 continue
             if n.op in (OpKind.SILU, OpKind.GELU, OpKind.RELU):
                 lin = g.node(n.inputs[0])
+                if lin.op is OpKind.SLICE:      # the gate half of a gate_up_proj
+                    lin = g.node(lin.inputs[0])
                 if lin.op is OpKind.LINEAR and lin.attrs.layer is not None:
                     give(n.name, f"layers.{lin.attrs.layer}.{n.op.value}")
             elif n.op is OpKind.SOFTCAP and g.node(n.inputs[0]).op is OpKind.LMHEAD:
                 give(n.name, "lm_head.softcap")
+            elif n.op is OpKind.SLICE and (lin := g.node(n.inputs[0])).op is OpKind.LINEAR \
+                    and lin.attrs.role is LinearRole.GATE_UP:
+                gate = any(u.op in (OpKind.SILU, OpKind.GELU, OpKind.RELU) for u in g.users(n.name))
+                give(n.name, f"layers.{lin.attrs.layer}.{'gate' if gate else 'up'}")
             elif n.op is OpKind.MUL:
                 lin = next((u for u in g.users(n.name) if u.op is OpKind.LINEAR and u.attrs.layer is not None), None)
                 if lin is not None:
@@ -125,10 +132,14 @@ class CanonicalNames(Pass):
             g.rename(f"\0{old}", new)
 
     def _chain_up(self, g: Graph, x: str, prefix: str, give):
-        """Name the layout ops between a projection and attention: q.reshape, q.transpose, q.rope."""
-        while g.node(x).op in LAYOUT:
+        """Name the layout ops between a projection and attention: q.reshape, q.transpose, q.rope
+        (and a per-head norm: q_norm)."""
+        while g.node(x).op in LAYOUT or is_head_norm(g.node(x)):
             n = g.node(x)
-            give(x, f"{prefix}.{'cache' if n.op is OpKind.CONCAT else n.op.value}")
+            if n.op in LAYOUT:
+                give(x, f"{prefix}.{'cache' if n.op is OpKind.CONCAT else n.op.value}")
+            else:
+                give(x, f"{prefix}_norm")
             x = n.inputs[-1] if n.op is OpKind.CONCAT else n.inputs[0]
 
     def _chain_down(self, g: Graph, x: str, prefix: str, give):

@@ -319,6 +319,9 @@ def _embedding(lw: Lowerer, node) -> None:
 
 
 def _linear(lw: Lowerer, node) -> None:
+    if node.attrs.act_amax is not None:   # compile refuses the policy first; a graph built by hand lands here
+        raise LayoutError(f"{node.name!r}: a static activation scale (act_amax, a policy's activations: "
+                          "static-per-tensor) is a what-if of the integer model: QUANT_ROWS scales each row by its own max")
     x = node.inputs[0]
     rows, k = lw.rows_cols(x)
     _, n = lw.rows_cols(node.name)

@@ -123,17 +123,16 @@ def position_limit(g) -> int | None:
 
 def model_perplexities(g, q, data: EvalSet, *, integer: bool = True) -> tuple[float, float]:
     """(float perplexity of the fused float graph `g`, perplexity of the quantized model): `g` bound
-    to the evaluation length; `q` the policy's quantized graph (at any length: its quantized weights
-    are put into a copy of `g`, by name). `integer`: the integer model (int8 activations and KV
+    to the evaluation length; `q` the policy's quantized graph (at any length: its parameters are put
+    into a copy of `g`, by name: passes.quantize.adopt_parameters). `integer`: the integer model (int8 activations and KV
     cache); else dequantized weights with float activations."""
     from llmfab.ir import run
     from llmfab.ir.integer import run_integer
 
-    from .quantize import feeds_for, set_weight, weight_sites
+    from .quantize import adopt_parameters, feeds_for
 
     qe = g.copy()
-    for s in weight_sites(qe):
-        set_weight(qe, s.const, q.node(s.const).data)
+    adopt_parameters(qe, q)
     run_q = run_integer if integer else run
 
     def logits(graph, runner):

@@ -10,6 +10,12 @@ where a role is a Linear role (`q_proj` ... `down_proj`, `fc1`, `fc2`, `qkv_proj
 128), `method` (`rtn`, `gptq`), `sparsity` (`null`, "2:4", "1:4", "4:8", "2:8") and
 `sparsity_method` (`magnitude`, `sparsegpt`). An `auto` section (`target_bits`, `candidates`)
 turns on the automatic assignment by measured sensitivity (passes/auto_precision.py).
+
+Two settings are about activations (passes/act_calibration.py). `smoothing: {alpha: 0.5}` moves
+per-channel scale from each norm's output into the linears it feeds (SmoothQuant), folded into the
+norm's weight: weights change, ops do not, so it compiles like any policy. `activations` is
+`per-token` (the hardware: each token row by its own max) or `static-per-tensor`, one calibrated
+scale per linear input: a what-if of the integer model only, which `compile` refuses.
 """
 from __future__ import annotations
 
@@ -23,11 +29,14 @@ from llmfab.ir.yaml_file import read_yaml
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "examples" / "policies"
 ROLES = ("embedding", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
-         "down_proj", "fc1", "fc2", "lm_head", "linear")
+         "gate_up_proj", "down_proj", "fc1", "fc2", "lm_head", "linear")
 METHODS = ("rtn", "gptq")
 SPARSITY_METHODS = ("magnitude", "sparsegpt")
 SETTING_KEYS = ("bits", "group", "method", "sparsity", "sparsity_method")
-TOP_KEYS = ("name", "description", "default", "roles", "layers", "auto", "calibration")
+TOP_KEYS = ("name", "description", "default", "roles", "layers", "auto", "calibration", "activations", "smoothing")
+PER_TOKEN, STATIC = "per-token", "static-per-tensor"
+ACTIVATIONS = (PER_TOKEN, STATIC)
+DEFAULT_ALPHA = 0.5
 
 
 class PolicyError(ValueError):
@@ -74,6 +83,8 @@ class Policy:
     layers: Mapping = field(default_factory=dict)
     auto: AutoSpec | None = None
     calibration: Calibration = Calibration()
+    activations: str = PER_TOKEN       # or STATIC: a what-if of the integer model only
+    smoothing: float | None = None     # SmoothQuant's alpha; None: no smoothing
 
     def settings(self, role: str, layer: int | None) -> dict:
         merged = {"bits": 8, "group": 128, "method": "rtn", "sparsity": None, "sparsity_method": "magnitude"}
@@ -177,13 +188,34 @@ def parse_policy(data, source: str) -> Policy:
             raise PolicyError(f"{source}: calibration.{k} must be {'>= 0' if k == 'seed' else 'positive'}, not {v}")
     calibration = dataclasses.replace(Calibration(), tokens=tokens, **cal,
                                       origin=f"{source}: calibration.tokens" if tokens else "")
-    policy = Policy(str(data.get("name", Path(source).stem)), source, default, roles, layers, auto, calibration)
+    policy = Policy(str(data.get("name", Path(source).stem)), source, default, roles, layers, auto, calibration,
+                    _activations(data.get("activations", PER_TOKEN), source), _smoothing(data, source))
     for r in ROLES:  # fail now, not halfway through quantizing
         policy.plan(r, None)
     for key in layers:
         head, _, role = key.partition(".")
         policy.plan(role or "linear", int(head))
     return policy
+
+
+def _activations(v, source: str) -> str:
+    if v not in ACTIVATIONS:
+        raise PolicyError(f"{source}: activations must be one of {', '.join(ACTIVATIONS)}, not {v!r}")
+    return v
+
+
+def _smoothing(data: dict, source: str) -> float | None:
+    """SmoothQuant's alpha from `smoothing: {alpha: a}` (`{}`: the default 0.5; null or absent: off)."""
+    raw = data.get("smoothing")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"alpha"}:
+        raise PolicyError(f"{source}: smoothing must be a mapping with alpha (0 to 1, default {DEFAULT_ALPHA}) "
+                          f"or null, not {raw!r}")
+    a = raw.get("alpha", DEFAULT_ALPHA)
+    if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
+        raise PolicyError(f"{source}: smoothing.alpha must be a number from 0 to 1, not {a!r}")
+    return float(a)
 
 
 def bundled_policies() -> list[str]:

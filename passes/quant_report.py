@@ -16,8 +16,9 @@ from llmfab.ir import Graph, OpKind, run
 from llmfab.ir.integer import check_kernels
 from llmfab.ir.quant import QuantizedWeight
 
+from .act_calibration import calibrate, set_static_scales
 from .auto_precision import assign
-from .policy import Policy
+from .policy import PER_TOKEN, STATIC, Policy
 from .quantize import feeds_for, layer_inputs, quantize_graph, token_streams, weight_sites
 
 EVAL_SEED_OFFSET = 1000  # evaluation streams never reuse calibration streams
@@ -54,6 +55,8 @@ class QuantReport:
     float_perplexity: float | None = None   # with an evaluation set (quantize --eval): the float graph
     perplexity: float | None = None         # ... and the quantized model (integer unless --float-activations)
     eval_set: dict | None = None            # {"file", "sequences", "length"} of that set
+    activations: str = PER_TOKEN            # the policy's activation scales (STATIC: a what-if compile refuses)
+    smoothing: float | None = None          # the policy's SmoothQuant alpha, None when off
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -74,14 +77,19 @@ def quantize_model(g: Graph, policy: Policy, *, integer: bool = True) -> tuple[G
     if integer and has_data:
         check_kernels(g)  # now, not after calibrating and quantizing
     cal = policy.calibration
-    calib = layer_inputs(g, weight_sites(g), token_streams(g, cal.samples, cal.seed, cal.tokens, cal.origin)) if has_data else None
-    plans = assign(g, policy, calib)
-    q = g.copy()
+    # f: the float model the weights are quantized from (smoothed, when the policy asks: the same
+    # function, other weights); per-layer SQNRs are against its layers
+    f = g.copy() if has_data and policy.smoothing is not None else g
+    calib = calibrate(f, policy) if has_data else None
+    plans = assign(f, policy, calib)
+    q = f.copy()
     quantize_graph(q, plans, calib)
+    if calib is not None and policy.activations == STATIC:
+        set_static_scales(q, calib)
 
     rows, qbits, qparams = [], 0, 0
     evals = token_streams(g, EVAL_SAMPLES, cal.seed + EVAL_SEED_OFFSET) if has_data else []
-    held_out = layer_inputs(g, weight_sites(g), evals) if has_data else None
+    held_out = layer_inputs(f, weight_sites(f), evals) if has_data else None
     for s in weight_sites(q):
         qw: QuantizedWeight = q.node(s.const).data
         n, k = s.shape
@@ -89,7 +97,7 @@ def quantize_model(g: Graph, policy: Policy, *, integer: bool = True) -> tuple[G
         qparams += n * k
         sqnr = None
         if has_data:
-            w = np.asarray(g.node(s.const).data.numpy(), np.float64)
+            w = np.asarray(f.node(s.const).data.numpy(), np.float64)
             d = w - qw.numpy().astype(np.float64)
             if s.role == "embedding":
                 sqnr = _sqnr(w, d)
@@ -109,7 +117,8 @@ def quantize_model(g: Graph, policy: Policy, *, integer: bool = True) -> tuple[G
     if has_data:
         cosine, top1 = _fidelity(g, q, evals, integer)
     report = QuantReport(g.name, policy.name, qbits / max(qparams, 1), weight_bytes, qparams, other,
-                         cosine, top1, int(sum(t.size for t in evals)), integer and has_data, rows)
+                         cosine, top1, int(sum(t.size for t in evals)), integer and has_data, rows,
+                         activations=policy.activations, smoothing=policy.smoothing)
     return q, report
 
 
@@ -134,6 +143,10 @@ def format_report(r: QuantReport) -> str:
     lines = [f"model        {r.model}", f"policy       {r.policy}",
              f"bits/weight  {r.avg_bits_per_weight:.3f} (codes + indices + scales, {r.quantized_params:,} weights)",
              f"weights      {r.weight_bytes / 1e9:.3f} GB" if r.weight_bytes > 1e8 else f"weights      {r.weight_bytes:,} bytes"]
+    if r.activations != PER_TOKEN or r.smoothing is not None:
+        acts = ("int8, one static scale per tensor (a what-if: compile refuses it)" if r.activations == STATIC
+                else "int8, one scale per token row")
+        lines.append(f"activations  {acts}" + (f"; smoothed, alpha {r.smoothing:g}" if r.smoothing is not None else ""))
     if r.logit_cosine is not None:
         kind = "integer model, int8 activations" if r.integer_activations else "dequantized weights"
         lines.append(f"fidelity     logit cosine {r.logit_cosine:.5f}, top-1 agreement {r.top1_agreement:.3f} "

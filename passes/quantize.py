@@ -140,6 +140,23 @@ def set_weight(g: Graph, const: str, qw: QuantizedWeight) -> None:
     g.set_node(dataclasses.replace(n, attrs=ConstAttrs(qw, True), type=TensorType(qw.dtype, qw.shape)))
 
 
+def adopt_parameters(g: Graph, q: Graph) -> None:
+    """Put the parameters a policy gave `q` into `g`, the same model at another length (in place, by
+    name): quantized weights, weights it changed (norms smoothing divided) and the linears'
+    attributes (a static activation scale)."""
+    for n in g.nodes():
+        if n.name not in q:
+            continue
+        src = q.node(n.name)
+        if n.op is OpKind.CONST and n.attrs.weight and src.op is OpKind.CONST:
+            if isinstance(src.data, QuantizedWeight):
+                set_weight(g, n.name, src.data)
+            elif src.type == n.type:
+                g.set_node(dataclasses.replace(n, attrs=src.attrs))
+        elif n.op in (OpKind.LINEAR, OpKind.LMHEAD) and src.op is n.op:
+            g.set_node(dataclasses.replace(n, attrs=src.attrs))
+
+
 def quantize_graph(g: Graph, plans: dict[str, WeightPlan], inputs: dict[str, np.ndarray] | None) -> None:
     """Replace each site's weight by its quantized form (in place). `inputs`: layer_inputs()."""
     for site in weight_sites(g):
@@ -177,11 +194,12 @@ class Quantize(Pass):
         from .auto_precision import assign
         from .policy import load_policy
 
+        from .act_calibration import calibrate, set_static_scales
+        from .policy import STATIC
+
         policy = load_policy(self.policy)
-        sites = weight_sites(g)
-        has_data = all(g.node(s.const).data.has_values for s in sites)
-        cal = policy.calibration
-        inputs = None
-        if has_data:
-            inputs = layer_inputs(g, sites, token_streams(g, cal.samples, cal.seed, cal.tokens, cal.origin))
+        has_data = all(g.node(s.const).data.has_values for s in weight_sites(g))
+        inputs = calibrate(g, policy) if has_data else None
         quantize_graph(g, assign(g, policy, inputs), inputs)
+        if inputs is not None and policy.activations == STATIC:
+            set_static_scales(g, inputs)

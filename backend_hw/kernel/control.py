@@ -7,7 +7,8 @@ kernel arguments (args.py), as Vitis HLS writes it for its own kernels:
 - 0x04 global interrupt enable (bit 0); 0x08 IP interrupt enable (bit 0 done, bit 1 ready);
   0x0C IP interrupt status (bit 0 done, bit 1 ready; set by the event when enabled, toggled by
   writing 1). `interrupt` = GIE and any status bit.
-- the arguments from 0x10, 32-bit words with byte strobes; unmapped addresses read 0.
+- the arguments from 0x10, 32-bit words with byte strobes; the read-only ones (`status`,
+  `cycles`) read what the kernel drives on their ports and ignore writes; unmapped addresses read 0.
 
 One write and one read at a time: AW and W are taken independently, the write happens when both
 are held, then B; AR is taken when no R is pending, RDATA is registered. RESP is always OKAY.
@@ -38,14 +39,15 @@ def lite_members(prefix: str = PREFIX) -> dict:
 
 class ControlRegs(wiring.Component):
     """Ports: the `s_axi_control_*` members; `interrupt`; to the kernel: `ap_start` (the register
-    bit), `arg_<name>` (each argument, 32 or 64 bits); from the kernel: `ap_done` (a pulse: the run
-    finished, which is also `ap_ready`), `ap_idle`."""
+    bit), `arg_<name>` (each argument the host sets, 32 or 64 bits); from the kernel: `ap_done` (a
+    pulse: the run finished, which is also `ap_ready`), `ap_idle`, `arg_<name>` of each read-only
+    argument (`status`, `cycles`)."""
 
     def __init__(self, target):
         self.args = kernel_args(target)
         members = lite_members()
         members.update({"interrupt": Out(1), "ap_start": Out(1), "ap_done": In(1), "ap_idle": In(1)})
-        members.update({f"arg_{a.name}": Out(8 * a.size) for a in self.args})
+        members.update({f"arg_{a.name}": (In if a.readonly else Out)(8 * a.size) for a in self.args})
         super().__init__(members)
 
     def port(self, name: str):
@@ -57,12 +59,12 @@ class ControlRegs(wiring.Component):
         start, done, ready = Signal(), Signal(), Signal()
         gie, ier, isr = Signal(), Signal(2), Signal(2)
 
-        # the argument words: (word offset, register slice)
+        # the argument words: (word offset, register slice, written by the host)
         words = []
         for a in self.args:
             reg = getattr(self, f"arg_{a.name}")
             for k in range(a.size // 4):
-                words.append((a.offset + 4 * k, reg[32 * k:32 * k + 32]))
+                words.append((a.offset + 4 * k, reg[32 * k:32 * k + 32], not a.readonly))
 
         # write: AW and W held until both are there
         awaddr, wdata, wstrb = Signal(CONTROL_ADDR_BITS), Signal(32), Signal(4)
@@ -85,7 +87,9 @@ class ControlRegs(wiring.Component):
         def wr(at: int) -> Value:
             return write & (waddr == at)
 
-        for at, reg in words:
+        for at, reg, writable in words:
+            if not writable:
+                continue
             with m.If(wr(at)):
                 for b in range(4):
                     with m.If(wstrb[b]):
@@ -113,7 +117,7 @@ class ControlRegs(wiring.Component):
                     m.d.sync += rdata.eq(ier)
                 with m.Case(ISR):
                     m.d.sync += rdata.eq(isr)
-                for at, reg in words:
+                for at, reg, _ in words:
                     with m.Case(at):
                         m.d.sync += rdata.eq(reg)
                 with m.Default():

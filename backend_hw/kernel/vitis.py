@@ -11,7 +11,8 @@ most 256 beats that do not cross 4 KiB, writing each beat's buffer words through
 host port (bytes past the size are not written); then it pulses the accelerator's `start` with
 LEN = `length`, waits for `halted` and raises `ap_done` (= `ap_ready`). Each memory channel k is
 the bundle m_axi_hbm<k>: the accelerator's addresses on it are offsets into the channel's image,
-so the 64-bit argument `hbm<k>` is added to them.
+so the 64-bit argument `hbm<k>` is added to them. `status` and `cycles` (status.py) report the
+run: the error bits of args.STATUS_BITS, and its length in cycles.
 
 `KernelCore` runs on the `sync` domain (amaranth.sim); `VitisKernel` is the same with the clock
 and reset ports Vitis expects, `ap_clk` and the synchronous active-low `ap_rst_n`.
@@ -30,8 +31,9 @@ from llmfab.ir.target import Target
 from ..accelerator import DEFAULT_FORMATS, Accelerator
 from ..buffers import buffer_ids
 from ..protocol.axi import Burst
-from .args import M_AXI_ADDR_BITS, bundle
+from .args import M_AXI_ADDR_BITS, STATUS_BITS, bundle
 from .control import ControlRegs, lite_members
+from .status import KernelStatus
 
 __all__ = ["KERNEL_NAME", "KernelCore", "VitisKernel", "build_kernel", "m_axi_members"]
 
@@ -81,6 +83,7 @@ class KernelCore(wiring.Component):
         self.target = target
         self.accelerator = Accelerator(target, formats, buffers=buffers)
         self.regs = ControlRegs(target)
+        self.status = KernelStatus()
         super().__init__(_members(target))
 
     def _p(self, k: int, name: str):
@@ -91,6 +94,7 @@ class KernelCore(wiring.Component):
         t = self.target
         m.submodules.accelerator = acc = self.accelerator
         m.submodules.regs = regs = self.regs
+        m.submodules.status = status = self.status
         # the control port
         for name in lite_members():
             mine, theirs = getattr(self, name), getattr(regs, name)
@@ -155,6 +159,23 @@ class KernelCore(wiring.Component):
         done = Signal()
         m.d.comb += [regs.ap_done.eq(done), acc.length.eq(regs.arg_length)]
 
+        # ---- status (args.STATUS_BITS) and the cycle count
+        bits = {name: i for i, name, _ in STATUS_BITS}
+        events = Signal(len(STATUS_BITS))
+        resp_bad = {"R": [], "B": []}
+        for k in range(t.memory.channels):
+            for ch, ready in (("R", "RREADY"), ("B", "BREADY")):
+                resp_bad[ch].append(self._p(k, ch + "VALID") & self._p(k, ready) & self._p(k, ch + "RESP").any())
+        starting, in_run = Signal(), Signal()
+        # the accelerator's error is sticky until its own start, after the loads: count it in RUN only
+        m.d.comb += [events[bits["illegal_instruction"]].eq(acc.error & in_run),
+                     events[bits["read_error"]].eq(Cat(*resp_bad["R"]).any()),
+                     events[bits["write_error"]].eq(Cat(*resp_bad["B"]).any()),
+                     events[bits["program_cut"]].eq(starting & (regs.arg_program_bytes > ids[BufferId.INST][0])),
+                     events[bits["tokens_cut"]].eq(starting & (regs.arg_tokens_bytes > ids[BufferId.ACT][0])),
+                     status.start.eq(starting), status.done.eq(done), status.events.eq(events),
+                     regs.arg_status.eq(status.status), regs.arg_cycles.eq(status.cycles)]
+
         def phase_total(i):
             buf, p, nbytes = phases[i]
             cap = ids[buf][0]
@@ -164,6 +185,7 @@ class KernelCore(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += regs.ap_idle.eq(1)
                 with m.If(regs.ap_start):
+                    m.d.comb += starting.eq(1)
                     m.d.sync += phase_total(0)
                     m.next = "AR0"
             for i, (buf, _, _) in enumerate(phases):
@@ -204,6 +226,7 @@ class KernelCore(wiring.Component):
                 m.d.comb += acc.start.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
+                m.d.comb += in_run.eq(1)
                 with m.If(acc.halted):
                     m.d.comb += done.eq(1)
                     m.next = "IDLE"

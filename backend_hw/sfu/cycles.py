@@ -4,9 +4,11 @@ from the cycle `SfuUnit` accepts a MISC instruction to the cycle its `done` puls
 `sfu_cycles(target, inst)` replays the unit's sequencer beat by beat (one beat = up to `lanes`
 elements of one pass over one row) with the RTL's recurrences, in cycles after the accept (0):
 
-- start: IDLE accepts, SETUP decodes, RUN issues the first beat at cycle `RUN_START`; EMBED first
-  waits in GROUPS for the `cols / group` division (`EMBED_DIV_CYCLES` + 1 cycles).
-- fetch: beat j issues at S_j = max(S_{j-1} + w_{j-1}, T_{j-IN_DEPTH}), w = max(words on src,
+- start: IDLE accepts (and sets the sequencer up), SETUP fills the first beat's descriptor, RUN
+  issues it at cycle `RUN_START`; EMBED first waits in GROUPS for the `cols / group` division
+  (`EMBED_DIV_CYCLES` + 1 cycles), and fills the descriptor in RUN's first cycle.
+- fetch: beat j issues at S_j = max(S_{j-1} + w_{j-1}, T_{j-IN_DEPTH}) (EMBED: S_{j-1} + max(w, 2):
+  its descriptor is filled only in a cycle without an issue), w = max(words on src,
   words on src2) (both `PieceFetcher`s read one word a cycle from S + 1, and the next beat issues
   in the cycle of the last read; the input FIFO holds `SfuUnit.IN_DEPTH` issued beats, a slot
   freeing in the cycle its beat is taken). Passes that read only `a` split its words: ceil(w/2)
@@ -90,7 +92,7 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
     if is_embed:
         shift_off = code_bytes + 2 * (cols // group)
         nat_src = shift_off + 1
-        start += EMBED_DIV_CYCLES + 1
+        start += EMBED_DIV_CYCLES + 2     # the division, RUN's first cycle fills the descriptor
     spitch, dpitch = ss or nat_src, ds or nat_dst
     src_row = inst["src_addr"] + (imm * spitch if is_copy else 0)
     src2_row, dst_row = inst["src2_addr"], inst["dst_addr"]
@@ -188,7 +190,7 @@ def _cycles(target: Target, inst, zero_rows=frozenset()) -> int:
             if not bypass:
                 sfu_ready = t + gap(kind, no_key) if last and kind is not Sweep.OUT else t + 1
             pops.append(t)
-            s += w
+            s += max(w, 2) if is_embed else w    # EMBED refills its descriptor a cycle after an issue
         # the next row's first beat may issue at s: state relative to it (clamped where it cannot matter)
         nxt = (tuple(max(ti - s, 0) for ti in pops[-D:]), max(sfu_ready - s, 0), max(wr_free - s, 0),
                tuple((max(ti - s, 0), ai - s) for ti, ai in flight if ai > s))

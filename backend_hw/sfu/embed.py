@@ -3,9 +3,9 @@
 scale group (the unit ends beats at group boundaries, so one mantissa serves the beat).
 
 `codes` holds the beat's packed code bytes, the first code at bit `phase`; `bits` is the code
-width (2, 3, 4 or 8; any other width gives zeros). Three registered stages (`LATENCY`): the codes
-unpacked and the shift decoded, the products (a DSP each), the rounding shift and saturation;
-each stage a few LUT levels.
+width (2, 3, 4 or 8; any other width gives zeros). Four registered stages (`LATENCY`): the codes
+unpacked and the shift decoded, the products (a DSP each), the shift (by s - 1 when rounding
+right), the rounding add and saturation; each stage a few LUT levels.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import rshr_var, sat
+from .arith import sat
 
 __all__ = ["CODE_BITS", "EmbedLanes"]
 
@@ -21,7 +21,7 @@ CODE_BITS = (2, 3, 4, 8)
 
 
 class EmbedLanes(wiring.Component):
-    LATENCY = 3
+    LATENCY = 4
 
     def __init__(self, lanes: int, code_bytes: int):
         if not isinstance(lanes, int) or lanes < 1:
@@ -43,7 +43,8 @@ class EmbedLanes(wiring.Component):
         m.d.sync += [right.eq(s > 0), sr1.eq(Mux(s > 31, 30, s - 1)), sl.eq(Mux(s < -31, 31, -s)),
                      mant.eq(self.mant)]
         right2, sr2, sl2 = (Signal.like(v, name=f"{v.name}2") for v in (right, sr1, sl))
-        m.d.sync += [right2.eq(right), sr2.eq(sr1), sl2.eq(sl)]
+        right3 = Signal(reset_less=True)
+        m.d.sync += [right2.eq(right), sr2.eq(sr1), sl2.eq(sl), right3.eq(right2)]
         aligned = self.codes >> self.phase
         for n in range(L):
             code = Signal(signed(8), name=f"code_{n}", reset_less=True)
@@ -54,5 +55,7 @@ class EmbedLanes(wiring.Component):
                 with m.Default():
                     m.d.sync += code.eq(0)
             v = Signal(signed(25), name=f"v_{n}", reset_less=True)
-            m.d.sync += [v.eq(code * mant), self.y[n].eq(sat(rshr_var(v, right2, sr2, sl2)))]
+            sh = Signal(signed(57), name=f"sh_{n}", reset_less=True)     # |v| < 2^23, shifted left <= 31
+            m.d.sync += [v.eq(code * mant), sh.eq(Mux(right2, v >> sr2, v << sl2)),
+                         self.y[n].eq(sat(Mux(right3, (sh + 1) >> 1, sh)))]
         return m

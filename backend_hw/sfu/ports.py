@@ -72,21 +72,29 @@ class PieceFetcher(wiring.Component):
         K, RB, WB = self.slots, self.reg_bytes, self.wb
         pend = Signal(K)
         slots = Signal(data.ArrayLayout(slot_layout(RB), K), reset_less=True)   # latched at start
-        wi = Signal(BUF_ADDR_BITS)                   # word of the current piece
-        cur = Signal(range(max(K, 2)))
-        for k in reversed(range(K)):                 # the lowest pending slot
-            with m.If(pend[k]):
-                m.d.comb += cur.eq(k)
+        # Each piece's first word address, words after the first and word log are worked out at
+        # `start`, and the current piece's are registers: the read address and `ready` come from
+        # registers, so the issue of the next beat (which waits for `ready`) starts a short path.
+        fw = [Signal(BUF_ADDR_BITS, name=f"fw{k}") for k in range(K)]
+        fleft = [Signal(range(RB + 1), name=f"fleft{k}") for k in range(K)]
+        flg = [Signal(range(WB.bit_length()), name=f"flg{k}") for k in range(K)]
+        cur = Signal(range(max(K, 2)))               # the lowest pending slot
+        waddr = Signal(BUF_ADDR_BITS)                # its word being read
+        wleft = Signal(range(RB + 1))                # its words after this one
+        wi = Signal(BUF_ADDR_BITS)                   # words of it read so far
         d = slots[cur]
-        lg = word_log(m, d.buf, self.word_bytes)
-        first = d.addr >> lg
-        last = Signal(BUF_ADDR_BITS)
-        m.d.comb += last.eq((d.addr + d.n - 1) >> lg)
-        waddr = Signal(BUF_ADDR_BITS)
-        m.d.comb += waddr.eq(first + (wi << d.skip))
-        at_last = (waddr == last) | (d.skip & (waddr + 1 == last))
+        lg = Signal.like(flg[0])
+        m.d.comb += lg.eq(Array(flg)[cur])
+        at_last = wleft == 0
         others = pend & ~(Const(1, K) << cur)[:K]
         m.d.comb += self.ready.eq(~pend.any() | (at_last & ~others.any() & self.port.ready))
+
+        def load(mask, first, left):
+            """Make the lowest slot of `mask` current, with its first word and words after it."""
+            for k in reversed(range(K)):
+                with m.If(mask[k]):
+                    m.d.sync += [cur.eq(k), waddr.eq(first[k]), wleft.eq(left[k])]
+            m.d.sync += wi.eq(0)
 
         # the word in flight: where its bytes go
         rv, rtgt = Signal(), Signal(2)
@@ -103,11 +111,22 @@ class PieceFetcher(wiring.Component):
             m.d.sync += [rv.eq(1), rtgt.eq(d.tgt), rdelta.eq(d.off - ph + ((wi << d.skip) << lg)), rlo.eq(d.off),
                          rhi.eq(d.off + d.n), rwb.eq(Const(1, 1) << lg)]
             with m.If(at_last):
-                m.d.sync += [pend.eq(others), wi.eq(0)]
+                m.d.sync += pend.eq(others)
+                load(others, fw, fleft)
             with m.Else():
-                m.d.sync += wi.eq(wi + 1)
+                m.d.sync += [waddr.eq(waddr + 1 + d.skip), wleft.eq(wleft - 1), wi.eq(wi + 1)]
         with m.If(self.start):                       # only when `ready`: the last word is read now
-            m.d.sync += [pend.eq(self.en), slots.eq(self.slot), wi.eq(0)]
+            first, left = [], []
+            for k in range(K):                       # pieces have n >= 1 bytes
+                s = self.slot[k]
+                lgk = word_log(m, s.buf, self.word_bytes)
+                f0, span = Signal(BUF_ADDR_BITS, name=f"first{k}"), Signal(BUF_ADDR_BITS, name=f"span{k}")
+                m.d.comb += [f0.eq(s.addr >> lgk), span.eq(((s.addr + s.n - 1) >> lgk) - f0)]
+                first.append(f0)
+                left.append(Mux(s.skip, span >> 1, span))
+                m.d.sync += [fw[k].eq(f0), fleft[k].eq(left[-1]), flg[k].eq(lgk)]
+            m.d.sync += [pend.eq(self.en), slots.eq(self.slot)]
+            load(self.en, first, left)
 
         shifted = self.port.rdata << ((rdelta + WB).as_unsigned()[:dw] * 8)
         m.d.comb += [self.ret.eq(rv), self.ret_tgt.eq(rtgt),

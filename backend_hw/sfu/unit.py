@@ -22,8 +22,9 @@ Passes that read only `a` (every reduction pass; the output pass of QUANT_ROWS, 
 SILU, GELU, GELU_TANH, SOFTCAP) read half of its words through `src2` (with the block-RAM buffers the two
 halves meet in a bank at most once a beat: buffers.py).
 
-Timing: the fetch is pipelined. A beat issues (both `PieceFetcher`s start) in the cycle both read
-their previous beat's last word, so a beat costs only its words on the busier read port; its last
+Timing: the fetch is pipelined. Each beat's pieces are worked out a beat ahead into descriptor
+registers; a beat issues (both `PieceFetcher`s start) in the cycle both read their previous
+beat's last word, so a beat costs only its words on the busier read port; its last
 word returns 1 cycle after its read and the beat is written into `ifo`, where up to `IN_DEPTH`
 issued beats wait for the SFU (they keep the fetch going through the hand-over, the SFU's pass
 gaps and the next rows). The SFU takes a beat a cycle while it streams, and adds its scalar
@@ -102,9 +103,10 @@ class SfuUnit(wiring.Component):
 
         # ---- the instruction and what follows from it
         ir = Signal(INST_BITS)
-        f = {n: field(ir, Opcode.MISC, n) for n in
-             ("func", "flags", "src_buf", "src2_buf", "imm", "rows", "cols", "depth", "period", "dst_buf",
-              "src_addr", "src2_addr", "dst_addr", "src_stride", "dst_stride")}
+        names = ("func", "flags", "src_buf", "src2_buf", "imm", "rows", "cols", "depth", "period", "dst_buf",
+                 "src_addr", "src2_addr", "dst_addr", "src_stride", "dst_stride")
+        f = {n: field(ir, Opcode.MISC, n) for n in names}
+        fin = {n: field(self.inst.payload, Opcode.MISC, n) for n in names}   # the instruction taken now
         func, cols, imm, depth = f["func"], f["cols"], f["imm"], f["depth"]
         is_copy, is_embed = func == F.COPY, func == F.EMBED
         bypass = is_copy | is_embed
@@ -116,37 +118,50 @@ class SfuUnit(wiring.Component):
             with m.Case(F.COPY, F.EMBED):
                 m.d.comb += npass.eq(1)
         bits = imm[:4]
-        group = Mux(depth == 0, cols, depth)          # EMBED's scale group
-        code_bytes = Signal(20)
-        m.d.comb += code_bytes.eq((cols * bits + 7) >> 3)
+        group = Signal(16)                            # EMBED's scale group (registered at accept, as
+        code_bytes = Signal(20)                       # everything the first beat's descriptor needs)
 
         spitch, dpitch, shift_off = Signal(A_W), Signal(A_W), Signal(A_W)
         src_row, src2_row, dst_row, tab0, tab = (Signal(A_W, name=n) for n in
                                                  ("src_row", "src2_row", "dst_row", "tab0", "tab"))
         r, rmod, p = Signal(16), Signal(16), Signal(3)
-        k0, hpos, gpos, gidx, kbits = Signal(16), Signal(16), Signal(16), Signal(16), Signal(20)
+        k0, hpos, gidx, kbits = Signal(16), Signal(16), Signal(16), Signal(20)
+        gleft = Signal(16)                            # EMBED: elements left in the scale group
+        # EMBED's bits of the beat's codes: registered from the state each cycle, and EMBED's
+        # descriptor is filled only in cycles without an issue, so it is always the state's
+        nl_bits = Signal(range(8 * L * 16))
         seq_end = Signal()
 
         # ---- the beat: sizes, operand pieces
-        left = cols - k0
-        nl, nl_row = Signal(range(L + 1)), Signal(range(L + 1))
-        m.d.comb += [nl_row.eq(Mux(left < L, left, L)), nl.eq(nl_row)]
-        with m.If(is_embed & (group - gpos < nl_row)):
-            m.d.comb += nl.eq(group - gpos)
+        left = Signal(16)                             # cols - k0, kept as a register
+        # nl = min(left, L, and EMBED's gleft): the three compares side by side, off registers
+        nl = Signal(range(L + 1))
+        g_min = is_embed & (gleft < L) & (gleft < left)
+        m.d.comb += nl.eq(Mux(g_min, gleft, Mux(left < L, left, L)))
+        g_step = is_embed & (gleft < L)             # a beat that does not end the row takes min(L, gleft)
         n_copy = Signal(range(RB + 1))
         m.d.comb += n_copy.eq(Mux(left < RB, left, RB))
         is_out = p == npass - 1
-        last_beat = Mux(is_copy, k0 + n_copy >= cols, k0 + nl >= cols)
+        # the beat ends the row when it takes all that is left (read off registers, not off nl)
+        last_beat = Mux(is_copy, left <= RB, (left <= L) & (~is_embed | (left <= gleft)))
         elem = Signal(A_W)
         m.d.comb += elem.eq(src_row + (k0 << 2))
 
-        sa, sb = fa.slot, fb.slot
+        # The beat's pieces are worked out from the sequencer's state one beat ahead, into the
+        # descriptor registers `d_*` (filled in SETUP and whenever the beat in them issues), so the
+        # issue, which waits for both fetchers' `ready`, only moves registers.
+        sa, sb = Signal.like(fa.slot), Signal.like(fb.slot)
+        ena, enb = Signal.like(fa.en), Signal.like(fb.en)
+        d_sa, d_sb = Signal.like(fa.slot, reset_less=True), Signal.like(fb.slot, reset_less=True)
+        d_ena, d_enb = Signal.like(fa.en), Signal.like(fb.en)
+        d_valid = Signal()
+        m.d.comb += [fa.slot.eq(d_sa), fb.slot.eq(d_sb), fa.en.eq(d_ena), fb.en.eq(d_enb)]
         m.d.comb += [sa[0].buf.eq(f["src_buf"]), sa[0].addr.eq(elem), sa[0].n.eq(nl << 2)]
         with m.If(is_copy):
             m.d.comb += [sa[0].addr.eq(src_row + k0), sa[0].n.eq(n_copy)]
         with m.If(is_embed):
             m.d.comb += [sa[0].addr.eq(src_row + (kbits >> 3)),
-                         sa[0].n.eq(((kbits + nl * bits + 7) >> 3) - (kbits >> 3))]
+                         sa[0].n.eq(((kbits + nl_bits + 7) >> 3) - (kbits >> 3))]
         # ROPE partners: element j of a head pairs with j + depth/2 (first half) or j - depth/2
         half = depth >> 1
         lo_half = hpos < half
@@ -157,42 +172,42 @@ class SfuUnit(wiring.Component):
                      sa[1].n.eq(n_first << 2), sa[1].tgt.eq(1),
                      sa[2].buf.eq(f["src_buf"]), sa[2].addr.eq(elem - (hpos << 2)), sa[2].off.eq(n_first << 2),
                      sa[2].n.eq((nl - n_first) << 2), sa[2].tgt.eq(1),
-                     fa.en.eq(Cat(C(1, 1), rope_out, rope_out & (nl != n_first)))]
+                     ena.eq(Cat(C(1, 1), rope_out, rope_out & (nl != n_first)))]
         # src2 port: b (c for ROPE), then c (d for ROPE)
         m.d.comb += [sb[0].buf.eq(f["src2_buf"]), sb[0].n.eq(nl << 2), sb[0].tgt.eq(1),
                      sb[1].buf.eq(f["src2_buf"]), sb[1].n.eq(nl << 2), sb[1].tgt.eq(2)]
         with m.Switch(func):
             with m.Case(F.ADD, F.MUL):
-                m.d.comb += [sb[0].addr.eq(src2_row + (k0 << 2)), fb.en.eq(Cat(is_out, C(0, 1)))]
+                m.d.comb += [sb[0].addr.eq(src2_row + (k0 << 2)), enb.eq(Cat(is_out, C(0, 1)))]
             with m.Case(F.RMSNORM, F.LAYERNORM):
                 m.d.comb += [sb[0].addr.eq(f["src2_addr"] + (k0 << 2)),
                              sb[1].addr.eq(f["src2_addr"] + ((cols + k0) << 2)),
-                             fb.en.eq(Cat(is_out, is_out & (func == F.LAYERNORM)))]
+                             enb.eq(Cat(is_out, is_out & (func == F.LAYERNORM)))]
             with m.Case(F.ROPE):
                 m.d.comb += [sb[0].addr.eq(tab + (hpos << 2)), sb[0].tgt.eq(2),
                              sb[1].addr.eq(tab + ((depth + hpos) << 2)), sb[1].tgt.eq(3),
-                             fb.en.eq(Cat(is_out, is_out))]
+                             enb.eq(Cat(is_out, is_out))]
             with m.Case(F.EMBED):
                 m.d.comb += [sb[0].buf.eq(f["src_buf"]), sb[0].addr.eq(src_row + code_bytes + (gidx << 1)),
                              sb[0].n.eq(2), sb[1].buf.eq(f["src_buf"]), sb[1].addr.eq(src_row + shift_off),
-                             sb[1].n.eq(1), fb.en.eq(0b11)]
+                             sb[1].n.eq(1), enb.eq(0b11)]
 
         # Passes that read only `a` split its words between both ports (the src2 port reads the src
         # buffer too): the even words on `src`, the odd ones on `src2`, so that the two reads of a
         # cycle are of neighbouring words, on different banks of a word-interleaved buffer.
-        lgs = word_log(m, f["src_buf"], self.word_bytes)
-        a_end = Signal(A_W)
-        m.d.comb += a_end.eq(elem + (nl << 2) - 1)
-        a_words = (a_end >> lgs) - (elem >> lgs) + 1
+        wb_max = max(self.word_bytes.values())
+        wmask = Signal(range(wb_max))                 # the src buffer's word bytes - 1 (registered)
+        phase = Signal(range(wb_max))                 # elem's byte in its word
+        m.d.comb += phase.eq(elem & wmask)
         split_at = Signal(A_W)                         # the second word
-        m.d.comb += split_at.eq(((elem >> lgs) + 1) << lgs)
+        m.d.comb += split_at.eq((elem | wmask) + 1)
         uses_b = is_out & func.matches(F.ADD, F.MUL, F.RMSNORM, F.LAYERNORM, F.ROPE)
-        split = ~bypass & ~uses_b & (a_words > 1)
+        split = ~bypass & ~uses_b & (phase + (nl << 2) > wmask + 1)   # a spans two words or more
         with m.If(split):
             m.d.comb += [sa[0].skip.eq(1),
-                         sb[0].buf.eq(f["src_buf"]), sb[0].addr.eq(split_at), sb[0].off.eq(split_at - elem),
-                         sb[0].n.eq((nl << 2) - (split_at - elem)), sb[0].tgt.eq(0), sb[0].skip.eq(1),
-                         fb.en.eq(0b01)]
+                         sb[0].buf.eq(f["src_buf"]), sb[0].addr.eq(split_at), sb[0].off.eq(wmask + 1 - phase),
+                         sb[0].n.eq((nl << 2) - (wmask + 1 - phase)), sb[0].tgt.eq(0), sb[0].skip.eq(1),
+                         enb.eq(0b01)]
 
         # ---- operand registers, filled by both fetchers (different bytes of them). A beat is
         # complete in the cycle its last word returns: `full` is the registers with that word.
@@ -212,7 +227,8 @@ class SfuUnit(wiring.Component):
         # next beats runs under the hand-over, the SFU and the scalar unit.
         meta = data.StructLayout({"out": 1, "klim": signed(32), "addr": A_W, "n": range(OB + 1), "phase": 3})
         m.submodules.ifo = ifo = SyncFIFO(width=4 * 8 * RB + meta.size, depth=self.IN_DEPTH)
-        f_meta, p_meta = Signal(meta), Signal(meta)   # the beat being read; the beat returning
+        d_meta, f_meta, p_meta = Signal(meta), Signal(meta), Signal(meta)   # the beat in the descriptor,
+                                                      # the beat being read, the beat returning
         f_busy, p_push = Signal(), Signal()           # reads left to issue; last words return now
         outstanding = Signal(range(self.IN_DEPTH + 1))
         head = Signal(meta)
@@ -234,8 +250,15 @@ class SfuUnit(wiring.Component):
         m.d.comb += ifo.r_en.eq(pop)
         both_ready = fa.ready & fb.ready
         last_issue = f_busy & both_ready               # the beat being read reads its last word now
-        issue = Signal()
-        m.d.comb += [issue.eq(0), fa.start.eq(issue), fb.start.eq(issue)]
+        issue, gen = Signal(), Signal()
+        m.d.comb += [fa.start.eq(issue), fb.start.eq(issue)]
+        with m.If(issue):
+            m.d.sync += [f_meta.eq(d_meta), d_valid.eq(0)]
+        with m.If(gen):                               # the next beat's descriptor, from the state
+            m.d.sync += [d_sa.eq(sa), d_sb.eq(sb), d_ena.eq(ena), d_enb.eq(enb), d_valid.eq(1),
+                         d_meta.out.eq(is_out), d_meta.klim.eq(rmod + imm),
+                         d_meta.addr.eq(Mux(is_copy, dst_row + k0, dst_row + (k0 << 2))),
+                         d_meta.n.eq(Mux(is_copy, n_copy, nl << 2)), d_meta.phase.eq(kbits[:3])]
         m.d.sync += [p_push.eq(last_issue), f_busy.eq(issue | (f_busy & ~last_issue)),
                      outstanding.eq(outstanding + issue - pop)]
         with m.If(last_issue):
@@ -282,26 +305,57 @@ class SfuUnit(wiring.Component):
         popped = wr.i.valid & wr.i.ready
         m.d.sync += inflight.eq(inflight + ((take_sfu & head.out) | push_bypass) - popped)
 
-        # ---- the sequencer: instruction, rows, passes, beats
-        ss, ds = f["src_stride"], f["dst_stride"]
+        # ---- the sequencer: instruction, rows, passes, beats. Its state is set up as the
+        # instruction is taken (from the payload), so SETUP already fills the descriptor and RUN
+        # issues the first beat in its first cycle; `gen` then moves the state a beat on.
+        lg_in = word_log(m, fin["src_buf"], self.word_bytes)
+        m.d.sync += nl_bits.eq(nl * bits)
+
+        def start_state(g):
+            ss, ds, is_cp = g["src_stride"], g["dst_stride"], g["func"] == F.COPY
+            nat_src = Mux(is_cp, g["cols"], g["cols"] << 2)
+            nat_dst = Mux(is_cp, g["cols"], Mux(g["func"] == F.QUANT_ROWS, g["cols"] + 4, g["cols"] << 2))
+            t0 = g["src2_addr"] + g["imm"] * (g["depth"] << 3)
+            return [spitch.eq(Mux(ss != 0, ss, nat_src)), dpitch.eq(Mux(ds != 0, ds, nat_dst)),
+                    src_row.eq(Mux(is_cp, g["src_addr"] + g["imm"] * Mux(ss != 0, ss, g["cols"]), g["src_addr"])),
+                    src2_row.eq(g["src2_addr"]), dst_row.eq(g["dst_addr"]), o_row.eq(g["dst_addr"]), o_k0.eq(0),
+                    tab0.eq(t0), tab.eq(t0), group.eq(Mux(g["depth"] == 0, g["cols"], g["depth"])),
+                    code_bytes.eq((g["cols"] * g["imm"][:4] + 7) >> 3), wmask.eq((1 << lg_in) - 1),
+                    left.eq(g["cols"]), gleft.eq(Mux(g["depth"] == 0, g["cols"], g["depth"])),
+                    r.eq(0), rmod.eq(0), p.eq(0), k0.eq(0), hpos.eq(0), gidx.eq(0),
+                    kbits.eq(0), seq_end.eq(0)]
+
+        with m.If(gen):
+            with m.If(last_beat):
+                m.d.sync += [k0.eq(0), hpos.eq(0), gidx.eq(0), kbits.eq(0), left.eq(cols), gleft.eq(group)]
+                with m.If(is_out):
+                    wrap = (f["period"] != 0) & (rmod + 1 == f["period"])
+                    bcast = func.matches(F.ADD, F.MUL) & (f["flags"] & BROADCAST).any()
+                    m.d.sync += [p.eq(0), r.eq(r + 1), src_row.eq(src_row + spitch),
+                                 dst_row.eq(dst_row + dpitch),
+                                 src2_row.eq(src2_row + Mux(bcast, 0, cols << 2)),
+                                 rmod.eq(Mux(wrap, 0, rmod + 1)),
+                                 tab.eq(Mux(wrap, tab0, tab + (depth << 3)))]
+                    with m.If(r + 1 == f["rows"]):
+                        m.d.sync += seq_end.eq(1)
+                with m.Else():
+                    m.d.sync += p.eq(p + 1)
+            with m.Else():
+                step = Mux(is_copy, RB, Mux(g_step, gleft, L))   # = the beat's n_copy or nl
+                m.d.sync += [k0.eq(k0 + step), left.eq(left - step), kbits.eq(kbits + nl_bits),
+                             hpos.eq(Mux(hpos + L >= depth, 0, hpos + L))]
+                with m.If(gleft <= L):                 # the beat ends its scale group
+                    m.d.sync += [gleft.eq(group), gidx.eq(gidx + 1)]
+                with m.Else():
+                    m.d.sync += gleft.eq(gleft - nl)
+
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.inst.ready.eq(1)
                 with m.If(self.inst.valid):
-                    m.d.sync += ir.eq(self.inst.payload)
+                    m.d.sync += [ir.eq(self.inst.payload), *start_state(fin)]
                     m.next = "SETUP"
             with m.State("SETUP"):
-                nat_src = Mux(is_copy, cols, cols << 2)
-                nat_dst = Mux(is_copy, cols, Mux(func == F.QUANT_ROWS, cols + 4, cols << 2))
-                m.d.sync += [spitch.eq(Mux(ss != 0, ss, nat_src)), dpitch.eq(Mux(ds != 0, ds, nat_dst)),
-                             src_row.eq(f["src_addr"]), src2_row.eq(f["src2_addr"]), dst_row.eq(f["dst_addr"]),
-                             o_row.eq(f["dst_addr"]), o_k0.eq(0),
-                             tab0.eq(f["src2_addr"] + imm * (depth << 3)),
-                             tab.eq(f["src2_addr"] + imm * (depth << 3)),
-                             r.eq(0), rmod.eq(0), p.eq(0), k0.eq(0), hpos.eq(0), gpos.eq(0), gidx.eq(0),
-                             kbits.eq(0), seq_end.eq(0)]
-                with m.If(is_copy):
-                    m.d.sync += src_row.eq(f["src_addr"] + imm * Mux(ss != 0, ss, cols))
                 supported = func.matches(F.COPY, F.EMBED, *SWEEPS)
                 with m.If((f["rows"] == 0) | (cols == 0) | ~supported):
                     m.d.comb += self.done.eq(1)
@@ -310,42 +364,18 @@ class SfuUnit(wiring.Component):
                     m.d.comb += [div.start.eq(1), div.n.eq(cols), div.d.eq(group)]
                     m.next = "GROUPS"
                 with m.Else():
+                    m.d.comb += gen.eq(1)
                     m.next = "RUN"
             with m.State("GROUPS"):                  # EMBED: the shift follows cols / group mantissas
                 with m.If(~div.busy):
                     q2 = div.q[:16] << 1
                     m.d.sync += [shift_off.eq(code_bytes + q2),
-                                 spitch.eq(Mux(ss != 0, ss, code_bytes + q2 + 1))]
+                                 spitch.eq(Mux(f["src_stride"] != 0, f["src_stride"], code_bytes + q2 + 1))]
                     m.next = "RUN"
             with m.State("RUN"):
                 room = (outstanding < self.IN_DEPTH) | pop
-                with m.If(~seq_end & both_ready & room):
-                    m.d.comb += issue.eq(1)
-                    m.d.sync += [f_meta.out.eq(is_out), f_meta.klim.eq(rmod + imm),
-                                 f_meta.addr.eq(Mux(is_copy, dst_row + k0, dst_row + (k0 << 2))),
-                                 f_meta.n.eq(Mux(is_copy, n_copy, nl << 2)), f_meta.phase.eq(kbits[:3])]
-                    with m.If(last_beat):
-                        m.d.sync += [k0.eq(0), hpos.eq(0), gpos.eq(0), gidx.eq(0), kbits.eq(0)]
-                        with m.If(is_out):
-                            wrap = (f["period"] != 0) & (rmod + 1 == f["period"])
-                            bcast = func.matches(F.ADD, F.MUL) & (f["flags"] & BROADCAST).any()
-                            m.d.sync += [p.eq(0), r.eq(r + 1), src_row.eq(src_row + spitch),
-                                         dst_row.eq(dst_row + dpitch),
-                                         src2_row.eq(src2_row + Mux(bcast, 0, cols << 2)),
-                                         rmod.eq(Mux(wrap, 0, rmod + 1)),
-                                         tab.eq(Mux(wrap, tab0, tab + (depth << 3)))]
-                            with m.If(r + 1 == f["rows"]):
-                                m.d.sync += seq_end.eq(1)
-                        with m.Else():
-                            m.d.sync += p.eq(p + 1)
-                    with m.Else():
-                        m.d.sync += [k0.eq(k0 + Mux(is_copy, n_copy, nl)), kbits.eq(kbits + nl * bits),
-                                     hpos.eq(Mux(hpos + L >= depth, 0, hpos + L))]
-                        with m.If(gpos + nl == group):
-                            m.d.sync += [gpos.eq(0), gidx.eq(gidx + 1)]
-                        with m.Else():
-                            m.d.sync += gpos.eq(gpos + nl)
-                with m.If(seq_end & (outstanding == 0) & (inflight == 0) & ~wr.busy):
+                m.d.comb += [issue.eq(d_valid & both_ready & room), gen.eq(~seq_end & (~d_valid | (issue & ~is_embed)))]
+                with m.If(seq_end & ~d_valid & (outstanding == 0) & (inflight == 0) & ~wr.busy):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
         return m

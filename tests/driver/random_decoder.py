@@ -3,7 +3,8 @@ layouts of the supported families (sequential pre-norm; attention and MLP in par
 shared norm, as Falcon and Phi-2, or off two norms, as GPT-NeoX), any GQA ratio (one KV head
 included), fused qkv split on the head axis (Falcon), partial rotary by slice + concat (Phi),
 tied or own LM head, biases, SwiGLU or GELU MLPs, RMSNorm or LayerNorm, the embedding scaled by
-sqrt(hidden) (Gemma)."""
+sqrt(hidden) (Gemma), an RMSNorm over each q and k head (Qwen3), gate and up in one Linear split by
+two slices (Phi-3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class Spec:
     bias: bool
     embed_scale: bool          # embeddings times sqrt(hidden), a constant broadcast over rows
     seed: int
+    qk_norm: bool = False      # RMSNorm over head_dim of each q and k head, before RoPE
+    gate_up: bool = False      # SwiGLU's gate and up as one Linear, sliced
 
 
 def build(spec: Spec, seq: int) -> Graph:
@@ -95,6 +98,9 @@ def build(spec: Spec, seq: int) -> Graph:
             q, k, v = (op(f"{p}.{t}.reshape", OpKind.RESHAPE,
                           [linear(f"{p}.{t}_proj", h, n * D, hid, role, i)], ShapeAttrs((1, seq, n, D)))
                        for t, n, role in (("q", H, LinearRole.Q), ("k", Hkv, LinearRole.K), ("v", Hkv, LinearRole.V)))
+        if spec.qk_norm:
+            q, k = (op(f"{p}.{t}_norm", OpKind.RMSNORM, [x_, weight(f"{p}.{t}_norm.weight", D, scale=1.0)],
+                       NormAttrs(1e-6, i)) for t, x_ in (("q", q), ("k", k)))
         q, k, v = heads(f"{p}.q", q), heads(f"{p}.k", k), heads(f"{p}.v", v)
         q, k = rope(f"{p}.q", q), rope(f"{p}.k", k)
         a = op(f"{p}.attention", OpKind.ATTENTION, [q, k, v], AttentionAttrs(H, Hkv, D ** -0.5, True, i))
@@ -106,9 +112,14 @@ def build(spec: Spec, seq: int) -> Graph:
             m_in = norm(f"{p}.mlp_norm", x, i)
         else:
             m_in = h if spec.block == "parallel-shared-norm" else norm(f"{p}.mlp_norm", x, i)
+        if spec.swiglu and spec.gate_up:
+            gu = linear(f"{p}.gate_up_proj", m_in, 2 * spec.ffn, hid, LinearRole.GATE_UP, i)
+            gate, up = (op(f"{p}.{t}", OpKind.SLICE, [gu], SliceAttrs((a,), (a + spec.ffn,), (2,), (1,)))
+                        for t, a in (("gate", 0), ("up", spec.ffn)))
         if spec.swiglu:
-            gate = linear(f"{p}.gate_proj", m_in, spec.ffn, hid, LinearRole.GATE, i)
-            up = linear(f"{p}.up_proj", m_in, spec.ffn, hid, LinearRole.UP, i)
+            if not spec.gate_up:
+                gate = linear(f"{p}.gate_proj", m_in, spec.ffn, hid, LinearRole.GATE, i)
+                up = linear(f"{p}.up_proj", m_in, spec.ffn, hid, LinearRole.UP, i)
             act = op(f"{p}.mul", OpKind.MUL, [op(f"{p}.silu", OpKind.SILU, [gate]), up])
             m = linear(f"{p}.down_proj", act, hid, spec.ffn, LinearRole.DOWN, i)
         else:

@@ -263,3 +263,24 @@ def test_default_max_len_is_the_models_positions_when_fewer(tmp_path):
     assert compile_model(model, "sim-small").manifest["max_len"] == 128
     with pytest.raises(CompileError, match="exceeds the model's 128 positions"):
         compile_model(model, "sim-small", max_len=129)
+
+
+@pytest.mark.parametrize("preset,layers", [("phi-3-mini", 32), ("qwen3-8b", 36), ("llama-3.2-1b", 16),
+                                           ("llama-3.2-3b", 28), ("smollm-360m", 32)])
+def test_new_family_presets_compile_config_only(preset, layers):
+    """The presets of issue 15's families compile from their config alone (no weights, so no images and no
+    check): one prefill and one decode program over every layer, each program valid for the target."""
+    c = compile_model(preset, "vhk158", max_len=32)
+    m = c.manifest
+    assert c.images == [] and c.checked == ()
+    assert {p["stage"] for p in m["programs"]} == {"prefill", "decode"}
+    _check_all(c, "vhk158")
+    assert c.graph.meta["num_layers"] == layers and c.graph.meta["source"] == "config"
+
+
+def test_phi3_default_max_len_is_its_attention_window():
+    """Phi-3-mini attends within a 2047-token window: compile's default length stops there, not at 2048."""
+    from llmfab.compile import default_max_len
+    assert default_max_len("phi-3-mini") == 2047
+    with pytest.raises(Exception, match=r"field 'sliding_window' is 2047 but seq_len \+ past_len = 2048"):
+        compile_model("phi-3-mini", "vhk158", max_len=2048)

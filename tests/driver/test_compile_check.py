@@ -71,7 +71,7 @@ def _spec(draw) -> Spec:
                 block=draw(st.sampled_from(BLOCKS)), tied=draw(st.booleans()), fused_qkv=draw(st.booleans()),
                 rotary=draw(st.sampled_from([head_dim, head_dim // 2])), swiglu=draw(st.booleans()),
                 layer_norm=draw(st.booleans()), bias=draw(st.booleans()), embed_scale=draw(st.booleans()),
-                seed=draw(st.integers(0, 2 ** 16)))
+                seed=draw(st.integers(0, 2 ** 16)), qk_norm=draw(st.booleans()), gate_up=draw(st.booleans()))
 
 
 def _integer_logits(c, spec: Spec, ids: np.ndarray) -> np.ndarray:

@@ -23,6 +23,11 @@ PRESET_FACTS = {
     "mistral-7b": (7_241_732_096, 32, 32, 8, 128, ir.DType.BF16),
     "qwen2-7b": (7_615_616_512, 28, 28, 4, 128, ir.DType.BF16),
     "opt-6.7b": (6_658_473_984, 32, 32, 32, 128, ir.DType.FP16),
+    "llama-3.2-1b": (1_235_814_400, 16, 32, 8, 64, ir.DType.BF16),
+    "llama-3.2-3b": (3_212_749_824, 28, 24, 8, 128, ir.DType.BF16),
+    "smollm-360m": (361_821_120, 32, 15, 5, 64, ir.DType.FP32),
+    "phi-3-mini": (3_821_079_552, 32, 32, 32, 96, ir.DType.BF16),
+    "qwen3-8b": (8_190_735_360, 36, 32, 8, 128, ir.DType.BF16),
     "gemma-2b": (2_506_172_416, 18, 8, 1, 256, ir.DType.BF16),     # the tied table counted once
     "gemma-7b": (8_537_680_896, 28, 16, 16, 256, ir.DType.BF16),
     "gemma2-2b": (2_614_341_888, 26, 8, 4, 256, ir.DType.FP32),
@@ -62,6 +67,12 @@ def tiny(family: str, **over) -> dict:
         "opt": dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                     word_embed_proj_dim=32, max_position_embeddings=128, vocab_size=128,
                     do_layer_norm_before=True, torch_dtype="float32"),
+        "phi3": dict(model_type="phi3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-5,
+                     max_position_embeddings=128, sliding_window=64, torch_dtype="float32"),
+        "qwen3": dict(model_type="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=128, rope_theta=1e6,
+                      torch_dtype="float32"),
     }[family]
     return {**base, **over}
 
@@ -70,6 +81,8 @@ def tiny(family: str, **over) -> dict:
 # presets
 
 
+LLAMA32_ROPE = {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                "original_max_position_embeddings": 8192, "rope_type": "llama3"}
 # Fields of the Hugging Face config.json files that the presets must reproduce exactly.
 PRESET_FIELDS = {
     "llama2-7b": dict(model_type="llama", max_position_embeddings=4096, rms_norm_eps=1e-5, torch_dtype="float16",
@@ -83,6 +96,20 @@ PRESET_FIELDS = {
                      tie_word_embeddings=False, vocab_size=152064, intermediate_size=18944),
     "opt-6.7b": dict(model_type="opt", max_position_embeddings=2048, ffn_dim=16384, do_layer_norm_before=True,
                      word_embed_proj_dim=4096, activation_function="relu", torch_dtype="float16"),
+    "llama-3.2-1b": dict(model_type="llama", max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                         rope_scaling=LLAMA32_ROPE, tie_word_embeddings=True, torch_dtype="bfloat16",
+                         hidden_size=2048, intermediate_size=8192, head_dim=64),
+    "llama-3.2-3b": dict(model_type="llama", max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                         rope_scaling=LLAMA32_ROPE, tie_word_embeddings=True, torch_dtype="bfloat16",
+                         hidden_size=3072, intermediate_size=8192, head_dim=128),
+    "smollm-360m": dict(model_type="llama", max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                        tie_word_embeddings=True, hidden_size=960, intermediate_size=2560, vocab_size=49152),
+    "phi-3-mini": dict(model_type="phi3", max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                       rope_scaling=None, sliding_window=2047, tie_word_embeddings=False, vocab_size=32064,
+                       hidden_size=3072, intermediate_size=8192),
+    "qwen3-8b": dict(model_type="qwen3", max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000,
+                     head_dim=128, use_sliding_window=False, tie_word_embeddings=False, vocab_size=151936,
+                     intermediate_size=12288),
     "gemma-2b": dict(model_type="gemma", hidden_size=2048, intermediate_size=16384, max_position_embeddings=8192,
                      rms_norm_eps=1e-6, rope_theta=10000.0, torch_dtype="bfloat16", vocab_size=256000),
     "gemma-7b": dict(model_type="gemma", hidden_size=3072, intermediate_size=24576, max_position_embeddings=8192,
@@ -128,13 +155,50 @@ def test_preset_shapes_and_parameters(name):
     assert all(n.type.dtype is ir.DType.FP32 for n in g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT))
 
 
-@pytest.mark.parametrize("name", ["llama2-7b", "llama3-8b", "mistral-7b", "qwen2-7b"])
+@pytest.mark.parametrize("name", ["llama2-7b", "llama3-8b", "mistral-7b", "qwen2-7b", "llama-3.2-1b",
+                                  "llama-3.2-3b", "smollm-360m"])
 def test_llama_like_op_counts(name):
     L = PRESET_FACTS[name][1]
     assert op_counts(load_preset(name)) == Counter({
         OpKind.EMBEDDING: 1, OpKind.RMSNORM: 2 * L + 1, OpKind.LINEAR: 7 * L, OpKind.LMHEAD: 1,
         OpKind.ROPE: 2 * L, OpKind.ATTENTION: L, OpKind.SILU: L, OpKind.MUL: L, OpKind.ADD: 2 * L,
         OpKind.RESHAPE: 4 * L, OpKind.TRANSPOSE: 4 * L})
+
+
+def test_phi3_fused_projections():
+    """Phi-3: one qkv_proj and one gate_up_proj per layer, each split by slices (as its ONNX export fuses to)."""
+    L = 32
+    g = load_preset("phi-3-mini")
+    assert op_counts(g) == Counter({
+        OpKind.EMBEDDING: 1, OpKind.RMSNORM: 2 * L + 1, OpKind.LINEAR: 4 * L, OpKind.LMHEAD: 1, OpKind.SLICE: 5 * L,
+        OpKind.ROPE: 2 * L, OpKind.ATTENTION: L, OpKind.SILU: L, OpKind.MUL: L, OpKind.ADD: 2 * L,
+        OpKind.RESHAPE: 4 * L, OpKind.TRANSPOSE: 4 * L})
+    assert g.node("model.layers.0.self_attn.qkv_proj.weight").type.shape == (3 * 3072, 3072)
+    assert g.node("model.layers.0.mlp.gate_up_proj.weight").type.shape == (2 * 8192, 3072)
+    assert g.node("layers.0.attn.qkv").attrs.role is ir.LinearRole.QKV
+    assert g.node("layers.0.mlp.gate_up").attrs.role is ir.LinearRole.GATE_UP
+    assert [g.node(f"layers.0.mlp.gate_up.{j}").attrs.starts for j in (0, 1)] == [(0,), (8192,)]
+    assert g.node("layers.0.mlp.act").inputs == ("layers.0.mlp.gate_up.0",)    # silu(gate) * up
+
+
+def test_qwen3_per_head_norms():
+    """Qwen3: an RMSNorm over head_dim on each q and k head, before RoPE, one [head_dim] weight per layer each."""
+    L = 36
+    g = load_preset("qwen3-8b")
+    assert op_counts(g)[OpKind.RMSNORM] == 4 * L + 1
+    for t, heads in (("q", 32), ("k", 8)):
+        n = g.node(f"layers.5.attn.{t}_norm")
+        assert n.inputs[1] == f"model.layers.5.self_attn.{t}_norm.weight"
+        assert g.node(n.inputs[1]).type.shape == (128,)
+        assert n.type.shape == (1, 16, heads, 128) and n.attrs == ir.NormAttrs(1e-6, 5)
+        assert g.node(f"layers.5.attn.{t}_t").inputs == (n.name,)
+    assert "model.layers.0.self_attn.q_proj.bias" not in g
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "llama-3.2-3b", "smollm-360m"])
+def test_tied_presets_share_the_embedding(name):
+    g = load_preset(name)
+    assert g.node("logits").inputs[1] == "model.embed_tokens.weight" and "lm_head.weight" not in g
 
 
 @pytest.mark.parametrize("name", ["gemma-2b", "gemma-7b", "gemma2-2b"])
@@ -290,10 +354,10 @@ def test_error_missing_field():
 
 def test_error_unknown_model_type():
     with pytest.raises(ConfigError, match=r"^config\.json: field 'model_type' is 'bert', which is not supported "
-                                          r"\(supported: llama, qwen2, mistral, gemma, gemma2, gpt2, opt\)$"):
+                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt2, opt\)$"):
         load_config({"model_type": "bert"})
     with pytest.raises(ConfigError, match=r"^config\.json: missing required field 'model_type' "
-                                          r"\(supported: llama, qwen2, mistral, gemma, gemma2, gpt2, opt\)$"):
+                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt2, opt\)$"):
         load_config({})
 
 
@@ -352,17 +416,35 @@ def test_error_positions_beyond_learned_table():
         load_config(tiny("gpt2"), seq_len=2, past_len=128)
 
 
+def test_error_phi3_window_and_partial_rotary():
+    with pytest.raises(ConfigError, match=r"^config\.json: field 'sliding_window' is 64 but seq_len \+ past_len = 65: "
+                                          r"sliding-window attention is not supported beyond the window$"):
+        load_config(tiny("phi3"), seq_len=1, past_len=64)
+    load_config(tiny("phi3", sliding_window=None), seq_len=1, past_len=100)
+    with pytest.raises(ConfigError, match=r"^config\.json: field 'partial_rotary_factor' is 0\.75: rotating part of "
+                                          r"each head is not supported config-only \(import an ONNX export instead\)$"):
+        load_config(tiny("phi3", partial_rotary_factor=0.75))
+    with pytest.raises(ConfigError, match=r"field 'sliding_window' is 16 with use_sliding_window=true"):
+        load_config(tiny("qwen3", use_sliding_window=True, sliding_window=16), seq_len=32)
+
+
 def test_error_rope_scaling_type():
     with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_scaling' has rope type 'yarn', which is not "
                                           r"supported \(supported: default, linear, llama3\)$"):
         load_config(tiny("llama", rope_scaling={"rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: missing required field 'low_freq_factor'$"):
         load_config(tiny("llama", rope_scaling={"rope_type": "llama3", "factor": 8.0}))
+    with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_scaling' has rope type 'longrope', which is not "
+                                          r"supported \(supported: default, linear, llama3\)$"):   # Phi-3-128k's
+        load_config(tiny("phi3", rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
+    with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_parameters' has rope type 'yarn'"):
+        load_config(tiny("qwen3", rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}))
 
 
 def test_error_unknown_preset_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match=r"^unknown preset 'llama-70b' \(presets: llama2-7b, llama3-8b, mistral-7b, "
-                                          r"qwen2-7b, opt-6\.7b, gemma-2b, gemma-7b, gemma2-2b\)$"):
+                                          r"qwen2-7b, opt-6\.7b, llama-3\.2-1b, llama-3\.2-3b, smollm-360m, phi-3-mini, qwen3-8b, "
+                                          r"gemma-2b, gemma-7b, gemma2-2b\)$"):
         load_preset("llama-70b")
     bad = tmp_path / "bad.json"
     bad.write_text("{'model_type': 'llama'}")

@@ -59,6 +59,21 @@ EXPECTED["falcon"] = dict(layer={"layer_norm": 1, "linear": 4, "slice": 3, "rope
 EXPECTED["phi"] = dict(layer={"layer_norm": 1, "linear": 6, "slice": 4, "concat": 2, "rope": 2, "attention": 1,
                               "gelu": 1, "add": 2},
                        extra={"layer_norm": 1, "embedding": 1, "lm_head": 1})
+# Phi-3: fused qkv_proj and gate_up_proj, each split by slices; Qwen3: an RMSNorm over each q and k head
+EXPECTED["phi3"] = dict(layer={"rms_norm": 2, "linear": 4, "slice": 5, "rope": 2, "attention": 1, "silu": 1,
+                               "mul": 1, "add": 2},
+                        extra={"rms_norm": 1, "embedding": 1, "lm_head": 1})
+EXPECTED["qwen3"] = dict(layer={**EXPECTED["llama"]["layer"], "rms_norm": 4}, extra=EXPECTED["llama"]["extra"])
+# Llama-3.2 (llama3 RoPE scaling folded into the tables, tied head) and SmolLM (hidden 96, FFN 160): LLaMA's
+EXPECTED["llama32"] = EXPECTED["smollm"] = EXPECTED["llama"]
+# GPT-NeoX: parallel attention + MLP off two norms, qkv fused per head (3 slices), partial rotary (2 + 2)
+EXPECTED["gpt_neox"] = dict(layer={"layer_norm": 2, "linear": 4, "slice": 7, "concat": 2, "rope": 2, "attention": 1,
+                                   "gelu": 1, "add": 2},
+                            extra={"layer_norm": 1, "embedding": 1, "lm_head": 1})
+# StableLM: LayerNorm, SwiGLU, partial rotary on separate q and k
+EXPECTED["stablelm"] = dict(layer={"layer_norm": 2, "linear": 7, "slice": 4, "concat": 2, "rope": 2, "attention": 1,
+                                   "silu": 1, "mul": 1, "add": 2},
+                            extra={"layer_norm": 1, "embedding": 1, "lm_head": 1})
 # GeGLU (tanh GELU), RMSNorm with 1 + w folded into its weight, sqrt(hidden) folded into the
 # embedding table (no mul outside the layers); Gemma2: post-attention and post-MLP norms too, and
 # the final logits' soft-cap, its 1 / cap folded into the LM head
@@ -66,7 +81,8 @@ EXPECTED["gemma"] = dict(layer={"rms_norm": 2, "linear": 7, "rope": 2, "attentio
                          extra={"rms_norm": 1, "embedding": 1, "lm_head": 1, "softcap": 0})
 EXPECTED["gemma2"] = dict(layer={**EXPECTED["gemma"]["layer"], "rms_norm": 4},
                           extra={"rms_norm": 1, "embedding": 1, "lm_head": 1, "softcap": 1})
-CONFIG_FAMILIES = ("llama", "qwen2", "mistral", "mistral_kv1", "gpt2", "opt", "gemma", "gemma2")  # load_config's too
+CONFIG_FAMILIES = ("llama", "qwen2", "mistral", "mistral_kv1", "gpt2", "opt",   # what load_config builds too
+                   "phi3", "qwen3", "llama32", "smollm", "gemma", "gemma2")
 
 
 @pytest.mark.parametrize("file", fixture_ids())
@@ -114,14 +130,15 @@ def _hf_config(entry) -> dict:
                     activation_function=c["activation"])
     extra = {}
     if fam.startswith("gemma"):
-        extra = dict(head_dim=c["head_dim"], hidden_activation=c["activation"])
+        extra = dict(hidden_activation=c["activation"])
     if fam == "gemma2":
         extra.update({k: c[k] for k in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping")})
     return dict(model_type=fam, num_hidden_layers=c["num_layers"], hidden_size=c["hidden"],
-                num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"], vocab_size=c["vocab"],
-                intermediate_size=c["intermediate"], rms_norm_eps=c["rms_norm_eps"],
-                rope_theta=c["rope_theta"], tie_word_embeddings=c["tie_word_embeddings"],
-                max_position_embeddings=c["max_position_embeddings"], **extra)
+                num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"], head_dim=c["head_dim"],
+                vocab_size=c["vocab"], intermediate_size=c["intermediate"], rms_norm_eps=c["rms_norm_eps"],
+                rope_theta=c["rope_theta"], rope_scaling=c.get("rope_scaling"),
+                tie_word_embeddings=c["tie_word_embeddings"], max_position_embeddings=c["max_position_embeddings"],
+                **extra)
 
 
 @pytest.mark.parametrize("file", fixture_ids(lambda f: not f["has_kv_cache"] and f["family"] in CONFIG_FAMILIES))
@@ -136,6 +153,23 @@ def test_same_graph_as_config_only_import(file):
     sa, sb = summarize(a), summarize(b)
     assert sa.parameters == sb.parameters  # tied LM heads are shared, not counted twice
     assert sa.ops == sb.ops
+    for table in ("rope.cos", "rope.sin"):   # what the export computes (llama3 scaling too) is what rope.py does
+        if table in b and entry["dtype"] == "float32":   # (fp16 exports round the tables)
+            np.testing.assert_allclose(a.const_value(table).reshape(seq, -1), b.const_value(table).reshape(seq, -1),
+                                       atol=2e-6)
+
+
+def test_llama3_rope_scaling_is_folded_into_the_tables():
+    """Llama-3.2's llama3 scaling changes the tables (not the graph): the smoothed and divided bands differ
+    from unscaled RoPE; the highest frequency does not."""
+    from llmfab.frontend.config import rope_cos_sin
+    g = load_model(str(_path("llama32_dynamo_op18.onnx")), seq_len=40)
+    sin = g.const_value("rope.sin").reshape(40, 8)
+    _, plain = rope_cos_sin(8, 10000.0, 0, 40)
+    np.testing.assert_allclose(sin[:, 0], plain[:, 0], atol=1e-6)   # wavelength 6.3 < 64 / 4: kept
+    for band in (1, 2, 3):                                          # smoothed (63) and divided by 8 (628, 6283)
+        assert np.abs(sin[:, band] - plain[:, band]).max() > 1e-2, band
+    assert g.node("lm_head").inputs[1] == "embed_tokens.weight"   # the tied head shares the table
 
 
 @pytest.mark.parametrize("file", fixture_ids(lambda f: f["has_kv_cache"]))

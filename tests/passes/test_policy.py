@@ -17,6 +17,15 @@ def test_bundled_policies_exist_and_parse():
     assert load_policy("mixed-3.5").auto.target_bits == 3.5
 
 
+def test_activation_settings():
+    p = parse_policy({}, "p.yaml")
+    assert (p.activations, p.smoothing) == ("per-token", None)
+    assert parse_policy({"smoothing": {}}, "p.yaml").smoothing == 0.5                      # the default alpha
+    p = parse_policy({"smoothing": {"alpha": 0.8}, "activations": "static-per-tensor"}, "p.yaml")
+    assert (p.activations, p.smoothing) == ("static-per-tensor", 0.8)
+    assert parse_policy({"smoothing": None}, "p.yaml").smoothing is None
+
+
 def test_resolution_order():
     p = parse_policy({"default": {"bits": 4, "group": 64},
                       "roles": {"lm_head": {"bits": 8}, "down_proj": {"bits": 3}},
@@ -39,7 +48,12 @@ def test_resolution_order():
     ({"default": {"bitz": 4}}, r"p\.yaml: default: unknown key 'bitz'; expected one of bits, group, method, sparsity, sparsity_method"),
     ({"roles": {"mlp": {"bits": 4}}}, r"p\.yaml: roles: unknown role 'mlp'; expected one of embedding, q_proj, .*"),
     ({"layers": {"x": {"bits": 4}}}, r"p\.yaml: layers: key 'x' must be a layer index or \"<index>\.<role>\""),
-    ({"quantise": {}}, r"p\.yaml: unknown key 'quantise'; expected one of name, description, default, roles, layers, auto, calibration"),
+    ({"quantise": {}}, r"p\.yaml: unknown key 'quantise'; expected one of name, description, default, roles, layers, auto, calibration, activations, smoothing"),
+    ({"activations": "per-channel"}, r"p\.yaml: activations must be one of per-token, static-per-tensor, not 'per-channel'"),
+    ({"smoothing": 0.5}, r"p\.yaml: smoothing must be a mapping with alpha \(0 to 1, default 0\.5\) or null, not 0\.5"),
+    ({"smoothing": {"beta": 1}}, r"p\.yaml: smoothing must be a mapping with alpha .*, not \{'beta': 1\}"),
+    ({"smoothing": {"alpha": 1.5}}, r"p\.yaml: smoothing\.alpha must be a number from 0 to 1, not 1\.5"),
+    ({"smoothing": {"alpha": True}}, r"p\.yaml: smoothing\.alpha must be a number from 0 to 1, not True"),
     ({"auto": {"bits": 3}}, r"p\.yaml: auto must give target_bits \(average bits per weight, with scales\)"),
     ({"auto": {"target_bits": 3, "candidates": [5]}}, r"p\.yaml: auto\.candidates must be bit widths from 2, 3, 4, 8, not \[5\]"),
     ({"calibration": {"samples": "many"}}, r"p\.yaml: calibration values must be integers"),

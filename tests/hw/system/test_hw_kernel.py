@@ -1,7 +1,8 @@
 """The Vitis kernel top in amaranth.sim: a host drives s_axi_control as XRT would (arguments,
 ap_start, poll ap_done), the loader fetches the program and token ids from device memory through
 m_axi_hbm0, the accelerator runs with its channel rebased on the `hbm0` argument, and memory and
-buffers end as the functional simulator's, bit for bit."""
+buffers end as the functional simulator's, bit for bit; then the `status` register reports an
+illegal instruction and cut token ids, and SLVERR responses, in two more runs."""
 import time
 from dataclasses import replace
 
@@ -11,10 +12,11 @@ from amaranth.sim import Simulator
 
 from conftest import tiny_compiled
 from llmfab.backend_hw.accelerator import formats_of
-from llmfab.backend_hw.kernel.args import CTRL, kernel_args
+from llmfab.backend_hw.buffers import buffer_ids
+from llmfab.backend_hw.kernel.args import CTRL, kernel_args, register_writes, status_names
 from llmfab.backend_hw.protocol.axi import AxiMemory
 from llmfab.backend_hw.sim.kernel_system import KernelHarness
-from llmfab.ir.isa import BufferId, Opcode, Program, Queue, SysFunc, encode, make
+from llmfab.ir.isa import INST_BYTES, BufferId, IsaError, Opcode, Program, Queue, SysFunc, decode, encode, make
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine
 from test_hw_kernel_regs import read, write
@@ -22,7 +24,7 @@ from test_hw_kernel_regs import read, write
 pytestmark = pytest.mark.sim
 
 BASE = 0x10000       # channel 0's image; the program at PROG, the token ids at TOKENS, below it
-PROG, TOKENS = 0x1000, 0x3000
+PROG, TOKENS, BAD = 0x1000, 0x3000, 0x8000     # BAD: a program with an illegal instruction
 
 
 def _program(c, stage, length):
@@ -54,6 +56,12 @@ def test_kernel_runs_a_program_from_device_memory():
     mem[PROG:PROG + len(code)] = code
     mem[TOKENS:TOKENS + len(tokens)] = tokens
     mem[TOKENS + len(tokens):TOKENS + 64] = bytes(range(1, 65 - len(tokens)))   # not to be copied
+    illegal = bytes([7]) + bytes(INST_BYTES - 1)                       # opcode 7
+    with pytest.raises(IsaError):
+        decode(illegal)
+    bad = illegal + encode(make(Opcode.SYS, func=SysFunc.END))
+    mem[BAD:BAD + len(bad)] = bad
+    act_bytes = buffer_ids(t)[BufferId.ACT][0]
     dut = KernelHarness(t, formats_of([full]))
     args = {a.name: a for a in kernel_args(t)}
     values = {"length": 6, "program": PROG, "program_bytes": len(code), "tokens": TOKENS,
@@ -76,6 +84,33 @@ def test_kernel_runs_a_program_from_device_memory():
         assert not ctx.get(acc.error)
         for bid in acc.bank.memories:
             out[bid] = acc.bank.peek(ctx, bid)
+        assert await read(ctx, dut, args["status"].offset) == 0
+        out["cycles"] = await read(ctx, dut, args["cycles"].offset) | await read(ctx, dut, args["cycles"].offset + 4) << 32
+        # a second run: an illegal instruction, and more token bytes than ACT holds: both reported
+        for off, word in register_writes(t, {"program": BAD, "program_bytes": len(bad), "tokens_bytes": act_bytes + 4}):
+            await write(ctx, dut, off, word)
+        await write(ctx, dut, CTRL, 1)
+        polls = 0
+        while not await read(ctx, dut, CTRL) & 0b0010:      # the loader copies all of ACT: ~2,600 polls
+            polls += 1
+            assert polls < 20000, "ap_done never rose"
+        out["status"] = await read(ctx, dut, args["status"].offset)
+        out["mem"] = bytes(mem[BASE:])
+        # a third: the memory answers SLVERR to every read and write (AxiMemory sets the response
+        # fields once, at the start); both reported; `cycles` counts while the run goes
+        ctx.set(dut.axi[0].r.payload.resp, 2)
+        ctx.set(dut.axi[0].b.payload.resp, 2)
+        for off, word in register_writes(t, {"program": PROG, "program_bytes": len(code),
+                                             "tokens_bytes": len(tokens)}):
+            await write(ctx, dut, off, word)
+        await write(ctx, dut, CTRL, 1)
+        running = [await read(ctx, dut, args["cycles"].offset) for _ in range(2)]
+        polls = 0
+        while not await read(ctx, dut, CTRL) & 0b0010:
+            polls += 1
+            assert polls < 2000, "ap_done never rose"
+        out["running"] = running + [await read(ctx, dut, args["cycles"].offset)]
+        out["status3"] = await read(ctx, dut, args["status"].offset)
 
     sim = Simulator(dut)
     sim.add_clock(1 / (t.clock_mhz * 1e6))
@@ -83,8 +118,12 @@ def test_kernel_runs_a_program_from_device_memory():
     sim.add_testbench(host)
     t0 = time.perf_counter()
     sim.run()
-    print(f"kernel: {time.perf_counter() - t0:.1f} s")
-    assert bytes(mem[BASE:]) == bytes(m.hbm[0])
+    print(f"kernel: {time.perf_counter() - t0:.1f} s; the run took {out['cycles']} cycles")
+    assert out["status"] == 0b10001 and status_names(out["status"]) == ["illegal_instruction", "tokens_cut"]
+    assert 50 < out["cycles"] < 2000 * 20
+    assert out["status3"] == 0b110 and status_names(out["status3"]) == ["read_error", "write_error"]
+    assert 0 < out["running"][0] < out["running"][1] < out["running"][2]      # counting, then the total
+    assert out["mem"] == bytes(m.hbm[0])
     assert out[BufferId.INST][:len(code)] == code
     for b in (BufferId.ACT, BufferId.SCRATCH, BufferId.KV, BufferId.WEIGHT):
         assert out[b] == bytes(m.buffers[b]), b.name

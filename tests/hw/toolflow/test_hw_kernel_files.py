@@ -144,5 +144,26 @@ def test_packaging_files_are_deterministic_and_follow_the_target():
     _, xports, xargs = _xml_ports_args(_kernel_xml(t))
     assert len([p for p in xports.values() if p["mode"] == "master"]) == 32
     assert {p["dataWidth"] for n, p in xports.items() if n != "s_axi_control"} == {"256"}
-    assert len(xargs) == 5 + 32
+    assert len(xargs) == 7 + 32
+    assert [a["name"] for a in xargs[5:7]] == ["status", "cycles"] and xargs[6]["type"] == "ulong"
     assert "-part xcu280-fsvh2892-2L-e" in _package_tcl(t)
+
+
+@pytest.mark.parametrize("present", [(), ("vivado",)])
+def test_make_xclbin_names_the_missing_tool(tmp_path, present):
+    """`make xclbin` checks for Vivado and v++ before anything else and names the ones missing
+    (the tools themselves are not here: only the message is tested; a present one is a stub that
+    would fail if run)."""
+    from conftest import ROOT
+    for tool in present:
+        (tmp_path / tool).write_text("#!/bin/sh\nexit 3\n")
+        (tmp_path / tool).chmod(0o755)
+    path = f"{tmp_path}:/usr/bin:/bin"
+    assert [t for t in ("vivado", "v++") if shutil.which(t, path=path)] == list(present)
+    out = subprocess.run(["make", "-s", "xclbin", "TARGET=sim-small", f"KERNEL_DIR={tmp_path / 'k'}"], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": path}, timeout=60)
+    assert out.returncode != 0
+    missing = " ".join(t for t in ("vivado", "v++") if t not in present)
+    assert out.stderr.startswith(f"make xclbin: not on PATH: {missing}; install Vitis (Vivado and v++) and "
+                                 f"source its settings64.sh (docs/hardware.md)\n")
+    assert not (tmp_path / "k").exists()                  # stopped before `llmfab rtl`

@@ -84,18 +84,22 @@ def test_arguments_read_back(target):
     args = kernel_args(t)
     rng = random.Random(1)
     values = {a.name: rng.getrandbits(8 * a.size) for a in args}
+    driven = {a.name: rng.getrandbits(8 * a.size) for a in args if a.readonly}
 
     async def bench(ctx):
+        for name, v in driven.items():       # the kernel drives the read-only ones
+            ctx.set(getattr(dut, f"arg_{name}"), v)
         for i, a in enumerate(args):
             for k in range(a.size // 4):
                 await write(ctx, dut, a.offset + 4 * k, values[a.name] >> 32 * k & 0xFFFFFFFF,
                             order=("together", "aw", "w")[i % 3])
         for a in args:
-            assert ctx.get(getattr(dut, f"arg_{a.name}")) == values[a.name], a.name
+            want = driven.get(a.name, values[a.name])     # host writes to status / cycles are ignored
+            assert ctx.get(getattr(dut, f"arg_{a.name}")) == want, a.name
             got = 0
             for k in range(a.size // 4):
                 got |= await read(ctx, dut, a.offset + 4 * k) << 32 * k
-            assert got == values[a.name], a.name
+            assert got == want, a.name
         # byte strobes: only the second byte of the first argument changes
         a = args[0]
         await write(ctx, dut, a.offset, 0xA5A5A5A5, strb=0b0010)
@@ -109,12 +113,13 @@ def test_arguments_read_back(target):
 def test_offsets_follow_the_register_map():
     t = load_target("u280")
     args = kernel_args(t)
-    assert [(a.name, a.offset, a.size) for a in args[:6]] == [
-        ("length", 0x10, 4), ("program", 0x18, 8), ("program_bytes", 0x20, 4), ("tokens", 0x28, 8),
-        ("tokens_bytes", 0x30, 4), ("hbm0", 0x38, 8)]
+    assert [(a.name, a.offset, a.size, a.readonly) for a in args[:8]] == [
+        ("length", 0x10, 4, False), ("program", 0x18, 8, False), ("program_bytes", 0x20, 4, False),
+        ("tokens", 0x28, 8, False), ("tokens_bytes", 0x30, 4, False), ("status", 0x38, 4, True),
+        ("cycles", 0x40, 8, True), ("hbm0", 0x48, 8, False)]
     assert [a.name for a in args if a.pointer] == ["program", "tokens"] + [f"hbm{k}" for k in range(32)]
     assert [a.bundle for a in args if a.name.startswith("hbm")] == [f"m_axi_hbm{k}" for k in range(32)]
-    assert args[-1].offset == 0x38 + 8 * 31
+    assert args[-1].offset == 0x48 + 8 * 31
 
 
 def test_ap_ctrl_hs_start_done_idle_ready():
@@ -173,4 +178,41 @@ def test_interrupt_status_toggles_on_write():
         assert not ctx.get(dut.interrupt)
         await write(ctx, dut, ISR, 0b01)
         assert await read(ctx, dut, ISR) == 0
+    _run(dut, bench)
+
+
+def test_status_and_cycles():
+    """KernelStatus: the error bits of a run are sticky until the next start (the start cycle's
+    own events kept), the cycle count runs from start to done, both included, then holds."""
+    from llmfab.backend_hw.kernel.args import STATUS_BITS
+    from llmfab.backend_hw.kernel.status import KernelStatus
+    dut = KernelStatus()
+    bit = {n: 1 << b for b, n, _ in STATUS_BITS}
+
+    async def pulse(ctx, sig, value=1):
+        ctx.set(sig, value)
+        await ctx.tick()
+        ctx.set(sig, 0)
+
+    async def bench(ctx):
+        ctx.set(dut.events, bit["program_cut"])           # seen on the start cycle
+        await pulse(ctx, dut.start)
+        ctx.set(dut.events, 0)
+        assert ctx.get(dut.status) == bit["program_cut"] and ctx.get(dut.cycles) == 1
+        await ctx.tick().repeat(9)
+        assert ctx.get(dut.cycles) == 10                  # a running count
+        await pulse(ctx, dut.events, bit["read_error"])
+        await ctx.tick().repeat(4)
+        assert ctx.get(dut.status) == bit["program_cut"] | bit["read_error"]   # sticky
+        await pulse(ctx, dut.done)                        # cycle 16 is the done cycle
+        await ctx.tick().repeat(5)
+        assert ctx.get(dut.cycles) == 16                  # holds after done
+        await pulse(ctx, dut.events, bit["illegal_instruction"])
+        assert ctx.get(dut.status) == bit["program_cut"] | bit["read_error"] | bit["illegal_instruction"]
+        await pulse(ctx, dut.start)                       # a new run clears both
+        assert ctx.get(dut.status) == 0 and ctx.get(dut.cycles) == 1
+        await ctx.tick().repeat(2)
+        await pulse(ctx, dut.done)
+        await ctx.tick()
+        assert ctx.get(dut.cycles) == 4
     _run(dut, bench)
