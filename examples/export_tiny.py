@@ -4,7 +4,8 @@
 Builds tiny decoder-only models (llama, qwen2, mistral, gpt2, opt; falcon and phi with
 attention and MLP in parallel off one shared norm; mistral_kv1, Mistral with a single KV head;
 phi3, qwen3, llama32 (llama3 RoPE scaling, tied embeddings), gpt_neox, stablelm and smollm
-(a LLaMA with hidden 96 and FFN 160, widths that are not whole 128-groups))
+(a LLaMA with hidden 96 and FFN 160, widths that are not whole 128-groups); gemma and gemma2: GeGLU,
+RMSNorm with 1 + w, sqrt(hidden)-scaled tied embeddings, and Gemma2's post-norms and logit soft-capping)
 from HuggingFace ``transformers`` config classes with a fixed seed (no downloads),
 exports each with both PyTorch ONNX exporters (TorchScript and dynamo), plus
 with-KV-cache decoder variants, verifies every file against PyTorch with
@@ -43,6 +44,8 @@ from transformers import (
     AutoModelForCausalLM,
     DynamicCache,
     FalconConfig,
+    Gemma2Config,
+    GemmaConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
@@ -81,16 +84,29 @@ MAX_POS = 128
 # New families go at the end. The first eight seed from SEED + their index here; later ones from
 # their name (family_seed), so branches that add families side by side cannot shift each other's weights.
 FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "falcon", "phi", "mistral_kv1",
-            "phi3", "qwen3", "llama32", "gpt_neox", "stablelm", "smollm"]
+            "phi3", "qwen3", "llama32", "gpt_neox", "stablelm", "smollm", "gemma", "gemma2"]
 INDEX_SEEDED = 8
+# gemma and gemma2 were added on a branch of their own as index 8 and 9 (SEED + index); their
+# committed fixtures keep those seeds.
+FIXED_SEEDS = {"gemma": SEED + 8, "gemma2": SEED + 9}
 CLAIMED = FAMILIES[:5]  # exported with both exporters at several opsets; the others with dynamo at 18
 # ... and with TorchScript at opset 14 too (the ones whose TorchScript export works with transformers 5)
-TS_TOO = ("llama32", "qwen3")
+TS_TOO = ("llama32", "qwen3", "gemma", "gemma2")
+# Gemma2's soft-caps, small so the tiny random model's scores and logits reach the tanh's bend
+# (gemma-2-2b: 50 and 30); its attention is eager (transformers' sdpa path has no soft-cap)
+GEMMA2_ATTN_CAP, GEMMA2_FINAL_CAP = 2.0, 1.0
+GEMMA2_INIT = 0.15  # initializer_range, so that scores and logits are large enough to be capped
 
 
 def family_seed(family: str) -> int:
     i = FAMILIES.index(family)
+    if family in FIXED_SEEDS:
+        return FIXED_SEEDS[family]
     return SEED + i if i < INDEX_SEEDED else SEED + zlib.crc32(family.encode()) % 10000
+
+
+def attn_impl(family: str) -> str:
+    return "eager" if family == "gemma2" else ATTN_IMPL
 
 
 def make_config(family: str):
@@ -125,6 +141,20 @@ def make_config(family: str):
             num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=MAX_POS,
             rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default"},
             **common,
+        )
+    if family == "gemma":  # gemma-2b's layout (scaled down): GeGLU, RMSNorm (1 + w), tied, sqrt(hidden) embedding
+        return GemmaConfig(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
+            hidden_activation="gelu_pytorch_tanh", max_position_embeddings=MAX_POS, **common,
+        )
+    if family == "gemma2":  # gemma-2-2b's layout: Gemma's plus post-norms, soft-caps, query_pre_attn_scalar
+        return Gemma2Config(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
+            hidden_activation="gelu_pytorch_tanh", max_position_embeddings=MAX_POS,
+            query_pre_attn_scalar=2 * HEAD_DIM, attn_logit_softcapping=GEMMA2_ATTN_CAP,
+            final_logit_softcapping=GEMMA2_FINAL_CAP, initializer_range=GEMMA2_INIT, **common,
         )
     if family == "phi3":  # Phi-3's layout: fused qkv_proj and gate_up_proj, RMSNorm, SwiGLU
         return Phi3Config(
@@ -230,21 +260,27 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         summary["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
     if family == "qwen3":
         summary["qk_norm"] = True
+    if family == "gemma2":
+        summary.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+                       attn_logit_softcapping=cfg.attn_logit_softcapping,
+                       final_logit_softcapping=cfg.final_logit_softcapping)
     return summary
 
 
 def build_model(family: str):
     cfg = make_config(family)
-    cfg._attn_implementation = ATTN_IMPL
+    cfg._attn_implementation = attn_impl(family)
     torch.manual_seed(family_seed(family))
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=ATTN_IMPL, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_impl(family), dtype=torch.float32)
     # HF init gives norm weights = 1 and biases = 0; perturb so tests exercise them.
     with torch.no_grad():
         for mod in model.modules():
             cls = type(mod).__name__
             if isinstance(mod, torch.nn.LayerNorm) or cls.endswith("RMSNorm"):
                 if getattr(mod, "weight", None) is not None:
-                    mod.weight.copy_(1.0 + 0.1 * torch.randn_like(mod.weight))
+                    # Gemma's RMSNorm multiplies by 1 + w (HF inits w = 0)
+                    one = 0.0 if cls.startswith("Gemma") else 1.0
+                    mod.weight.copy_(one + 0.1 * torch.randn_like(mod.weight))
                 if getattr(mod, "bias", None) is not None:
                     mod.bias.copy_(0.1 * torch.randn_like(mod.bias))
         for name, p in model.named_parameters():
@@ -621,7 +657,7 @@ def main(argv=None) -> int:
             "dynamic_batch": info["dynamic_batch"],
             "static_seq": info["static_seq"],
             "example_past_seq": EXPORT_PAST if v.kv_cache else None,
-            "attn_implementation": ATTN_IMPL,
+            "attn_implementation": attn_impl(v.family),
             "node_metadata_props": v.keep_node_metadata if v.exporter == "dynamo" else False,
             "dtype": "float16" if v.fp16 else "float32",
             "size_bytes": size,
@@ -645,12 +681,16 @@ def main(argv=None) -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__},
         "export_example_shapes": {"batch": EXPORT_BATCH, "seq": EXPORT_SEQ, "past_seq": EXPORT_PAST},
-        "weight_init": "HF default init (std 0.02) with seed+family index; LayerNorm/RMSNorm weight=1+0.1*randn, "
-                       "norm bias=0.1*randn, other all-zero biases=0.02*randn",
+        "weight_init": "HF default init (std 0.02; gemma2: 0.15) with seed family_seed(family); LayerNorm/RMSNorm "
+                       "weight=1+0.1*randn (Gemma's, which multiply by 1+w: 0.1*randn), norm bias=0.1*randn, "
+                       "other all-zero biases=0.02*randn",
         "fixtures": entries,
         "failed": failed,
     }
     man_path = os.path.join(out, "manifest.json")
+    if os.path.exists(man_path):  # entries other scripts own (examples/train_tiny.py's "trained") stay
+        for key, value in json.load(open(man_path)).items():
+            manifest.setdefault(key, value)
     if args.only and os.path.exists(man_path):
         # Merge into existing manifest; the top-level versions stay those of the earlier fixtures,
         # and each fixture exported now records its own.

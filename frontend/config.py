@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Mapping
 
 
-from llmfab.ir import DType, GeluApprox, Graph, LinearRole, OpKind, SliceAttrs, verify
+from llmfab.ir import DType, Graph, LinearRole, OpKind, SliceAttrs, verify
 from llmfab.ir.host import require
 
 from .config_fields import ConfigError, _Fields
-from .config_graph import MAX_LAYERS, _Arch, _Builder
+from .config_graph import MAX_LAYERS, _activation, _Arch, _Builder
 from .config_llama import LLAMA_LIKE, arch_llama, build_llama
 from .random_weights import with_random_weights
 from .rope import rope_cos_sin
@@ -40,15 +40,15 @@ PRESETS: dict[str, str] = {
     "smollm-360m": "smollm-360m.json",    # HuggingFaceTB/SmolLM-360M
     "phi-3-mini": "phi-3-mini.json",      # microsoft/Phi-3-mini-4k-instruct
     "qwen3-8b": "qwen3-8b.json",          # Qwen/Qwen3-8B
+    "gemma-2b": "gemma-2b.json",          # google/gemma-2b
+    "gemma-7b": "gemma-7b.json",          # google/gemma-7b
+    "gemma2-2b": "gemma2-2b.json",        # google/gemma-2-2b
 }
 PRESET_DIR = Path(str(importlib.resources.files("llmfab.presets")))  # package data, any install layout
 
 _DTYPES = {"float16": DType.FP16, "bfloat16": DType.BF16, "float32": DType.FP32}
-_ACTIVATIONS = {  # HF activation name -> (op, gelu approximation)
-    "relu": (OpKind.RELU, None), "gelu": (OpKind.GELU, GeluApprox.NONE),
-    "gelu_new": (OpKind.GELU, GeluApprox.TANH), "gelu_pytorch_tanh": (OpKind.GELU, GeluApprox.TANH),
-    "gelu_fast": (OpKind.GELU, GeluApprox.TANH), "silu": (OpKind.SILU, None), "swish": (OpKind.SILU, None),
-}
+
+
 # ---------------------------------------------------------------------------------------------
 # GPT-2 and OPT (the LLaMA-like families: config_llama.py)
 
@@ -140,10 +140,6 @@ def _build_opt(f: _Fields, b: _Builder) -> dict:
         x = b.layer_norm("final_norm", x, "model.decoder.final_layer_norm", None)
     b.finish(x, embed)
     return {"max_position_embeddings": n_pos}
-
-
-def _activation(f: _Fields, key: str, default: str) -> tuple[OpKind, GeluApprox | None]:
-    return _ACTIVATIONS[f.choice(key, tuple(_ACTIVATIONS), default)]
 
 
 def _check_positions(f: _Fields, b: _Builder, n_pos: int, key: str):

@@ -9,9 +9,16 @@ import numpy as np
 
 from llmfab.ir import (AbsentData, ArrayData, AttentionAttrs, AxisAttrs, DType, GeluApprox, GeluAttrs, Graph,
                        InputAttrs, InputRole, LinearAttrs, LinearRole, NormAttrs, OpKind, PermAttrs, RopeAttrs,
-                       RopeStyle, ShapeAttrs, SliceAttrs, TensorType)
+                       RopeStyle, ScaledData, ShapeAttrs, SliceAttrs, SoftcapAttrs, TensorType)
+
+from .config_fields import _Fields
 
 MAX_LAYERS = 1024   # 8x the deepest published decoder (126); more is a typo, and minutes of graph building
+_ACTIVATIONS = {  # HF activation name -> (op, gelu approximation)
+    "relu": (OpKind.RELU, None), "gelu": (OpKind.GELU, GeluApprox.NONE),
+    "gelu_new": (OpKind.GELU, GeluApprox.TANH), "gelu_pytorch_tanh": (OpKind.GELU, GeluApprox.TANH),
+    "gelu_fast": (OpKind.GELU, GeluApprox.TANH), "silu": (OpKind.SILU, None), "swish": (OpKind.SILU, None),
+}
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,17 @@ class _Builder:
         self.g.add_const("positions", ArrayData(np.broadcast_to(pos, (self.B, self.S)).copy()))
         return "positions"
 
+    def scaled(self, name: str, c: float) -> str:
+        """A view of weight `name` times c: a scale the ONNX import folds into a weight (fold-scales)."""
+        return self.g.add_const(self.g.unique_name(f"{name}.scaled"), ScaledData(self.g.node(name).data, c),
+                                weight=True).name
+
     def attention(self, i: int, q: str, k: str, v: str, scale: float, rope: tuple[str, str] | None,
-                  head_norms: str | None = None) -> str:
+                  head_norms: str | None = None, softcap: float | None = None) -> str:
         """Split heads, rotate, extend with the cache, attend, merge heads: [B,S,H*D] out.
         `head_norms`: the parameter prefix of an RMSNorm over each q and k head before RoPE (Qwen3's
-        `{prefix}.q_norm` / `.k_norm`), one [head_dim] weight shared by the heads."""
+        `{prefix}.q_norm` / `.k_norm`), one [head_dim] weight shared by the heads. `softcap`: the
+        scores' softcap * tanh(scores / softcap) (Gemma2; `scale` already holds the 1 / softcap)."""
         a, B, S, p = self.a, self.B, self.S, f"layers.{i}.attn"
 
         def heads(x: str, tag: str, n: int) -> str:
@@ -97,7 +110,7 @@ class _Builder:
             v = self.op(f"{p}.v_cache", OpKind.CONCAT, [f"past_key_values.{i}.value", v], AxisAttrs(2))
             self.present += [(f"present.{i}.key", k), (f"present.{i}.value", v)]
         o = self.op(f"{p}.core", OpKind.ATTENTION, [q, k, v],
-                    AttentionAttrs(a.heads, a.kv_heads, scale, True, i))
+                    AttentionAttrs(a.heads, a.kv_heads, scale, True, i, softcap))
         o = self.op(f"{p}.out_t", OpKind.TRANSPOSE, [o], PermAttrs((0, 2, 1, 3)))
         return self.op(f"{p}.out", OpKind.RESHAPE, [o], ShapeAttrs((B, S, a.heads * a.head_dim)))
 
@@ -112,12 +125,20 @@ class _Builder:
     def activation(self, name: str, x: str, op: OpKind, approx: GeluApprox | None) -> str:
         return self.op(name, op, [x], GeluAttrs(approx) if op is OpKind.GELU else None)
 
-    def finish(self, h: str, embed: str):
-        """LM head (tied to `embed` or its own `lm_head.weight`), then the graph outputs."""
+    def finish(self, h: str, embed: str, softcap: float | None = None):
+        """LM head (tied to `embed` or its own `lm_head.weight`; with a `softcap`, its weights / softcap
+        and softcap tanh(.) after it), then the graph outputs."""
         a = self.a
         w = embed if a.tied else self.weight("lm_head.weight", a.vocab, a.hidden)
-        self.op("logits", OpKind.LMHEAD, [h, w], LinearAttrs(LinearRole.LM_HEAD))
+        if softcap is None:
+            self.op("logits", OpKind.LMHEAD, [h, w], LinearAttrs(LinearRole.LM_HEAD))
+        else:
+            y = self.op("lm_head", OpKind.LMHEAD, [h, self.scaled(w, 1 / softcap)], LinearAttrs(LinearRole.LM_HEAD))
+            self.op("logits", OpKind.SOFTCAP, [y], SoftcapAttrs(softcap))
         self.g.add_output("logits", "logits")
         for out, node in self.present:
             self.g.add_output(out, node)
 
+
+def _activation(f: _Fields, key: str, default: str) -> tuple[OpKind, GeluApprox | None]:
+    return _ACTIVATIONS[f.choice(key, tuple(_ACTIVATIONS), default)]

@@ -5,9 +5,10 @@ from .interpret import InterpreterError, run
 from .ops import (LLM_OPS, STRUCTURAL_OPS, AttentionAttrs, AxisAttrs, CastAttrs, ConstAttrs,
                   GeluApprox, GeluAttrs, InputAttrs, InputRole, LinearAttrs, LinearRole, NoAttrs,
                   NormAttrs, OpKind, PermAttrs, ReduceAttrs, RopeAttrs, RopeStyle, ShapeAttrs,
-                  SliceAttrs, infer_type)
+                  SliceAttrs, SoftcapAttrs, infer_type)
 from .printer import print_graph
-from .tensor_data import AbsentData, ArrayData, LazyData, TensorData, TransposedData, WeightDataMissing
+from .tensor_data import (AbsentData, ArrayData, LazyData, ScaledData, TensorData, TransposedData,
+                          WeightDataMissing)
 from .types import TensorType
 from .verify import IRVerifyError, verify
 
@@ -41,8 +42,10 @@ __all__ = [
     "STRUCTURAL_OPS",
     "ShapeAttrs",
     "SliceAttrs",
+    "SoftcapAttrs",
     "TensorData",
     "TensorType",
+    "ScaledData",
     "TransposedData",
     "WeightDataMissing",
     "infer_type",

@@ -22,7 +22,7 @@ from .graph import Graph, Node
 from .integer_ops import (I64, MAX_HEAD_DIM, MAX_K, MAX_NORM_D, MEAN_BITS, IntegerError, Lut, _check_weight, _i64,
                           _shr_sat, act_table, group_accumulate, group_partial_sums, int_add, int_attention,
                           int_embedding, int_exp, int_gelu, int_layer_norm, int_linear, int_mul, int_relu, int_rms_norm,
-                          int_rope, int_silu, int_softmax_rows, isqrt, lut_eval, quantize_activation)
+                          int_rope, int_silu, int_softcap, int_softmax_rows, isqrt, lut_eval, quantize_activation, softcap_fixed)
 from .ops import OpKind
 from .quant import QuantizedWeight
 from .verify import unfused_message, unfused_nodes
@@ -36,7 +36,7 @@ def _attention(a, q, k, v, mask=None) -> np.ndarray:
     if mask is not None:
         raise IntegerError("an additive attention mask is not part of the integer contract "
                            "(only causal attention, `causal=True`, is)")
-    return int_attention(q, k, v, a.scale, a.causal, a.num_kv_heads)
+    return int_attention(q, k, v, a.scale, a.causal, a.num_kv_heads, a.softcap)
 
 
 def _slice(x, a) -> np.ndarray:
@@ -58,6 +58,7 @@ INT_KERNELS: dict[OpKind, Callable] = {
     OpKind.SILU: lambda a, x: int_silu(x),
     OpKind.GELU: lambda a, x: int_gelu(x, a.approx),
     OpKind.RELU: lambda a, x: int_relu(x),
+    OpKind.SOFTCAP: lambda a, x: int_softcap(x, softcap_fixed(a.cap)),
     OpKind.ADD: lambda a, x, y: int_add(x, y),
     OpKind.MUL: lambda a, x, y: int_mul(x, y),
     OpKind.RESHAPE: lambda a, x: np.reshape(x, a.shape),
@@ -219,6 +220,7 @@ def run_integer(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
 __all__ = [
     "I64", "MAX_HEAD_DIM", "MAX_K", "MAX_NORM_D", "MEAN_BITS", "INT_KERNELS", "IntegerError", "Lut", "act_table", "check_kernels", "group_accumulate", "group_partial_sums",
     "int_add", "int_attention", "int_embedding", "int_exp", "int_gelu", "int_layer_norm", "int_linear",
-    "int_mul", "int_relu", "int_rms_norm", "int_rope", "int_silu", "int_softmax_rows", "isqrt",
+    "int_mul", "int_relu", "int_rms_norm", "int_rope", "int_silu", "int_softcap", "int_softmax_rows", "isqrt",
     "lut_eval", "quantize_activation", "quantize_rows", "run_integer", "run_integer_raw", "run_integer_values",
+    "softcap_fixed",
 ]

@@ -174,7 +174,7 @@ def int_layer_norm(x_fx, w_fx, b_fx, eps: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# tables: SiLU, GELU, exp
+# tables: SiLU, GELU, exp, tanh
 
 
 class Lut(Enum):
@@ -183,10 +183,16 @@ class Lut(Enum):
     GELU = "gelu"
     GELU_TANH = "gelu_tanh"
     EXP = "exp"
+    TANH = "tanh"
 
     @property
     def lo(self) -> int:
         return -16 if self is Lut.EXP else -8
+
+    @property
+    def below(self) -> int:
+        """The value below the first knot: 0 where the function vanishes there, tanh's T[0] (-1)."""
+        return int(act_table(self)[0]) if self is Lut.TANH else 0
 
 
 def _silu(x: float) -> float:
@@ -202,7 +208,7 @@ def _gelu_tanh(x: float) -> float:
 
 
 _LUT_FN: dict[Lut, Callable[[float], float]] = {
-    Lut.SILU: _silu, Lut.GELU: _gelu, Lut.GELU_TANH: _gelu_tanh, Lut.EXP: math.exp,
+    Lut.SILU: _silu, Lut.GELU: _gelu, Lut.GELU_TANH: _gelu_tanh, Lut.EXP: math.exp, Lut.TANH: math.tanh,
 }
 
 
@@ -215,15 +221,15 @@ def act_table(kind: Lut) -> np.ndarray:
     return t
 
 
-def lut_eval(table, x, lo: int) -> np.ndarray:
-    """Table `table` (knots lo + j/16) at Q.16 `x`: 0 below lo, linear interpolation on
+def lut_eval(table, x, lo: int, below: int = 0) -> np.ndarray:
+    """Table `table` (knots lo + j/16) at Q.16 `x`: `below` below lo, linear interpolation on
     [lo, lo + 16), the last knot at and above lo + 16."""
     t = _i64(table)
     u = _i64(x) - I64(lo * ONE)
     j = np.clip(u >> 12, 0, 255)
     fr = np.clip(u, 0, 1 << 20) & 4095
     y = t[j] + rshr((t[j + 1] - t[j]) * fr, 12)
-    return np.where(u < 0, 0, np.where(u >= 1 << 20, t[256], y))
+    return np.where(u < 0, below, np.where(u >= 1 << 20, t[256], y))
 
 
 def _act(kind: Lut, x) -> np.ndarray:
@@ -237,6 +243,21 @@ def int_silu(x_fx) -> np.ndarray:
 
 def int_gelu(x_fx, approx: GeluApprox = GeluApprox.NONE) -> np.ndarray:
     return _act(Lut.GELU_TANH if approx is GeluApprox.TANH else Lut.GELU, x_fx)
+
+
+def softcap_fixed(cap: float) -> int:
+    """A soft-cap's Q.16 constant (the MISC SOFTCAP `imm`)."""
+    c = _round_away(cap * ONE)
+    if not 0 < c < 1 << 31:
+        raise IntegerError(f"soft-cap must be in (0, 32768), not {cap!r}")
+    return c
+
+
+def int_softcap(x_fx, cap_fx: int) -> np.ndarray:
+    """cap tanh(x) of Q.16 `x` (Gemma2's soft-cap, its 1 / cap already in x): the tanh table
+    (-1 below -8, 1 from 8), times the Q.16 cap `cap_fx`, rounded and saturated."""
+    t = lut_eval(act_table(Lut.TANH), x_fx, Lut.TANH.lo, Lut.TANH.below)
+    return _shr_sat(t * I64(cap_fx), 16, 32)
 
 
 def int_exp(d_fx) -> np.ndarray:
@@ -281,8 +302,9 @@ def int_softmax_rows(s_fx, visible=None) -> np.ndarray:
     return np.where(z > 0, div_round(e << FRAC, np.maximum(z, 1)), 0)
 
 
-def int_attention(q, k, v, scale: float, causal: bool, num_kv_heads: int) -> np.ndarray:
-    """Attention of Q.16 q [B,H,S,D], k, v [B,Hkv,T,D] -> [B,H,S,D] (docs/integer.md "Attention")."""
+def int_attention(q, k, v, scale: float, causal: bool, num_kv_heads: int, softcap: float | None = None) -> np.ndarray:
+    """Attention of Q.16 q [B,H,S,D], k, v [B,Hkv,T,D] -> [B,H,S,D] (docs/integer.md "Attention");
+    with `softcap`, the Q.16 scores go through `int_softcap` before the softmax."""
     q, k, v = _i64(q), _i64(k), _i64(v)
     _, h, s, d = q.shape
     t = k.shape[2]
@@ -299,6 +321,8 @@ def int_attention(q, k, v, scale: float, causal: bool, num_kv_heads: int) -> np.
     t1 = rshr(dot * m_k[..., None, :], e_k[..., None, :])
     t2 = _shr_sat(t1 * m_q[..., None], e_q[..., None], 47)               # Q.32 of q.k
     score = _shr_sat(t2 * c, 32, 32)                                      # Q.16
+    if softcap is not None:
+        score = int_softcap(score, softcap_fixed(softcap))
     visible = np.arange(t)[None, :] <= np.arange(s)[:, None] + (t - s) if causal else None
     p = int_softmax_rows(score, visible)
     w = rshr(p * m_v[..., None, :], e_v[..., None, :])

@@ -75,6 +75,8 @@ def attention(q, k, v, mask, a):
         k = np.repeat(k, rep, axis=1)
         v = np.repeat(v, rep, axis=1)
     s = (q @ np.swapaxes(k, -1, -2)) * np.float32(a.scale)
+    if a.softcap is not None:
+        s = np.float32(a.softcap) * np.tanh(s)
     if mask is not None:
         s = s + mask
     if a.causal:
@@ -115,6 +117,7 @@ KERNELS: dict[OpKind, Callable] = {
     OpKind.SILU: lambda a, x: x * _sigmoid(x),
     OpKind.GELU: lambda a, x: gelu(x, a.approx),
     OpKind.RELU: lambda a, x: np.maximum(x, np.zeros((), x.dtype)),
+    OpKind.SOFTCAP: lambda a, x: np.float32(a.cap) * np.tanh(x),
     OpKind.ADD: lambda a, x, y: x + y,
     OpKind.MUL: lambda a, x, y: x * y,
     OpKind.SUB: lambda a, x, y: x - y,

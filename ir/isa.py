@@ -123,6 +123,7 @@ class MiscFunc(IntEnum):
     ATTN_QK = 12
     ATTN_PV = 13
     EMBED = 14
+    SOFTCAP = 15   # imm tanh(x), imm a Q.16 cap (Gemma2's soft-cap, its 1 / cap folded into x)
 
 
 class SysFunc(IntEnum):

@@ -34,6 +34,7 @@ class OpKind(Enum):
     SILU = "silu"
     GELU = "gelu"
     RELU = "relu"
+    SOFTCAP = "softcap"  # cap * tanh(x): Gemma2's soft-cap cap * tanh(x / cap), its 1 / cap folded into x's producer
     ADD = "add"
     MUL = "mul"
     # structural
@@ -69,7 +70,7 @@ class OpKind(Enum):
 LLM_OPS = frozenset({
     OpKind.EMBEDDING, OpKind.LINEAR, OpKind.LMHEAD, OpKind.MATMUL, OpKind.RMSNORM,
     OpKind.LAYERNORM, OpKind.ROPE, OpKind.ATTENTION, OpKind.SOFTMAX, OpKind.SILU, OpKind.GELU,
-    OpKind.RELU, OpKind.ADD, OpKind.MUL,
+    OpKind.RELU, OpKind.SOFTCAP, OpKind.ADD, OpKind.MUL,
 })
 STRUCTURAL_OPS = frozenset({
     OpKind.INPUT, OpKind.CONST, OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.CONCAT, OpKind.SLICE,
@@ -77,7 +78,7 @@ STRUCTURAL_OPS = frozenset({
 })
 ELEMENTWISE_UNARY = frozenset({
     OpKind.SQRT, OpKind.RECIPROCAL, OpKind.NEG, OpKind.EXP, OpKind.TANH, OpKind.ERF,
-    OpKind.SIGMOID, OpKind.RELU, OpKind.SILU, OpKind.GELU,
+    OpKind.SIGMOID, OpKind.RELU, OpKind.SILU, OpKind.GELU, OpKind.SOFTCAP,
 })
 ELEMENTWISE_BINARY = frozenset({
     OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.DIV, OpKind.POW, OpKind.MAX, OpKind.MIN,
@@ -168,6 +169,12 @@ class AttentionAttrs:
     scale: float
     causal: bool
     layer: int | None = None
+    softcap: float | None = None  # scores softcap * tanh(scale q.k) (Gemma2; `scale` holds the 1 / softcap)
+
+
+@dataclass(frozen=True)
+class SoftcapAttrs:
+    cap: float
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,7 @@ ATTRS: dict[OpKind, type] = {
     OpKind.INPUT: InputAttrs, OpKind.CONST: ConstAttrs, OpKind.LINEAR: LinearAttrs,
     OpKind.LMHEAD: LinearAttrs, OpKind.RMSNORM: NormAttrs, OpKind.LAYERNORM: NormAttrs,
     OpKind.ROPE: RopeAttrs, OpKind.ATTENTION: AttentionAttrs, OpKind.SOFTMAX: AxisAttrs,
-    OpKind.GELU: GeluAttrs, OpKind.RESHAPE: ShapeAttrs, OpKind.EXPAND: ShapeAttrs,
+    OpKind.GELU: GeluAttrs, OpKind.SOFTCAP: SoftcapAttrs, OpKind.RESHAPE: ShapeAttrs, OpKind.EXPAND: ShapeAttrs,
     OpKind.TRANSPOSE: PermAttrs, OpKind.CONCAT: AxisAttrs, OpKind.SLICE: SliceAttrs,
     OpKind.GATHER: AxisAttrs, OpKind.CAST: CastAttrs, OpKind.REDUCE_MEAN: ReduceAttrs,
     OpKind.REDUCE_SUM: ReduceAttrs, OpKind.REDUCE_MAX: ReduceAttrs,

@@ -81,6 +81,23 @@ class TransposedData(TensorData):
         return self.base.numpy().T
 
 
+class ScaledData(TensorData):
+    """A lazy view of `base` times a scalar (a scale folded into a weight: Gemma's sqrt(hidden)
+    embedding, Gemma2's 1 / soft-cap LM head); computed in the base's dtype."""
+
+    def __init__(self, base: TensorData, factor: float):
+        self.base, self.factor = base, float(factor)
+        self.shape, self.dtype = base.shape, base.dtype
+
+    @property
+    def has_values(self) -> bool:
+        return self.base.has_values
+
+    def numpy(self) -> np.ndarray:
+        a = self.base.numpy()
+        return a * np.asarray(self.factor, a.dtype)
+
+
 class AbsentData(TensorData):
     """Shape and dtype only: a weight of a config-only model."""
 

@@ -55,8 +55,9 @@ def soft_caps(graph: Graph) -> dict[str, float]:
 def unfused_message(nodes, what: str, shown: int = 4, graph: Graph | None = None) -> str:
     """One line for `nodes` that `what` (the integer contract, the lowering) has no rule for: each
     node with its op and ONNX node, the fusion expected to lift it, and what that means. With the
-    `graph`, a soft-cap (tanh(x / c) * c) is named as such and listed first: it is what stops fusion
-    (an attention whose scores are soft-capped keeps its matmul, softmax and expand too)."""
+    `graph`, a soft-cap (tanh(x / c) * c) left over is named as such and listed first: it is what stops
+    fusion (an attention whose soft-capped scores were not recognised keeps its matmul, softmax and
+    expand too)."""
     caps = soft_caps(graph) if graph is not None else {}
     nodes = sorted(nodes, key=lambda n: n.name not in caps)
     parts = []
@@ -65,7 +66,8 @@ def unfused_message(nodes, what: str, shown: int = 4, graph: Graph | None = None
         if n.name in caps:
             c = caps[n.name]
             parts.append(f"{n.name!r} ({n.op}{origin}; the soft-cap tanh(x / {c:g}) * {c:g}, as Gemma2 caps its "
-                         "attention scores and logits, which has no special-function op yet)")
+                         "attention scores and logits: fused only where x is attention scores or a Linear's "
+                         "output used only here, whose scale or weights take the 1 / c)")
             continue
         parts.append(f"{n.name!r} ({n.op}{origin}; expected in {FUSED_BY.get(n.op, 'no fusion pass')})")
     more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""

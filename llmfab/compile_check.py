@@ -18,7 +18,7 @@ from llmfab.ir import Graph, OpKind
 from llmfab.ir.integer import run_integer_values
 from llmfab.ir.isa import BufferId, Program
 from llmfab.passes.buckets import Stage
-from llmfab.passes.lower import Lowered, section_of
+from llmfab.passes.lower import Lowered, logits_value, section_of
 from llmfab.passes.lower_copies import seq_axes
 from llmfab.passes.quantize import adopt_parameters
 from llmfab.ir.isa import prompt_chunks
@@ -101,7 +101,7 @@ def check_build(load, graph: Graph, target, lowered: list[Lowered], programs: di
         return low, Program.from_bytes(programs[f"programs/{low.bucket.name}.bin"])
 
     rng = np.random.default_rng(SEED)
-    head = next(n.name for n in graph.nodes() if n.op is OpKind.LMHEAD)
+    head = logits_value(graph)
     for length in prompt_lengths(max_len, prefill_step):
         decode = length < max_len
         ids = rng.integers(0, graph.node(head).type.shape[-1], length + decode)

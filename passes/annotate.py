@@ -15,12 +15,12 @@ from typing import ClassVar
 import networkx as nx
 import numpy as np
 
-from llmfab.ir import Graph, LinearRole, OpKind
+from llmfab.ir import Graph, LinearRole, OpKind, ScaledData
 
 from .pass_base import Pass
 
 PASS_THROUGH = {OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.SLICE, OpKind.CONCAT, OpKind.ROPE,
-                OpKind.GATHER, OpKind.CAST}
+                OpKind.GATHER, OpKind.CAST, OpKind.SOFTCAP}
 ACTIVATIONS = {OpKind.SILU, OpKind.GELU, OpKind.RELU}
 
 
@@ -116,14 +116,21 @@ class Annotate(Pass):
         g.meta.setdefault("num_layers", len(attn))
 
     def _tie_lm_head(self, g: Graph) -> None:
-        """Exporters store a tied LM head as a second copy of the embedding table: share it."""
+        """Exporters store a tied LM head as a second copy of the embedding table: share it (with a
+        scale fold-scales folded into either, the head becomes a scaled view of the table's data)."""
+        def unscaled(d):
+            return (d.base, d.factor) if isinstance(d, ScaledData) else (d, 1.0)
         tables = [g.node(n.inputs[0]) for n in g.nodes() if n.op is OpKind.EMBEDDING]
         for head in [n for n in g.nodes() if n.op is OpKind.LMHEAD]:
             w = g.node(head.inputs[1])
+            (wb, wf) = unscaled(w.data)
             for t in tables:
-                if t.name != w.name and t.type.shape == w.type.shape and t.data.has_values \
-                        and w.data.has_values and np.array_equal(t.data.numpy(), w.data.numpy()):
-                    g.set_node(dc_replace(head, inputs=(head.inputs[0], t.name, *head.inputs[2:])))
+                tb = unscaled(t.data)[0]
+                if t.name != w.name and t.type.shape == w.type.shape and tb.has_values \
+                        and wb.has_values and np.array_equal(tb.numpy(), wb.numpy()):
+                    shared = t.name if t.data is tb and wf == 1.0 else g.add_const(
+                        g.unique_name(w.name), ScaledData(tb, wf), weight=True).name
+                    g.set_node(dc_replace(head, inputs=(head.inputs[0], shared, *head.inputs[2:])))
                     g.eliminate_dead_code()
                     break
 

@@ -59,7 +59,11 @@ class CanonicalNames(Pass):
                 else:
                     feeds_linear = [u for u in g.users(n.name) if u.op is OpKind.LINEAR]
                     qkv = any(u.attrs.role.value in ("q_proj", "k_proj", "v_proj", "qkv_proj") for u in feeds_linear)
-                    give(n.name, f"layers.{a.layer}.{'attn_norm' if qkv else 'mlp_norm'}")
+                    src = g.node(n.inputs[0])   # Gemma2 also norms the attention's and the MLP's outputs
+                    post = src.attrs.role.value if src.op is OpKind.LINEAR else None
+                    kind = {"o_proj": "post_attn_norm", "down_proj": "post_mlp_norm", "fc2": "post_mlp_norm"}.get(
+                        post, "attn_norm" if qkv else "mlp_norm")
+                    give(n.name, f"layers.{a.layer}.{kind}")
             elif n.op is OpKind.EMBEDDING:
                 ids = g.node(n.inputs[1])
                 tokens = ids.op is OpKind.INPUT and ids.attrs.role is InputRole.TOKENS
@@ -74,6 +78,8 @@ class CanonicalNames(Pass):
                     lin = g.node(lin.inputs[0])
                 if lin.op is OpKind.LINEAR and lin.attrs.layer is not None:
                     give(n.name, f"layers.{lin.attrs.layer}.{n.op.value}")
+            elif n.op is OpKind.SOFTCAP and g.node(n.inputs[0]).op is OpKind.LMHEAD:
+                give(n.name, "lm_head.softcap")
             elif n.op is OpKind.SLICE and (lin := g.node(n.inputs[0])).op is OpKind.LINEAR \
                     and lin.attrs.role is LinearRole.GATE_UP:
                 gate = any(u.op in (OpKind.SILU, OpKind.GELU, OpKind.RELU) for u in g.users(n.name))
@@ -87,8 +93,9 @@ class CanonicalNames(Pass):
                 continue
             srcs = [names.get(i, "") for i in n.inputs]
             for s in srcs:
-                if s.endswith((".o_proj", ".down_proj", ".fc2")):
-                    give(n.name, s.rsplit(".", 1)[0] + (".attn_residual" if s.endswith("o_proj") else ".mlp_residual"))
+                if s.endswith((".o_proj", ".down_proj", ".fc2", ".post_attn_norm", ".post_mlp_norm")):
+                    attn = s.endswith(("o_proj", "post_attn_norm"))
+                    give(n.name, s.rsplit(".", 1)[0] + (".attn_residual" if attn else ".mlp_residual"))
             if n.name not in names and any(s.startswith("embed_") for s in srcs):
                 give(n.name, "embed_sum")
         # parameters and tables: named after their (first) user

@@ -67,7 +67,8 @@ class Cleanup(Pass):
 
 
 # Ops that treat each row (last axis) independently: a reshape of the leading axes commutes with them.
-ROW_WISE = {OpKind.LINEAR, OpKind.LMHEAD, OpKind.RMSNORM, OpKind.LAYERNORM, OpKind.SILU, OpKind.GELU, OpKind.RELU}
+ROW_WISE = {OpKind.LINEAR, OpKind.LMHEAD, OpKind.RMSNORM, OpKind.LAYERNORM, OpKind.SILU, OpKind.GELU, OpKind.RELU,
+            OpKind.SOFTCAP}
 
 
 def _row_reshape(g: Graph, n) -> bool:

@@ -5,7 +5,8 @@
 q is [B, H, S, D]; k and v are [B, Hkv, T, D] (T = past + S), before HF's `repeat_kv`
 (reshape(expand(unsqueeze(k)))) which this pass strips so the op sees the real KV heads (any
 ratio H / Hkv, one KV head included).
-Scalar scales anywhere on the q, k or score path are multiplied into `scale`. The additive mask,
+Scalar scales anywhere on the q, k or score path are multiplied into `scale`. Soft-capped scores
+c * tanh(scale * (q @ k^T) / c) (Gemma2) give `softcap=c`, the 1 / c in `scale`. The additive mask,
 folded to a constant at import, becomes `causal=True` when it is exactly the causal pattern;
 any other constant mask is kept as a fourth input.
 """
@@ -40,6 +41,20 @@ def _peel_scale(g: Graph, name: str) -> tuple[str, float]:
             name = src
         else:
             return name, scale
+
+
+def _softcap(g: Graph, name: str) -> tuple[str, float] | None:
+    """(tanh's input, c) if `name` is tanh(.) * c with the tanh used only there (or tanh(.): c = 1,
+    as exporters drop the / 1 and * 1)."""
+    n = g.node(name)
+    if n.op is OpKind.TANH:
+        return n.inputs[0], 1.0
+    if n.op is not OpKind.MUL or (sc := split_const(g, n)) is None or sc[1] <= 0:
+        return None
+    t = g.node(sc[0])
+    if t.op is not OpKind.TANH or len(g.users(t.name)) != 1:
+        return None
+    return t.inputs[0], sc[1]
 
 
 def _same_order_source(g: Graph, name: str) -> str:
@@ -141,6 +156,9 @@ class FuseAttention(Pass):
                 scores, mask = b, np.where(cv, np.float32(-np.inf), np.float32(0))
             else:
                 return
+        softcap = None
+        if (cap := _softcap(g, scores)) is not None:
+            scores, softcap = cap
         mm_name, scale = _peel_scale(g, scores)
         mm = g.node(mm_name)
         if mm.op is not OpKind.MATMUL:
@@ -168,7 +186,7 @@ class FuseAttention(Pass):
                 m = g.add_const(g.unique_name(sm.name + ".mask"), ArrayData(mask.astype(np.float32)))
                 inputs.append(m.name)
         scale = float(scale * qs * ks * ks2)
-        if abs(scale * D ** 0.5 - 1) < 1e-3:  # 1/sqrt(D), split by exporters into two rounded roots
-            scale = D ** -0.5                   # (float32: ~1e-7 off, float16 exports: ~4e-4 off)
-        attrs = AttentionAttrs(num_heads=H, num_kv_heads=Hkv, scale=scale, causal=causal)
+        if abs(scale * D ** 0.5 - 1) < 1e-3 and softcap is None:  # 1/sqrt(D), split by exporters into two
+            scale = D ** -0.5                   # rounded roots (float32: ~1e-7 off, float16 exports: ~4e-4 off)
+        attrs = AttentionAttrs(num_heads=H, num_kv_heads=Hkv, scale=scale, causal=causal, softcap=softcap)
         replace(g, pv.name, OpKind.ATTENTION, inputs, attrs)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmfab.ir import Graph, InputRole, OpKind
+from llmfab.ir.integer import softcap_fixed
 from llmfab.ir.isa import QUEUE_OF as ISA_QUEUE_OF
 from llmfab.ir.isa import (BROADCAST, BufferId, Instruction, IsaError, MiscFunc, Opcode, Program, SysFunc, lookup_field,
                            make, quant_row_bytes, weight_fields)
@@ -83,6 +84,7 @@ class Lowerer:
         self.view: dict[str, str] = {}
         self.left: dict[str, int] = {}
         self.outputs = {n for _, n in g.outputs}
+        self.logits = logits_value(g)
 
     # -- emission ---------------------------------------------------------------------------
     def emit(self, op: Opcode, reads=(), writes=(), len_field: str | None = None, **fields) -> None:
@@ -154,6 +156,8 @@ class Lowerer:
                     self.sections.pop()              # the previous section emitted nothing
                 self.sections.append((len(self.ops), label))
             LOWER[node.op](self, node)
+            if node.name == self.logits:
+                _store_logits(self, node)
             if node.name in self.act.live:        # computed here, not a view of another value
                 self.probes.append((len(self.ops), node.name, self.act.live[node.name][0]))
             self.done_with(node)
@@ -187,13 +191,20 @@ class Lowerer:
 # ---- one function per op ----------------------------------------------------------------------
 
 
-def _unary(func: MiscFunc):
+MISC_CHUNK = 1 << 15   # columns of one MISC over a row wider than its 16-bit `cols` (a 256k-vocabulary's logits)
+
+
+def _unary(func: MiscFunc, imm=lambda node: 0):
     def lower(lw: Lowerer, node) -> None:
         x = node.inputs[0]
         rows, cols = lw.rows_cols(node.name)
         dst = lw.new_act(node.name)
-        lw.emit(Opcode.MISC, [("act", lw.key(x))], [("act", node.name)], func=func, rows=rows, cols=cols,
-                src_buf=ACT, src_addr=lw.addr(x), dst_buf=ACT, dst_addr=dst)
+        for c0 in range(0, cols, MISC_CHUNK):   # elementwise: a wide row goes in pieces, rows 4 cols apart
+            n = min(MISC_CHUNK, cols - c0)
+            pitch = {} if n == cols else dict(src_stride=4 * cols, dst_stride=4 * cols)
+            lw.emit(Opcode.MISC, [("act", lw.key(x))], [("act", node.name)], func=func, rows=rows, cols=n,
+                    imm=imm(node), src_buf=ACT, src_addr=lw.addr(x) + 4 * c0, dst_buf=ACT, dst_addr=dst + 4 * c0,
+                    **pitch)
     return lower
 
 
@@ -339,16 +350,30 @@ def _linear(lw: Lowerer, node) -> None:
         else:
             lw.emit(Opcode.MM, reads, [("act", node.name)], m=rows, o_stride=4 * n, **f)
     lw.scratch.free((node.name, "xq"))
-    if node.op is OpKind.LMHEAD:  # prefill: the rows of this chunk's positions; decode: row 0
-        prefill = lw.bucket.stage is Stage.PREFILL
-        lw.dma(Opcode.ST, lw.lay.output, lw.p_first if prefill else 0, rows, ACT, dst, reads=[("act", node.name)],
-               writes=[("hbm", "logits")], len_field="hbm_addr" if prefill else None)
+
+
+def logits_value(g: Graph) -> str | None:
+    """The op computing the logits: the output's value, back through reshapes (views)."""
+    v = dict(g.outputs).get("logits", g.outputs[0][1] if g.outputs else None)
+    while v is not None and g.node(v).op is OpKind.RESHAPE:
+        v = g.node(v).inputs[0]
+    return v
+
+
+def _store_logits(lw: Lowerer, node) -> None:
+    """The logits rows to HBM (prefill: the rows of this chunk's positions; decode: row 0), from the
+    op that computes them: the LM head, or what follows it (Gemma2's soft-cap)."""
+    rows, _ = lw.rows_cols(node.name)
+    prefill = lw.bucket.stage is Stage.PREFILL
+    lw.dma(Opcode.ST, lw.lay.output, lw.p_first if prefill else 0, rows, ACT, lw.addr(node.name),
+           reads=[("act", lw.key(node.name))], writes=[("hbm", "logits")], len_field="hbm_addr" if prefill else None)
 
 
 LOWER = {
     OpKind.EMBEDDING: _embedding, OpKind.LINEAR: _linear, OpKind.LMHEAD: _linear,
     OpKind.RMSNORM: _norm, OpKind.LAYERNORM: _norm, OpKind.ROPE: _rope, OpKind.ATTENTION: attention,
     OpKind.SILU: _unary(MiscFunc.SILU), OpKind.RELU: _unary(MiscFunc.RELU), OpKind.GELU: _gelu,
+    OpKind.SOFTCAP: _unary(MiscFunc.SOFTCAP, lambda node: softcap_fixed(node.attrs.cap)),
     OpKind.ADD: _binary(MiscFunc.ADD), OpKind.MUL: _binary(MiscFunc.MUL),
     OpKind.RESHAPE: _view, OpKind.TRANSPOSE: _transpose, OpKind.SLICE: lower_slice, OpKind.CONCAT: lower_concat,
 }

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llmfab.ir.integer import softcap_fixed
 from llmfab.ir.isa import CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, quant_row_bytes
 
 from .buckets import Stage
@@ -82,6 +83,10 @@ def attention(lw: Lowerer, node) -> None:
         # decode: the LEN keys; a chunk: every column, causal from its first position LEN - s, so
         # keys at LEN and past (not scored in this run) are masked
         causal = a.causal and not decode
+        if a.softcap is not None:   # Gemma2: softcap tanh(scores) in place (the 1 / softcap is in `scale`)
+            lw.emit(Opcode.MISC, [("scratch", skey)], [("scratch", skey)], None if causal else "cols",
+                    func=MiscFunc.SOFTCAP, rows=g_rows, cols=lw.p_keys, imm=softcap_fixed(a.softcap),
+                    src_buf=SCRATCH, src_addr=sat, src_stride=width, dst_buf=SCRATCH, dst_addr=sat, dst_stride=width)
         lw.emit(Opcode.MISC, [("scratch", skey)], [("scratch", skey)], "imm" if causal else "cols",
                 func=MiscFunc.SOFTMAX, rows=g_rows, cols=lw.p_keys, period=s, imm=lw.p_first if causal else 0,
                 flags=CAUSAL if causal else 0, src_buf=SCRATCH, src_addr=sat, src_stride=width,

@@ -3,14 +3,14 @@
 Reads only shapes and dtypes, never weight values, so it works on config-only graphs whose
 weights are `AbsentData`. A weight used by several nodes (tied embedding / LM head) is one CONST
 node and counts once; two CONST nodes that view the same stored tensor (a `TransposedData` of
-another weight's data) also count once.
+another weight's data, or a `ScaledData`: a scale folded into a tied table) also count once.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-from llmfab.ir import Graph, OpKind, TensorData, TransposedData
+from llmfab.ir import Graph, OpKind, ScaledData, TensorData, TransposedData
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class GraphSummary:
 
 def _storage(data: TensorData) -> TensorData:
     """The tensor a view is taken of, so two views of one weight count once."""
-    while isinstance(data, TransposedData):
+    while isinstance(data, (TransposedData, ScaledData)):
         data = data.base
     return data
 

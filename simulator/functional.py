@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmfab.ir.fixed_point import rshr, sat
-from llmfab.ir.integer import (_shr_sat, int_add, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm,
+from llmfab.ir.integer import (_shr_sat, int_add, int_gelu, int_softcap, int_layer_norm, int_mul, int_relu, int_rms_norm,
                                int_rope, int_silu, int_softmax_rows, quantize_activation)
 from llmfab.ir.isa import BROADCAST, CAUSAL, CONTINUE, HOLD, BufferId, MiscFunc, Opcode, Program, SysFunc, quant_row_bytes, resolve_length
 from llmfab.ir.ops import GeluApprox
@@ -242,6 +242,8 @@ def _misc(m: Machine, i) -> None:
         y = int_silu(x)
     elif f in (MiscFunc.GELU, MiscFunc.GELU_TANH):
         y = int_gelu(x, GeluApprox.TANH if f is MiscFunc.GELU_TANH else GeluApprox.NONE)
+    elif f is MiscFunc.SOFTCAP:
+        y = int_softcap(x, i["imm"])
     else:
         raise ExecutionError(f"MISC {f.name} is not executable")
     m.put_i32(*dst, y, ds)

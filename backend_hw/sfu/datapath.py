@@ -5,9 +5,9 @@ stage a few LUT levels deep (the issue's proxy for 225 MHz on UltraScale+: <= 8 
 
     stage 0    the accepted beat: element indices, in-range / visible / first-half-of-head masks
     stage 1    LayerNorm's X = x 2^8 - mu, |X|; the table ROM reads
-    stage 2    the table's interpolation e (SiLU, GELU, exp), the norm shift Xs = rshr(X, s)
+    stage 2    the table's interpolation e (SiLU, GELU, exp, tanh), the norm shift Xs = rshr(X, s)
     stage 3-4  the first product (`limb_mul`: DSP partial products, then their sum) of the operands
-               the function picks: x b, x cos, x inv, Xs r, Xs^2, softmax's N R
+               the function picks: x b, x cos, x inv, Xs r, Xs^2, softmax's N R, SOFTCAP's e cap
     stage 5-6  the second product: norm * weight, q0 2Z, the rotated partner * sin; stage 5 also
                saturates the one-product functions
     stage 7    the two-product functions' rounding and saturation, registered into `o`
@@ -27,6 +27,7 @@ a row takes `row_cycles(func, cols)` cycles (`sweep_gap` between passes).
 |---|---|---|---|
 | ADD, MUL | OUT | x, y | int_add, int_mul |
 | RELU, SILU, GELU, GELU_TANH | OUT | x | int_relu, int_silu, int_gelu |
+| SOFTCAP | OUT | x | int_softcap (`eps` = the Q.16 cap): the tanh table, then e cap in the first product |
 | ROPE | OUT | x, partner x[k +- depth/2] (same head), cos, sin | int_rope (`depth` = head dim) |
 | QUANT_ROWS | AMAX, OUT | x | int8 codes (and the row's `m`, `e`) of quantize_activation |
 | RMSNORM | AMAX, SUMSQ, OUT | x, weight | int_rms_norm (`eps` = round(eps 2^32)) |
@@ -52,7 +53,7 @@ __all__ = ["FUNCS", "SWEEPS", "SFU", "Sweep", "acc_ready", "sweep_gap"]
 FUNCS = tuple(SWEEPS)                    # the MISC functions the SFU computes
 ONE = 1 << 16
 _TABLES = {MiscFunc.SILU: Table.SILU, MiscFunc.GELU: Table.GELU,
-           MiscFunc.GELU_TANH: Table.GELU_TANH, MiscFunc.SOFTMAX: Table.EXP}
+           MiscFunc.GELU_TANH: Table.GELU_TANH, MiscFunc.SOFTMAX: Table.EXP, MiscFunc.SOFTCAP: Table.TANH}
 
 
 def _add(a, b):
@@ -249,7 +250,7 @@ class SFU(wiring.Component):
         s1 = stage(1, s0, **keep, bx=(signed(42), lambda n: big_x[n]),
                    ax=(unsigned(42), lambda n: abs(big_x[n])))                                  # |X| < 2^40
 
-        # ---- stage 2: the table's output e (SiLU, GELU, exp); the norm shift Xs = rshr(X, s)
+        # ---- stage 2: the table's output e (SiLU, GELU, exp, tanh); the norm shift Xs = rshr(X, s)
         keep = {f: (signed(32), lambda n, f=f: s1[f][n]) for f in "xbcd"}
         keep.update({f: (1, lambda n, f=f: s1[f][n]) for f in ("ok", "vis", "half")})
         s2 = stage(2, s1, **keep,                                                          # |Xs| <= 2^23
@@ -278,6 +279,8 @@ class SFU(wiring.Component):
                 m.d.comb += [a_op.eq(s2["x"][n]), b_op.eq(s2["c"][n])]
             with m.Elif(func2 == MiscFunc.QUANT_ROWS):
                 m.d.comb += [a_op.eq(s2["x"][n]), b_op.eq(sc.inv)]
+            with m.Elif(func2 == MiscFunc.SOFTCAP):           # the cap holds while the row is in flight
+                m.d.comb += [a_op.eq(e2[n]), b_op.eq(self.eps)]
             with m.Else():
                 m.d.comb += [a_op.eq(s2["x"][n]), b_op.eq(s2["b"][n])]
             pa.append(limb_mul(m, a_op, 36, b_op, 48, f"pa_{n}"))
@@ -312,7 +315,7 @@ class SFU(wiring.Component):
             with m.Switch(func4):
                 with m.Case(MiscFunc.ADD):
                     m.d.comb += y.eq(sat(x + b))
-                with m.Case(MiscFunc.MUL):
+                with m.Case(MiscFunc.MUL, MiscFunc.SOFTCAP):
                     m.d.comb += y.eq(sat(rshr(pa[n], 16)))
                 with m.Case(MiscFunc.RELU):
                     m.d.comb += y.eq(Mux(x > 0, x, 0))

@@ -2,10 +2,12 @@
 
 The tables come from `llmfab.ir.integer.act_table` at elaboration time. One ROM word per knot
 interval j holds T[j] and the slope T[j+1] - T[j], so each lane reads one word per element; the
-four tables (SiLU, GELU, GELU-tanh, exp) share a ROM of 4 x 256 words, the table number in the
-top address bits. Bit-exact with `lut_eval(table, x, lo)` given u = x - lo * 2^16:
+five tables (SiLU, GELU, GELU-tanh, exp, tanh) share a ROM of 5 x 256 words, the table number in
+the top address bits. Bit-exact with `lut_eval(table, x, lo, below)` given u = x - lo * 2^16:
 
-    u < 0: 0;   u >= 2^20: T[256];   else T[j] + rshr(slope[j] * (u & 4095), 12), j = u >> 12
+    u < 0: below;   u >= 2^20: T[256];   else T[j] + rshr(slope[j] * (u & 4095), 12), j = u >> 12
+
+(`below` is `Lut.below`: 0, or tanh's T[0] = -1, like T[256] a constant per table.)
 
 The caller decodes u into a lane's `Index` (`below` = u < 0, `above` = u >= 2^20, `j`, `fr` =
 u & 4095): for the SFU's two inputs that is bit selects and comparisons with constants
@@ -34,10 +36,14 @@ class Table(IntEnum):
     GELU = 1
     GELU_TANH = 2
     EXP = 3
+    TANH = 4     # MISC SOFTCAP
 
     @property
     def lut(self) -> Lut:
         return Lut[self.name]
+
+
+TABLE_BITS = (len(Table) - 1).bit_length()
 
 
 class Index(data.Struct):
@@ -75,36 +81,39 @@ class LutEval(wiring.Component):
         self._base = [int(v) for t in tables for v in t[:256]]
         self._slope = [int(t[j + 1] - t[j]) for t in tables for j in range(256)]
         self._top = [int(t[256]) for t in tables]
-        self.base_bits = _bits(self._base + self._top, True)
+        self._bottom = [t.lut.below for t in Table]
+        self.base_bits = _bits(self._base + self._top + self._bottom, True)
         self.slope_bits = _bits(self._slope, True)
         super().__init__({
-            "table": In(unsigned(2)),
+            "table": In(unsigned(TABLE_BITS)),
             "idx": In(data.ArrayLayout(Index, lanes)),
             "y": Out(data.ArrayLayout(signed(self.base_bits + 1), lanes)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.base = base = memory.Memory(shape=signed(self.base_bits), depth=1024,
+        depth = 256 * len(Table)
+        m.submodules.base = base = memory.Memory(shape=signed(self.base_bits), depth=depth,
                                                  init=self._base)
-        m.submodules.slope = slope = memory.Memory(shape=signed(self.slope_bits), depth=1024,
+        m.submodules.slope = slope = memory.Memory(shape=signed(self.slope_bits), depth=depth,
                                                    init=self._slope)
-        table = Signal(2, reset_less=True)
+        table = Signal(TABLE_BITS, reset_less=True)
         m.d.sync += table.eq(self.table)
         top = Signal(signed(self.base_bits), reset_less=True)
+        bottom = Signal(signed(self.base_bits), reset_less=True)
         with m.Switch(table):
-            for i, v in enumerate(self._top):
+            for i, (hi, lo) in enumerate(zip(self._top, self._bottom)):
                 with m.Case(i):
-                    m.d.comb += top.eq(v)
+                    m.d.comb += [top.eq(hi), bottom.eq(lo)]
         for n in range(self.lanes):
             idx = self.idx[n]
             rb, rs = base.read_port(), slope.read_port()
-            addr = Signal(10)
+            addr = Signal(8 + TABLE_BITS)
             m.d.comb += [addr.eq(self.table << 8 | idx.j), rb.addr.eq(addr), rs.addr.eq(addr)]
             below, above = Signal(reset_less=True), Signal(reset_less=True)
             fr = Signal(12, reset_less=True)
             # clip(u, 0, 2^20) & 4095: 0 at either clip, the low 12 bits in between
             m.d.sync += [below.eq(idx.below), above.eq(idx.above), fr.eq(idx.fr)]
             interp = rb.data + rshr(rs.data * fr, 12)
-            m.d.sync += self.y[n].eq(Mux(below, 0, Mux(above, top, interp)))
+            m.d.sync += self.y[n].eq(Mux(below, bottom, Mux(above, top, interp)))
         return m

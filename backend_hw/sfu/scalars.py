@@ -49,7 +49,7 @@ class Sweep(IntEnum):
 SWEEPS: dict[MiscFunc, tuple[Sweep, ...]] = {
     MiscFunc.ADD: (Sweep.OUT,), MiscFunc.MUL: (Sweep.OUT,), MiscFunc.RELU: (Sweep.OUT,),
     MiscFunc.SILU: (Sweep.OUT,), MiscFunc.GELU: (Sweep.OUT,), MiscFunc.GELU_TANH: (Sweep.OUT,),
-    MiscFunc.ROPE: (Sweep.OUT,),
+    MiscFunc.ROPE: (Sweep.OUT,), MiscFunc.SOFTCAP: (Sweep.OUT,),
     MiscFunc.QUANT_ROWS: (Sweep.AMAX, Sweep.OUT),
     MiscFunc.RMSNORM: (Sweep.AMAX, Sweep.SUMSQ, Sweep.OUT),
     MiscFunc.LAYERNORM: (Sweep.MEAN, Sweep.AMAX, Sweep.SUMSQ, Sweep.OUT),

@@ -9,7 +9,7 @@ to the output), and writes the results through the third port:
 | func | `src` port | `src2` port (output pass only) |
 |---|---|---|
 | ADD, MUL | a = src row | b = src2 row (`BROADCAST`: src2 row 0 for every row) |
-| RELU, SILU, GELU, GELU_TANH, QUANT_ROWS, SOFTMAX | a | — |
+| RELU, SILU, GELU, GELU_TANH, SOFTCAP, QUANT_ROWS, SOFTMAX | a | — |
 | RMSNORM, LAYERNORM | a | b = weight, c = bias (src2 + 4 cols) |
 | ROPE | a, b = each element's rotate-half partner in its head (1-2 pieces) | c = cos, d = sin of table row `imm + r mod period` |
 | COPY | the row's bytes (rows `imm + r`) | — |
@@ -19,7 +19,7 @@ Reduction passes fetch only `a`. EMBED beats end at scale-group boundaries (one 
 Operands and results may sit at any byte address (sfu/ports.py gearboxes).
 
 Passes that read only `a` (every reduction pass; the output pass of QUANT_ROWS, SOFTMAX, RELU,
-SILU, GELU, GELU_TANH) read half of its words through `src2` (with the block-RAM buffers the two
+SILU, GELU, GELU_TANH, SOFTCAP) read half of its words through `src2` (with the block-RAM buffers the two
 halves meet in a bank at most once a beat: buffers.py).
 
 Timing: the fetch is pipelined. Each beat's pieces are worked out a beat ahead into descriptor

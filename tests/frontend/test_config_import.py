@@ -14,6 +14,7 @@ from llmfab import ir
 from llmfab.frontend.config import (PRESET_DIR, PRESETS, SUPPORTED_FAMILIES, ConfigError, load_config,
                                     load_preset, rope_cos_sin, with_random_weights)
 from llmfab.ir import AbsentData, ConstAttrs, OpKind
+from llmfab.passes.summary import summarize
 
 # preset -> (parameters, layers, heads, kv_heads, head_dim, weight dtype)
 PRESET_FACTS = {
@@ -27,7 +28,12 @@ PRESET_FACTS = {
     "smollm-360m": (361_821_120, 32, 15, 5, 64, ir.DType.FP32),
     "phi-3-mini": (3_821_079_552, 32, 32, 32, 96, ir.DType.BF16),
     "qwen3-8b": (8_190_735_360, 36, 32, 8, 128, ir.DType.BF16),
+    "gemma-2b": (2_506_172_416, 18, 8, 1, 256, ir.DType.BF16),     # the tied table counted once
+    "gemma-7b": (8_537_680_896, 28, 16, 16, 256, ir.DType.BF16),
+    "gemma2-2b": (2_614_341_888, 26, 8, 4, 256, ir.DType.FP32),
 }
+# Gemma2's scale query_pre_attn_scalar^-0.5 / attn_logit_softcapping (the 1 / cap folded), and its caps
+GEMMA2_2B = dict(scale=256 ** -0.5 / 50.0, softcap=50.0, final=30.0)
 
 
 def weights(g: ir.Graph) -> list[ir.Node]:
@@ -50,6 +56,12 @@ def tiny(family: str, **over) -> dict:
         "mistral": dict(model_type="mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128, sliding_window=64,
                         torch_dtype="float32"),
+        "gemma": dict(model_type="gemma", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=128, torch_dtype="float32"),
+        "gemma2": dict(model_type="gemma2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=128,
+                       query_pre_attn_scalar=16, attn_logit_softcapping=2.0, final_logit_softcapping=1.0,
+                       torch_dtype="float32"),
         "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128,
                      vocab_size=128, activation_function="gelu_new", torch_dtype="float32"),
         "opt": dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
@@ -98,6 +110,14 @@ PRESET_FIELDS = {
     "qwen3-8b": dict(model_type="qwen3", max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000,
                      head_dim=128, use_sliding_window=False, tie_word_embeddings=False, vocab_size=151936,
                      intermediate_size=12288),
+    "gemma-2b": dict(model_type="gemma", hidden_size=2048, intermediate_size=16384, max_position_embeddings=8192,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, torch_dtype="bfloat16", vocab_size=256000),
+    "gemma-7b": dict(model_type="gemma", hidden_size=3072, intermediate_size=24576, max_position_embeddings=8192,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, torch_dtype="bfloat16", vocab_size=256000),
+    "gemma2-2b": dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, max_position_embeddings=8192,
+                      query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                      sliding_window=4096, hidden_activation="gelu_pytorch_tanh", torch_dtype="float32",
+                      vocab_size=256000),
 }
 
 
@@ -115,9 +135,10 @@ def test_preset_shapes_and_parameters(name):
     g = load_preset(name)
     ir.verify(g, fused=True)
     assert g.name == name
-    assert sum(n.type.numel for n in weights(g)) == params
+    assert summarize(g).parameters == params
     assert {n.type.dtype for n in weights(g)} == {dtype}
-    assert all(isinstance(n.data, AbsentData) and not n.data.has_values for n in weights(g))
+    # shapes only; Gemma's embedding (and Gemma2's LM head) a scaled view of the tied table
+    assert all(isinstance(getattr(n.data, "base", n.data), AbsentData) and not n.data.has_values for n in weights(g))
     m = g.meta
     assert (m["num_layers"], m["num_heads"], m["num_kv_heads"], m["head_dim"]) == (layers, heads, kv, head_dim)
     assert (m["source"], m["preset"], m["seq_len"], m["past_len"], m["batch"]) == ("config", name, 16, 0, 1)
@@ -126,7 +147,8 @@ def test_preset_shapes_and_parameters(name):
     attn = [n for n in g.nodes() if n.op is OpKind.ATTENTION]
     assert [n.attrs.layer for n in attn] == list(range(layers))
     assert all((a.attrs.num_heads, a.attrs.num_kv_heads, a.attrs.causal) == (heads, kv, True) for a in attn)
-    assert all(math.isclose(a.attrs.scale, 1 / math.sqrt(head_dim)) for a in attn)
+    cap = GEMMA2_2B if name == "gemma2-2b" else dict(scale=1 / math.sqrt(head_dim), softcap=None)
+    assert all(math.isclose(a.attrs.scale, cap["scale"]) and a.attrs.softcap == cap["softcap"] for a in attn)
     (out, node), = g.outputs
     assert out == "logits" and g.node(node).type == ir.TensorType(ir.DType.FP32, (1, 16, m["vocab_size"]))
     # activations are fp32 whatever the weight dtype
@@ -177,6 +199,53 @@ def test_qwen3_per_head_norms():
 def test_tied_presets_share_the_embedding(name):
     g = load_preset(name)
     assert g.node("logits").inputs[1] == "model.embed_tokens.weight" and "lm_head.weight" not in g
+
+
+@pytest.mark.parametrize("name", ["gemma-2b", "gemma-7b", "gemma2-2b"])
+def test_gemma_op_counts_and_folded_scales(name):
+    """GeGLU (tanh GELU), no op for the sqrt(hidden) embedding scale (a view of the tied table),
+    Gemma2's two extra norms a layer and its soft-capped logits."""
+    L, g = PRESET_FACTS[name][1], load_preset(name)
+    two = name.startswith("gemma2")
+    assert op_counts(g) == Counter({
+        OpKind.EMBEDDING: 1, OpKind.RMSNORM: (4 if two else 2) * L + 1, OpKind.LINEAR: 7 * L, OpKind.LMHEAD: 1,
+        OpKind.ROPE: 2 * L, OpKind.ATTENTION: L, OpKind.GELU: L, OpKind.MUL: L, OpKind.ADD: 2 * L,
+        OpKind.RESHAPE: 4 * L, OpKind.TRANSPOSE: 4 * L, **({OpKind.SOFTCAP: 1} if two else {})})
+    assert all(n.attrs.approx is ir.GeluApprox.TANH for n in g.nodes() if n.op is OpKind.GELU)
+    hidden = g.meta["hidden_size"]
+    (emb,) = (n for n in g.nodes() if n.op is OpKind.EMBEDDING)
+    (head,) = (n for n in g.nodes() if n.op is OpKind.LMHEAD)
+    table, w = g.node(emb.inputs[0]).data, g.node(head.inputs[1]).data
+    assert math.isclose(table.factor, math.sqrt(hidden))
+    assert getattr(w, "base", w) is table.base               # tied: one table, viewed twice
+    if two:
+        assert math.isclose(w.factor, 1 / GEMMA2_2B["final"])
+        (cap,) = (n for n in g.nodes() if n.op is OpKind.SOFTCAP)
+        assert cap.inputs == (head.name,) and cap.attrs.cap == GEMMA2_2B["final"]
+        assert g.outputs == (("logits", cap.name),) or list(g.outputs) == [("logits", cap.name)]
+
+
+@pytest.mark.parametrize("name,target,policy", [("gemma-2b", "vhk158", "int8"), ("gemma-7b", "vhk158", "int4-g128"),
+                                                ("gemma2-2b", "u280", "int8")])
+def test_gemma_presets_compile(name, target, policy, tmp_path):
+    """`llmfab compile PRESET`: programs and layout from the config alone; Gemma2's soft-capped
+    logits (256000 columns) go to the SFU in pieces of MISC's 16-bit `cols`."""
+    p = subprocess.run([sys.executable, "-m", "llmfab.cli", "compile", name, "--target", target, "--policy", policy,
+                        "--max-len", "256", "-o", str(tmp_path / "BUILD")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "BUILD" / "manifest.json").read_text())
+    assert m["max_len"] == 256 and m["programs"]
+    if name == "gemma2-2b":
+        from llmfab.ir.isa import MiscFunc, Opcode, Program
+        for entry in m["programs"]:
+            prog = Program.from_bytes((tmp_path / "BUILD" / entry["file"]).read_bytes())
+            start = dict((label, k) for k, label in entry["sections"])["lm_head.softcap"]
+            caps = [i for i in prog.instructions[start:] if i.op is Opcode.MISC]
+            assert {i.fields["func"] for i in caps} == {MiscFunc.SOFTCAP}
+            assert [i.fields["cols"] for i in caps] == [1 << 15] * 7 + [256000 - 7 * (1 << 15)]
+            assert {i.fields["imm"] for i in caps} == {30 << 16}
+            layer0 = [i for i in prog.instructions if i.op is Opcode.MISC and i.fields["func"] == MiscFunc.SOFTCAP]
+            assert {i.fields["imm"] for i in layer0} == {30 << 16, 50 << 16}   # the scores' cap too
 
 
 def test_llama2_7b_exact_counts():
@@ -285,10 +354,10 @@ def test_error_missing_field():
 
 def test_error_unknown_model_type():
     with pytest.raises(ConfigError, match=r"^config\.json: field 'model_type' is 'bert', which is not supported "
-                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gpt2, opt\)$"):
+                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt2, opt\)$"):
         load_config({"model_type": "bert"})
     with pytest.raises(ConfigError, match=r"^config\.json: missing required field 'model_type' "
-                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gpt2, opt\)$"):
+                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt2, opt\)$"):
         load_config({})
 
 
@@ -374,7 +443,8 @@ def test_error_rope_scaling_type():
 
 def test_error_unknown_preset_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match=r"^unknown preset 'llama-70b' \(presets: llama2-7b, llama3-8b, mistral-7b, "
-                                          r"qwen2-7b, opt-6\.7b, llama-3\.2-1b, llama-3\.2-3b, smollm-360m, phi-3-mini, qwen3-8b\)$"):
+                                          r"qwen2-7b, opt-6\.7b, llama-3\.2-1b, llama-3\.2-3b, smollm-360m, phi-3-mini, qwen3-8b, "
+                                          r"gemma-2b, gemma-7b, gemma2-2b\)$"):
         load_preset("llama-70b")
     bad = tmp_path / "bad.json"
     bad.write_text("{'model_type': 'llama'}")

@@ -74,8 +74,15 @@ EXPECTED["gpt_neox"] = dict(layer={"layer_norm": 2, "linear": 4, "slice": 7, "co
 EXPECTED["stablelm"] = dict(layer={"layer_norm": 2, "linear": 7, "slice": 4, "concat": 2, "rope": 2, "attention": 1,
                                    "silu": 1, "mul": 1, "add": 2},
                             extra={"layer_norm": 1, "embedding": 1, "lm_head": 1})
+# GeGLU (tanh GELU), RMSNorm with 1 + w folded into its weight, sqrt(hidden) folded into the
+# embedding table (no mul outside the layers); Gemma2: post-attention and post-MLP norms too, and
+# the final logits' soft-cap, its 1 / cap folded into the LM head
+EXPECTED["gemma"] = dict(layer={"rms_norm": 2, "linear": 7, "rope": 2, "attention": 1, "gelu": 1, "mul": 1, "add": 2},
+                         extra={"rms_norm": 1, "embedding": 1, "lm_head": 1, "softcap": 0})
+EXPECTED["gemma2"] = dict(layer={**EXPECTED["gemma"]["layer"], "rms_norm": 4},
+                          extra={"rms_norm": 1, "embedding": 1, "lm_head": 1, "softcap": 1})
 CONFIG_FAMILIES = ("llama", "qwen2", "mistral", "mistral_kv1", "gpt2", "opt",   # what load_config builds too
-                   "phi3", "qwen3", "llama32", "smollm")
+                   "phi3", "qwen3", "llama32", "smollm", "gemma", "gemma2")
 
 
 @pytest.mark.parametrize("file", fixture_ids())
@@ -88,13 +95,19 @@ def test_fused_graph_has_llm_ops(file):
     exp = EXPECTED[entry["family"]]
     for op in set(exp["layer"]) | set(exp["extra"]):
         assert counts[op] == L * exp["layer"].get(op, 0) + exp["extra"].get(op, 0), op
-    for op in ("softmax", "matmul", "pow", "sigmoid", "reduce_mean", "sub", "div", "where", "expand"):
+    for op in ("softmax", "matmul", "pow", "sigmoid", "reduce_mean", "sub", "div", "where", "expand", "tanh"):
         assert counts[op] == 0, op
     cfg = entry["config"]
+    cap = cfg.get("attn_logit_softcapping")   # Gemma2: the scores' 1 / cap joins the scale
     for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
         assert a.attrs.causal
         assert (a.attrs.num_heads, a.attrs.num_kv_heads) == (cfg["heads"], cfg["kv_heads"] or cfg["heads"])
-        assert a.attrs.scale == pytest.approx(cfg["head_dim"] ** -0.5, rel=1e-6)
+        scale = cfg.get("query_pre_attn_scalar", cfg["head_dim"]) ** -0.5 / (cap or 1)
+        assert a.attrs.scale == pytest.approx(scale, rel=1e-6)
+        assert a.attrs.softcap == (pytest.approx(cap, rel=1e-6) if cap else None)
+    for n in (n for n in g.nodes() if n.op is OpKind.SOFTCAP):
+        assert g.node(n.inputs[0]).op is OpKind.LMHEAD
+        assert n.attrs.cap == pytest.approx(cfg["final_logit_softcapping"], rel=1e-6)
         assert len(a.inputs) == 3  # the causal mask became an attribute
     roles = collections.Counter(n.attrs.role for n in g.nodes() if n.op in (OpKind.LINEAR, OpKind.LMHEAD))
     assert roles[LinearRole.UNKNOWN] == 0
@@ -115,11 +128,17 @@ def _hf_config(entry) -> dict:
                     num_attention_heads=c["heads"], vocab_size=c["vocab"], ffn_dim=c["intermediate"],
                     max_position_embeddings=c["max_position_embeddings"], word_embed_proj_dim=c["hidden"],
                     activation_function=c["activation"])
+    extra = {}
+    if fam.startswith("gemma"):
+        extra = dict(hidden_activation=c["activation"])
+    if fam == "gemma2":
+        extra.update({k: c[k] for k in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping")})
     return dict(model_type=fam, num_hidden_layers=c["num_layers"], hidden_size=c["hidden"],
                 num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"], head_dim=c["head_dim"],
                 vocab_size=c["vocab"], intermediate_size=c["intermediate"], rms_norm_eps=c["rms_norm_eps"],
                 rope_theta=c["rope_theta"], rope_scaling=c.get("rope_scaling"),
-                tie_word_embeddings=c["tie_word_embeddings"], max_position_embeddings=c["max_position_embeddings"])
+                tie_word_embeddings=c["tie_word_embeddings"], max_position_embeddings=c["max_position_embeddings"],
+                **extra)
 
 
 @pytest.mark.parametrize("file", fixture_ids(lambda f: not f["has_kv_cache"] and f["family"] in CONFIG_FAMILIES))

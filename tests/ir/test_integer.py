@@ -19,8 +19,8 @@ from llmfab.ir import interpret
 from llmfab.ir.fixed_point import ONE, bit_length, div_round, from_fixed, rshr, sat, to_fixed
 from llmfab.ir.integer import (INT_KERNELS, IntegerError, Lut, act_table, group_accumulate, group_partial_sums,
                                int_attention, int_embedding, int_exp, int_gelu, int_layer_norm, int_linear,
-                               int_mul, int_rms_norm, int_rope, int_silu, int_softmax_rows, isqrt, lut_eval,
-                               quantize_activation, run_integer, run_integer_raw)
+                               int_mul, int_rms_norm, int_rope, int_silu, int_softcap, int_softmax_rows, isqrt, lut_eval,
+                               quantize_activation, run_integer, run_integer_raw, softcap_fixed)
 from llmfab.ir.integer import _shr_sat
 from llmfab.ir.quant import BITS, GROUPS, PATTERNS, QuantizedWeight, QuantScheme, scale_multipliers
 
@@ -103,22 +103,28 @@ P_FUNCS = {
     Lut.GELU: lambda x: 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0))),
     Lut.GELU_TANH: lambda x: 0.5 * x * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
     Lut.EXP: math.exp,
+    Lut.TANH: math.tanh,
 }
-P_LO = {Lut.SILU: -8, Lut.GELU: -8, Lut.GELU_TANH: -8, Lut.EXP: -16}
+P_LO = {Lut.SILU: -8, Lut.GELU: -8, Lut.GELU_TANH: -8, Lut.EXP: -16, Lut.TANH: -8}
 
 
 def p_table(kind: Lut) -> list[int]:
     return [p_round_away(P_FUNCS[kind](P_LO[kind] + j / 16) * 2 ** 16) for j in range(257)]
 
 
-def p_lut(t: list[int], x: int, lo: int) -> int:
+def p_lut(t: list[int], x: int, lo: int, below: int = 0) -> int:
     u = x - lo * ONE
     if u < 0:
-        return 0
+        return below
     if u >= 1 << 20:
         return t[256]
     j = u >> 12
     return t[j] + p_rshr((t[j + 1] - t[j]) * (u & 4095), 12)
+
+
+def p_softcap(t: list[int], x: int, cap: int) -> int:
+    """cap tanh(x): tanh's table, -1 (T[0]) below -8, times the Q.16 cap."""
+    return p_sat(p_rshr(p_lut(t, x, -8, t[0]) * cap, 16), 32)
 
 
 def p_act(t: list[int], x: int) -> int:
@@ -383,7 +389,10 @@ def test_tables_exact(kind):
                         [lo * ONE - 1, lo * ONE, (lo + 16) * ONE - 1, (lo + 16) * ONE, (lo + 16) * ONE + 1]])
     pt = p_table(kind)
     assert lut_eval(t, x, lo).tolist() == [p_lut(pt, int(v), lo) for v in x]
-    if kind is not Lut.EXP:
+    if kind is Lut.TANH:
+        for cap in (1, softcap_fixed(0.5), softcap_fixed(50.0), (1 << 31) - 1):
+            assert int_softcap(x, cap).tolist() == [p_softcap(pt, int(v), cap) for v in x]
+    elif kind is not Lut.EXP:
         f = {Lut.SILU: int_silu, Lut.GELU: int_gelu,
              Lut.GELU_TANH: lambda v: int_gelu(v, GeluApprox.TANH)}[kind]
         assert f(x).tolist() == [p_act(pt, int(v)) for v in x]
@@ -391,6 +400,18 @@ def test_tables_exact(kind):
 
 def _all_q16(lo: float, hi: float, step: int = 1) -> np.ndarray:
     return np.arange(int(lo * ONE), int(hi * ONE), step, dtype=np.int64)
+
+
+def test_softcap_within_4e4_of_cap_tanh():
+    """Every Q.16 point of [-10, 10): cap tanh(x) within 4e-4 cap (interpolation h^2/8 max|tanh''|
+    = 3.8e-4 at worst), and exactly +-cap (to its Q.16) beyond the table."""
+    x = _all_q16(-10, 10, 7)
+    for cap in (50.0, 30.0, 1.0):
+        y = from_fixed(int_softcap(x, softcap_fixed(cap)))
+        assert np.abs(y - cap * np.tanh(from_fixed(x))).max() < 4e-4 * cap
+    assert int_softcap(np.array([-(1 << 31), 9 * ONE]), softcap_fixed(50.0)).tolist() == [-50 * ONE, 50 * ONE]
+    with pytest.raises(IntegerError, match="soft-cap"):
+        softcap_fixed(0.0)
 
 
 def test_silu_gelu_tables_within_5e4_on_the_table_range():

@@ -1005,3 +1005,39 @@ def test_fusion_pipeline_on_primitive_llama():
     assert all(n.attrs.eps == float(np.float32(1e-6)) for n in g.nodes() if n.op is OpKind.RMSNORM)
     head = g.node(g.outputs[0][1])
     assert head.op is OpKind.LMHEAD and head.attrs.role is LinearRole.LM_HEAD
+
+
+# =============================================================================================
+# fold-scales (Gemma's embedding scale, Gemma2's logit soft-cap)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_fold_scales_softcap_into_the_linear(inverse):
+    """tanh(Linear(x) / 30) * 30 (or * (1/30) inside) -> Softcap{30}(Linear with weight and bias / 30)."""
+    b = G()
+    y = b.op(OpKind.LINEAR, b.input("x", (2, 5, 16)), b.weight(24, 16, scale=8.0), b.weight(24, scale=8.0),
+             attrs=LinearAttrs())
+    inner = b.op(OpKind.MUL, y, np.float32(1 / 30)) if inverse else b.op(OpKind.DIV, y, np.float32(30.0))
+    g = b.out(b.op(OpKind.MUL, np.float32(30.0), b.op(OpKind.TANH, inner)))
+    apply(g, "fold-scales", b.feeds, rtol=1e-5, atol=1e-4)
+    cap = only(g, OpKind.SOFTCAP)
+    assert cap.attrs.cap == pytest.approx(30.0) and g.node(cap.inputs[0]).op is OpKind.LINEAR
+    assert ops(g)[OpKind.TANH] == ops(g)[OpKind.DIV] == ops(g)[OpKind.MUL] == 0
+
+
+def test_fold_scales_leaves_what_it_cannot_fold():
+    """A Linear whose output is also read elsewhere keeps its weights (the soft-cap stays
+    primitive); an embedding read twice keeps its table; a mismatched cap is no soft-cap."""
+    b = G()
+    x = b.input("x", (2, 5, 16))
+    y = b.op(OpKind.LINEAR, x, b.weight(24, 16), attrs=LinearAttrs())
+    capped = b.op(OpKind.MUL, b.op(OpKind.TANH, b.op(OpKind.DIV, y, np.float32(30.0))), np.float32(30.0))
+    z = b.op(OpKind.LINEAR, x, b.weight(24, 16), attrs=LinearAttrs())
+    odd = b.op(OpKind.MUL, b.op(OpKind.TANH, b.op(OpKind.DIV, z, np.float32(30.0))), np.float32(20.0))
+    ids = b.input("ids", (2, 5), DType.INT64)
+    e = b.op(OpKind.EMBEDDING, b.weight(10, 24), ids)
+    scaled = b.op(OpKind.MUL, e, np.float32(4.0))
+    g = b.out(b.op(OpKind.ADD, b.op(OpKind.ADD, b.op(OpKind.ADD, capped, y), odd), b.op(OpKind.ADD, scaled, e)))
+    before = Counter(n.op for n in g.nodes())
+    apply(g, "fold-scales", b.feeds)
+    assert Counter(n.op for n in g.nodes()) == before

@@ -49,6 +49,7 @@ GENERATORS = {
     "COPY": gen_copy,
     "ADD/MUL": gen_elementwise((MiscFunc.ADD, MiscFunc.MUL), BROADCAST),
     "activations": gen_elementwise((MiscFunc.RELU, MiscFunc.SILU, MiscFunc.GELU, MiscFunc.GELU_TANH)),
+    "SOFTCAP": gen_elementwise((MiscFunc.SOFTCAP,), imm=lambda rng: int(rng.integers(1, 1 << 31))),
     "QUANT_ROWS": gen_quant,
     "norms": gen_norm,
     "SOFTMAX": gen_softmax,

@@ -43,10 +43,13 @@ def _program(c, stage, length):
 
 @pytest.fixture(scope="module")
 def model():
+    return _system(tiny_compiled())
+
+
+def _system(c):
     if shutil.which("verilator") is None:
         pytest.skip("needs Verilator: apt-get install verilator")
     t = load_target("sim-small")
-    c = tiny_compiled()
     progs = [_program(c, "prefill", _chunk(c)), _program(c, "decode", len(PROMPT) + 1)]
     t0 = time.perf_counter()
     assert max(c.layout.used) <= RAM_BYTES
@@ -156,15 +159,14 @@ def test_block_ram_buffers_run_the_same_programs(model):
         assert predicted <= run.cycles <= bound * predicted, stage
 
 
-def test_qwen3_decode_step_equals_the_functional_simulator(model):
-    """A family beyond LLaMA on the RTL: the tiny Qwen3's decode step (an RMSNorm over each q and k
-    head, run as the SFU's RMSNORM over head_dim rows) ends with the functional simulator's bytes.
-    It runs on the tiny LLaMA's Verilator build when that has its weight formats, else on one of its own."""
+def _family_decode(model, fixture: str, what: str):
+    """Compile a family's tiny fixture (int8, sim-small), run its prefill functionally and its decode
+    step on the RTL and functionally, compare every byte (`_check`). It runs on the tiny LLaMA's
+    Verilator build when that has its weight formats, else on one of its own. Returns the decode program."""
     from llmfab.compile import compile_model
     t, _, vs, llama_formats = model
-    c = compile_model(str(FIXTURES / "qwen3_dynamo_op18.onnx"), "sim-small", max_len=16, policy="int8")
+    c = compile_model(str(FIXTURES / fixture), "sim-small", max_len=16, policy="int8")
     decode = _program(c, "decode", len(PROMPT) + 1)
-    assert any(i.op.name == "MISC" and i["func"].name == "RMSNORM" and i["cols"] == 8 for i in decode.instructions)
     formats = formats_of([_program(c, "prefill", _chunk(c)), decode])
     if not set(formats) <= set(llama_formats):
         vs = VerilatorSystem(t, formats, [RAM_BYTES] * t.memory.channels)
@@ -172,7 +174,23 @@ def test_qwen3_decode_step_equals_the_functional_simulator(model):
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
     m.run(_program(c, "prefill", _chunk(c)), _chunk(c))
     m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
-    _check(t, vs, formats, m, decode, len(PROMPT) + 1, "qwen3 decode")
+    _check(t, vs, formats, m, decode, len(PROMPT) + 1, what)
+    return decode
+
+
+def test_qwen3_decode_step_equals_the_functional_simulator(model):
+    """A family beyond LLaMA on the RTL: the tiny Qwen3's decode step (an RMSNorm over each q and k
+    head, run as the SFU's RMSNORM over head_dim rows) ends with the functional simulator's bytes."""
+    decode = _family_decode(model, "qwen3_dynamo_op18.onnx", "qwen3 decode")
+    assert any(i.op.name == "MISC" and i["func"].name == "RMSNORM" and i["cols"] == 8 for i in decode.instructions)
+
+
+def test_gemma2_decode_step_equals_the_functional_simulator(model):
+    """Gemma2's decode step on the RTL, byte for byte with the functional simulator: its soft-capped
+    attention scores (cap 2.0) and logits (cap 1.0) through the SFU's MISC SOFTCAP."""
+    decode = _family_decode(model, "gemma2_dynamo_op18.onnx", "gemma2 decode")
+    caps = {i["imm"] for i in decode.instructions if i.op.name == "MISC" and i["func"].name == "SOFTCAP"}
+    assert caps == {2 << 16, 1 << 16}
 
 
 # -- AxiRam alone, in amaranth.sim ---------------------------------------------------------------

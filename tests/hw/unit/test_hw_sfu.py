@@ -15,7 +15,7 @@ from llmfab.backend_hw.sfu.arith import SeqDivider, SeqSqrt
 from llmfab.backend_hw.sfu.datapath import FUNCS, SFU, SWEEPS
 from llmfab.backend_hw.sfu.scalars import Q_INV, Q_M, Q_MEAN, Q_MS, Q_R, Q_RECIP
 from llmfab.ir.integer import (int_add, int_exp, int_gelu, int_layer_norm, int_mul, int_relu, int_rms_norm, int_rope,
-                               int_silu, int_softmax_rows, isqrt, quantize_activation)
+                               int_silu, int_softcap, int_softmax_rows, isqrt, quantize_activation, softcap_fixed)
 from llmfab.ir.isa import MiscFunc
 from llmfab.ir.ops import GeluApprox
 from llmfab.ir.target import load_target
@@ -76,6 +76,9 @@ def make_cases(lanes: int, seed: int) -> list[Case]:
     xa[1, :8] = -8 * ONE + 4096 * np.arange(8) * 37      # across knots
     cases += [Case(MiscFunc.SILU, xa, {}, int_silu(xa)), Case(MiscFunc.GELU, xa, {}, int_gelu(xa)),
               Case(MiscFunc.GELU_TANH, xa, {}, int_gelu(xa, GeluApprox.TANH))]
+    # SOFTCAP: cap tanh(x), the cap in `eps` (Gemma2's 50 and 30, a small one, the largest)
+    for cap in (softcap_fixed(50.0), softcap_fixed(30.0), softcap_fixed(0.5), LIM):
+        cases.append(Case(MiscFunc.SOFTCAP, xa, {}, int_softcap(xa, cap), eps32=cap))
     # RoPE: 2 heads of depth 4 lanes; the partner of element j is j +- depth/2 in its head
     depth = 4 * lanes
     xr = q16(rng, (r, 2 * depth))

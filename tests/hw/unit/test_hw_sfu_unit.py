@@ -17,7 +17,7 @@ import pytest
 
 from conftest import tiny_compiled
 from llmfab.backend_hw.sfu.unit import SfuUnit
-from llmfab.ir.integer import MAX_NORM_D
+from llmfab.ir.integer import MAX_NORM_D, softcap_fixed
 from llmfab.ir.isa import BROADCAST, CAUSAL, BufferId, MiscFunc, Opcode, Program, encode, make, resolve_length
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine, _misc
@@ -178,7 +178,7 @@ def q16_rows(rng, bufs, buf, rows, cols, part, stride=0, align=4, scale=3.0):
     return addr
 
 
-def gen_elementwise(funcs, flags=0):
+def gen_elementwise(funcs, flags=0, imm=lambda rng: 0):
     def gen(rng, n=5):
         bufs, insts = random_buffers(rng), []
         for _ in range(n):
@@ -191,7 +191,7 @@ def gen_elementwise(funcs, flags=0):
             fl = int(rng.integers(0, 2)) * flags
             src = q16_rows(rng, bufs, sb, rows, cols, 0, ss, align)
             src2 = q16_rows(rng, bufs, s2b, rows, cols, 1, 0, align)
-            insts.append(misc(func=f, flags=fl, rows=rows, cols=cols, src_buf=sb, src2_buf=s2b, dst_buf=db,
+            insts.append(misc(func=f, flags=fl, imm=imm(rng), rows=rows, cols=cols, src_buf=sb, src2_buf=s2b, dst_buf=db,
                               src_addr=src, src2_addr=src2, src_stride=ss, dst_stride=ds,
                               dst_addr=region(rng, db, rows * (ds or 4 * cols) + 4, 2, align)))
         return insts, bufs
@@ -212,6 +212,14 @@ def test_add_mul():
 def test_activations():
     check("RELU/SILU/GELU", *gen_elementwise((MiscFunc.RELU, MiscFunc.SILU, MiscFunc.GELU, MiscFunc.GELU_TANH))(
         np.random.default_rng(3), n=6))
+
+
+@pytest.mark.sim
+def test_softcap():
+    """Gemma2's soft-cap: the Q.16 cap in `imm` (50, 30 as in gemma-2, small ones, the largest)."""
+    caps = [softcap_fixed(c) for c in (50.0, 30.0, 1.0, 0.25)] + [(1 << 31) - 1]
+    check("SOFTCAP", *gen_elementwise((MiscFunc.SOFTCAP,), imm=lambda rng: int(rng.choice(caps)))(
+        np.random.default_rng(4), n=6))
 
 
 def gen_quant(rng, n=5):
