@@ -702,8 +702,6 @@ def main(argv=None) -> int:
         manifest["fixtures"] = [e for e in old.get("fixtures", []) if e["file"] not in names] + entries
         order = {v.relpath(): i for i, v in enumerate(variants())}
         manifest["fixtures"].sort(key=lambda e: order.get(e["file"], len(order)))
-        for k, v in old.items():   # sections this script does not write (the trained model's) stay
-            manifest.setdefault(k, v)
     with open(man_path, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
