@@ -125,7 +125,7 @@ class Controller(wiring.Component):
                             m.d.sync += length.eq(field(cur, Opcode.SYS, "imm"))
                         with m.If(sys_func == SysFunc.END):
                             m.d.sync += [self.halted.eq(1), self.running.eq(0)]
-                with m.Default():   # opcodes 6 and 7 are illegal: drop them and say so
+                with m.Default():   # an opcode the ISA lacks (7): drop it and say so
                     m.d.comb += leave.eq(1)
                     m.d.sync += self.error.eq(1)
 
