@@ -137,9 +137,8 @@ class SfuUnit(wiring.Component):
         left = Signal(16)                             # cols - k0, kept as a register
         # nl = min(left, L, and EMBED's gleft): the three compares side by side, off registers
         nl = Signal(range(L + 1))
-        g_min = is_embed & (gleft < L) & (gleft < left)
-        m.d.comb += nl.eq(Mux(g_min, gleft, Mux(left < L, left, L)))
         g_step = is_embed & (gleft < L)             # a beat that does not end the row takes min(L, gleft)
+        m.d.comb += nl.eq(Mux(g_step & (gleft < left), gleft, Mux(left < L, left, L)))
         n_copy = Signal(range(RB + 1))
         m.d.comb += n_copy.eq(Mux(left < RB, left, RB))
         is_out = p == npass - 1
@@ -196,8 +195,8 @@ class SfuUnit(wiring.Component):
         # Passes that read only `a` split its words between both ports (the src2 port reads the src
         # buffer too): the even words on `src`, the odd ones on `src2`, so that the two reads of a
         # cycle are of neighbouring words, on different banks of a word-interleaved buffer.
-        wmask = Signal(range(wb_max))
-        lg_dst = Signal(range(wb_max.bit_length()))  # the dst buffer's word log (registered)                 # the src buffer's word bytes - 1 (registered)
+        wmask = Signal(range(wb_max))                 # the src buffer's word bytes - 1 (registered)
+        lg_dst = Signal(range(wb_max.bit_length()))  # the dst buffer's word log (registered)
         phase = Signal(range(wb_max))                 # elem's byte in its word
         m.d.comb += phase.eq(elem & wmask)
         split_at = Signal(A_W)                         # the second word
@@ -318,12 +317,13 @@ class SfuUnit(wiring.Component):
             nat_src = Mux(is_cp, g["cols"], g["cols"] << 2)
             nat_dst = Mux(is_cp, g["cols"], Mux(g["func"] == F.QUANT_ROWS, g["cols"] + 4, g["cols"] << 2))
             t0 = g["src2_addr"] + g["imm"] * (g["depth"] << 3)
+            grp = Mux(g["depth"] == 0, g["cols"], g["depth"])
             return [spitch.eq(Mux(ss != 0, ss, nat_src)), dpitch.eq(Mux(ds != 0, ds, nat_dst)),
                     src_row.eq(Mux(is_cp, g["src_addr"] + g["imm"] * Mux(ss != 0, ss, g["cols"]), g["src_addr"])),
                     src2_row.eq(g["src2_addr"]), dst_row.eq(g["dst_addr"]), o_row.eq(g["dst_addr"]), o_k0.eq(0),
-                    tab0.eq(t0), tab.eq(t0), group.eq(Mux(g["depth"] == 0, g["cols"], g["depth"])),
+                    tab0.eq(t0), tab.eq(t0), group.eq(grp),
                     code_bytes.eq((g["cols"] * g["imm"][:4] + 7) >> 3), wmask.eq((1 << lg_in) - 1), lg_dst.eq(lg_dst_in),
-                    left.eq(g["cols"]), gleft.eq(Mux(g["depth"] == 0, g["cols"], g["depth"])),
+                    left.eq(g["cols"]), gleft.eq(grp),
                     r.eq(0), rmod.eq(0), p.eq(0), k0.eq(0), hpos.eq(0), gidx.eq(0),
                     kbits.eq(0), seq_end.eq(0)]
 
