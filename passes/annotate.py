@@ -78,10 +78,6 @@ class Annotate(Pass):
                 g.replace_all_uses(lm, new.name)
                 g.eliminate_dead_code()
         self._tie_lm_head(g)
-        # Layer index of every node: how many attentions precede it.
-        after = {a: nx.descendants(g._g, a) for a in attn}
-        def layer_of(name: str) -> int:
-            return sum(name in d for d in after.values())
         blocks = []      # the residual stream entering each layer: what its attention's norm reads
         for i, a in enumerate(attn):
             _set(g, a, layer=i)
@@ -93,13 +89,18 @@ class Annotate(Pass):
             norms = {g.node(lin).inputs[0] for t in srcs for lin in t}
             if len(norms) == 1 and g.node(x := norms.pop()).op in (OpKind.RMSNORM, OpKind.LAYERNORM):
                 blocks.append(g.node(x).inputs[0])
-        if len(blocks) == len(attn):
+        by_block = len(blocks) == len(attn)
+        if by_block:
             # Layer i holds what comes after its residual stream input and before the next one's:
             # right whether the MLP follows attention or runs beside it (Falcon, Phi-2, GPT-NeoX).
             after_block = [nx.descendants(g._g, x) for x in blocks]
             def block_of(name: str) -> int:
                 return sum(name in d for d in after_block) - 1
         else:
+            # Layer index of every node: how many attentions precede it.
+            after = [nx.descendants(g._g, a) for a in attn]
+            def layer_of(name: str) -> int:
+                return sum(name in d for d in after)
             def block_of(name: str) -> int:
                 return layer_of(name) - 1
         for n in g.nodes():
@@ -111,7 +112,7 @@ class Annotate(Pass):
                 users = g.users(n.name)
                 feeds_qkv = any(u.op is OpKind.LINEAR and u.attrs.role in qkv for u in users)
                 feeds_head = any(u.op is OpKind.LMHEAD for u in users)
-                layer = block_of(n.name) if len(blocks) == len(attn) else layer_of(n.name) - (0 if feeds_qkv else 1)
+                layer = block_of(n.name) if by_block else layer_of(n.name) - (0 if feeds_qkv else 1)
                 _set(g, n.name, layer=None if feeds_head else layer)
         g.meta.setdefault("num_layers", len(attn))
 
