@@ -16,7 +16,7 @@ from typing import Mapping
 from llmfab.ir import ArrayData, DType, LinearRole, OpKind
 
 from .config_fields import _Fields
-from .config_graph import _ACTIVATIONS, MAX_LAYERS, _Arch, _Builder
+from .config_graph import MAX_LAYERS, _activation, _Arch, _Builder
 from .rope import rope_cos_sin
 
 LLAMA_LIKE = ("llama", "qwen2", "mistral", "phi3", "qwen3", "gemma", "gemma2")
@@ -90,8 +90,7 @@ def arch_llama(f: _Fields, family: str, dtype: DType) -> _Arch:
 def _gemma(f: _Fields, family: str, head_dim: int) -> tuple[OpKind, object, float, float | None, float | None]:
     """Gemma's MLP activation (HF reads `hidden_activation` and ignores `hidden_act`: gelu_pytorch_tanh
     when absent or null), attention scale, and Gemma2's soft-caps (None: not capped)."""
-    act, approx = _ACTIVATIONS[f.choice("hidden_activation", tuple(_ACTIVATIONS), "gelu_pytorch_tanh")
-                               if f.cfg.get("hidden_activation") is not None else "gelu_pytorch_tanh"]
+    act, approx = _activation(f, "hidden_activation", "gelu_pytorch_tanh")
     if family == "gemma":
         return act, approx, head_dim ** -0.5, None, None
     caps = [None if f.cfg.get(k, 0) is None else f.float(k, d)
@@ -139,7 +138,7 @@ def build_llama(f: _Fields, b: _Builder, family: str) -> dict:
     b.g.add_const("rope.sin", ArrayData(sin.reshape(1, 1, S, a.head_dim)))
     b.inputs()
     embed = b.weight("model.embed_tokens.weight", a.vocab, a.hidden)
-    table = b.scaled(embed, math.sqrt(a.hidden)) if family.startswith("gemma") else embed
+    table = b.g.add_scaled(embed, math.sqrt(a.hidden)) if family.startswith("gemma") else embed
     x = b.op("embed", OpKind.EMBEDDING, [table, "input_ids"])
     qd, kvd = a.heads * a.head_dim, a.kv_heads * a.head_dim
     for i in range(a.layers):
