@@ -121,10 +121,6 @@ class QuantScheme:
         """Scale groups per row of a weight with K inputs, a partial last group included."""
         return -(-k // self.group_size(k))
 
-    def partial_group(self, k: int) -> int:
-        """Columns of the partial last group of a row (0 when the group divides K)."""
-        return k % self.group_size(k)
-
     def kept_fraction(self) -> float:
         return 1.0 if self.sparsity is None else self.sparsity[0] / self.sparsity[1]
 
