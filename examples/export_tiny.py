@@ -688,13 +688,12 @@ def main(argv=None) -> int:
         "failed": failed,
     }
     man_path = os.path.join(out, "manifest.json")
-    if os.path.exists(man_path):  # entries other scripts own (examples/train_tiny.py's "trained") stay
-        for key, value in json.load(open(man_path)).items():
-            manifest.setdefault(key, value)
-    if args.only and os.path.exists(man_path):
+    old = json.load(open(man_path)) if os.path.exists(man_path) else {}
+    for key, value in old.items():  # entries other scripts own (examples/train_tiny.py's "trained") stay
+        manifest.setdefault(key, value)
+    if args.only and old:
         # Merge into existing manifest; the top-level versions stay those of the earlier fixtures,
         # and each fixture exported now records its own.
-        old = json.load(open(man_path))
         for e in entries:
             e["versions"] = manifest["versions"]
         manifest["versions"] = old.get("versions", manifest["versions"])
