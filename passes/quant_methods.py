@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from llmfab.ir.packing import hardware_k
 from llmfab.ir.quant import (MANT_BITS, QuantError, QuantizedWeight, QuantScheme, block_counts, block_quota,
                              scale_multipliers)
 
@@ -43,11 +44,8 @@ def padded_group(scheme: QuantScheme, k: int) -> tuple[int, int]:
     Zero columns change no group's max |w| and are never kept before a real weight (ties go to the
     lower index), so a partial last group or N:M block gets its scale and mask from its real
     columns only; the padding is cut off again. Per row, the group is K rounded up to the N:M block."""
-    g = scheme.group_size(k)
-    m = scheme.sparsity[1] if scheme.sparsity else 1
-    if g == k:
-        g = -(-k // m) * m
-    return g, -(-k // g) * g
+    g, kp = scheme.group_size(k), hardware_k(scheme, k)
+    return (g if g < k else kp), kp
 
 
 def _pad(a: np.ndarray, kp: int) -> np.ndarray:
