@@ -9,7 +9,7 @@ import numpy as np
 
 from llmfab.ir import (AbsentData, ArrayData, AttentionAttrs, AxisAttrs, DType, GeluApprox, GeluAttrs, Graph,
                        InputAttrs, InputRole, LinearAttrs, LinearRole, NormAttrs, OpKind, PermAttrs, RopeAttrs,
-                       RopeStyle, ScaledData, ShapeAttrs, SliceAttrs, SoftcapAttrs, TensorType)
+                       RopeStyle, ShapeAttrs, SliceAttrs, SoftcapAttrs, TensorType)
 
 from .config_fields import _Fields
 
@@ -81,11 +81,6 @@ class _Builder:
         self.g.add_const("positions", ArrayData(np.broadcast_to(pos, (self.B, self.S)).copy()))
         return "positions"
 
-    def scaled(self, name: str, c: float) -> str:
-        """A view of weight `name` times c: a scale the ONNX import folds into a weight (fold-scales)."""
-        return self.g.add_const(self.g.unique_name(f"{name}.scaled"), ScaledData(self.g.node(name).data, c),
-                                weight=True).name
-
     def attention(self, i: int, q: str, k: str, v: str, scale: float, rope: tuple[str, str] | None,
                   head_norms: str | None = None, softcap: float | None = None) -> str:
         """Split heads, rotate, extend with the cache, attend, merge heads: [B,S,H*D] out.
@@ -133,7 +128,7 @@ class _Builder:
         if softcap is None:
             self.op("logits", OpKind.LMHEAD, [h, w], LinearAttrs(LinearRole.LM_HEAD))
         else:
-            y = self.op("lm_head", OpKind.LMHEAD, [h, self.scaled(w, 1 / softcap)], LinearAttrs(LinearRole.LM_HEAD))
+            y = self.op("lm_head", OpKind.LMHEAD, [h, self.g.add_scaled(w, 1 / softcap)], LinearAttrs(LinearRole.LM_HEAD))
             self.op("logits", OpKind.SOFTCAP, [y], SoftcapAttrs(softcap))
         self.g.add_output("logits", "logits")
         for out, node in self.present:

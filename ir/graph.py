@@ -12,7 +12,7 @@ from typing import Iterable
 import networkx as nx
 
 from .ops import ATTRS, ConstAttrs, InputAttrs, NoAttrs, OpKind, attrs_type, infer_type
-from .tensor_data import TensorData
+from .tensor_data import ScaledData, TensorData
 from .types import TensorType
 
 
@@ -75,6 +75,12 @@ class Graph:
     def add_const(self, name: str, data: TensorData, weight: bool = False) -> Node:
         return self.add(Node(name, OpKind.CONST, (), ConstAttrs(data, weight),
                              TensorType(data.dtype, data.shape)))
+
+    def add_scaled(self, name: str, c: float) -> str:
+        """A new weight: weight `name` times c, as a lazy view (a tied table stays one set of
+        parameters, and nothing is read here)."""
+        return self.add_const(self.unique_name(f"{name}.scaled"), ScaledData(self.node(name).data, c),
+                              weight=True).name
 
     def unique_name(self, base: str) -> str:
         if base not in self._g:

@@ -14,15 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from llmfab.ir import Graph, OpKind, ScaledData, SoftcapAttrs
+from llmfab.ir import Graph, OpKind, SoftcapAttrs
 
 from .pass_base import Pass
 from .patterns import replace, sole_user, split_const
-
-
-def _scaled(g: Graph, name: str, c: float) -> str:
-    """A weight `name` times c: a lazy view (a tied table stays one set of parameters, unread here)."""
-    return g.add_const(g.unique_name(f"{name}.scaled"), ScaledData(g.node(name).data, c), weight=True).name
 
 
 def _softcap_source(g: Graph, mul) -> tuple[str, float] | None:
@@ -61,12 +56,12 @@ class FoldScales(Pass):
             if (sc := split_const(g, n)) is not None and g.node(sc[0]).op is OpKind.EMBEDDING \
                     and sole_user(g, sc[0]) is not None:
                 emb = g.node(sc[0])
-                replace(g, n.name, OpKind.EMBEDDING, [_scaled(g, emb.inputs[0], sc[1]), emb.inputs[1]], None,
+                replace(g, n.name, OpKind.EMBEDDING, [g.add_scaled(emb.inputs[0], sc[1]), emb.inputs[1]], None,
                         name=emb.name)
             elif (cap := _softcap_source(g, n)) is not None:
                 lin = g.node(cap[0])
                 w, *b = lin.inputs[1:]
-                ins = [lin.inputs[0], _scaled(g, w, 1 / cap[1])] + [_scaled(g, x, 1 / cap[1]) for x in b]
+                ins = [lin.inputs[0], g.add_scaled(w, 1 / cap[1])] + [g.add_scaled(x, 1 / cap[1]) for x in b]
                 y = replace(g, lin.name, OpKind.LINEAR, ins, lin.attrs)
                 replace(g, n.name, OpKind.SOFTCAP, [y], SoftcapAttrs(cap[1]))
         g.eliminate_dead_code()
