@@ -20,7 +20,7 @@ from llmfab.ir.isa import BufferId, Program
 from llmfab.passes.buckets import Stage
 from llmfab.passes.lower import Lowered, logits_value, section_of
 from llmfab.passes.lower_copies import seq_axes
-from llmfab.passes.quantize import adopt_parameters
+from llmfab.passes.quantize import adopt_parameters, feeds_for
 from llmfab.ir.isa import prompt_chunks
 from llmfab.simulator.functional import Machine
 
@@ -45,8 +45,7 @@ def reference(load, compiled: Graph, ids: np.ndarray) -> tuple[Graph, dict[str, 
     every value the integer interpreter computes for `ids` (raw Q.16)."""
     g = load(len(ids))
     adopt_parameters(g, compiled)
-    feeds = {n.name: ids[None] if n.attrs.role.value == "tokens" else np.zeros(n.type.shape, np.float32)
-             for n in g.inputs()}
+    feeds = feeds_for(g, ids[None])
     names = [n.name for n in g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)]
     return g, run_integer_values(g, feeds, names)
 
