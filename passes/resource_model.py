@@ -30,10 +30,6 @@ class CostFileError(ValueError):
     pass
 
 
-def _memories(t: Target) -> int:
-    return sum(b.banks for b in t.buffers)
-
-
 def _port_bits(t: Target) -> int:
     """Bits of every memory port of the buffers: the data the arbiters steer."""
     return sum(b.banks * b.width_bits for b in t.buffers)
