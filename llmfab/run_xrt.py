@@ -79,6 +79,7 @@ class XrtKernel:
         uuid = self.device.load_xclbin(str(xclbin))
         self.kernel = xrt.kernel(self.device, uuid, KERNEL_NAME, xrt.kernel.cu_access_mode.exclusive)
         self.index = {a.name: i for i, a in enumerate(plan.args)}    # kernel.xml's argument ids
+        self.args = {a.name: a for a in plan.args}
         self.bos = {}
         for b in plan.buffers:
             bo = xrt.bo(self.device, b.size, xrt.bo.normal, self.kernel.group_id(self.index[b.arg.name]))
@@ -109,9 +110,9 @@ class XrtKernel:
                                f"{self.timeout_ms} ms (--timeout)")
         status = cycles = None
         if hasattr(self.kernel, "read_register"):
-            regs = {a.name: a for a in self.plan.args}
-            status = self.kernel.read_register(regs["status"].offset)
-            cycles = self.kernel.read_register(regs["cycles"].offset) | self.kernel.read_register(regs["cycles"].offset + 4) << 32
+            status = self.kernel.read_register(self.args["status"].offset)
+            at = self.args["cycles"].offset
+            cycles = self.kernel.read_register(at) | self.kernel.read_register(at + 4) << 32
             if status:
                 raise RuntimeError(f"the kernel run at LEN {run.length} ({run.program}) reports status {status:#x}: "
                                    f"{', '.join(status_names(status))} (docs/hardware.md, the status register)")
