@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from ..toolflow.emit import vivado_part
 from .args import CONTROL_RANGE, bundle, bundle_banks, kernel_args
 from .control import PREFIX
 from .vitis import KERNEL_NAME, _members
@@ -95,14 +96,6 @@ def _kernel_xml(t) -> str:
 """
 
 
-def _part(t) -> str:
-    from llmfab.ir.target import DeviceFamily
-
-    from ..toolflow.emit import U280_PART
-    xilinx = t.device.family in (DeviceFamily.XILINX_ULTRASCALE_PLUS, DeviceFamily.XILINX_VERSAL)
-    return t.device.part if xilinx else U280_PART
-
-
 def _package_tcl(t) -> str:
     busifs = " ".join([PREFIX] + [bundle(k) for k in range(t.memory.channels)])
     return f"""\
@@ -116,7 +109,7 @@ if {{$argc > 0}} {{ set xo [file normalize [lindex $argv 0]] }}
 set ip_dir [file join $root kernel ip]
 set work [file join $root kernel work]
 
-create_project -force kernel_pack $work -part {_part(t)}
+create_project -force kernel_pack $work -part {vivado_part(t)}
 add_files -norecurse [list [file join $root rtl {KERNEL_NAME}.v]]
 set_property top {KERNEL_NAME} [current_fileset]
 update_compile_order -fileset sources_1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .synth import _check_name, to_verilog
 
-__all__ = ["MANIFEST", "U280_PART", "rtl_files", "write_rtl", "read_rtl"]
+__all__ = ["MANIFEST", "U280_PART", "rtl_files", "vivado_part", "write_rtl", "read_rtl"]
 
 MANIFEST = "rtl.json"
 U280_PART = "xcu280-fsvh2892-2L-e"   # the Vivado project's part when the target is not a Xilinx device
@@ -41,11 +41,18 @@ def write_rtl(designs: dict, target, out_dir: Path | str, *, top: str | None = N
                                                              extra=extra), inputs)
 
 
+def vivado_part(t) -> str:
+    """The Vivado part of target `t`: its own on a Xilinx device, else the U280's."""
+    from llmfab.ir.target import DeviceFamily
+    xilinx = t.device.family in (DeviceFamily.XILINX_ULTRASCALE_PLUS, DeviceFamily.XILINX_VERSAL)
+    return t.device.part if xilinx else U280_PART
+
+
 def rtl_files(designs: dict, target, *, top: str | None = None, notes: dict | None = None,
               clock: str = CLOCK_PORT, extra=None) -> dict[str, bytes]:
     """Every file of an RTL folder (relative path -> bytes), generated in memory: a design that
     fails to convert writes nothing."""
-    from llmfab.ir.target import TARGET_FILE, DeviceFamily, load_target
+    from llmfab.ir.target import TARGET_FILE, load_target
     t = target if not isinstance(target, (str, Path)) else load_target(target)
     if not isinstance(designs, dict) or not designs:
         raise TypeError(f"designs must be a non-empty dict of name to design, not {designs!r:.80}")
@@ -59,8 +66,7 @@ def rtl_files(designs: dict, target, *, top: str | None = None, notes: dict | No
         design, ports = d if isinstance(d, tuple) else (d, None)
         files[f"rtl/{name}.v"] = to_verilog(design, name, ports)
     rtl = sorted(files)
-    xilinx = t.device.family in (DeviceFamily.XILINX_ULTRASCALE_PLUS, DeviceFamily.XILINX_VERSAL)
-    part = t.device.part if xilinx else U280_PART
+    part = vivado_part(t)
     files["vivado/clocks.xdc"] = _xdc(t, clock)
     files["vivado/create_project.tcl"] = _tcl(t, top, rtl, part, clock)
     files[f"{top}.core"] = _core(t, top, rtl, part)
