@@ -262,9 +262,9 @@ def step_package(f: Flow) -> None:
         "weight_formats": weight_formats(g),   # the bits of every layer, for reports
         # layers whose K the packer padded with zero codes to whole scale groups and chain beats
         # (docs/integer.md): the bytes streamed grow by k_engine / k, the arithmetic does not change
-        "padded_k": [{"layer": name, "k": g.node(g.node(name).inputs[0]).type.shape[-1], "k_engine": k_hw}
+        "padded_k": [{"layer": name, "k": k, "k_engine": k_hw}
                      for name, (_, k_hw) in lay.engine_k.items()
-                     if k_hw != g.node(g.node(name).inputs[0]).type.shape[-1]],
+                     if k_hw != (k := g.node(g.node(name).inputs[0]).type.shape[-1])],
         "buffers_peak": {"act": max(lo.peak["act"] for lo in lowered),
                          "scratch": max(lo.peak["scratch"] for lo in lowered),
                          "weight_tile": max((t.obj.row_bytes for ts in lay.tiles.values() for t in ts), default=0)},
