@@ -66,7 +66,7 @@ class Accelerator(wiring.Component):
         self.sfu = SfuUnit(target)
         # the bank's clients in priority order (the host first: it is never refused); the matrix
         # unit's activation and scalar loads before its weight fetches, which run ahead into FIFOs
-        self.clients = [self.fetch.port, self.dma_load.buffer, self.dma_store.buffer,
+        self.clients = [self.fetch.port, *self.dma_load.buffers, *self.dma_store.buffers,
                         self.matrix.aport, self.matrix.oport, *self.matrix.wports,
                         self.sfu.src, self.sfu.src2, self.sfu.dst]
         self.bank = BufferBank(target, len(self.clients) + 1, init=init, organisation=buffers)

@@ -13,8 +13,9 @@ sim/axi_ram.py write them; no table of measurements):
   (read: every beat of the previous burst fetched; write: its W beats and B done);
 - the data side, one slice at a time: one cycle to take it, then the byte gearbox of `gearbox_bytes`
   (dma/unit.py) bytes: LD takes an R beat when the beat fits (count after this cycle's pop + beat <= capacity) and
-  writes a buffer word when the word's bytes are in; ST reads a buffer word (data next cycle) when it
-  will fit and sends a W beat when the beat's bytes are in and W is ready. One cycle after the slice's
+  writes a group of buffer words (`dma_lanes` words, one per bank) when the group's bytes are in; ST
+  reads a group (data next cycle) when it will fit and sends a W beat when the beat's bytes are in
+  and W is ready. The buffer ports are always granted here (one DMA alone on the buffers). One cycle after the slice's
   last word/beat it takes the next slice.
 
 AxiRam: the first R beat `read_latency` (2) cycles after AR, then one beat per cycle while R is taken
@@ -24,9 +25,9 @@ cycle after WLAST. `done` is the first FINISH cycle with both sides idle, both F
 write burst answered.
 
 In closed form for the common case (one channel, aligned, AXI beat wider than the buffer word, LD):
-one row costs 7 + words cycles (accept, ROW, EMIT, FIFO, address side, AR -> first beat two cycles,
-first word one cycle after its beat, `done` one cycle after the last word) and every further row
-words + 2 (the data side's take and its first beat); ST costs the same shape with the W/B end.
+one row costs 7 + groups cycles (accept, ROW, EMIT, FIFO, address side, AR -> first beat two cycles,
+first group one cycle after its beat, `done` one cycle after the last group) and every further row
+groups + 2 (the data side's take and its first beat); ST costs the same shape with the W/B end.
 
 Indirect rows: the HBM address of row r is hbm_addr + ids[r] * hbm_stride; only its alignment and
 page position matter. Pass the row ids as `ids` for the exact count; without them rows 0, 1, 2, ...
@@ -41,7 +42,7 @@ from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
 from ..sim.axi_ram import AxiRam
-from .unit import FIFO_DEPTH, gearbox_bytes
+from .unit import FIFO_DEPTH, dma_lanes, gearbox_bytes
 
 __all__ = ["AXI_RAM_READ_LATENCY", "AXI_RAM_WRITE_LATENCY", "FIFO_DEPTH", "dma_cycles"]
 
@@ -73,7 +74,8 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
     indirect = bool(inst["indirect"])
     if indirect and ids is not None and len(ids) < rows:
         raise ValueError(f"ids must give {rows} row ids, not {len(ids)}")
-    wbuf = word[BufferId(int(inst["buf"]))]
+    bid = BufferId(int(inst["buf"]))
+    wbuf = word[bid] * dma_lanes(target)[bid]     # the group of words the data side moves a cycle
     ch0, hbm, hstride = inst["channel"], inst["hbm_addr"], inst["hbm_stride"]
     bstride = inst["buf_stride"]
 

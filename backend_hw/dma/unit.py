@@ -9,8 +9,10 @@ concurrently on slice descriptors:
   and hands each slice to the address side and the data side through small FIFOs;
 - the address side splits a slice into AXI INCR bursts (at most 256 beats, never across a 4 KB
   page) on the AXI port of the slice's channel, several bursts outstanding;
-- the data side moves the slice's bytes through a byte gearbox between AXI beats and buffer
-  words (any byte alignment on either side), with byte enables / WSTRB on partial words.
+- the data side moves the slice's bytes through a byte gearbox between AXI beats and groups of
+  buffer words (any byte alignment on either side), with byte enables / WSTRB on partial words.
+  A group is `dma_lanes` consecutive words, one per bank, moved in one cycle through as many
+  buffer ports: a beat of 16 B lands in a 32-bit buffer of four banks in one cycle, not four.
 
 Completion (`done`) is when every byte is in the buffer (LD) or every write burst is answered on
 B (ST). One instruction at a time; its slices overlap (address side runs ahead of the data).
@@ -22,7 +24,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from llmfab.ir.isa import FIELDS, INST_BITS, Opcode
+from llmfab.ir.isa import FIELDS, INST_BITS, BufferId, Opcode
 from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
@@ -36,6 +38,14 @@ FIFO_DEPTH = 4     # slice descriptors queued between the generator and the addr
 def gearbox_bytes(beat: int, max_word: int) -> int:
     """The data side's byte gearbox: room for an AXI beat in, a buffer word out, and slack."""
     return 2 * (beat + max_word)
+
+
+def dma_lanes(target: Target) -> dict[BufferId, int]:
+    """Words the DMA moves into (or out of) each buffer per cycle: as many as an AXI beat holds
+    and the buffer has banks, a power of two. Consecutive words live in distinct banks (word `a`
+    in bank `a % banks`), so the DMA's `lanes` ports never meet each other at a bank."""
+    beat = target.memory.beat_bytes
+    return {b.id: 1 << (max(1, min(beat // b.word_bytes, b.banks)).bit_length() - 1) for b in target.buffers}
 
 
 def _log2(n: int) -> int:
@@ -63,11 +73,13 @@ class DMA(wiring.Component):
     - `inst` (in, stream of 256-bit words): LD or ST instructions, length-resolved (the
       controller's `load` or `store` queue); the next is taken after `done`.
     - `done` (out): one-cycle pulse when the instruction has completed.
-    - `buffer` (out, `BufferPortSignature`): the on-chip buffers; data width = the widest buffer.
+    - `buffers` (out, array of `lanes` `BufferPortSignature` ports): the on-chip buffers, data
+      width = the widest buffer; port p moves word p of each group (the row id of an indirect
+      instruction is read on port 0).
     - `axi` (out, array of `Target.memory.channels` `AxiSignature` ports): data width
       `Target.memory.port_width_bits`, addresses of one channel's bytes.
 
-    Throughput per slice: min(AXI beat, buffer word) bytes per cycle once the first beat is in;
+    Throughput per slice: min(AXI beat, group) bytes per cycle once the first beat is in;
     a slice costs about two cycles of set-up plus the memory latency when it cannot be hidden.
     """
 
@@ -84,6 +96,8 @@ class DMA(wiring.Component):
             raise ValueError(f"memory.port_width_bits must be a power of two of at least 32, not {mem.port_width_bits}")
         self.word_bytes = checked_word_bytes(target)
         self.max_word = max(self.word_bytes.values())
+        self.group_lanes = dma_lanes(target)
+        self.lanes = max(self.group_lanes.values())
         channel_bytes = int(mem.capacity_gb * 1e9) // mem.channels
         self.addr_width = max(12, (channel_bytes - 1).bit_length())
         if [(f.name, f.offset) for f in FIELDS[Opcode.LD]] != [(f.name, f.offset) for f in FIELDS[Opcode.ST]]:
@@ -92,7 +106,7 @@ class DMA(wiring.Component):
         super().__init__({
             "inst": In(stream.Signature(INST_BITS)),
             "done": Out(1),
-            "buffer": Out(BufferPortSignature(8 * self.max_word)),
+            "buffers": Out(BufferPortSignature(8 * self.max_word)).array(self.lanes),
             "axi": Out(AxiSignature(self.addr_width, mem.port_width_bits)).array(self.ports),
         })
 
@@ -110,7 +124,9 @@ class DMA(wiring.Component):
         desc = data.StructLayout({"ch": 7, "h": aw, "b": BUF_ADDR_BITS, "p": 20})
         fifo_a = m.submodules.fifo_a = SyncFIFO(width=desc.size, depth=FIFO_DEPTH)
         fifo_d = m.submodules.fifo_d = SyncFIFO(width=desc.size, depth=FIFO_DEPTH)
-        port = self.buffer
+        port = self.buffers[0]
+        L = self.lanes
+        sizes = sorted(set(self.word_bytes.values()))
 
         # -- slice generator ----------------------------------------------------------------------
         r = Signal(17)
@@ -121,10 +137,12 @@ class DMA(wiring.Component):
         gen_read = Signal()                      # the generator owns the buffer port this cycle
         as_busy, ds_busy = Signal(), Signal()
         aw_count, b_count = Signal(32), Signal(32)
-        # the instruction buffer's word size and the gearbox's sink width, registered with the
-        # instruction: constants for its length, kept off the gearbox's per-beat paths
-        blog = Signal(range(WB.bit_length()), reset_less=True)
-        wbuf, sink_bytes = Signal(range(WB + 1), reset_less=True), Signal(range(wide + 1), reset_less=True)
+        # the instruction buffer's word and group sizes (log2) and the gearbox's sink width,
+        # registered with the instruction: constants for its length, kept off the per-beat paths
+        wlog = Signal(range(WB.bit_length()), reset_less=True)
+        llog = Signal(range(L.bit_length()), reset_less=True)            # log2 of the group's words
+        blog = Signal(range(wide.bit_length()), reset_less=True)         # log2 of the group's bytes
+        wbuf, sink_bytes = Signal(range(wide + 1), reset_less=True), Signal(range(wide + 1), reset_less=True)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -132,7 +150,13 @@ class DMA(wiring.Component):
                 p = self.inst.payload
                 with m.If(self.inst.valid):
                     st, lg = header(p, "op") == Opcode.ST, word_log(m, field(p, Opcode.LD, "buf"), self.word_bytes)
-                    m.d.sync += [blog.eq(lg), wbuf.eq(Const(1, 1) << lg), sink_bytes.eq(Mux(st, Wa, Const(1, 1) << lg))]
+                    ll = Signal.like(llog)
+                    with m.Switch(field(p, Opcode.LD, "buf")):
+                        for b, n in self.group_lanes.items():
+                            with m.Case(b):
+                                m.d.comb += ll.eq(n.bit_length() - 1)
+                    m.d.sync += [wlog.eq(lg), llog.eq(ll), blog.eq(lg + ll), wbuf.eq(Const(1, 1) << (lg + ll)),
+                                 sink_bytes.eq(Mux(st, Wa, Const(1, 1) << (lg + ll)))]
                     m.d.sync += [ir.eq(p), is_st.eq(st), r.eq(0), k.eq(0),
                                  h_row.eq(field(p, Opcode.LD, "hbm_addr")), b_row.eq(field(p, Opcode.LD, "buf_addr")),
                                  aw_count.eq(0), b_count.eq(0)]
@@ -224,7 +248,7 @@ class DMA(wiring.Component):
         w_beat = Signal(8)                      # ST: beats already sent in the current burst
         acc = Signal(8 * CAP)
         cnt = Signal(range(CAP + 1))
-        pend, pend_n, pend_skip = Signal(), Signal(range(WB + 1)), Signal(range(WB))
+        pend, pend_n, pend_skip = Signal(), Signal(range(wide + 1)), Signal(range(wide))
 
         with m.If(~ds_busy & fifo_d.r_rdy):
             d = Signal(desc)
@@ -259,8 +283,20 @@ class DMA(wiring.Component):
             with m.If(pop):
                 m.d.sync += [w_a.eq(w_a + Wa), w_beat.eq(Mux(w_last, 0, w_beat + 1))]
         with m.Elif(~gen_read):
-            m.d.comb += [port.buf.eq(f["buf"]), port.addr.eq(dst_addr), port.we.eq(can_pop),
-                         port.be.eq(lanes[:WB]), port.wdata.eq(out_data[:8 * WB]), pop.eq(can_pop & port.ready)]
+            # word p of the group on port p; the group pops once every port writing is granted
+            # (a port granted in a cycle where another was not writes again: the same bytes)
+            granted = []
+            for q, bp in enumerate(self.buffers):
+                be, wd = Signal(WB, name=f"be{q}"), Signal(8 * WB, name=f"wdata{q}")
+                with m.Switch(wlog):
+                    for wb in sizes:
+                        if (q + 1) * wb <= wide:
+                            with m.Case(wb.bit_length() - 1):
+                                m.d.comb += [be.eq(lanes[q * wb:(q + 1) * wb]), wd.eq(out_data[8 * q * wb:8 * (q + 1) * wb])]
+                m.d.comb += [bp.buf.eq(f["buf"]), bp.addr.eq((dst_addr << llog) | q), bp.we.eq(can_pop & be.any()),
+                             bp.be.eq(be), bp.wdata.eq(wd)]
+                granted.append(bp.ready | ~bp.we)
+            m.d.comb += pop.eq(can_pop & Cat(*granted).all())
             with m.If(pop):
                 m.d.sync += dst_addr.eq(dst_addr + 1)
         with m.If(pop):
@@ -278,16 +314,27 @@ class DMA(wiring.Component):
         new = Signal(8 * wide)
         with m.If(is_st):
             # buffer reads, issued only when the word will fit when it arrives next cycle
-            n_issue = Signal(range(WB + 1))
+            # (a whole group: word p on port p, taken once every port is granted)
+            n_issue = Signal(range(wide + 1))
             m.d.comb += n_issue.eq(_min(wbuf - sskip, src_left))
             issue = ds_busy & (src_left != 0) & ~gen_read & (cnt + Mux(pend, wbuf, 0) + wbuf <= CAP)
-            with m.If(issue):
-                m.d.comb += [port.buf.eq(f["buf"]), port.addr.eq(src_addr), port.re.eq(1)]
-            with m.If(issue & port.ready):
+            taken = Signal()
+            granted = []
+            for q, bp in enumerate(self.buffers):
+                with m.If(issue & ((Const(1, L.bit_length() + 1) << llog) > q)):
+                    m.d.comb += [bp.buf.eq(f["buf"]), bp.addr.eq((src_addr << llog) | q), bp.re.eq(1)]
+                granted.append(bp.ready | ~bp.re)
+            m.d.comb += taken.eq(issue & Cat(*granted).all())
+            with m.If(taken):
                 m.d.sync += [src_addr.eq(src_addr + 1), src_left.eq(src_left - n_issue), sskip.eq(0),
                              pend_n.eq(n_issue), pend_skip.eq(sskip)]
-            m.d.sync += pend.eq(issue & port.ready)
-            m.d.comb += [push.eq(pend), n_in.eq(pend_n), new.eq(port.rdata >> (pend_skip * 8))]
+            m.d.sync += pend.eq(taken)
+            group = Signal(8 * wide)
+            with m.Switch(wlog):
+                for wb in sizes:
+                    with m.Case(wb.bit_length() - 1):
+                        m.d.comb += group.eq(Cat(*(bp.rdata[:8 * wb] for bp in self.buffers[:max(1, wide // wb)])))
+            m.d.comb += [push.eq(pend), n_in.eq(pend_n), new.eq(group >> (pend_skip * 8))]
         with m.Else():
             m.d.comb += n_in.eq(_min(Wa - sskip, src_left))
             ready = ds_busy & (src_left != 0) & (cnt_after + Wa <= CAP)

@@ -30,13 +30,14 @@ class _Bench(Elaboratable):
 
     def __init__(self, t, hbm, buffers):
         self.dma = DMA(t)
-        self.bank = BufferBank(t, 1, init=buffers)
+        self.bank = BufferBank(t, self.dma.lanes, init=buffers)
         self.rams = [AxiRam(len(h), t.memory.port_width_bits, self.dma.addr_width, init=bytes(h)) for h in hbm]
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.dma, m.submodules.bank = self.dma, self.bank
-        wiring.connect(m, self.dma.buffer, self.bank.clients[0])
+        for port, client in zip(self.dma.buffers, self.bank.clients):
+            wiring.connect(m, port, client)
         for k, ram in enumerate(self.rams):
             m.submodules[f"ram{k}"] = ram
             wiring.connect(m, self.dma.axi[k], ram.axi)

@@ -14,7 +14,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from llmfab.backend_hw.protocol.axi import AxiMemory, AxiSignature
-from llmfab.backend_hw.dma.unit import DMA
+from llmfab.backend_hw.dma.unit import DMA, dma_lanes
 from llmfab.ir.isa import BufferId, Opcode, encode, make
 from llmfab.ir.target import load_target
 from llmfab.simulator.functional import Machine, _dma
@@ -23,11 +23,13 @@ HBM_BYTES = 12 * 1024       # per channel: a few 4 KB pages, so bursts meet page
 BUFS = (BufferId.WEIGHT, BufferId.ACT, BufferId.KV, BufferId.SCRATCH)
 
 
-def target(channels=1, port_bits=128, buf_bits=None):
+def target(channels=1, port_bits=128, buf_bits=None, banks=None):
     t = load_target("sim-small")
     t = replace(t, memory=replace(t.memory, channels=channels, port_width_bits=port_bits))
     if buf_bits:
         t = replace(t, buffers=tuple(replace(b, width_bits=w) for b, w in zip(t.buffers, buf_bits)))
+    if banks:
+        t = replace(t, buffers=tuple(replace(b, banks=n) for b, n in zip(t.buffers, banks)))
     return t
 
 
@@ -112,23 +114,31 @@ def run_dma(t, insts, hbm, buffers, *, stall, seed, buffer_stall: float = 0.0):
     grants = random.Random(seed + 100)
 
     async def buffer_model(ctx):
-        port, pending, shown = dut.buffer, None, None
+        # every port granted on its own draw: a group's ports are refused independently
+        ports = list(dut.buffers)
+        pending, shown = [None] * len(ports), [None] * len(ports)
         while True:
-            ctx.set(port.ready, grants.random() >= buffer_stall)
-            if pending is not None:
-                b, a = pending
+            for q, port in enumerate(ports):
+                ctx.set(port.ready, grants.random() >= buffer_stall)
+                if pending[q] is not None:
+                    b, a = pending[q]
+                    w = wb[BufferId(b)]
+                    v = int.from_bytes(buffers[BufferId(b)][a * w:(a + 1) * w], "little")
+                    if v != shown[q]:      # each set settles the design: only set what changed
+                        shown[q] = v
+                        ctx.set(port.rdata, v)
+                pending[q] = None
+            writes = []
+            for q, port in enumerate(ports):
+                b, a = ctx.get(port.buf), ctx.get(port.addr)
+                taken = ctx.get(port.ready)
+                if ctx.get(port.re) and taken:
+                    pending[q] = (b, a)
+                if ctx.get(port.we) and taken:
+                    writes.append((b, a, ctx.get(port.be), ctx.get(port.wdata)))
+            assert len({(b, a) for b, a, _, _ in writes}) == len(writes), "two ports wrote one word"
+            for b, a, be, data in writes:
                 w = wb[BufferId(b)]
-                v = int.from_bytes(buffers[BufferId(b)][a * w:(a + 1) * w], "little")
-                if v != shown:         # each set settles the design: only set what changed
-                    shown = v
-                    ctx.set(port.rdata, v)
-            pending = None
-            b, a = ctx.get(port.buf), ctx.get(port.addr)
-            taken = ctx.get(port.ready)
-            if ctx.get(port.re) and taken:
-                pending = (b, a)
-            if ctx.get(port.we) and taken:
-                w, be, data = wb[BufferId(b)], ctx.get(port.be), ctx.get(port.wdata)
                 assert be >> w == 0, "byte enables outside the buffer's width"
                 for j in range(w):
                     if be >> j & 1:
@@ -150,12 +160,15 @@ CASES = {
     "2ch-64bit": dict(channels=2, port_bits=64),
     "4ch-wide-buffers": dict(channels=4, port_bits=128, buf_bits=(64, 128, 32, 64, 32)),
     "narrow-port": dict(channels=1, port_bits=32, buf_bits=(64, 64, 64, 64, 32)),
+    # 4 words a cycle into ACT and SCRATCH, 2 into WEIGHT and KV (64-bit words), 1 into INST
+    "4-lanes": dict(channels=2, port_bits=128, buf_bits=(32, 32, 64, 32, 32), banks=(2, 4, 8, 8, 1)),
 }
 
 
 @pytest.mark.sim
 @pytest.mark.parametrize("case,stall,buffer_stall", [("sim-small", 0.0, 0.0), ("2ch-64bit", 0.3, 0.3),
-                                                     ("4ch-wide-buffers", 0.0, 0.5), ("narrow-port", 0.3, 0.0)])
+                                                     ("4ch-wide-buffers", 0.0, 0.5), ("narrow-port", 0.3, 0.0),
+                                                     ("4-lanes", 0.2, 0.4)])
 def test_random_transfers_match_the_functional_simulator(case, stall, buffer_stall):
     t = target(**CASES[case])
     rng = random.Random(seed_of(case, stall))
@@ -203,4 +216,8 @@ def test_constructor_and_signature_checks():
     with pytest.raises(ValueError, match=r"^data_width must be a power of two of at least 8, not 48$"):
         AxiSignature(32, 48)
     d = DMA(load_target("sim-small"))
+    # a 16 B beat: two 32-bit words a cycle into the two-bank buffers, one into INST (one bank)
+    assert d.lanes == len(d.buffers) == 2 and dma_lanes(load_target("sim-small"))[BufferId.INST] == 1
+    assert dma_lanes(target(**CASES["4-lanes"])) == {BufferId.WEIGHT: 2, BufferId.ACT: 4, BufferId.KV: 2,
+                                                      BufferId.SCRATCH: 4, BufferId.INST: 1}
     assert len(d.axi) == 1 and d.axi[0].signature.members["w"].signature.members["payload"].shape.size == 128 + 16 + 1
