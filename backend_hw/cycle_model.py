@@ -18,8 +18,9 @@ latencies are the controller's (control/controller.py, control/fetch.py), one cy
 - SYS: a barrier executes the cycle after the queues drained (the last `done`); the next
   instruction is accepted the cycle after; END halts the cycle after it executes;
 - a unit's cycles for an instruction, accept to `done`: `dma_cycles`, `matrix_cycles`,
-  `sfu_cycles`, each derived from its unit's FSMs (long DMA transfers extrapolated from shorter
-  copies: `dma_cycles_fast`).
+  `sfu_cycles`, each derived from its unit's FSMs, looked up by the instruction's `timing_shape`
+  (a model's layers repeat theirs at other addresses: a LLaMA2-7B decode step's 11k instructions
+  are some 90 shapes), long transfers timed from shorter copies (`dma_cycles_fast`, `periodic`).
 
 Not modelled: token counters that saturate (the compiler keeps them within
 `target.controller.token_counter_max`), AXI contention between the load and store DMAs on one
@@ -28,31 +29,85 @@ channel, and data-dependent scalar cycles
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
-from llmfab.ir.isa import Opcode, Queue
+from llmfab.ir.isa import BufferId, Opcode, Queue
 from llmfab.ir.memory import AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
 from .accelerator import DEFAULT_FORMATS
 from .control.fetch import fetch_cycles
 from .dma.cycles import dma_cycles
+from .dma.unit import dma_lanes
 from .matrix.cycles import matrix_cycles
 from .sfu.cycles import sfu_cycles
 
 FIRST_FETCH = 10      # start -> the first instruction offered: `running` rises, 8 reads, their data
 LONG_ROW = 3 * AXI_PAGE_BYTES   # a single-row slice longer than this is timed on shorter copies
 MANY_ROWS = 64        # an instruction with more rows than this is timed on shorter copies
+WARM = 4              # slices played before their steady state is assumed (`periodic`)
+
+
+def periodic(f: Callable[[int], int], n: int, period: int, warm: int = WARM) -> int:
+    """f(n) from f at two smaller arguments one `period` apart: exact when, from `warm` on, every
+    `period` further steps cost the same (a transfer's slices repeat their alignments)."""
+    if n <= warm + 2 * period:
+        return f(n)
+    m = warm + (n - warm) % period + period
+    a, b = f(m - period), f(m)
+    return b + (n - m) // period * (b - a)
+
+
+# The buffer addresses each unit's cycles depend on, and then only through their alignment to a
+# buffer word (the matrix unit's readers and writes) or a DMA group; the weight streams start on words.
+BUFFER_ADDRESSES = {Opcode.LD: ("buf_addr", "ids_addr"), Opcode.ST: ("buf_addr", "ids_addr"),
+                    Opcode.MV: ("scale_addr", "bias_addr", "a_addr", "o_addr", "wbuf_addr", "idx_addr"),
+                    Opcode.MM: ("scale_addr", "bias_addr", "a_addr", "o_addr", "wbuf_addr", "idx_addr"),
+                    Opcode.ATTN: ("src_addr", "src2_addr", "dst_addr")}
+
+
+def timing_shape(target: Target, i):
+    """The instruction as its cycles see it, so that a model's layers, which repeat their
+    instructions at other addresses, are timed once: buffer addresses (`BUFFER_ADDRESSES`) modulo
+    the widest word or DMA group; for LD/ST only an HBM address's position in the AXI page
+    (dma/cycles.py; the channels are alike), and for a slice longer than `LONG_ROW` bytes only its
+    beat alignment (a burst more or less at a page: a few cycles in thousands, the tests bound it)."""
+    new = _shape_fields(target, i, _align(target))
+    return i if all(i[k] == v for k, v in new.items()) else i.evolve(**new)
+
+
+def _align(target: Target) -> int:
+    return max(b.word_bytes * n for b, n in zip(target.buffers, dma_lanes(target).values()))
+
+
+def _shape_fields(target: Target, i, align: int) -> dict:
+    new = {name: i[name] % align for name in BUFFER_ADDRESSES.get(i.op, ())}
+    if i.op in (Opcode.LD, Opcode.ST):
+        mod = target.memory.beat_bytes if i["row_bytes"] > LONG_ROW else AXI_PAGE_BYTES
+        new.update(channel=0, hbm_addr=i["hbm_addr"] % mod)
+    return new
 
 
 def dma_cycles_fast(target: Target, i) -> int:
-    """`dma_cycles`, which steps the DMA cycle by cycle, with long transfers extrapolated from
-    shorter copies of the instruction: a single row longer than `LONG_ROW` bytes from copies
-    whole pages shorter (every further page costs what the last one did: the page positions and
-    the buffer alignment repeat), more than `MANY_ROWS` rows from copies of 32 and 64 rows (every
-    further row costs the average of rows 33..64; exact but for the rare page crossing of a
-    short row, a few cycles). Short transfers (every compiled sim-small program) stay exact."""
-    rows, rb = i["rows"], i["row_bytes"]
+    """`dma_cycles`, which steps the DMA cycle by cycle, on `timing_shape(i)`, with long transfers
+    extrapolated from shorter copies of the instruction:
+    - many channel slices from copies with fewer channels, their number one period of the
+      slices' buffer alignment apart (`periodic`: the data side takes the slices one after
+      another, each the same but for that alignment; slices longer than `LONG_ROW` bytes taken
+      as alike, the alignment being a cycle or two in thousands);
+    - a single row longer than `LONG_ROW` bytes from copies whole pages shorter (every further
+      page costs what the last one did: the page positions and the buffer alignment repeat);
+    - more than `MANY_ROWS` rows from copies of 32 and 64 rows (every further row costs the
+      average of rows 33..64; exact but for the rare page crossing of a short row, a few cycles).
+    Short transfers (every compiled sim-small program) stay exact."""
+    i = timing_shape(target, i)
+    rows, rb, nch = i["rows"], i["row_bytes"], i["channels"]
+    bid = BufferId(int(i["buf"]))
+    group = target.word_bytes[bid] * dma_lanes(target)[bid]
+    period = 1 if rb > LONG_ROW else group // math.gcd(rb % group, group)   # slice k at b + k * rb
+    if nch > WARM + 2 * period:
+        return periodic(lambda c: dma_cycles_fast(target, i.evolve(channels=c)), nch, period)
     if rows == 1 and rb > LONG_ROW:
         pages = (rb - 2 * AXI_PAGE_BYTES) // AXI_PAGE_BYTES
         a = dma_cycles(target, i.evolve(row_bytes=rb - pages * AXI_PAGE_BYTES))
@@ -69,13 +124,22 @@ def unit_cycles(target: Target, formats=DEFAULT_FORMATS) -> Callable:
     """The cycles of the unit that runs each (length-resolved) instruction, accept to `done`, in
     an accelerator built for the weight `formats` (the activation window is the widest one's)."""
     act_bytes = max(4, *(target.engine.chain_len * (p[1] // p[0] if p else 1) for _, p, _ in formats))
+    known: dict[tuple, int] = {}
+    align = _align(target)
 
-    def cycles(i) -> int:
+    def cost(i) -> int:
         if i.op in (Opcode.LD, Opcode.ST):
             return dma_cycles_fast(target, i)
         if i.op in (Opcode.MV, Opcode.MM, Opcode.ATTN):
             return matrix_cycles(target, i, act_bytes=act_bytes)
         return sfu_cycles(target, i)
+
+    def cycles(i) -> int:
+        new = _shape_fields(target, i, align)          # each shape timed once
+        key = (i.op, *(new.get(name, v) for name, v in i.fields.items()))
+        if key not in known:
+            known[key] = cost(timing_shape(target, i))
+        return known[key]
     return cycles
 
 

@@ -287,9 +287,9 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
         for s in range(len(STREAMS)):
             ba = q // nc * nbits[s]
             ch.append((0, 0) if nbits[s] == 0 else ((ba % W + nbits[s] + W - 1) // W, ba % W))
-        slots = (tuple(ch),) * nc
-        streams.append((tuple(slots), (inst["a_addr"] + r * (k + 4) + 4, k)))
-    runner = _Runner(nc, W, streams, beat_bits, bpg, beats, n_act, awb, cap)
+        streams.append(((tuple(ch),), (inst["a_addr"] + r * (k + 4) + 4, k)))
+    # every chain's streams are the same and the chains fire in lockstep: one chain plays them all
+    runner = _Runner(1, W, streams, beat_bits, bpg, beats, n_act, awb, cap)
 
     # The processes' events, in cycles from the accepting one (SETUP is cycle 1). The side FSM
     # (loader + writer) decides in DISPATCH: write the next pass once its outputs are in, else load

@@ -1,10 +1,16 @@
 """backend_hw.cycle_model: long DMA transfers extrapolated from shorter copies agree with the
-cycle-by-cycle DMA model (`dma_cycles`; the whole model is checked against Verilator in
-tests/hw/system/test_hw_system.py), and the controller recurrences on hand-made programs."""
+cycle-by-cycle unit models (`dma_cycles`; the whole model is
+checked against Verilator in tests/hw/system/test_hw_system.py), an instruction's timing shape
+keeps its cycles, and the controller recurrences on hand-made programs."""
 import pytest
+from conftest import tiny_compiled
 
-from llmfab.backend_hw.cycle_model import LONG_ROW, MANY_ROWS, RtlUnits, dma_cycles_fast
+from llmfab.backend_hw.accelerator import formats_of
+from llmfab.backend_hw.cycle_model import LONG_ROW, MANY_ROWS, RtlUnits, dma_cycles_fast, timing_shape, unit_cycles
 from llmfab.backend_hw.dma.cycles import dma_cycles
+from llmfab.backend_hw.matrix.cycles import matrix_cycles
+from llmfab.ir.isa import Program, encode, resolve_length
+from test_hw_matrix_unit import T
 from llmfab.backend_hw.control.fetch import fetch_cycles
 from llmfab.ir.isa import BufferId, MiscFunc, Opcode, ProgramBuilder, Queue, make
 from llmfab.ir.target import load_target
@@ -27,6 +33,46 @@ def test_long_transfers_extrapolate_within_half_a_percent(target, op, shape):
     assert kw["row_bytes"] > LONG_ROW or kw["rows"] > MANY_ROWS       # the fast path is taken
     full, fast = dma_cycles(t, i), dma_cycles_fast(t, i)
     assert abs(fast - full) <= 0.005 * full
+
+
+def test_many_channel_slices_extrapolate():
+    """32-channel slices (u280): short ones exact (copies a whole alignment period apart), long
+    ones (taken as alike) within half a percent."""
+    t = load_target("u280")
+    short = make(Opcode.LD, channel=3, channels=24, buf=BufferId.WEIGHT, hbm_addr=1000, hbm_stride=100, buf_addr=5,
+                 buf_stride=2404, rows=2, row_bytes=100)
+    assert dma_cycles_fast(t, short) == dma_cycles(t, short)
+    for op in (Opcode.LD, Opcode.ST):
+        long = make(op, channel=0, channels=12, buf=BufferId.WEIGHT, hbm_addr=77, buf_addr=3, rows=1,
+                    row_bytes=13001, buf_stride=13001 * 12)
+        full, fast = dma_cycles(t, long), dma_cycles_fast(t, long)
+        assert abs(fast - full) <= 0.005 * full, (fast, full)
+
+
+@pytest.mark.parametrize("policy", ["w4-2of4"])
+def test_timing_shape_keeps_the_cycles(policy):
+    """Every instruction of the tiny LLaMA's programs costs the same as its timing shape, which
+    the unit costs of a model's repeated layers are looked up by."""
+    c = tiny_compiled(policy)
+    progs = [(Program.from_bytes(dict(c.programs)[e["file"]]), e["bucket"][1]) for e in c.manifest["programs"]]
+    t = load_target("sim-small")
+    cost = unit_cycles(t, formats_of([p for p, _ in progs]))
+    seen, done = 0, set()
+    for p, length in progs:
+        for inst in p.instructions:
+            i = resolve_length(inst, length)
+            shape = timing_shape(t, i)
+            if shape is not i and encode(i) not in done:
+                done.add(encode(i))
+                seen += 1
+                if i.op in (Opcode.LD, Opcode.ST):
+                    assert dma_cycles(t, shape) == dma_cycles(t, i), str(i)
+                elif i.op in (Opcode.MV, Opcode.MM, Opcode.ATTN):
+                    ab = 2 * T.engine.chain_len if policy == "w4-2of4" else None
+                    assert matrix_cycles(t, shape, act_bytes=ab) == matrix_cycles(t, i, act_bytes=ab), str(i)
+            if i.op is not Opcode.SYS:
+                assert cost(i) == cost(shape)
+    assert seen > 50
 
 
 def test_short_transfers_are_not_extrapolated():
