@@ -84,7 +84,7 @@ MAX_POS = 128
 # New families go at the end. The first eight seed from SEED + their index here; later ones from
 # their name (family_seed), so branches that add families side by side cannot shift each other's weights.
 FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "falcon", "phi", "mistral_kv1",
-            "phi3", "qwen3", "llama32", "gpt_neox", "stablelm", "smollm", "gemma", "gemma2"]
+            "phi3", "qwen3", "llama32", "gpt_neox", "stablelm", "smollm", "gemma", "gemma2", "stablelm_qkln"]
 INDEX_SEEDED = 8
 # gemma and gemma2 were added on a branch of their own as index 8 and 9 (SEED + index); their
 # committed fixtures keep those seeds.
@@ -190,12 +190,15 @@ def make_config(family: str):
             rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
             **common,
         )
-    if family == "stablelm":  # StableLM-2's layout: LayerNorm, partial rotary (25%), SwiGLU, GQA
+    if family in ("stablelm", "stablelm_qkln"):  # StableLM-2's layout: LayerNorm, partial rotary (25%), SwiGLU, GQA
+        # stablelm_qkln: stablelm-2-12b's, a LayerNorm of its own (no bias) on each q and k head, and
+        # attention and MLP in parallel off one shared norm
+        extra = dict(qk_layernorm=True, use_parallel_residual=True) if family == "stablelm_qkln" else {}
         return StableLmConfig(
             hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
             num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POS,
             rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
-            **common,
+            **extra, **common,
         )
     if family == "gpt2":
         return GPT2Config(
@@ -246,7 +249,7 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
         "attention_bias": getattr(cfg, "attention_bias", None),
         "partial_rotary_factor": rp.get("partial_rotary_factor") if isinstance(rp, dict) else None,
-        "parallel_attn": family in ("falcon", "phi", "gpt_neox"),
+        "parallel_attn": family in ("falcon", "phi", "gpt_neox", "stablelm_qkln"),
         "sliding_window": getattr(cfg, "sliding_window", None),
         "use_sliding_window": getattr(cfg, "use_sliding_window", None),
         "positions": "rope" if rope is not None else "learned",
@@ -260,6 +263,8 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         summary["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
     if family == "qwen3":
         summary["qk_norm"] = True
+    if family == "stablelm_qkln":
+        summary["qk_layernorm"] = True  # one LayerNorm per q and per k head, each with its own weight
     if family == "gemma2":
         summary.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar,
                        attn_logit_softcapping=cfg.attn_logit_softcapping,

@@ -2,7 +2,8 @@
 and MLP in parallel off one shared norm; Falcon's fused qkv and single KV head, Phi-2's partial
 rotary), Mistral with one KV head, Phi-3 (fused qkv_proj and gate_up_proj), Qwen3 (per-head q/k
 RMSNorm), Llama-3.2 (llama3 RoPE scaling, tied head), GPT-NeoX (parallel residual, per-head fused
-qkv, partial rotary), StableLM (LayerNorm, partial rotary), a SmolLM-shaped LLaMA (hidden 96, FFN
+qkv, partial rotary), StableLM (LayerNorm, partial rotary; stablelm-2-12b's per-head q/k LayerNorms with
+weights of their own and a shared norm), a SmolLM-shaped LLaMA (hidden 96, FFN
 160: no width a multiple of the 128-group), and Gemma and Gemma2 from both exporters (GeGLU, 1 + w
 norms, scaled tied embeddings; Gemma2's post-norms and soft-capped scores and logits, MISC SOFTCAP).
 Interpret against onnxruntime is test_onnx_import's."""
@@ -20,7 +21,7 @@ from llmfab.passes.quant_report import quantize_model
 from llmfab.simulator.execute import execute
 
 NEW = ["phi3_dynamo_op18", "qwen3_dynamo_op18", "qwen3_ts_op14", "llama32_dynamo_op18", "llama32_ts_op14",
-       "gpt_neox_dynamo_op18", "stablelm_dynamo_op18", "smollm_dynamo_op18"]
+       "gpt_neox_dynamo_op18", "stablelm_dynamo_op18", "stablelm_qkln_dynamo_op18", "smollm_dynamo_op18"]
 GEMMA = ["gemma_dynamo_op18", "gemma_ts_op14", "gemma2_dynamo_op18", "gemma2_ts_op14"]
 FAMILIES = ["falcon_dynamo_op18", "phi_dynamo_op18", "mistral_kv1_dynamo_op18", *NEW, *GEMMA]
 # SmolLM's prefill rows of FFN 160 do not fit sim-small's 16 KB act buffer at 8 rows a chunk

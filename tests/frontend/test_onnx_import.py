@@ -74,6 +74,10 @@ EXPECTED["gpt_neox"] = dict(layer={"layer_norm": 2, "linear": 4, "slice": 7, "co
 EXPECTED["stablelm"] = dict(layer={"layer_norm": 2, "linear": 7, "slice": 4, "concat": 2, "rope": 2, "attention": 1,
                                    "silu": 1, "mul": 1, "add": 2},
                             extra={"layer_norm": 1, "embedding": 1, "lm_head": 1})
+# stablelm-2-12b's: attention and MLP in parallel off one shared norm, and a LayerNorm of each q and k head
+# (weights of its own: one norm with a row per head each)
+EXPECTED["stablelm_qkln"] = dict(layer={**EXPECTED["stablelm"]["layer"], "layer_norm": 3},
+                                 extra=EXPECTED["stablelm"]["extra"])
 # GeGLU (tanh GELU), RMSNorm with 1 + w folded into its weight, sqrt(hidden) folded into the
 # embedding table (no mul outside the layers); Gemma2: post-attention and post-MLP norms too, and
 # the final logits' soft-cap, its 1 / cap folded into the LM head
