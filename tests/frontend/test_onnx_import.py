@@ -86,7 +86,7 @@ EXPECTED["gemma"] = dict(layer={"rms_norm": 2, "linear": 7, "rope": 2, "attentio
 EXPECTED["gemma2"] = dict(layer={**EXPECTED["gemma"]["layer"], "rms_norm": 4},
                           extra={"rms_norm": 1, "embedding": 1, "lm_head": 1, "softcap": 1})
 CONFIG_FAMILIES = ("llama", "qwen2", "mistral", "mistral_kv1", "gpt2", "opt",   # what load_config builds too
-                   "phi3", "qwen3", "llama32", "smollm", "gemma", "gemma2")
+                   "phi3", "qwen3", "llama32", "smollm", "gemma", "gemma2", "gpt_neox", "stablelm", "stablelm_qkln")
 
 
 @pytest.mark.parametrize("file", fixture_ids())
@@ -132,6 +132,16 @@ def _hf_config(entry) -> dict:
                     num_attention_heads=c["heads"], vocab_size=c["vocab"], ffn_dim=c["intermediate"],
                     max_position_embeddings=c["max_position_embeddings"], word_embed_proj_dim=c["hidden"],
                     activation_function=c["activation"])
+    if fam in ("gpt_neox", "stablelm"):   # as transformers 4 wrote them (rotary_pct, rope_theta at the top level)
+        rotary = {"rotary_pct": c["partial_rotary_factor"], "rotary_emb_base": c["rope_theta"]} if fam == "gpt_neox" \
+            else {"partial_rotary_factor": c["partial_rotary_factor"], "rope_theta": c["rope_theta"],
+                  "num_key_value_heads": c["kv_heads"], "qk_layernorm": c.get("qk_layernorm", False),
+                  "use_parallel_residual": c["parallel_attn"]}
+        return dict(model_type=fam, num_hidden_layers=c["num_layers"], hidden_size=c["hidden"],
+                    num_attention_heads=c["heads"], vocab_size=c["vocab"], intermediate_size=c["intermediate"],
+                    layer_norm_eps=c["layer_norm_eps"], hidden_act=c["activation"],
+                    max_position_embeddings=c["max_position_embeddings"],
+                    tie_word_embeddings=c["tie_word_embeddings"], **rotary)
     extra = {}
     if fam.startswith("gemma"):
         extra = dict(hidden_activation=c["activation"])
