@@ -38,10 +38,6 @@ def _rotary(f: _Fields, family: str, head_dim: int) -> tuple[float, dict | None,
     """(theta, scaling, rotated dims per head): transformers 5 keeps both in `rope_parameters`,
     transformers 4 in `rope_theta` / `partial_rotary_factor` (GPT-NeoX: `rotary_emb_base`, `rotary_pct`)."""
     params = f.cfg.get("rope_parameters")
-    if params is None and "rope_theta" not in f.cfg and family == "gpt_neox" and "rotary_emb_base" in f.cfg:
-        theta, scaling = f.float("rotary_emb_base"), None
-    else:
-        theta, scaling = _rope_params(f)
     src, key = f, "partial_rotary_factor"
     if isinstance(params, dict) and params.get(key) is not None:
         src = _Fields(params, f"{f.label}: rope_parameters")
@@ -52,6 +48,13 @@ def _rotary(f: _Fields, family: str, head_dim: int) -> tuple[float, dict | None,
     if factor > 1 or rotary < 2 or rotary % 2:
         src.fail(f"field {key!r} is {factor}: {rotary} of head_dim {head_dim} would be rotated; it must be an "
                  "even number from 2 to head_dim")
+    if params is None and "rope_theta" not in f.cfg and family == "gpt_neox" and "rotary_emb_base" in f.cfg:
+        theta, scaling = f.float("rotary_emb_base"), None
+    else:
+        theta, scaling = _rope_params(f, rotary)
+    if scaling and scaling["rope_type"] == "longrope" and rotary < head_dim:
+        # its attention_factor scales only the rotated dims: no scale of the scores takes it
+        f.fail("rope type 'longrope' with partial rotary is not supported")
     return theta, scaling, rotary
 
 

@@ -516,13 +516,17 @@ def test_error_phi3_window_and_partial_rotary():
 
 def test_error_rope_scaling_type():
     with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_scaling' has rope type 'yarn', which is not "
-                                          r"supported \(supported: default, linear, llama3\)$"):
+                                          r"supported \(supported: default, linear, llama3, longrope\)$"):
         load_config(tiny("llama", rope_scaling={"rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: missing required field 'low_freq_factor'$"):
         load_config(tiny("llama", rope_scaling={"rope_type": "llama3", "factor": 8.0}))
-    with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_scaling' has rope type 'longrope', which is not "
-                                          r"supported \(supported: default, linear, llama3\)$"):   # Phi-3-128k's
+    with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: field 'short_factor' must be a list of 4 "
+                                          r"positive numbers \(one per rotated frequency\), not \[1\.0\]$"):
         load_config(tiny("phi3", rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
+    with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: field 'long_factor' must be a list of 4 "):
+        load_config(tiny("phi3", rope_scaling={"type": "su", "short_factor": [1.0] * 4, "long_factor": [1, 2, 0, 3]}))
+    with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: missing required field 'long_factor'$"):
+        load_config(tiny("phi3", rope_scaling={"type": "longrope", "short_factor": [1.0] * 4}))
     with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_parameters' has rope type 'yarn'"):
         load_config(tiny("qwen3", rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}))
 
@@ -576,6 +580,30 @@ def test_linear_rope_scaling_divides_positions():
     g = load_config(tiny("llama", rope_scaling={"type": "linear", "factor": 2.0}), seq_len=8)
     np.testing.assert_array_equal(g.const_value("rope.cos")[0, 0], rope_cos_sin(8, 10000.0, 0, 8,
                                   {"rope_type": "linear", "factor": 2.0})[0])
+
+
+def test_phi3_longrope_picks_factors_by_length():
+    """Phi-3-128k's longrope (config.json as Phi-3-mini-128k writes it: top-level
+    original_max_position_embeddings, `rope_scaling` of type longrope): the short factors while
+    seq_len + past_len stays within the original length, the long ones past it; the tables times
+    sqrt(1 + ln(max / original) / ln original), as transformers computes them."""
+    short, long = [1.0, 1.5, 2.0, 3.0], [1.2, 2.5, 4.0, 8.0]
+    cfg = tiny("phi3", sliding_window=None, max_position_embeddings=128, original_max_position_embeddings=16,
+               rope_scaling={"type": "longrope", "short_factor": short, "long_factor": long})
+    gain = math.sqrt(1 + math.log(8) / math.log(16))
+    for seq, past, ext in ((16, 0, short), (8, 8, short), (17, 0, long), (1, 20, long)):
+        g = load_config(cfg, seq_len=seq, past_len=past)
+        inv = 1.0 / (np.array(ext) * 10000.0 ** (np.arange(0, 8, 2) / 8))
+        ang = np.arange(past, past + seq)[:, None] * inv[None]
+        np.testing.assert_allclose(g.const_value("rope.sin")[0, 0], np.sin(np.concatenate([ang, ang], -1)), atol=2e-6)
+        assert g.meta["rope_scaling"]["attention_factor"] == pytest.approx(gain)
+        # q and k both rotated by tables times gain: the scores gain^2, in attention's scale
+        assert g.node("layers.0.attn.core").attrs.scale == pytest.approx(gain ** 2 / math.sqrt(8))
+    given = load_config({**cfg, "rope_scaling": {**cfg["rope_scaling"], "attention_factor": 1.0}}, seq_len=4)
+    assert given.node("layers.0.attn.core").attrs.scale == pytest.approx(1 / math.sqrt(8))
+    with pytest.raises(ConfigError, match=r"^config\.json: rope type 'longrope' with partial rotary is not supported$"):
+        load_config(tiny("stablelm", max_position_embeddings=128,
+                         rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
 
 
 def test_transformers5_rope_parameters():
