@@ -21,11 +21,12 @@ from llmfab.passes.quant_report import quantize_model
 from llmfab.simulator.execute import execute
 
 NEW = ["phi3_dynamo_op18", "phi3_longrope_dynamo_op18", "qwen3_dynamo_op18", "qwen3_ts_op14", "llama32_dynamo_op18", "llama32_ts_op14",
-       "gpt_neox_dynamo_op18", "stablelm_dynamo_op18", "stablelm_qkln_dynamo_op18", "smollm_dynamo_op18"]
+       "gpt_neox_dynamo_op18", "stablelm_dynamo_op18", "stablelm_qkln_dynamo_op18", "smollm_dynamo_op18",
+       "phi3_ts_op14", "gpt_neox_ts_op14", "stablelm_ts_op14", "stablelm_qkln_ts_op14", "smollm_ts_op14"]
 GEMMA = ["gemma_dynamo_op18", "gemma_ts_op14", "gemma2_dynamo_op18", "gemma2_ts_op14"]
 FAMILIES = ["falcon_dynamo_op18", "phi_dynamo_op18", "mistral_kv1_dynamo_op18", *NEW, *GEMMA]
 # SmolLM's prefill rows of FFN 160 do not fit sim-small's 16 KB act buffer at 8 rows a chunk
-PREFILL_STEP = {"smollm_dynamo_op18": 4}
+PREFILL_STEP = {"smollm_dynamo_op18": 4, "smollm_ts_op14": 4}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
