@@ -143,7 +143,8 @@ def _hf_config(entry) -> dict:
         rotary = {"rotary_pct": c["partial_rotary_factor"], "rotary_emb_base": c["rope_theta"]} if fam == "gpt_neox" \
             else {"partial_rotary_factor": c["partial_rotary_factor"], "rope_theta": c["rope_theta"],
                   "num_key_value_heads": c["kv_heads"], "qk_layernorm": c.get("qk_layernorm", False),
-                  "use_parallel_residual": c["parallel_attn"]}
+                  "use_qkv_bias": c.get("use_qkv_bias", False)}
+        rotary["use_parallel_residual"] = c["parallel_attn"]
         return dict(model_type=fam, num_hidden_layers=c["num_layers"], hidden_size=c["hidden"],
                     num_attention_heads=c["heads"], vocab_size=c["vocab"], intermediate_size=c["intermediate"],
                     layer_norm_eps=c["layer_norm_eps"], hidden_act=c["activation"],
