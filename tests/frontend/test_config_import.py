@@ -270,6 +270,16 @@ def test_stablelm_qk_layernorm_and_parallel_residual_compile_bit_exact():
     assert c.checked == (3, 5)
 
 
+@pytest.mark.parametrize("name,policy", [("pythia-1b", "int8"), ("stablelm-2-1.6b", "int4-g128")])
+def test_neox_like_presets_compile(name, policy):
+    """Programs and layout from the config alone: GPT-NeoX's qkv sliced on the head axis after the
+    transpose, partial rotary's slices and concats, all lowered as strided copies."""
+    from llmfab.compile import compile_model
+    c = compile_model(name, "u280", policy=policy, max_len=64)
+    assert c.programs and not c.images and c.checked == ()   # no weights: nothing to check against
+    assert {e["stage"] for e in c.manifest["programs"]} == {"prefill", "decode"}
+
+
 @pytest.mark.parametrize("family,field,value", [("stablelm", "partial_rotary_factor", 0.2),
                                                 ("gpt_neox", "rotary_pct", 0.01), ("gpt_neox", "rotary_pct", 1.5)])
 def test_error_rotated_dims(family, field, value):
