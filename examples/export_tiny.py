@@ -3,7 +3,8 @@
 
 Builds tiny decoder-only models (llama, qwen2, mistral, gpt2, opt; falcon and phi with
 attention and MLP in parallel off one shared norm; mistral_kv1, Mistral with a single KV head;
-phi3, qwen3, llama32 (llama3 RoPE scaling, tied embeddings), gpt_neox, stablelm and smollm
+phi3 (phi3_longrope: Phi-3-128k's longrope scaling), qwen3, llama32 (llama3 RoPE scaling, tied embeddings),
+gpt_neox, stablelm (stablelm_qkln: stablelm-2-12b's per-head q/k LayerNorms, parallel residual) and smollm
 (a LLaMA with hidden 96 and FFN 160, widths that are not whole 128-groups); gemma and gemma2: GeGLU,
 RMSNorm with 1 + w, sqrt(hidden)-scaled tied embeddings, and Gemma2's post-norms and logit soft-capping)
 from HuggingFace ``transformers`` config classes with a fixed seed (no downloads),
@@ -84,17 +85,21 @@ MAX_POS = 128
 # New families go at the end. The first eight seed from SEED + their index here; later ones from
 # their name (family_seed), so branches that add families side by side cannot shift each other's weights.
 FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "falcon", "phi", "mistral_kv1",
-            "phi3", "qwen3", "llama32", "gpt_neox", "stablelm", "smollm", "gemma", "gemma2"]
+            "phi3", "qwen3", "llama32", "gpt_neox", "stablelm", "smollm", "gemma", "gemma2", "stablelm_qkln",
+            "phi3_longrope"]
 INDEX_SEEDED = 8
 # gemma and gemma2 were added on a branch of their own as index 8 and 9 (SEED + index); their
 # committed fixtures keep those seeds.
 FIXED_SEEDS = {"gemma": SEED + 8, "gemma2": SEED + 9}
 CLAIMED = FAMILIES[:5]  # exported with both exporters at several opsets; the others with dynamo at 18
-# ... and with TorchScript at opset 14 too (the ones whose TorchScript export works with transformers 5)
-TS_TOO = ("llama32", "qwen3", "gemma", "gemma2")
+# ... and with TorchScript at opset 14 too (the ones whose TorchScript export works with transformers 5;
+# phi3_longrope's does not: "Exporting the operator 'aten::copy' to ONNX opset version 14 is not
+# supported", from transformers' in-place update of the rotary frequencies)
+TS_TOO = ("llama32", "qwen3", "gemma", "gemma2", "phi3", "gpt_neox", "stablelm", "smollm", "stablelm_qkln")
 # Gemma2's soft-caps, small so the tiny random model's scores and logits reach the tanh's bend
 # (gemma-2-2b: 50 and 30); its attention is eager (transformers' sdpa path has no soft-cap)
 GEMMA2_ATTN_CAP, GEMMA2_FINAL_CAP = 2.0, 1.0
+LONGROPE_ORIGINAL = 16  # phi3_longrope's original_max_position_embeddings: longer prompts take the long factors
 GEMMA2_INIT = 0.15  # initializer_range, so that scores and logits are large enough to be capped
 
 
@@ -162,6 +167,16 @@ def make_config(family: str):
             num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POS,
             original_max_position_embeddings=MAX_POS, pad_token_id=0, bos_token_id=0, eos_token_id=0, **common,
         )
+    if family == "phi3_longrope":  # Phi-3-128k's longrope: short factors up to the original length, long beyond
+        return Phi3Config(
+            hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POS,
+            original_max_position_embeddings=LONGROPE_ORIGINAL,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 3.0],
+                             "long_factor": [1.2, 2.5, 4.0, 8.0],
+                             "original_max_position_embeddings": LONGROPE_ORIGINAL},
+            pad_token_id=0, bos_token_id=0, eos_token_id=0, **common,
+        )
     if family == "qwen3":  # Qwen3: RMSNorm over head_dim on each q and k head, no q/k/v bias
         return Qwen3Config(
             hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
@@ -190,12 +205,15 @@ def make_config(family: str):
             rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
             **common,
         )
-    if family == "stablelm":  # StableLM-2's layout: LayerNorm, partial rotary (25%), SwiGLU, GQA
+    if family in ("stablelm", "stablelm_qkln"):  # StableLM-2's layout: LayerNorm, partial rotary (25%), SwiGLU, GQA
+        # stablelm_qkln: stablelm-2-12b's, a LayerNorm of its own (no bias) on each q and k head, and
+        # attention and MLP in parallel off one shared norm
+        extra = dict(qk_layernorm=True, use_parallel_residual=True) if family == "stablelm_qkln" else {}
         return StableLmConfig(
             hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
             num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POS,
             rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
-            **common,
+            **extra, **common,
         )
     if family == "gpt2":
         return GPT2Config(
@@ -246,7 +264,7 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
         "attention_bias": getattr(cfg, "attention_bias", None),
         "partial_rotary_factor": rp.get("partial_rotary_factor") if isinstance(rp, dict) else None,
-        "parallel_attn": family in ("falcon", "phi", "gpt_neox"),
+        "parallel_attn": family in ("falcon", "phi", "gpt_neox", "stablelm_qkln"),
         "sliding_window": getattr(cfg, "sliding_window", None),
         "use_sliding_window": getattr(cfg, "use_sliding_window", None),
         "positions": "rope" if rope is not None else "learned",
@@ -260,6 +278,8 @@ def config_summary(family: str, cfg) -> dict[str, Any]:
         summary["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
     if family == "qwen3":
         summary["qk_norm"] = True
+    if family == "stablelm_qkln":
+        summary["qk_layernorm"] = True  # one LayerNorm per q and per k head, each with its own weight
     if family == "gemma2":
         summary.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar,
                        attn_logit_softcapping=cfg.attn_logit_softcapping,
@@ -522,6 +542,10 @@ def do_export(v: Variant, model, cfg_sum, path: str) -> dict[str, Any]:
 
 
 def verify(v: Variant, model, cfg_sum, path: str, info) -> list[dict[str, Any]]:
+    if v.family == "phi3_longrope":
+        # tracing leaves HF's lazily cached long_inv_freq a traced value (PyTorch then gives 2e-3 off
+        # past the original length); a fresh model of the same seed is the reference
+        model = build_model(v.family)
     n_layers = cfg_sum["num_layers"]
     ins, outs = io_names(n_layers, v.kv_cache)
     wrapper = KVCacheWrapper(model, n_layers) if v.kv_cache else NoCacheWrapper(model)
@@ -534,6 +558,8 @@ def verify(v: Variant, model, cfg_sum, path: str, info) -> list[dict[str, Any]]:
     assert sess_out == outs, (sess_out, outs)
     if info["dynamic_seq"]:
         cases = [(2, 5, 3), (1, 9, 6), (3, 1, 7), (1, 1, 1)]
+        if v.family == "phi3_longrope":  # past the original length: the long factors
+            cases.append((1, 3 * LONGROPE_ORIGINAL // 2, 0))
         if v.kv_cache:
             cases.append((2, 4, 0))  # prefill through the cache graph with an empty past
         if not info["dynamic_batch"]:

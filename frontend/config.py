@@ -24,11 +24,12 @@ from llmfab.ir.host import require
 from .config_fields import ConfigError, _Fields
 from .config_graph import MAX_LAYERS, _activation, _Arch, _Builder
 from .config_llama import LLAMA_LIKE, arch_llama, build_llama
+from .config_neox import NEOX_LIKE, arch_neox, build_neox
 from .random_weights import with_random_weights
 from .rope import rope_cos_sin
 
 
-SUPPORTED_FAMILIES = (*LLAMA_LIKE, "gpt2", "opt")
+SUPPORTED_FAMILIES = (*LLAMA_LIKE, *NEOX_LIKE, "gpt2", "opt")
 PRESETS: dict[str, str] = {
     "llama2-7b": "llama2-7b.json",    # meta-llama/Llama-2-7b-hf
     "llama3-8b": "llama3-8b.json",    # meta-llama/Meta-Llama-3-8B
@@ -43,6 +44,8 @@ PRESETS: dict[str, str] = {
     "gemma-2b": "gemma-2b.json",          # google/gemma-2b
     "gemma-7b": "gemma-7b.json",          # google/gemma-7b
     "gemma2-2b": "gemma2-2b.json",        # google/gemma-2-2b
+    "pythia-1b": "pythia-1b.json",        # EleutherAI/pythia-1b
+    "stablelm-2-1.6b": "stablelm-2-1.6b.json",  # stabilityai/stablelm-2-1_6b
 }
 PRESET_DIR = Path(str(importlib.resources.files("llmfab.presets")))  # package data, any install layout
 
@@ -172,7 +175,7 @@ _NODE_BYTES, _NODES_PER_LAYER = 1400, 36
 def _graph_bytes(a: _Arch, batch: int, seq: int, past: int) -> int:
     """What building the graph certainly allocates: its nodes, and the RoPE tables or position ids
     (weights are shapes only, never arrays)."""
-    tables = 6 * 4 * seq * a.head_dim if a.family in LLAMA_LIKE else 3 * 8 * batch * seq
+    tables = 6 * 4 * seq * a.head_dim if a.family in LLAMA_LIKE + NEOX_LIKE else 3 * 8 * batch * seq
     return _NODE_BYTES * _NODES_PER_LAYER * (a.layers + 1) + tables
 
 
@@ -193,6 +196,8 @@ def _build(cfg: Mapping, label: str, seq_len: int, past_len: int, batch: int, na
     dtype = _DTYPES[dt]
     if family in LLAMA_LIKE:
         arch = arch_llama(f, family, dtype)
+    elif family in NEOX_LIKE:
+        arch = arch_neox(f, family, dtype)
     elif family == "gpt2":
         arch = _arch_gpt2(f, dtype)
     else:
@@ -208,6 +213,8 @@ def _build(cfg: Mapping, label: str, seq_len: int, past_len: int, batch: int, na
         extra = _build_gpt2(f, b)
     elif family == "opt":
         extra = _build_opt(f, b)
+    elif family in NEOX_LIKE:
+        extra = build_neox(f, b, family)
     else:
         extra = build_llama(f, b, family)
     g.meta.update(

@@ -97,9 +97,25 @@ class _Builder:
             return self.op(f"{p}.{tag}_t", OpKind.TRANSPOSE, [r], PermAttrs((0, 2, 1, 3)))
 
         q, k, v = heads(q, "q", a.heads), heads(k, "k", a.kv_heads), heads(v, "v", a.kv_heads)
+        return self.attend(i, q, k, v, scale, rope, softcap)
+
+    def attend(self, i: int, q: str, k: str, v: str, scale: float, rope: tuple[str, str] | None,
+               softcap: float | None = None, rotary: int | None = None) -> str:
+        """From head-major q, k, v [B, H, S, D]: rotate (the first `rotary` dims of each head, by slice,
+        rope and concat, when fewer than D), extend with the cache, attend, merge heads."""
+        a, B, S, p = self.a, self.B, self.S, f"layers.{i}.attn"
+        D = a.head_dim
+
+        def rotate(x: str, tag: str) -> str:
+            if rotary is None or rotary == D:
+                return self.op(f"{p}.{tag}_rope", OpKind.ROPE, [x, *rope], RopeAttrs(RopeStyle.HALF))
+            rot = self.op(f"{p}.{tag}_rot", OpKind.SLICE, [x], SliceAttrs((0,), (rotary,), (3,), (1,)))
+            keep = self.op(f"{p}.{tag}_pass", OpKind.SLICE, [x], SliceAttrs((rotary,), (D,), (3,), (1,)))
+            rot = self.op(f"{p}.{tag}_rope", OpKind.ROPE, [rot, *rope], RopeAttrs(RopeStyle.HALF))
+            return self.op(f"{p}.{tag}_rotated", OpKind.CONCAT, [rot, keep], AxisAttrs(3))
+
         if rope:
-            q = self.op(f"{p}.q_rope", OpKind.ROPE, [q, *rope], RopeAttrs(RopeStyle.HALF))
-            k = self.op(f"{p}.k_rope", OpKind.ROPE, [k, *rope], RopeAttrs(RopeStyle.HALF))
+            q, k = rotate(q, "q"), rotate(k, "k")
         if self.P:
             k = self.op(f"{p}.k_cache", OpKind.CONCAT, [f"past_key_values.{i}.key", k], AxisAttrs(2))
             v = self.op(f"{p}.v_cache", OpKind.CONCAT, [f"past_key_values.{i}.value", v], AxisAttrs(2))
@@ -120,11 +136,11 @@ class _Builder:
     def activation(self, name: str, x: str, op: OpKind, approx: GeluApprox | None) -> str:
         return self.op(name, op, [x], GeluAttrs(approx) if op is OpKind.GELU else None)
 
-    def finish(self, h: str, embed: str, softcap: float | None = None):
-        """LM head (tied to `embed` or its own `lm_head.weight`; with a `softcap`, its weights / softcap
+    def finish(self, h: str, embed: str, softcap: float | None = None, head: str = "lm_head.weight"):
+        """LM head (tied to `embed` or its own weight `head`; with a `softcap`, its weights / softcap
         and softcap tanh(.) after it), then the graph outputs."""
         a = self.a
-        w = embed if a.tied else self.weight("lm_head.weight", a.vocab, a.hidden)
+        w = embed if a.tied else self.weight(head, a.vocab, a.hidden)
         if softcap is None:
             self.op("logits", OpKind.LMHEAD, [h, w], LinearAttrs(LinearRole.LM_HEAD))
         else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import numpy as np
+
 from llmfab.ir import ArrayData, DType, LinearRole, OpKind
 
 from .config_fields import _Fields
@@ -22,9 +24,10 @@ from .rope import rope_cos_sin
 LLAMA_LIKE = ("llama", "qwen2", "mistral", "phi3", "qwen3", "gemma", "gemma2")
 
 
-def _rope_params(f: _Fields) -> tuple[float, dict | None]:
+def _rope_params(f: _Fields, dim: int | None = None) -> tuple[float, dict | None]:
     """rope theta and scaling from either `rope_theta`/`rope_scaling` (transformers 4) or
-    `rope_parameters` (transformers 5)."""
+    `rope_parameters` (transformers 5); `dim`: the rotated dims per head (longrope's factors are
+    dim / 2 each)."""
     params = f.cfg.get("rope_parameters")
     if params is not None:
         if not isinstance(params, Mapping):
@@ -51,8 +54,29 @@ def _rope_params(f: _Fields) -> tuple[float, dict | None]:
         return theta, {"rope_type": "llama3", "factor": sf.float("factor"), "low_freq_factor": lo,
                        "high_freq_factor": hi, "original_max_position_embeddings":
                        sf.int("original_max_position_embeddings")}
+    if kind in ("longrope", "su"):   # Phi-3-128k's ("su" its earlier name)
+        return theta, _longrope(f, sf, dim)
     f.fail(f"field {key!r} has rope type {kind!r}, which is not supported "
-           "(supported: default, linear, llama3)")
+           "(supported: default, linear, llama3, longrope)")
+
+
+def _longrope(f: _Fields, sf: _Fields, dim: int | None) -> dict:
+    """Phi-3's longrope as Hugging Face resolves it: factor max_position_embeddings /
+    original_max_position_embeddings unless given, attention_factor sqrt(1 + ln factor / ln original)
+    (1 for a factor <= 1) unless given; which factor list applies is rope_cos_sin's (by position)."""
+    top = f.int("max_position_embeddings")
+    orig = sf.int("original_max_position_embeddings", None) or f.int("original_max_position_embeddings", top)
+    factor = sf.float("factor", top / orig)
+    attention = sf.float("attention_factor", 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig)))
+    out = {"rope_type": "longrope", "original_max_position_embeddings": orig, "attention_factor": attention}
+    for key in ("short_factor", "long_factor"):
+        v = sf.get(key)[1]
+        if not isinstance(v, list) or (dim is not None and len(v) != dim // 2) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v):
+            sf.fail(f"field {key!r} must be a list of {dim // 2 if dim else 'rotary_dim / 2'} positive numbers "
+                    f"(one per rotated frequency), not {v!r:.60}")
+        out[key] = tuple(float(x) for x in v)
+    return out
 
 
 def _partial_rotary(f: _Fields) -> None:
@@ -132,7 +156,9 @@ def build_llama(f: _Fields, b: _Builder, family: str) -> dict:
     mlp_bias = family == "llama" and f.bool("mlp_bias", False)
     act, approx, scale, attn_cap, final_cap = _gemma(f, family, a.head_dim) if family.startswith("gemma") \
         else (OpKind.SILU, None, 1.0 / math.sqrt(a.head_dim), None, None)
-    theta, scaling = _rope_params(f)
+    theta, scaling = _rope_params(f, a.head_dim)
+    if scaling and scaling["rope_type"] == "longrope":   # q and k both times attention_factor: the scores its square
+        scale *= float(np.float32(scaling["attention_factor"])) ** 2   # (float32, as Hugging Face's tables take it)
     cos, sin = rope_cos_sin(a.head_dim, theta, P, S, scaling)
     b.g.add_const("rope.cos", ArrayData(cos.reshape(1, 1, S, a.head_dim)))
     b.g.add_const("rope.sin", ArrayData(sin.reshape(1, 1, S, a.head_dim)))

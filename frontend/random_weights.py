@@ -21,7 +21,8 @@ def with_random_weights(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph
         if id(d) in drawn:
             return drawn[id(d)]
         shape, dt = d.shape, d.dtype
-        is_scale = len(shape) == 1 and name.endswith(".weight")
+        # a norm's scale: [D], or a row per head [H, 1.., D] (StableLM's q/k_layernorm)
+        is_scale = name.endswith(".weight") and (len(shape) == 1 or len(shape) > 2 and set(shape[1:-1]) == {1})
         a = (1.0 if is_scale else 0.0) + rng.standard_normal(shape) * (0.1 if is_scale else std)
         a = a.astype(np.float32)
         if dt is DType.BF16:  # round to nearest-even bf16, stored in float32

@@ -317,11 +317,15 @@ def infer_type(op: OpKind, attrs, ins: list[TensorType]) -> TensorType:
                 raise TypeInferenceError(f"cannot multiply {a} by {b}")
             return TensorType(a.dtype, _broadcast(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]))
         case OpKind.RMSNORM | OpKind.LAYERNORM:
+            # parameters are [D], or per head ([H, 1, D] for x [B, H, S, D]: StableLM's q/k_layernorm)
             x = ins[0]
             _float(x, "input")
             for p in ins[1:]:
-                if p.shape != (x.shape[-1],):
-                    raise TypeInferenceError(f"parameter {p} must be [{x.shape[-1]}] for input {x}")
+                if p.shape != (x.shape[-1],) and not (
+                        2 <= p.rank < x.rank and p.shape[-1] == x.shape[-1] and p.shape[0] == x.shape[x.rank - p.rank]
+                        and all(d == 1 for d in p.shape[1:-1])):
+                    raise TypeInferenceError(f"parameter {p} must be [{x.shape[-1]}] (or one row per head, "
+                                             f"[H, 1.., {x.shape[-1]}]) for input {x}")
             return x
         case OpKind.ROPE:
             x, cos, sin = ins

@@ -7,14 +7,17 @@ and its layer, never a BUILD that computes something else (issue 15).
 Run by `compile` for models up to `CHECK_MAX_PARAMETERS` with weights (`--no-check` skips it).
 The reference is the integer interpreter on the model loaded at the prompt's length + 1 with the
 compiled graph's quantized weights: a causal model's first L rows are those of the L-token
-prompt, so one run serves the prompt's chunks and the decode step.
+prompt, so one run serves the prompt's chunks and the decode step. Its RoPE tables are the first
+rows of the compiled graph's: a build has one table for all its positions, that of its max length
+(Phi-3's longrope picks its factors by length, as Hugging Face does by the forward's last position).
 """
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 
-from llmfab.ir import Graph, OpKind
+from llmfab.ir import ArrayData, ConstAttrs, Graph, OpKind
 from llmfab.ir.integer import run_integer_values
 from llmfab.ir.isa import BufferId, Program
 from llmfab.passes.buckets import Stage
@@ -45,9 +48,20 @@ def reference(load, compiled: Graph, ids: np.ndarray) -> tuple[Graph, dict[str, 
     every value the integer interpreter computes for `ids` (raw Q.16)."""
     g = load(len(ids))
     adopt_parameters(g, compiled)
+    _adopt_position_tables(g, compiled)
     feeds = feeds_for(g, ids[None])
     names = [n.name for n in g.nodes() if n.op not in (OpKind.CONST, OpKind.INPUT)]
     return g, run_integer_values(g, feeds, names)
+
+
+def _adopt_position_tables(g: Graph, compiled: Graph) -> None:
+    """The RoPE tables of `g` (positions 0..n-1) replaced by the first n rows of `compiled`'s."""
+    for t in {i for n in g.nodes() if n.op is OpKind.ROPE for i in n.inputs[1:]}:
+        if t in compiled and g.node(t).op is OpKind.CONST and compiled.node(t).op is OpKind.CONST:
+            n = g.node(t)
+            rows = np.ascontiguousarray(compiled.const_value(t)[..., :n.type.shape[-2], :])
+            if rows.shape == n.type.shape:
+                g.set_node(dataclasses.replace(n, attrs=ConstAttrs(ArrayData(rows), n.attrs.weight)))
 
 
 class _Probe:

@@ -92,10 +92,16 @@ class CanonicalNames(Pass):
             if n.name in names or n.op is not OpKind.ADD:
                 continue
             srcs = [names.get(i, "") for i in n.inputs]
+            blocks = [s for s in srcs if s.endswith((".o_proj", ".down_proj", ".fc2", ".post_attn_norm",
+                                                     ".post_mlp_norm"))]
+            if len(blocks) == 2:       # attention + MLP summed before the residual add (GPT-NeoX, Phi-2, Falcon)
+                give(n.name, blocks[0].rsplit(".", 1)[0] + ".branches")
+            for s in blocks:
+                attn = s.endswith(("o_proj", "post_attn_norm"))
+                give(n.name, s.rsplit(".", 1)[0] + (".attn_residual" if attn else ".mlp_residual"))
             for s in srcs:
-                if s.endswith((".o_proj", ".down_proj", ".fc2", ".post_attn_norm", ".post_mlp_norm")):
-                    attn = s.endswith(("o_proj", "post_attn_norm"))
-                    give(n.name, s.rsplit(".", 1)[0] + (".attn_residual" if attn else ".mlp_residual"))
+                if s.endswith(".branches"):
+                    give(n.name, s.rsplit(".", 1)[0] + ".residual")
             if n.name not in names and any(s.startswith("embed_") for s in srcs):
                 give(n.name, "embed_sum")
         # parameters and tables: named after their (first) user
@@ -133,13 +139,18 @@ class CanonicalNames(Pass):
 
     def _chain_up(self, g: Graph, x: str, prefix: str, give):
         """Name the layout ops between a projection and attention: q.reshape, q.transpose, q.rope
-        (and a per-head norm: q_norm)."""
+        (and a per-head norm: q_norm; partial rotary's concat(rope(slice), slice): q.rope of q.rot)."""
         while g.node(x).op in LAYOUT or is_head_norm(g.node(x)):
             n = g.node(x)
             if n.op in LAYOUT:
                 give(x, f"{prefix}.{'cache' if n.op is OpKind.CONCAT else n.op.value}")
             else:
                 give(x, f"{prefix}_norm")
+            for r in (g.node(i) for i in n.inputs[:-1] if n.op is OpKind.CONCAT):
+                if r.op is OpKind.ROPE:
+                    give(r.name, f"{prefix}.rope")
+                    if g.node(r.inputs[0]).op is OpKind.SLICE:
+                        give(r.inputs[0], f"{prefix}.rot")
             x = n.inputs[-1] if n.op is OpKind.CONCAT else n.inputs[0]
 
     def _chain_down(self, g: Graph, x: str, prefix: str, give):

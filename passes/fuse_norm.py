@@ -2,6 +2,9 @@
 
 RMSNorm:   w * (x * 1/sqrt(mean(x^2) + eps))          (also x / sqrt(...), Reciprocal, Div(1, .))
 LayerNorm: w * ((x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)) + b
+
+A norm of each head with weights of its own (StableLM's q/k_layernorm: split q into heads, a
+LayerNorm each, concat) becomes one norm of all heads whose parameters have a row per head.
 """
 from __future__ import annotations
 
@@ -94,6 +97,10 @@ class FuseNorm(Pass):
             else:
                 self._layer(g, n)
         g.eliminate_dead_code()
+        for n in g.nodes():
+            if n.op is OpKind.CONCAT and n.name in g:
+                _merge_heads(g, n)
+        g.eliminate_dead_code()
 
     def _rms(self, g: Graph, mean: Node, x: str) -> None:
         found = _normalized(g, mean.name, x)
@@ -122,3 +129,43 @@ class FuseNorm(Pass):
         y, w, b = _affine(g, y, dim, bias=True)
         replace(g, y, OpKind.LAYERNORM,
                 [x, _param(g, y, "weight", w, 1.0), _param(g, y, "bias", b, 0.0)], NormAttrs(eps))
+
+
+def _merge_heads(g: Graph, cat: Node) -> None:
+    """concat(norm_i(slice_i(x)), axis a) with the slices tiling x along a (1 <= a < rank - 1), each
+    norm read only there: one norm of x whose parameters hold each piece's rows on axis a, [X_a, 1.., D]
+    (or [D] when all pieces' are equal)."""
+    rank = cat.type.rank
+    a = cat.attrs.axis % rank
+    norms = [g.node(i) for i in cat.inputs]
+    if not 1 <= a < rank - 1 or any(n.op not in (OpKind.RMSNORM, OpKind.LAYERNORM) for n in norms) \
+            or len({(n.op, n.attrs.eps) for n in norms}) != 1 or any(len(g.users(n.name)) != 1 for n in norms):
+        return
+    pieces = [g.node(n.inputs[0]) for n in norms]
+    x = pieces[0].inputs[0] if pieces[0].op is OpKind.SLICE else None
+    if x is None or g.node(x).type.shape != cat.type.shape:
+        return
+    at = 0
+    for p in pieces:
+        if p.op is not OpKind.SLICE or p.inputs[0] != x or len(p.attrs.axes) != 1 or p.attrs.axes[0] % rank != a:
+            return
+        r = range(cat.type.shape[a])[slice(p.attrs.starts[0], p.attrs.ends[0], p.attrs.steps[0])]
+        if r.step != 1 or r.start != at or not len(r):
+            return
+        at += len(r)
+    if at != cat.type.shape[a]:
+        return
+    d = cat.type.shape[-1]
+    params = []
+    for j in range(1, len(norms[0].inputs)):
+        vals = [g.const_value(n.inputs[j]) for n in norms]
+        if any(v is None or v.size != d for v in vals):
+            return
+        rows = [np.broadcast_to(v.reshape(1, d), (p.type.shape[a], d)) for v, p in zip(vals, pieces)]
+        full = np.concatenate(rows).astype(np.float32)
+        if (full == full[:1]).all():
+            params.append(g.add_const(g.unique_name(f"{cat.name}.p{j}"), ArrayData(full[0]), weight=True).name)
+        else:
+            shaped = full.reshape((len(full),) + (1,) * (rank - a - 2) + (d,))
+            params.append(g.add_const(g.unique_name(f"{cat.name}.p{j}"), ArrayData(shaped), weight=True).name)
+    replace(g, cat.name, norms[0].op, [x, *params], norms[0].attrs)

@@ -11,8 +11,8 @@ instructions move, over the channels they name:
   channel, so one LD streams a tile at the full HBM bandwidth and lands it as the engine reads it;
 - an embedding table is one row per token (codes, mantissas, shift: the EMBED row format), read
   by an indirect LD;
-- parameters (norm weights, a norm's weight then bias, RoPE tables as per position `depth` cos
-  then `depth` sin) are int32 Q.16 rows;
+- parameters (norm weights, a norm's weight then bias, a row of them per head for a per-head norm,
+  RoPE tables as per position `depth` cos then `depth` sin) are int32 Q.16 rows;
 - the KV cache is head-major: per layer K then V, per KV head `max_len` rows of `4 + head_dim`
   bytes (a quantized row: scale record then codes), over a group of channels that divides the row;
   different heads use different channel groups so their transfers run side by side;
@@ -230,10 +230,8 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         d = g.node(cos).type.shape[-1]
         lay.params[key] = lay.alloc(8 * d, padded, per_position=True)
     for n in g.nodes():
-        if n.op is OpKind.RMSNORM:
-            lay.params[n.name] = lay.alloc(4 * n.type.shape[-1], 1)
-        elif n.op is OpKind.LAYERNORM:
-            lay.params[n.name] = lay.alloc(8 * n.type.shape[-1], 1)
+        if n.op in (OpKind.RMSNORM, OpKind.LAYERNORM):
+            lay.params[n.name] = lay.alloc(4 * (len(n.inputs) - 1) * n.type.shape[-1], norm_heads(g, n))
         elif n.op is OpKind.EMBEDDING and g.node(n.inputs[1]).op is OpKind.CONST:
             pass  # learned positions: rows of the table, picked by position
         elif const_operand(g, n):
@@ -270,6 +268,18 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
 
 
 # ---- images -----------------------------------------------------------------------------
+
+
+def norm_heads(g: Graph, n) -> int:
+    """How many rows a norm's parameters have: one, or one per head (StableLM's q/k_layernorm, [H, 1.., D])."""
+    return max(g.node(p).type.shape[0] if g.node(p).type.rank > 1 else 1 for p in n.inputs[1:])
+
+
+def norm_rows(g: Graph, n) -> np.ndarray:
+    """A norm's parameter rows, [heads, k * D]: its weight (then its bias) for each head."""
+    d, heads = n.type.shape[-1], norm_heads(g, n)
+    ps = [np.asarray(g.const_value(p)).reshape(-1, d) for p in n.inputs[1:]]
+    return np.concatenate([np.broadcast_to(p, (heads, d)) for p in ps], axis=1)
 
 
 def _write(images: list[bytearray], obj: Region, row: int, data: bytes) -> None:
@@ -327,10 +337,9 @@ def channel_images(g: Graph, lay: HbmLayout, weights: ChainLayout) -> list[bytea
             rows = [_packed_rows(part, r, r + 1) for part in parts]
             _write(images, obj, r, b"".join(p.values + p.mant + p.shift for p in rows))
     for n in g.nodes():
-        if n.op is OpKind.RMSNORM:
-            _write(images, lay.params[n.name], 0, q16(g.const_value(n.inputs[1])))
-        elif n.op is OpKind.LAYERNORM:
-            _write(images, lay.params[n.name], 0, q16(g.const_value(n.inputs[1])) + q16(g.const_value(n.inputs[2])))
+        if n.op in (OpKind.RMSNORM, OpKind.LAYERNORM):
+            for r, row in enumerate(norm_rows(g, n)):
+                _write(images, lay.params[n.name], r, q16(row))
         elif (pair := const_operand(g, n)) is not None:
             row = np.broadcast_to(np.ravel(g.const_value(pair[1])), (n.type.shape[-1],))
             _write(images, lay.params[n.name], 0, q16(row))

@@ -263,18 +263,38 @@ def _transpose(lw: Lowerer, node) -> None:
 
 
 def _norm(lw: Lowerer, node) -> None:
+    """One MISC over all rows; a norm with parameters per head one per head (its rows, strided when
+    the heads are not the outer axis), each with that head's row of parameters."""
     x = node.inputs[0]
     rows, cols = lw.rows_cols(node.name)
     obj = lw.lay.params[node.name]
     key = (node.name, "param")
-    at = lw.scratch.alloc(key, obj.row_bytes, f"parameters of {node.name!r}")
-    lw.dma(Opcode.LD, obj, 0, 1, SCRATCH, at, writes=[("scratch", key)])
+    at = lw.scratch.alloc(key, obj.row_bytes * obj.rows, f"parameters of {node.name!r}")
+    lw.dma(Opcode.LD, obj, 0, obj.rows, SCRATCH, at, writes=[("scratch", key)])
     dst = lw.new_act(node.name)
     func = MiscFunc.RMSNORM if node.op is OpKind.RMSNORM else MiscFunc.LAYERNORM
-    lw.emit(Opcode.MISC, [("act", lw.key(x)), ("scratch", key)], [("act", node.name)], func=func, rows=rows,
-            cols=cols, imm=int(np.floor(node.attrs.eps * 2 ** 32 + 0.5)), src_buf=ACT, src_addr=lw.addr(x),
-            src2_buf=SCRATCH, src2_addr=at, dst_buf=ACT, dst_addr=dst)
+    pieces = [(0, rows, 0)] if obj.rows == 1 else _head_rows(lw, node, obj.rows)
+    for h, (offset, n, stride) in enumerate(pieces):
+        lw.emit(Opcode.MISC, [("act", lw.key(x)), ("scratch", key)], [("act", node.name)], func=func, rows=n,
+                cols=cols, imm=int(np.floor(node.attrs.eps * 2 ** 32 + 0.5)), src_buf=ACT,
+                src_addr=lw.addr(x) + offset, src_stride=stride, src2_buf=SCRATCH, src2_addr=at + h * obj.row_bytes,
+                dst_buf=ACT, dst_addr=dst + offset, dst_stride=stride)
     lw.scratch.free(key)
+
+
+def _head_rows(lw: Lowerer, node, heads: int) -> list[tuple[int, int, int]]:
+    """(byte offset, rows, row stride in bytes or 0) of each head of a per-head norm's input, as the
+    program lays it out: [H, S, D] (heads outer, contiguous rows) or [S, H, D] (strided)."""
+    shape = list(node.type.shape)
+    a = len(shape) - max(lw.g.node(p).type.rank for p in node.inputs[1:])   # the heads' axis
+    s = lw.seq_axis.get(node.inputs[0])
+    if s is None or len(shape) != 4 or shape[0] != 1 or {a, s} != {1, 2} or shape[a] != heads:
+        raise LayoutError(f"node {node.name!r}: a norm with a parameter row per head needs [1, H, S, D] or "
+                          f"[1, S, H, D] (heads on axis 1 or 2), got {shape} with the sequence on axis {s}")
+    shape[s] = lw.p_rows
+    step = 4 * int(np.prod(shape[a + 1:]))                      # bytes from one head to the next
+    row = 4 * int(np.prod(shape[s + 1:]))                       # from one token's row to the next
+    return [(h * step, lw.p_rows, row if row != 4 * shape[-1] else 0) for h in range(heads)]
 
 
 def _rope(lw: Lowerer, node) -> None:

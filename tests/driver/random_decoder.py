@@ -3,8 +3,9 @@ layouts of the supported families (sequential pre-norm; attention and MLP in par
 shared norm, as Falcon and Phi-2, or off two norms, as GPT-NeoX), any GQA ratio (one KV head
 included), fused qkv split on the head axis (Falcon), partial rotary by slice + concat (Phi),
 tied or own LM head, biases, SwiGLU or GELU MLPs, RMSNorm or LayerNorm, the embedding scaled by
-sqrt(hidden) (Gemma), an RMSNorm over each q and k head (Qwen3), gate and up in one Linear split by
-two slices (Phi-3)."""
+sqrt(hidden) (Gemma), an RMSNorm over each q and k head (Qwen3), a LayerNorm of each q and k head with
+weights of its own (StableLM's q/k_layernorm; on [B, S, H, D] or on [B, H, S, D]), gate and up in one
+Linear split by two slices (Phi-3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Spec:
     seed: int
     qk_norm: bool = False      # RMSNorm over head_dim of each q and k head, before RoPE
     gate_up: bool = False      # SwiGLU's gate and up as one Linear, sliced
+    head_ln: str | None = None  # "seq-major" / "head-major": a LayerNorm per q and k head, parameters [H, 1.., D]
 
 
 def build(spec: Spec, seq: int) -> Graph:
@@ -63,6 +65,10 @@ def build(spec: Spec, seq: int) -> Graph:
             return op(name, OpKind.LAYERNORM, [x, weight(f"{name}.weight", hid, scale=1.0), weight(f"{name}.bias", hid)],
                       NormAttrs(1e-5, layer))
         return op(name, OpKind.RMSNORM, [x, weight(f"{name}.weight", hid, scale=1.0)], NormAttrs(1e-6, layer))
+
+    def head_ln(name, x, n, layer, shape):
+        return op(f"{name}_ln", OpKind.LAYERNORM, [x, weight(f"{name}_ln.weight", *shape, scale=1.0),
+                                                  weight(f"{name}_ln.bias", *shape)], NormAttrs(1e-5, layer))
 
     def heads(name, x):   # [B, S, n, D] -> [B, n, S, D]
         return op(f"{name}.transpose", OpKind.TRANSPOSE, [x], PermAttrs((0, 2, 1, 3)))
@@ -101,7 +107,11 @@ def build(spec: Spec, seq: int) -> Graph:
         if spec.qk_norm:
             q, k = (op(f"{p}.{t}_norm", OpKind.RMSNORM, [x_, weight(f"{p}.{t}_norm.weight", D, scale=1.0)],
                        NormAttrs(1e-6, i)) for t, x_ in (("q", q), ("k", k)))
+        if spec.head_ln == "seq-major":
+            q, k = head_ln(f"{p}.q", q, H, i, (H, D)), head_ln(f"{p}.k", k, Hkv, i, (Hkv, D))
         q, k, v = heads(f"{p}.q", q), heads(f"{p}.k", k), heads(f"{p}.v", v)
+        if spec.head_ln == "head-major":
+            q, k = head_ln(f"{p}.q", q, H, i, (H, 1, D)), head_ln(f"{p}.k", k, Hkv, i, (Hkv, 1, D))
         q, k = rope(f"{p}.q", q), rope(f"{p}.k", k)
         a = op(f"{p}.attention", OpKind.ATTENTION, [q, k, v], AttentionAttrs(H, Hkv, D ** -0.5, True, i))
         a = op(f"{p}.attention.transpose", OpKind.TRANSPOSE, [a], PermAttrs((0, 2, 1, 3)))

@@ -71,7 +71,8 @@ def _spec(draw) -> Spec:
                 block=draw(st.sampled_from(BLOCKS)), tied=draw(st.booleans()), fused_qkv=draw(st.booleans()),
                 rotary=draw(st.sampled_from([head_dim, head_dim // 2])), swiglu=draw(st.booleans()),
                 layer_norm=draw(st.booleans()), bias=draw(st.booleans()), embed_scale=draw(st.booleans()),
-                seed=draw(st.integers(0, 2 ** 16)), qk_norm=draw(st.booleans()), gate_up=draw(st.booleans()))
+                seed=draw(st.integers(0, 2 ** 16)), qk_norm=draw(st.booleans()), gate_up=draw(st.booleans()),
+                head_ln=draw(st.sampled_from([None, "seq-major", "head-major"])))
 
 
 def _integer_logits(c, spec: Spec, ids: np.ndarray) -> np.ndarray:
@@ -88,7 +89,20 @@ def _integer_logits(c, spec: Spec, ids: np.ndarray) -> np.ndarray:
 def test_random_decoders_execute_as_the_integer_model(data):
     """compile (with its check) + the functional simulator, run here independently of the check:
     a prompt over two prefill chunks and a decode step give the integer model's logits exactly."""
-    spec = _spec(data.draw)
+    _execute_as_the_integer_model(_spec(data.draw))
+
+
+@pytest.mark.parametrize("layout,kv_heads", [("seq-major", 2), ("head-major", 1), ("head-major", 4)])
+def test_per_head_layer_norms_execute_as_the_integer_model(layout, kv_heads):
+    """A LayerNorm of each q and k head with parameters of its own (StableLM's q/k_layernorm), before
+    the heads' transpose (strided rows) or after it (a block of rows per head)."""
+    _execute_as_the_integer_model(Spec(layers=2, heads=4, kv_heads=kv_heads, head_dim=8, ffn=32, vocab=48,
+                                       block="parallel-shared-norm", tied=False, fused_qkv=False, rotary=4,
+                                       swiglu=True, layer_norm=True, bias=True, embed_scale=False, seed=7,
+                                       head_ln=layout))
+
+
+def _execute_as_the_integer_model(spec: Spec) -> None:
     c = compile_model(f"random-{spec.seed}", "sim-small", max_len=12, prefill_step=4, check=True,
                       graph_at=lambda n: build(spec, n))
     assert c.checked == (3, 5)

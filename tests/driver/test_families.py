@@ -1,8 +1,9 @@
 """Families beyond the claimed five, end to end on their tiny exports: Falcon and Phi-2 (attention
 and MLP in parallel off one shared norm; Falcon's fused qkv and single KV head, Phi-2's partial
-rotary), Mistral with one KV head, Phi-3 (fused qkv_proj and gate_up_proj), Qwen3 (per-head q/k
+rotary), Mistral with one KV head, Phi-3 (fused qkv_proj and gate_up_proj; also longrope scaling), Qwen3 (per-head q/k
 RMSNorm), Llama-3.2 (llama3 RoPE scaling, tied head), GPT-NeoX (parallel residual, per-head fused
-qkv, partial rotary), StableLM (LayerNorm, partial rotary), a SmolLM-shaped LLaMA (hidden 96, FFN
+qkv, partial rotary), StableLM (LayerNorm, partial rotary; stablelm-2-12b's per-head q/k LayerNorms with
+weights of their own and a shared norm), a SmolLM-shaped LLaMA (hidden 96, FFN
 160: no width a multiple of the 128-group), and Gemma and Gemma2 from both exporters (GeGLU, 1 + w
 norms, scaled tied embeddings; Gemma2's post-norms and soft-capped scores and logits, MISC SOFTCAP).
 Interpret against onnxruntime is test_onnx_import's."""
@@ -19,12 +20,13 @@ from llmfab.passes.policy import load_policy
 from llmfab.passes.quant_report import quantize_model
 from llmfab.simulator.execute import execute
 
-NEW = ["phi3_dynamo_op18", "qwen3_dynamo_op18", "qwen3_ts_op14", "llama32_dynamo_op18", "llama32_ts_op14",
-       "gpt_neox_dynamo_op18", "stablelm_dynamo_op18", "smollm_dynamo_op18"]
+NEW = ["phi3_dynamo_op18", "phi3_longrope_dynamo_op18", "qwen3_dynamo_op18", "qwen3_ts_op14", "llama32_dynamo_op18", "llama32_ts_op14",
+       "gpt_neox_dynamo_op18", "stablelm_dynamo_op18", "stablelm_qkln_dynamo_op18", "smollm_dynamo_op18",
+       "phi3_ts_op14", "gpt_neox_ts_op14", "stablelm_ts_op14", "stablelm_qkln_ts_op14", "smollm_ts_op14"]
 GEMMA = ["gemma_dynamo_op18", "gemma_ts_op14", "gemma2_dynamo_op18", "gemma2_ts_op14"]
 FAMILIES = ["falcon_dynamo_op18", "phi_dynamo_op18", "mistral_kv1_dynamo_op18", *NEW, *GEMMA]
 # SmolLM's prefill rows of FFN 160 do not fit sim-small's 16 KB act buffer at 8 rows a chunk
-PREFILL_STEP = {"smollm_dynamo_op18": 4}
+PREFILL_STEP = {"smollm_dynamo_op18": 4, "smollm_ts_op14": 4}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,6 +50,18 @@ def test_int8_build_executes_close_to_onnxruntime(fixture, tmp_path):
     assert logits.shape == ref.shape == (1, 11, 128)
     assert min(_cosine(logits[0, r], ref[0, r]) for r in range(11)) >= 0.99
     assert len(generated) == 2
+
+
+def test_phi3_longrope_past_the_original_length_executes_close_to_onnxruntime(tmp_path):
+    """A max length past longrope's original length (16) folds the long factors into the tables; a
+    24-token prompt (long factors in onnxruntime too) keeps logit cosine >= 0.99."""
+    path = FIXTURES / "phi3_longrope_dynamo_op18.onnx"
+    c = compile_model(str(path), "sim-small", max_len=32, prefill_step=8, check=True)
+    write_build(c, tmp_path / "BUILD")
+    ids = np.random.default_rng(6).integers(0, 128, 24)
+    logits, _ = execute(Build.open(tmp_path / "BUILD"), ids)
+    ref = ort_run(path, ort_feeds(path, ids[None]))["logits"]
+    assert min(_cosine(logits[0, r], ref[0, r]) for r in range(24)) >= 0.99
 
 
 @pytest.mark.parametrize("fixture", NEW)

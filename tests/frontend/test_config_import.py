@@ -31,6 +31,8 @@ PRESET_FACTS = {
     "gemma-2b": (2_506_172_416, 18, 8, 1, 256, ir.DType.BF16),     # the tied table counted once
     "gemma-7b": (8_537_680_896, 28, 16, 16, 256, ir.DType.BF16),
     "gemma2-2b": (2_614_341_888, 26, 8, 4, 256, ir.DType.FP32),
+    "pythia-1b": (1_011_781_632, 16, 8, 8, 256, ir.DType.FP16),
+    "stablelm-2-1.6b": (1_644_515_328, 24, 32, 32, 64, ir.DType.FP16),
 }
 # Gemma2's scale query_pre_attn_scalar^-0.5 / attn_logit_softcapping (the 1 / cap folded), and its caps
 GEMMA2_2B = dict(scale=256 ** -0.5 / 50.0, softcap=50.0, final=30.0)
@@ -73,6 +75,12 @@ def tiny(family: str, **over) -> dict:
         "qwen3": dict(model_type="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=128, rope_theta=1e6,
                       torch_dtype="float32"),
+        "gpt_neox": dict(model_type="gpt_neox", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, vocab_size=128, rotary_pct=0.5, rotary_emb_base=10000,
+                         use_parallel_residual=True, torch_dtype="float32"),
+        "stablelm": dict(model_type="stablelm", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128, partial_rotary_factor=0.25,
+                         use_qkv_bias=True, torch_dtype="float32"),
     }[family]
     return {**base, **over}
 
@@ -118,6 +126,13 @@ PRESET_FIELDS = {
                       query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                       sliding_window=4096, hidden_activation="gelu_pytorch_tanh", torch_dtype="float32",
                       vocab_size=256000),
+    "pythia-1b": dict(model_type="gpt_neox", hidden_size=2048, intermediate_size=8192, num_attention_heads=8,
+                      max_position_embeddings=2048, rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True,
+                      hidden_act="gelu", layer_norm_eps=1e-5, tie_word_embeddings=False, vocab_size=50304),
+    "stablelm-2-1.6b": dict(model_type="stablelm", hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
+                            num_key_value_heads=32, max_position_embeddings=4096, partial_rotary_factor=0.25,
+                            rope_theta=10000, use_qkv_bias=True, qk_layernorm=False, use_parallel_residual=False,
+                            hidden_act="silu", layer_norm_eps=1e-5, tie_word_embeddings=False, vocab_size=100352),
 }
 
 
@@ -193,6 +208,84 @@ def test_qwen3_per_head_norms():
         assert n.type.shape == (1, 16, heads, 128) and n.attrs == ir.NormAttrs(1e-6, 5)
         assert g.node(f"layers.5.attn.{t}_t").inputs == (n.name,)
     assert "model.layers.0.self_attn.q_proj.bias" not in g
+
+
+def test_pythia_fused_qkv_per_head_partial_rotary_parallel():
+    """GPT-NeoX (pythia-1b): one query_key_value a layer viewed [B, S, H, 3 * D] and sliced after the heads'
+    transpose, 64 of head_dim 256 rotated (slice, rope, concat), attention and MLP in parallel off two
+    norms (mlp + attention + x), GELU (erf), biases everywhere, its own LM head `embed_out`."""
+    L = 16
+    g = load_preset("pythia-1b")
+    assert op_counts(g) == Counter({
+        OpKind.EMBEDDING: 1, OpKind.LAYERNORM: 2 * L + 1, OpKind.LINEAR: 4 * L, OpKind.LMHEAD: 1, OpKind.SLICE: 7 * L,
+        OpKind.ROPE: 2 * L, OpKind.CONCAT: 2 * L, OpKind.ATTENTION: L, OpKind.GELU: L, OpKind.ADD: 2 * L,
+        OpKind.RESHAPE: 2 * L, OpKind.TRANSPOSE: 2 * L})
+    assert g.node("gpt_neox.layers.3.attention.query_key_value.weight").type.shape == (3 * 2048, 2048)
+    assert "gpt_neox.layers.3.attention.dense.bias" in g and "gpt_neox.layers.3.mlp.dense_4h_to_h.bias" in g
+    assert g.node("layers.3.attn.qkv_heads").type.shape == (1, 16, 8, 3 * 256)
+    assert [(g.node(f"layers.3.attn.{t}").attrs.starts, g.node(f"layers.3.attn.{t}").attrs.axes) for t in "qkv"] \
+        == [((0,), (3,)), ((256,), (3,)), ((512,), (3,))]
+    assert g.const_value("rope.cos").shape == (1, 1, 16, 64)
+    assert g.node("layers.3.attn.q_rot").type.shape == (1, 8, 16, 64)
+    assert g.node("layers.3.attn.q_rotated").inputs == ("layers.3.attn.q_rope", "layers.3.attn.q_pass")
+    assert g.node("layers.3.branches").inputs == ("layers.3.mlp.fc2", "layers.3.attn.o")
+    assert g.node("layers.3.mlp.fc1").inputs[0] == "layers.3.post_norm"      # the MLP's own norm, of x
+    assert g.node("layers.3.post_norm").inputs[0] == g.node("layers.3.input_norm").inputs[0]
+    assert all(n.attrs.approx is ir.GeluApprox.NONE for n in g.nodes() if n.op is OpKind.GELU)
+    assert g.node("logits").inputs[1] == "embed_out.weight"
+
+
+def test_stablelm_2_preset():
+    """stablelm-2-1.6b: LayerNorm, q/k/v biases (use_qkv_bias; o_proj none), 16 of head_dim 64 rotated, SwiGLU."""
+    L = 24
+    g = load_preset("stablelm-2-1.6b")
+    assert op_counts(g) == Counter({
+        OpKind.EMBEDDING: 1, OpKind.LAYERNORM: 2 * L + 1, OpKind.LINEAR: 7 * L, OpKind.LMHEAD: 1, OpKind.SLICE: 4 * L,
+        OpKind.ROPE: 2 * L, OpKind.CONCAT: 2 * L, OpKind.ATTENTION: L, OpKind.SILU: L, OpKind.MUL: L,
+        OpKind.ADD: 2 * L, OpKind.RESHAPE: 4 * L, OpKind.TRANSPOSE: 4 * L})
+    assert all(f"model.layers.5.self_attn.{t}_proj.bias" in g for t in "qkv")
+    assert "model.layers.5.self_attn.o_proj.bias" not in g and "model.layers.5.mlp.down_proj.bias" not in g
+    assert g.const_value("rope.sin").shape == (1, 1, 16, 16) and g.meta["rotary_dims"] == 16
+
+
+def test_stablelm_qk_layernorm_and_parallel_residual_compile_bit_exact():
+    """stablelm-2-12b's layout: a LayerNorm of each q and k head with weights of their own ([H, 1, D], no
+    bias) and attention and MLP in parallel off the input norm; compile's check runs the programs on the
+    functional simulator bit for bit against the integer model (random weights)."""
+    from llmfab.compile import compile_model
+    cfg = tiny("stablelm", qk_layernorm=True, use_parallel_residual=True)
+    g = load_config(cfg)
+    for t, heads in (("q", 4), ("k", 2)):
+        n = g.node(f"layers.1.attn.{t}_norm")
+        assert n.op is OpKind.LAYERNORM and n.type.shape == (1, heads, 16, 8)
+        assert n.inputs[1] == f"model.layers.1.self_attn.{t}_layernorm.weight"
+        assert g.node(n.inputs[1]).type.shape == (heads, 1, 8)
+        assert not g.const_value(n.inputs[2]).any()      # no bias
+    assert g.node("layers.1.mlp.gate").inputs[0] == "layers.1.input_norm"
+    assert "model.layers.1.post_attention_layernorm.weight" not in g
+    r = with_random_weights(g, seed=1)
+    assert abs(r.const_value("model.layers.1.self_attn.q_layernorm.weight").mean() - 1) < 0.1   # scales around 1
+    c = compile_model("tiny-stablelm", "sim-small", max_len=16, prefill_step=4, check=True,
+                      graph_at=lambda n: with_random_weights(load_config(cfg, seq_len=n), seed=3, std=0.2))
+    assert c.checked == (3, 5)
+
+
+@pytest.mark.parametrize("name,policy", [("pythia-1b", "int8"), ("stablelm-2-1.6b", "int4-g128")])
+def test_neox_like_presets_compile(name, policy):
+    """Programs and layout from the config alone: GPT-NeoX's qkv sliced on the head axis after the
+    transpose, partial rotary's slices and concats, all lowered as strided copies."""
+    from llmfab.compile import compile_model
+    c = compile_model(name, "u280", policy=policy, max_len=64)
+    assert c.programs and not c.images and c.checked == ()   # no weights: nothing to check against
+    assert {e["stage"] for e in c.manifest["programs"]} == {"prefill", "decode"}
+
+
+@pytest.mark.parametrize("family,field,value", [("stablelm", "partial_rotary_factor", 0.2),
+                                                ("gpt_neox", "rotary_pct", 0.01), ("gpt_neox", "rotary_pct", 1.5)])
+def test_error_rotated_dims(family, field, value):
+    with pytest.raises(ConfigError, match=rf"^config\.json: field '{field}' is {value}: \d+ of head_dim 8 would be "
+                                          r"rotated; it must be an even number from 2 to head_dim$"):
+        load_config(tiny(family, **{field: value}))
 
 
 @pytest.mark.parametrize("name", ["llama-3.2-1b", "llama-3.2-3b", "smollm-360m"])
@@ -337,7 +430,8 @@ def test_past_len_adds_kv_cache(name):
     assert list(outs)[:3] == ["logits", "present.0.key", "present.0.value"]
     assert len(outs) == 1 + 2 * layers
     assert g.node(outs[f"present.{last}.value"]).type.shape == (2, kv, 101, head_dim)
-    assert op_counts(g)[OpKind.CONCAT] == 2 * layers
+    caches = [n for n in g.nodes() if n.op is OpKind.CONCAT and n.inputs[0].startswith("past_key_values.")]
+    assert len(caches) == 2 * layers
     assert g.meta["past_len"] == 100
 
 
@@ -354,10 +448,12 @@ def test_error_missing_field():
 
 def test_error_unknown_model_type():
     with pytest.raises(ConfigError, match=r"^config\.json: field 'model_type' is 'bert', which is not supported "
-                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt2, opt\)$"):
+                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt_neox, stablelm, gpt2, "
+                                          r"opt\)$"):
         load_config({"model_type": "bert"})
     with pytest.raises(ConfigError, match=r"^config\.json: missing required field 'model_type' "
-                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt2, opt\)$"):
+                                          r"\(supported: llama, qwen2, mistral, phi3, qwen3, gemma, gemma2, gpt_neox, stablelm, gpt2, "
+                                          r"opt\)$"):
         load_config({})
 
 
@@ -430,13 +526,17 @@ def test_error_phi3_window_and_partial_rotary():
 
 def test_error_rope_scaling_type():
     with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_scaling' has rope type 'yarn', which is not "
-                                          r"supported \(supported: default, linear, llama3\)$"):
+                                          r"supported \(supported: default, linear, llama3, longrope\)$"):
         load_config(tiny("llama", rope_scaling={"rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: missing required field 'low_freq_factor'$"):
         load_config(tiny("llama", rope_scaling={"rope_type": "llama3", "factor": 8.0}))
-    with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_scaling' has rope type 'longrope', which is not "
-                                          r"supported \(supported: default, linear, llama3\)$"):   # Phi-3-128k's
+    with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: field 'short_factor' must be a list of 4 "
+                                          r"positive numbers \(one per rotated frequency\), not \[1\.0\]$"):
         load_config(tiny("phi3", rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
+    with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: field 'long_factor' must be a list of 4 "):
+        load_config(tiny("phi3", rope_scaling={"type": "su", "short_factor": [1.0] * 4, "long_factor": [1, 2, 0, 3]}))
+    with pytest.raises(ConfigError, match=r"^config\.json: rope_scaling: missing required field 'long_factor'$"):
+        load_config(tiny("phi3", rope_scaling={"type": "longrope", "short_factor": [1.0] * 4}))
     with pytest.raises(ConfigError, match=r"^config\.json: field 'rope_parameters' has rope type 'yarn'"):
         load_config(tiny("qwen3", rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}))
 
@@ -444,7 +544,7 @@ def test_error_rope_scaling_type():
 def test_error_unknown_preset_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match=r"^unknown preset 'llama-70b' \(presets: llama2-7b, llama3-8b, mistral-7b, "
                                           r"qwen2-7b, opt-6\.7b, llama-3\.2-1b, llama-3\.2-3b, smollm-360m, phi-3-mini, qwen3-8b, "
-                                          r"gemma-2b, gemma-7b, gemma2-2b\)$"):
+                                          r"gemma-2b, gemma-7b, gemma2-2b, pythia-1b, stablelm-2-1\.6b\)$"):
         load_preset("llama-70b")
     bad = tmp_path / "bad.json"
     bad.write_text("{'model_type': 'llama'}")
@@ -492,6 +592,30 @@ def test_linear_rope_scaling_divides_positions():
                                   {"rope_type": "linear", "factor": 2.0})[0])
 
 
+def test_phi3_longrope_picks_factors_by_length():
+    """Phi-3-128k's longrope (config.json as Phi-3-mini-128k writes it: top-level
+    original_max_position_embeddings, `rope_scaling` of type longrope): the short factors while
+    seq_len + past_len stays within the original length, the long ones past it; the tables times
+    sqrt(1 + ln(max / original) / ln original), as transformers computes them."""
+    short, long = [1.0, 1.5, 2.0, 3.0], [1.2, 2.5, 4.0, 8.0]
+    cfg = tiny("phi3", sliding_window=None, max_position_embeddings=128, original_max_position_embeddings=16,
+               rope_scaling={"type": "longrope", "short_factor": short, "long_factor": long})
+    gain = math.sqrt(1 + math.log(8) / math.log(16))
+    for seq, past, ext in ((16, 0, short), (8, 8, short), (17, 0, long), (1, 20, long)):
+        g = load_config(cfg, seq_len=seq, past_len=past)
+        inv = 1.0 / (np.array(ext) * 10000.0 ** (np.arange(0, 8, 2) / 8))
+        ang = np.arange(past, past + seq)[:, None] * inv[None]
+        np.testing.assert_allclose(g.const_value("rope.sin")[0, 0], np.sin(np.concatenate([ang, ang], -1)), atol=2e-6)
+        assert g.meta["rope_scaling"]["attention_factor"] == pytest.approx(gain)
+        # q and k both rotated by tables times gain: the scores gain^2, in attention's scale
+        assert g.node("layers.0.attn.core").attrs.scale == pytest.approx(gain ** 2 / math.sqrt(8))
+    given = load_config({**cfg, "rope_scaling": {**cfg["rope_scaling"], "attention_factor": 1.0}}, seq_len=4)
+    assert given.node("layers.0.attn.core").attrs.scale == pytest.approx(1 / math.sqrt(8))
+    with pytest.raises(ConfigError, match=r"^config\.json: rope type 'longrope' with partial rotary is not supported$"):
+        load_config(tiny("stablelm", max_position_embeddings=128,
+                         rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
+
+
 def test_transformers5_rope_parameters():
     cfg = tiny("llama")
     g_old = load_config({**cfg, "rope_theta": 5e5})
@@ -530,9 +654,9 @@ def prefill_cache(g: ir.Graph, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Run a past_len=0 graph and return its per-layer K/V (after rope) as a decode graph's past inputs."""
     g = g.copy()
     for i in range(g.meta["num_layers"]):
-        k = f"layers.{i}.attn.k_rope" if f"layers.{i}.attn.k_rope" in g else f"layers.{i}.attn.k_t"
+        k, v = g.node(f"layers.{i}.attn.core").inputs[1:3]
         g.add_output(f"past_key_values.{i}.key", k)
-        g.add_output(f"past_key_values.{i}.value", f"layers.{i}.attn.v_t")
+        g.add_output(f"past_key_values.{i}.value", v)
     out = ir.run(g, {"input_ids": ids})
     return {k: v for k, v in out.items() if k.startswith("past_key_values.")}
 

@@ -1,5 +1,6 @@
 """Every fixture, imported and fused, computes what onnxruntime computes on the same file."""
 import collections
+import math
 
 import numpy as np
 import pytest
@@ -63,6 +64,7 @@ EXPECTED["phi"] = dict(layer={"layer_norm": 1, "linear": 6, "slice": 4, "concat"
 EXPECTED["phi3"] = dict(layer={"rms_norm": 2, "linear": 4, "slice": 5, "rope": 2, "attention": 1, "silu": 1,
                                "mul": 1, "add": 2},
                         extra={"rms_norm": 1, "embedding": 1, "lm_head": 1})
+EXPECTED["phi3_longrope"] = EXPECTED["phi3"]   # longrope changes only the folded tables
 EXPECTED["qwen3"] = dict(layer={**EXPECTED["llama"]["layer"], "rms_norm": 4}, extra=EXPECTED["llama"]["extra"])
 # Llama-3.2 (llama3 RoPE scaling folded into the tables, tied head) and SmolLM (hidden 96, FFN 160): LLaMA's
 EXPECTED["llama32"] = EXPECTED["smollm"] = EXPECTED["llama"]
@@ -74,6 +76,10 @@ EXPECTED["gpt_neox"] = dict(layer={"layer_norm": 2, "linear": 4, "slice": 7, "co
 EXPECTED["stablelm"] = dict(layer={"layer_norm": 2, "linear": 7, "slice": 4, "concat": 2, "rope": 2, "attention": 1,
                                    "silu": 1, "mul": 1, "add": 2},
                             extra={"layer_norm": 1, "embedding": 1, "lm_head": 1})
+# stablelm-2-12b's: attention and MLP in parallel off one shared norm, and a LayerNorm of each q and k head
+# (weights of its own: one norm with a row per head each)
+EXPECTED["stablelm_qkln"] = dict(layer={**EXPECTED["stablelm"]["layer"], "layer_norm": 3},
+                                 extra=EXPECTED["stablelm"]["extra"])
 # GeGLU (tanh GELU), RMSNorm with 1 + w folded into its weight, sqrt(hidden) folded into the
 # embedding table (no mul outside the layers); Gemma2: post-attention and post-MLP norms too, and
 # the final logits' soft-cap, its 1 / cap folded into the LM head
@@ -82,7 +88,8 @@ EXPECTED["gemma"] = dict(layer={"rms_norm": 2, "linear": 7, "rope": 2, "attentio
 EXPECTED["gemma2"] = dict(layer={**EXPECTED["gemma"]["layer"], "rms_norm": 4},
                           extra={"rms_norm": 1, "embedding": 1, "lm_head": 1, "softcap": 1})
 CONFIG_FAMILIES = ("llama", "qwen2", "mistral", "mistral_kv1", "gpt2", "opt",   # what load_config builds too
-                   "phi3", "qwen3", "llama32", "smollm", "gemma", "gemma2")
+                   "phi3", "phi3_longrope", "qwen3", "llama32", "smollm", "gemma", "gemma2", "gpt_neox", "stablelm",
+                   "stablelm_qkln")
 
 
 @pytest.mark.parametrize("file", fixture_ids())
@@ -103,6 +110,10 @@ def test_fused_graph_has_llm_ops(file):
         assert a.attrs.causal
         assert (a.attrs.num_heads, a.attrs.num_kv_heads) == (cfg["heads"], cfg["kv_heads"] or cfg["heads"])
         scale = cfg.get("query_pre_attn_scalar", cfg["head_dim"]) ** -0.5 / (cap or 1)
+        rope = cfg.get("rope_scaling") or {}
+        if rope.get("rope_type") == "longrope":   # q and k times attention_factor^2 (the tables' magnitude)
+            scale *= 1 + math.log(cfg["max_position_embeddings"] / rope["original_max_position_embeddings"]) \
+                / math.log(rope["original_max_position_embeddings"])
         assert a.attrs.scale == pytest.approx(scale, rel=1e-6)
         assert a.attrs.softcap == (pytest.approx(cap, rel=1e-6) if cap else None)
     for n in (n for n in g.nodes() if n.op is OpKind.SOFTCAP):
@@ -128,6 +139,17 @@ def _hf_config(entry) -> dict:
                     num_attention_heads=c["heads"], vocab_size=c["vocab"], ffn_dim=c["intermediate"],
                     max_position_embeddings=c["max_position_embeddings"], word_embed_proj_dim=c["hidden"],
                     activation_function=c["activation"])
+    if fam in ("gpt_neox", "stablelm"):   # as transformers 4 wrote them (rotary_pct, rope_theta at the top level)
+        rotary = {"rotary_pct": c["partial_rotary_factor"], "rotary_emb_base": c["rope_theta"]} if fam == "gpt_neox" \
+            else {"partial_rotary_factor": c["partial_rotary_factor"], "rope_theta": c["rope_theta"],
+                  "num_key_value_heads": c["kv_heads"], "qk_layernorm": c.get("qk_layernorm", False),
+                  "use_qkv_bias": c.get("use_qkv_bias", False)}
+        rotary["use_parallel_residual"] = c["parallel_attn"]
+        return dict(model_type=fam, num_hidden_layers=c["num_layers"], hidden_size=c["hidden"],
+                    num_attention_heads=c["heads"], vocab_size=c["vocab"], intermediate_size=c["intermediate"],
+                    layer_norm_eps=c["layer_norm_eps"], hidden_act=c["activation"],
+                    max_position_embeddings=c["max_position_embeddings"],
+                    tie_word_embeddings=c["tie_word_embeddings"], **rotary)
     extra = {}
     if fam.startswith("gemma"):
         extra = dict(hidden_activation=c["activation"])
@@ -170,6 +192,27 @@ def test_llama3_rope_scaling_is_folded_into_the_tables():
     for band in (1, 2, 3):                                          # smoothed (63) and divided by 8 (628, 6283)
         assert np.abs(sin[:, band] - plain[:, band]).max() > 1e-2, band
     assert g.node("lm_head").inputs[1] == "embed_tokens.weight"   # the tied head shares the table
+
+
+@pytest.mark.parametrize("seq", [6, 16, 17, 24])
+def test_phi3_longrope_takes_the_long_factors_past_the_original_length(seq):
+    """Phi-3-128k's longrope (original length 16 here): the export picks short or long factors by the
+    sequence's last position (an If on positions, folded at import); interpret matches onnxruntime on
+    either side, and the config-only tables are the ones the export computes."""
+    file = "phi3_longrope_dynamo_op18.onnx"
+    g = load_model(str(_path(file)), seq_len=seq)
+    ids = np.random.default_rng(seq).integers(0, 128, (1, seq))
+    assert rel_err(interpret(g, ids)["logits"], ort_run(_path(file), ort_feeds(_path(file), ids))["logits"]) < TOL
+    b = load_config(_hf_config(fixture_entry(file)), seq_len=seq)
+    for table in ("rope.cos", "rope.sin"):
+        np.testing.assert_allclose(g.const_value(table).reshape(seq, -1), b.const_value(table).reshape(seq, -1),
+                                   atol=2e-6)
+    short = load_config({**_hf_config(fixture_entry(file)), "rope_scaling": None}, seq_len=seq)
+    assert not np.allclose(b.const_value("rope.sin"), short.const_value("rope.sin"), atol=1e-2)
+    # the export's tables are times attention_factor sqrt(1 + ln 8 / ln 16): its square is attention's
+    gain2 = 1 + math.log(8) / math.log(16)
+    assert all(a.attrs.scale == pytest.approx(gain2 / math.sqrt(8), rel=1e-6) for a in g.nodes()
+               if a.op is OpKind.ATTENTION)
 
 
 @pytest.mark.parametrize("file", fixture_ids(lambda f: f["has_kv_cache"]))

@@ -449,6 +449,57 @@ def test_fuse_norm_keeps_broadcast_rank():
     apply(g, "fuse-norm", b.feeds)  # fails: the output shape changed
 
 
+def _per_head_norms(b: G, x: str, op: OpKind, order, same: bool = False, widths=None) -> str:
+    """StableLM's q_layernorm: x [1, 4, 3, 8] split into heads on axis 1 (pieces of `widths`), a norm of
+    each (weights of its own unless `same`), the pieces joined in `order`."""
+    widths = widths or [1, 1, 1, 1]
+    outs, at = [], 0
+    shared = b.weight(8)
+    for w in widths:
+        piece = b.op(OpKind.SLICE, x, attrs=SliceAttrs((at,), (at + w,), (1,), (1,)))
+        params = [shared if same else b.weight(8)] + ([b.weight(8)] if op is OpKind.LAYERNORM else [])
+        outs.append(b.op(op, piece, *params, attrs=NormAttrs(1e-5)))
+        at += w
+    return b.op(OpKind.CONCAT, *[outs[i] for i in order], attrs=AxisAttrs(1))
+
+
+@pytest.mark.parametrize("op", [OpKind.LAYERNORM, OpKind.RMSNORM])
+@pytest.mark.parametrize("widths", [[1, 1, 1, 1], [1, 3], [2, 2]])
+def test_per_head_norms_become_one_norm_with_a_row_per_head(op, widths):
+    b = G()
+    x = b.input("x", (1, 4, 3, 8))
+    g = b.out(_per_head_norms(b, x, op, range(len(widths)), widths=widths))
+    apply(g, "fuse-norm", b.feeds)
+    n = only(g, op)
+    assert n.inputs[0] == x and n.attrs == NormAttrs(1e-5)
+    assert all(g.node(p).type.shape == (4, 1, 8) for p in n.inputs[1:])
+    assert set(all_ops(g)) == {OpKind.INPUT, OpKind.CONST, op}
+
+
+def test_per_head_norms_with_one_weight_keep_a_row():
+    b = G()
+    x = b.input("x", (1, 4, 3, 8))
+    g = b.out(_per_head_norms(b, x, OpKind.RMSNORM, range(4), same=True))
+    apply(g, "fuse-norm", b.feeds)
+    assert g.node(only(g, OpKind.RMSNORM).inputs[1]).type.shape == (8,)
+
+
+def test_per_head_norms_out_of_order_stay_apart():
+    b = G()
+    x = b.input("x", (1, 4, 3, 8))
+    g = b.out(_per_head_norms(b, x, OpKind.LAYERNORM, [1, 0, 2, 3]))
+    apply(g, "fuse-norm", b.feeds)
+    assert all_ops(g)[OpKind.LAYERNORM] == 4 and all_ops(g)[OpKind.CONCAT] == 1
+
+
+def test_per_head_parameters_must_match_the_heads():
+    from llmfab.ir.ops import TypeInferenceError
+    b = G()
+    x = b.input("x", (1, 4, 3, 8))
+    with pytest.raises(TypeInferenceError, match=r"must be \[8\] \(or one row per head, \[H, 1\.\., 8\]\)"):
+        b.op(OpKind.LAYERNORM, x, b.weight(3, 1, 8), b.weight(8), attrs=NormAttrs(1e-5))
+
+
 # =============================================================================================
 # fuse-linear
 
