@@ -25,6 +25,7 @@ import numpy as np
 
 from llmfab.ir import Graph, run
 
+from .perplexity import log_softmax
 from .policy import Policy, PolicyError, WeightPlan
 from .quantize import Calibrated, WeightSite, feeds_for, hessian, plan_sites, quantize_weight, set_weight, weight_sites
 
@@ -65,7 +66,7 @@ def loss_costs(calib: Calibrated, sites: list[WeightSite], options: dict[str, li
     distribution with only that weight quantized by that option from the float model's, on the
     calibration streams (run on `calib.graph`, the float model they were taken on)."""
     g = calib.graph.copy()
-    ref = [_log_softmax(_logits(g, t)) for t in calib.streams]
+    ref = [log_softmax(_logits(g, t)) for t in calib.streams]
     out = {}
     for s in sites:
         node = g.node(s.const)
@@ -76,7 +77,7 @@ def loss_costs(calib: Calibrated, sites: list[WeightSite], options: dict[str, li
             set_weight(g, s.const, quantize_weight(w, p, h, s.const))
             kl, n = 0.0, 0
             for t, lp in zip(calib.streams, ref):
-                lq = _log_softmax(_logits(g, t))
+                lq = log_softmax(_logits(g, t))
                 kl += float(np.sum(np.exp(lp) * (lp - lq)))
                 n += len(lp)
             costs.append(max(kl / n, 0.0))
@@ -88,11 +89,6 @@ def loss_costs(calib: Calibrated, sites: list[WeightSite], options: dict[str, li
 def _logits(g: Graph, tokens: np.ndarray) -> np.ndarray:
     z = np.asarray(run(g, feeds_for(g, tokens))["logits"], np.float64)
     return z.reshape(-1, z.shape[-1])
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def choose(bits: list[list[int]], cost: list[list[float]], budget: int) -> dict[int, int] | None:
