@@ -81,7 +81,7 @@ def loss_costs(calib: Calibrated, sites: list[WeightSite], options: dict[str, li
                 lq = log_softmax(_logits(g, t))
                 kl += float(np.sum(np.exp(lp) * (lp - lq)))
                 n += len(lp)
-            costs.append(max(kl / n, 0.0))
+            costs.append(max(kl / n, 0.0) if math.isfinite(kl) else math.inf)  # inf: never chosen over a finite one
         g.set_node(node)  # float again for the next site
         out[s.const] = costs
     return out
