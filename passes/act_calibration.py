@@ -25,7 +25,7 @@ from llmfab.ir.fixed_point import to_fixed
 from llmfab.ir.tensor_data import ArrayData
 
 from .policy import STATIC, Policy
-from .quantize import adopt_parameters, layer_inputs, token_streams, weight_sites
+from .quantize import Calibrated, adopt_parameters, layer_inputs, token_streams, weight_sites
 
 _NORMS = (OpKind.RMSNORM, OpKind.LAYERNORM)
 _LINEARS = (OpKind.LINEAR, OpKind.LMHEAD)
@@ -97,11 +97,12 @@ def needs_inputs(policy: Policy, plans) -> bool:
                 or any(p.needs_calibration for p in plans.values()))
 
 
-def calibrate(g: Graph, policy: Policy, at: Graph | None = None) -> dict[str, np.ndarray]:
+def calibrate(g: Graph, policy: Policy, at: Graph | None = None) -> Calibrated:
     """Smooth `g` in place if the policy asks, then the calibration inputs of every weight site
-    (of the smoothed graph: what GPTQ, the sensitivities and static scales must see). `at`: the
-    same model bound to the policy's calibration length, to run the streams on when `g` is bound
-    to another (compile's max length), so that quantize and compile calibrate alike."""
+    (of the smoothed graph: what GPTQ, the sensitivities and static scales must see), with that
+    graph and the streams. `at`: the same model bound to the policy's calibration length, to run
+    the streams on when `g` is bound to another (compile's max length), so that quantize and
+    compile calibrate alike."""
     cal = policy.calibration
     at = g if at is None else at
     sites = weight_sites(at)
@@ -111,4 +112,4 @@ def calibrate(g: Graph, policy: Policy, at: Graph | None = None) -> dict[str, np
         if at is not g:
             adopt_parameters(at, g)
         inputs = layer_inputs(at, sites, streams)
-    return inputs
+    return Calibrated(inputs, at, streams)

@@ -71,13 +71,18 @@ def load_eval(path: str) -> EvalSet:
     return EvalSet(path, np.ascontiguousarray(a, dtype=np.int64))
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log p over the last axis of `logits` [positions, vocab], in float64."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 def nll_sum(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
     """(sum of -log p(ids[t+1] | logits[t]) over t, number of predictions) of one sequence:
     `logits` [L, vocab] (float64), `ids` [L]."""
-    z = np.asarray(logits, np.float64)[:-1]
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -float(logp[np.arange(len(z)), ids[1:]].sum()), len(z)
+    logp = log_softmax(np.asarray(logits, np.float64)[:-1])
+    return -float(logp[np.arange(len(logp)), ids[1:]].sum()), len(logp)
 
 
 def perplexity(data: EvalSet, logits_of: Callable[[np.ndarray], np.ndarray],

@@ -117,6 +117,17 @@ def layer_inputs(g: Graph, sites: list[WeightSite], streams: list[np.ndarray]) -
     return {u: np.concatenate(v) for u, v in got.items()}
 
 
+class Calibrated(dict):
+    """layer_inputs() of the calibration streams (site user -> X), with what produced them: the
+    float graph they ran on (bound to the calibration length) and the streams, for measurements of
+    the whole model (auto_precision's loss-aware sensitivities)."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], graph: Graph, streams: list[np.ndarray]):
+        super().__init__(inputs)
+        self.graph = graph
+        self.streams = streams
+
+
 def hessian(x: np.ndarray) -> np.ndarray:
     return 2.0 * x.T @ x / max(len(x), 1)
 
