@@ -8,14 +8,15 @@ activation readers do), so the port reads a word every cycle across records. A c
 every cycle it is there; its lanes line up with the record's bytes (lane l of chunk j is byte
 j * ob + l; the scale record sits in lanes 0..3 of chunk 0).
 
-ATTN_QK, per query row: the q record is read on `oport` into the sums memory (chunk j in entry j,
-its scale lanes zeroed), then the row's keys stream: per chunk the ob int8 products against q's
-chunk (registered), their sum and the accumulate; per key t1 = rshr(dot * m_k, e_k),
+ATTN_QK, per query row: the q record is read on `oport` into the sums memory (area r % 2, chunk j
+in its entry j, the scale lanes zeroed; a row ahead of the keys, once row r - 2's scores are
+written), then the row's keys stream: per chunk the ob int8 products against q's chunk
+(registered), their sum and the accumulate; per key t1 = rshr(dot * m_k, e_k),
 t2 = _shr_sat(t1 * m_q, e_q, 47), score = _shr_sat(t2 * imm, 32, 32), each product split into
 DSP-sized registered partial products (`limb_mul`) and each shift / saturation its own register
-stage (int64 wrap-around where numpy has it). The scores go through a FIFO to the writer on
-`oport`; a key enters only while fewer than `CAP` keys await their writes. The next row starts
-once the row's scores are written (`oport` is then free for its q record).
+stage (int64 wrap-around where numpy has it; the row's q scale comes with the key). The scores go
+through a FIFO to the writer on `oport` (which the q reads give way to); a key enters only while
+fewer than `CAP` keys await their writes.
 ATTN_PV, per row r, per key t: p[r, t] (a stream of the row's int32s on `oport`) and the V record;
 w = rshr(p * m_v, e_v) from the record's chunk 0 (`limb_mul`, two shift stages) meets the chunks,
 delayed by as many stages, and each chunk's ob products w * v (`limb_mul` per lane) are added to
@@ -23,8 +24,8 @@ the row's int64 sums in one read-modify-write a cycle (entry r * nch + j, lanes 
 a read sees the write of the cycle before, so keys back to back need no forwarding). CONTINUE
 starts from the held sums, HOLD keeps them; without HOLD the sums stream out as
 _shr_sat(sum, 16, 32) through the same writer. The sums memory holds hold // ob entries of ob
-int64s: an instruction needing more (PV: rows * nch entries, QK: nch, nch = ceil((4 + depth) / ob))
-sets `error` and completes.
+int64s: an instruction needing more (PV: rows * nch entries, QK: 2 nch, or nch for one row;
+nch = ceil((4 + depth) / ob)) sets `error` and completes.
 """
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
@@ -74,7 +75,8 @@ class AttnSequencer(wiring.Component):
     and the results) (out, `BufferPortSignature`)."""
     # FSM states and latencies the cycle model (matrix/cycles.py) plays, by name
     ENTRY_STATES = ("SETUP", "CHECK", "FINISH")
-    QK_ROW_STATES = ("QROW", "QLOAD", "QKEYS", "QDRAIN")
+    QK_STATES = ("QKEYS", "QDRAIN")
+    LOADER_STATES = ("LIDLE", "LLOAD")     # QK's q rows, a row ahead of the keys
     PV_STATES = ("PKEYS", "PDRAIN", "ZERO", "OUT", "ODRAIN")
     DOT_LATENCY = 3          # a key's last chunk taken -> its dot product: q / K chunks, products, sum
     QK_LATENCY = 13          # dot product -> score in the FIFO: three products, two shifts, two saturations
@@ -97,12 +99,14 @@ class AttnSequencer(wiring.Component):
         """Registers inside the dot product's adder tree (`tree`)."""
         return tree_registers(ob, SUM_LEVELS)
 
-    def _qk(self, m, ir_imm, v0, jz, last, kdata, qdata, mq, eq):
-        """The QK datapath from a taken chunk (`v0`, its K and q chunks) to the score: (y, valid)."""
+    def _qk(self, m, ir_imm, v0, jz, last, kdata, qdata, par, mq, eq):
+        """The QK datapath from a taken chunk (`v0`, its K and q chunks, `par` its row's parity) to
+        the score: (y, valid). mq[p] / eq[p]: the q scale of the rows of parity p."""
         ob = self.ob
         v1, first1, last1 = Signal(name="qk_v1"), Signal(name="qk_first1"), Signal(name="qk_last1")
         kd1, qd1, hdr1 = Signal(8 * ob, name="qk_k1"), Signal(8 * ob, name="qk_q1"), Signal(24, name="qk_hdr1")
-        m.d.sync += [v1.eq(v0), first1.eq(jz), last1.eq(last), kd1.eq(kdata), qd1.eq(qdata)]
+        par1 = Signal(name="qk_par1")
+        m.d.sync += [v1.eq(v0), first1.eq(jz), last1.eq(last), kd1.eq(kdata), qd1.eq(qdata), par1.eq(par)]
         with m.If(v0 & jz):
             m.d.sync += hdr1.eq(kdata[:24])            # the key's scale record, kept for its chunks
         prods = []
@@ -110,27 +114,36 @@ class AttnSequencer(wiring.Component):
             p = Signal(signed(16), name=f"qk_prod{lane}")
             m.d.sync += p.eq(qd1[8 * lane:8 * lane + 8].as_signed() * kd1[8 * lane:8 * lane + 8].as_signed())
             prods.append(p)
-        ctl = Cat(v1, first1, last1, hdr1)
+        ctl = Cat(v1, first1, last1, par1, hdr1)
         ctl2 = _delay(m, ctl, 1, "qk_ctl")
         total, regs = tree(m, prods, lambda a, b: a + b, SUM_LEVELS, "qk_dot")
         ctl3 = _delay(m, ctl2, regs, "qk_ctlt")
         acc, fin, hdr = Signal(signed(32), name="qk_acc"), Signal(name="qk_fin"), Signal(24, name="qk_hdr")
+        pf = Signal(name="qk_par")
         with m.If(ctl3[0]):
             m.d.sync += acc.eq(Mux(ctl3[1], 0, acc) + total)
-        m.d.sync += [fin.eq(ctl3[0] & ctl3[2]), hdr.eq(ctl3[3:])]
+        m.d.sync += [fin.eq(ctl3[0] & ctl3[2]), pf.eq(ctl3[3]), hdr.eq(ctl3[4:])]
         # t1 = rshr(dot * m_k, e_k)
         x1 = limb_mul(m, acc, 32, Cat(hdr[:16], Const(0, 1)).as_signed(), 17, "qk_x1")
         t1 = _rshr64(m, wrap64(x1), _delay(m, hdr[16:24].as_signed(), 2, "qk_ek"), "qk_t1")
         # t2 = _shr_sat(t1 * m_q, e_q, 47): e_q is the row's, its shift amounts registered ahead
-        x2 = wrap64(limb_mul(m, t1, 64, Cat(mq, Const(0, 1)).as_signed(), 17, "qk_x2"))
-        rs = Mux(eq > 62, 62, eq)
-        q_rnd, q_rs, q_up, q_pos = Signal(64), Signal(6), Signal(6), Signal()
-        m.d.sync += [q_rnd.eq(Const(1, 64) << (rs - 1)[:6]), q_rs.eq(rs[:6]),
-                     q_up.eq(Mux(-eq > 62, 62, -eq)[:6]), q_pos.eq(eq > 0)]
+        p4 = _delay(m, pf, 4, "qk_par_t1")
+        x2 = wrap64(limb_mul(m, t1, 64, Cat(Mux(p4, mq[1], mq[0]), Const(0, 1)).as_signed(), 17, "qk_x2"))
+        sets = []
+        for e in eq:
+            rs = Mux(e > 62, 62, e)
+            q = Signal(64), Signal(6), Signal(6), Signal()         # the rounding bit, right, left, right?
+            m.d.sync += [q[0].eq(Const(1, 64) << (rs - 1)[:6]), q[1].eq(rs[:6]),
+                         q[2].eq(Mux(-e > 62, 62, -e)[:6]), q[3].eq(e > 0)]
+            sets.append(q)
+        p6 = _delay(m, p4, 2, "qk_par_x2")
+        p7 = _delay(m, p6, 1, "qk_par_pre")
         pre2, up2 = Signal(signed(64), name="qk_pre2"), Signal(signed(64 + 63), name="qk_up2")
-        m.d.sync += [pre2.eq(wrap64(x2 + q_rnd)), up2.eq(x2 << q_up)]
+        m.d.sync += [pre2.eq(wrap64(x2 + Mux(p6, sets[1][0], sets[0][0]))),
+                     up2.eq(x2 << Mux(p6, sets[1][2], sets[0][2]))]
         v2, t2 = Signal(signed(64 + 63), name="qk_v2"), Signal(signed(47), name="qk_t2")
-        m.d.sync += [v2.eq(Mux(q_pos, pre2 >> q_rs, up2)), t2.eq(sat(v2, 47))]
+        m.d.sync += [v2.eq(Mux(Mux(p7, sets[1][3], sets[0][3]), pre2 >> Mux(p7, sets[1][1], sets[0][1]), up2)),
+                     t2.eq(sat(v2, 47))]
         # score = _shr_sat(t2 * imm, 32, 32)
         x3 = wrap64(limb_mul(m, t2, 47, ir_imm, 32, "qk_x3"))
         v3, y = Signal(signed(33), name="qk_v3"), Signal(signed(32), name="qk_y")
@@ -213,7 +226,7 @@ class AttnSequencer(wiring.Component):
                      kreads[0].o.ready.eq(~cur & take), kreads[1].o.ready.eq(cur & take)]
 
         # -- oport: the writer's writes first, else sread's reads --------------------------------
-        wr_addr, wrow, wi, hi = Signal(24), Signal(24), Signal(16), Signal()
+        wr_addr, wrow, wi, hi, written = Signal(24), Signal(24), Signal(16), Signal(), Signal(16)
         wa, (d0, be0), (d1, be1), two = int32_write(m, f("dst_buf"), wr_addr, fifo.r_data, self.words,
                                                     self.data_bits)
         pop = Signal()
@@ -233,7 +246,7 @@ class AttnSequencer(wiring.Component):
         with m.If(pop):
             m.d.sync += [wi.eq(wi + 1), wr_addr.eq(wr_addr + 4)]
             with m.If(wi + 1 == n_out):
-                m.d.sync += [wi.eq(0), wrow.eq(wrow + dpitch), wr_addr.eq(wrow + dpitch)]
+                m.d.sync += [wi.eq(0), wrow.eq(wrow + dpitch), wr_addr.eq(wrow + dpitch), written.eq(written + 1)]
         count, room, admit = Signal(range(CAP + 1)), Signal(), Signal()
         count1 = Signal(range(CAP + 2))
         m.d.comb += count1.eq(count + admit - pop)
@@ -245,18 +258,20 @@ class AttnSequencer(wiring.Component):
                          sread.cmd.payload.step.eq(step)]
 
         # -- the consumer: chunk j of key t of row r --------------------------------------------
-        r, t, j, jz = Signal(16), Signal(16), Signal(range(max(1 << 15, E + 1))), Signal()     # jz: j == 0 (the scale record)
-        s_row, base = Signal(24), Signal(range(E + 1))
+        r, t, j, jz = Signal(16), Signal(16), Signal(range(max(1 << 15, 2 * E + 1))), Signal()   # jz: j == 0
+        base = Signal(range(E + 1))
         with m.If(take):
             m.d.sync += [j.eq(j + 1), jz.eq(0)]
             with m.If(k_last):
                 m.d.sync += [j.eq(0), jz.eq(1), cur.eq(~cur), t.eq(t + 1)]
                 with m.If(t + 1 == cols):
                     m.d.sync += [t.eq(0), r.eq(r + 1), base.eq(base + nch)]
-        mq, eq = Signal(16), Signal(signed(8))
+        mq, eq = [Signal(16, name=f"mq{p}") for p in (0, 1)], [Signal(signed(8), name=f"eq{p}") for p in (0, 1)]
         ld_v, ld_addr, ld_data = Signal(), Signal.like(j), Signal(8 * ob)     # QK: a q chunk, registered
-        qdata = Mux(ld_v & (ld_addr == j), ld_data, rp.data[:8 * ob])         # (written the cycle after)
-        y_qk, yv_qk = self._qk(m, f("imm"), take & is_qk, jz, k_last, kdata, qdata, mq, eq)
+        q_at = Signal.like(j)
+        m.d.comb += q_at.eq(Mux(r[0], nch, 0) + j)                           # row r's q in area r % 2
+        qdata = Mux(ld_v & (ld_addr == q_at), ld_data, rp.data[:8 * ob])    # (written the cycle after)
+        y_qk, yv_qk = self._qk(m, f("imm"), take & is_qk, jz, k_last, kdata, qdata, r[0], mq, eq)
         a7, v7, new, pv_busy = self._pv(m, take & ~is_qk, jz, kdata, sread.o.payload.data[:32], base + j,
                                         (t == 0) & ~cont, rp.data)
         m.d.sync += ld_v.eq(0)
@@ -264,7 +279,8 @@ class AttnSequencer(wiring.Component):
                      wp.data.eq(Mux(is_qk, ld_data, new))]
 
         # -- PV outputs: element d of row r at byte d + 4 of the row's chunks -------------------
-        oe, ebase, olane, od, orow = Signal(range(E + 1)), Signal(range(E + 1)), Signal(range(ob)), Signal(16), Signal(16)
+        oe, ebase, olane = Signal(range(E + 1)), Signal(range(E + 1)), Signal(range(ob))
+        od, orow = Signal(16), Signal(16)
         issue = Signal()
         o1, o2, y_pv = Signal(signed(64)), Signal(signed(48)), Signal(signed(32))
         m.d.sync += [o1.eq(rp.data.word_select(olane, 64).as_signed()),
@@ -286,6 +302,31 @@ class AttnSequencer(wiring.Component):
             with m.If(pf_row + 1 == rows):
                 m.d.sync += pfetching.eq(0)
 
+        # QK: the q rows into the sums memory, row lr in area lr % 2 (its scale in mq / eq[lr % 2]),
+        # once the keys are at row lr - 1 and row lr - 2's scores are written (its area and scale free)
+        lr, lj, lz, l_row, loading = Signal(16), Signal.like(j), Signal(), Signal(24), Signal()
+        with m.FSM():
+            with m.State("LIDLE"):
+                with m.If(loading & (lr <= r + 1) & (written + 1 >= lr)):
+                    scmd(l_row, rec, ob)
+                    with m.If(sread.cmd.ready):
+                        m.d.sync += [lj.eq(Mux(lr[0], nch, 0)), lz.eq(1)]
+                        m.next = "LLOAD"
+            with m.State("LLOAD"):
+                m.d.comb += sread.o.ready.eq(1)
+                chunk = sread.o.payload.data
+                with m.If(sread.o.valid):
+                    m.d.sync += [ld_v.eq(1), ld_addr.eq(lj), ld_data.eq(Mux(lz, Cat(Const(0, 32), chunk[32:]), chunk)),
+                                 lj.eq(lj + 1), lz.eq(0)]
+                    for p in (0, 1):
+                        with m.If(lz & (lr[0] == p)):
+                            m.d.sync += [mq[p].eq(chunk[:16]), eq[p].eq(chunk[16:24])]
+                    with m.If(sread.o.payload.last):
+                        m.d.sync += [lr.eq(lr + 1), l_row.eq(l_row + spitch)]
+                        with m.If(lr + 1 == rows):
+                            m.d.sync += loading.eq(0)
+                        m.next = "LIDLE"
+
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += ir.eq(self.ir)
@@ -293,15 +334,17 @@ class AttnSequencer(wiring.Component):
             with m.State("SETUP"):
                 qk = f("func") == MiscFunc.ATTN_QK
                 nc = (depth + 4 + ob - 1) >> lg_ob
-                m.d.sync += [is_qk.eq(qk), rec.eq(depth + 4), nch.eq(nc), need.eq(Mux(qk, nc, rows * nc)),
+                m.d.sync += [is_qk.eq(qk), rec.eq(depth + 4), nch.eq(nc),
+                             need.eq(Mux(qk, Mux(rows > 1, nc << 1, nc), rows * nc)),
                              pitch2.eq(depth + 4 + f("src2_pad")),
                              spitch.eq(Mux(f("src_stride") != 0, f("src_stride"), Mux(qk, depth + 4, cols << 2))),
                              dpitch.eq(Mux(f("dst_stride") != 0, f("dst_stride"), Mux(qk, cols << 2, depth << 2))),
                              n_out.eq(Mux(qk, cols, depth)),
-                             r.eq(0), t.eq(0), j.eq(0), jz.eq(1), base.eq(0), s_row.eq(f("src_addr")),
+                             r.eq(0), t.eq(0), j.eq(0), jz.eq(1), base.eq(0),
                              ft.eq(0), fr.eq(0), k_addr.eq(f("src2_addr")), nf.eq(0), cur.eq(0),
                              pf_row.eq(0), p_addr.eq(f("src_addr")),
-                             wi.eq(0), wrow.eq(f("dst_addr")), wr_addr.eq(f("dst_addr")), hi.eq(0),
+                             wi.eq(0), wrow.eq(f("dst_addr")), wr_addr.eq(f("dst_addr")), hi.eq(0), written.eq(0),
+                             lr.eq(0), lj.eq(0), lz.eq(1), l_row.eq(f("src_addr")),
                              oe.eq(4 // ob), ebase.eq(0), olane.eq(4 % ob), od.eq(0), orow.eq(0)]
                 m.next = "CHECK"
             with m.State("CHECK"):
@@ -312,8 +355,8 @@ class AttnSequencer(wiring.Component):
                 with m.Elif(empty):
                     m.next = "FINISH"
                 with m.Elif(is_qk):
-                    m.d.sync += fetching.eq(1)
-                    m.next = "QROW"
+                    m.d.sync += [fetching.eq(1), loading.eq(1)]
+                    m.next = "QKEYS"
                 with m.Elif(cols == 0):           # no keys: the sums are what CONTINUE says
                     m.next = "ZERO"
                     with m.If(cont):
@@ -325,31 +368,13 @@ class AttnSequencer(wiring.Component):
                     m.next = "PKEYS"
 
             # -- ATTN_QK ---------------------------------------------------------------------------
-            with m.State("QROW"):
-                scmd(s_row, rec, ob)
-                with m.If(sread.cmd.ready):
-                    m.next = "QLOAD"
-            with m.State("QLOAD"):
-                m.d.comb += sread.o.ready.eq(1)
-                chunk = sread.o.payload.data
-                with m.If(sread.o.valid):
-                    m.d.sync += [ld_v.eq(1), ld_addr.eq(j), ld_data.eq(Mux(jz, Cat(Const(0, 32), chunk[32:]), chunk))]
-                    m.d.sync += [j.eq(j + 1), jz.eq(0)]
-                    with m.If(jz):
-                        m.d.sync += [mq.eq(chunk[:16]), eq.eq(chunk[16:24])]
-                    with m.If(sread.o.payload.last):
-                        m.d.sync += [j.eq(0), jz.eq(1)]
-                        m.next = "QKEYS"
             with m.State("QKEYS"):
-                m.d.comb += [rp.addr.eq(j), take.eq(k_valid & (~jz | room)), admit.eq(take & jz)]
-                with m.If(take & k_last & (t + 1 == cols)):
+                m.d.comb += [rp.addr.eq(q_at), take.eq(k_valid & (lr > r) & (~jz | room)), admit.eq(take & jz)]
+                with m.If(take & k_last & (t + 1 == cols) & (r + 1 == rows)):
                     m.next = "QDRAIN"
             with m.State("QDRAIN"):
                 with m.If(count == 0):
-                    m.d.sync += s_row.eq(s_row + spitch)
-                    m.next = "QROW"
-                    with m.If(r == rows):
-                        m.next = "FINISH"
+                    m.next = "FINISH"
 
             # -- ATTN_PV ---------------------------------------------------------------------------
             with m.State("PKEYS"):

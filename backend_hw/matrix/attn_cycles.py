@@ -28,7 +28,7 @@ class _Writer:
         self.addr, self.pitch, self.n_out, self.wb = addr, pitch, n_out, wb
         self.row, self.i = addr, 0
         self.q: deque[int] = deque()      # FIFO write cycles of the entries not yet written
-        self.avail, self.hi, self.popped = None, False, 0
+        self.avail, self.hi, self.popped, self.rows = None, False, 0, 0
 
     def push(self, cycle: int):
         self.q.append(cycle)
@@ -51,7 +51,7 @@ class _Writer:
         self.i += 1
         self.addr += 4
         if self.i == self.n_out:
-            self.i, self.row = 0, self.row + self.pitch
+            self.i, self.row, self.rows = 0, self.row + self.pitch, self.rows + 1
             self.addr = self.row
         self.avail = max(self.q[0] + A.FIFO_LATENCY, c + 1) if self.q else None
 
@@ -84,7 +84,8 @@ def attn_cycles(target: Target, inst) -> int:
     pr = 0                                         # PV: the next p row's command
     r = t = j = 0
     admitted = 0
-    state = "QROW" if is_qk else "PKEYS"
+    lr, loading = 0, False                         # QK: the q row the loader reads next; in LLOAD
+    state = "QKEYS" if is_qk else "PKEYS"
     last_take = None
     c = 2
     while True:
@@ -99,21 +100,19 @@ def attn_cycles(target: Target, inst) -> int:
         take = stake = False
         s_cmd = None
         nxt = state
-        if state == "QROW":
-            if sread.idle():
-                s_cmd = (inst["src_addr"] + r * spitch, rec, ob)
-                nxt = "QLOAD"
-        elif state == "QLOAD":
-            stake = sread.valid()
-            if stake and sread.last():
-                nxt = "QKEYS"
-        elif state == "QKEYS":
-            take = kr[cur].valid() and (j != 0 or count < CAP)
+        if is_qk:                                      # the q loader (LIDLE, LLOAD)
+            if loading:
+                stake = sread.valid()
+                if stake and sread.last():
+                    loading = False
+            elif lr < rows and lr <= r + 1 and writer.rows + 1 >= lr and sread.idle():
+                s_cmd, loading = (inst["src_addr"] + lr * spitch, rec, ob), True
+        if state == "QKEYS":
+            take = kr[cur].valid() and lr > r and (j != 0 or count < CAP)
             admitted += take and j == 0
         elif state == "QDRAIN":
             if count == 0:
-                r += 1
-                nxt = "FINISH" if r == rows else "QROW"
+                nxt = "FINISH"
         elif state == "PKEYS":
             take = kr[cur].valid() and (j != 0 or sread.valid())
             stake = take and j == 0
@@ -128,6 +127,8 @@ def attn_cycles(target: Target, inst) -> int:
             s_cmd = (inst["src_addr"] + pr * spitch, 4 * cols, 4)
             pr += 1
         last = take and kr[cur].last()
+        if stake and is_qk and sread.last():
+            lr += 1
         writer.step(c)
         for i in (0, 1):
             kr[i].step(take and i == cur, hold[i])
@@ -144,13 +145,9 @@ def attn_cycles(target: Target, inst) -> int:
                 if is_qk:
                     writer.push(c + A.DOT_LATENCY + A.dot_registers(ob) + A.QK_LATENCY)
                 if t == cols:
-                    t = 0
-                    if is_qk:
-                        nxt = "QDRAIN"
-                    else:
-                        r += 1
-                        if r == rows:
-                            nxt, last_take = "PDRAIN", c
+                    t, r = 0, r + 1
+                    if r == rows:
+                        nxt, last_take = ("QDRAIN" if is_qk else "PDRAIN"), c
         state = nxt
 
 
