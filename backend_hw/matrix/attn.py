@@ -20,11 +20,12 @@ fewer than `CAP` keys await their writes.
 ATTN_PV, per row r, per key t: p[r, t] (a stream of the row's int32s on `oport`) and the V record;
 w = rshr(p * m_v, e_v) from the record's chunk 0 (`limb_mul`, two shift stages) meets the chunks,
 delayed by as many stages, and each chunk's ob products w * v (`limb_mul` per lane) are added to
-the row's int64 sums in one read-modify-write a cycle (entry r * nch + j, lanes as the chunk's;
+the row's int64 sums in one read-modify-write a cycle (entry r * nrow + j, lanes as the chunk's,
+nrow = nch; with ob = 4 chunk 0 is the scale record alone and is not kept: entry r * nrow + j - 1;
 a read sees the write of the cycle before, so keys back to back need no forwarding). CONTINUE
 starts from the held sums, HOLD keeps them; without HOLD the sums stream out as
 _shr_sat(sum, 16, 32) through the same writer. The sums memory holds hold // ob entries of ob
-int64s: an instruction needing more (PV: rows * nch entries, QK: 2 nch, or nch for one row;
+int64s: an instruction needing more (PV: rows * nrow entries, QK: 2 nch, or nch for one row;
 nch = ceil((4 + depth) / ob)) sets `error` and completes.
 """
 from amaranth import Cat, Const, Module, Mux, Signal, signed
@@ -172,13 +173,13 @@ class AttnSequencer(wiring.Component):
             m.d.sync += w_hold.eq(w)
         prods = [limb_mul(m, w_use, 64, vd[8 * lane:8 * lane + 8].as_signed(), 8, f"pv_mac{lane}")
                  for lane in range(ob)]
-        ctl2 = _delay(m, Cat(ctl[1], ctl[2 + 8 * ob:]), 2, "pv_ctl2")
-        fresh7, a7 = ctl2[0], ctl2[1:]
+        ctl2 = _delay(m, Cat(first & (ob == 4), ctl[1], ctl[2 + 8 * ob:]), 2, "pv_ctl2")
+        scale7, fresh7, a7 = ctl2[0], ctl2[1], ctl2[2:]
         new = Cat(*(wrap64(Mux(fresh7, 0, rdata[64 * lane:64 * lane + 64].as_signed()) + wrap64(prods[lane]))
                     for lane in range(ob)))
         busy = Signal(name="pv_busy")
         m.d.comb += busy.eq(Cat(*valid).any())
-        return a7, valid[-1], new, busy
+        return a7, valid[-1] & ~scale7, new, busy
 
     W_STAGES = 4             # PV: the chunks wait for w: p * m_v (2), rshr (2)
 
@@ -200,6 +201,7 @@ class AttnSequencer(wiring.Component):
         rows, cols, depth, flags = f("rows"), f("cols"), f("depth"), f("flags")
         cont, keep = (flags & CONTINUE).any(), (flags & HOLD).any()
         rec, nch, pitch2, spitch, dpitch = Signal(17), Signal(15), Signal(24), Signal(24), Signal(24)
+        nrow = Signal(15)                         # PV: sums entries a row (nch, less a scale-only chunk)
         need, n_out = Signal(32), Signal(16)
 
         # -- K / V records: two readers in turn on aport; the older one issues first -------------
@@ -265,14 +267,14 @@ class AttnSequencer(wiring.Component):
             with m.If(k_last):
                 m.d.sync += [j.eq(0), jz.eq(1), cur.eq(~cur), t.eq(t + 1)]
                 with m.If(t + 1 == cols):
-                    m.d.sync += [t.eq(0), r.eq(r + 1), base.eq(base + nch)]
+                    m.d.sync += [t.eq(0), r.eq(r + 1), base.eq(base + nrow)]
         mq, eq = [Signal(16, name=f"mq{p}") for p in (0, 1)], [Signal(signed(8), name=f"eq{p}") for p in (0, 1)]
         ld_v, ld_addr, ld_data = Signal(), Signal.like(j), Signal(8 * ob)     # QK: a q chunk, registered
         q_at = Signal.like(j)
         m.d.comb += q_at.eq(Mux(r[0], nch, 0) + j)                           # row r's q in area r % 2
         qdata = Mux(ld_v & (ld_addr == q_at), ld_data, rp.data[:8 * ob])    # (written the cycle after)
         y_qk, yv_qk = self._qk(m, f("imm"), take & is_qk, jz, k_last, kdata, qdata, r[0], mq, eq)
-        a7, v7, new, pv_busy = self._pv(m, take & ~is_qk, jz, kdata, sread.o.payload.data[:32], base + j,
+        a7, v7, new, pv_busy = self._pv(m, take & ~is_qk, jz, kdata, sread.o.payload.data[:32], base + j - 4 // ob,
                                         (t == 0) & ~cont, rp.data)
         m.d.sync += ld_v.eq(0)
         m.d.comb += [rp.addr.eq(a7), wp.addr.eq(Mux(is_qk, ld_addr, a7)), wp.en.eq(v7 | ld_v),
@@ -292,7 +294,7 @@ class AttnSequencer(wiring.Component):
             with m.If(olane == ob - 1):
                 m.d.sync += oe.eq(oe + 1)
             with m.If(od + 1 == depth):
-                m.d.sync += [od.eq(0), orow.eq(orow + 1), ebase.eq(ebase + nch), oe.eq(ebase + nch + 4 // ob),
+                m.d.sync += [od.eq(0), orow.eq(orow + 1), ebase.eq(ebase + nrow), oe.eq(ebase + nrow),
                              olane.eq(4 % ob)]
 
         pf_row, p_addr, pfetching = Signal(16), Signal(24), Signal()
@@ -334,8 +336,8 @@ class AttnSequencer(wiring.Component):
             with m.State("SETUP"):
                 qk = f("func") == MiscFunc.ATTN_QK
                 nc = (depth + 4 + ob - 1) >> lg_ob
-                m.d.sync += [is_qk.eq(qk), rec.eq(depth + 4), nch.eq(nc),
-                             need.eq(Mux(qk, Mux(rows > 1, nc << 1, nc), rows * nc)),
+                m.d.sync += [is_qk.eq(qk), rec.eq(depth + 4), nch.eq(nc), nrow.eq(nc - 4 // ob),
+                             need.eq(Mux(qk, Mux(rows > 1, nc << 1, nc), rows * (nc - 4 // ob))),
                              pitch2.eq(depth + 4 + f("src2_pad")),
                              spitch.eq(Mux(f("src_stride") != 0, f("src_stride"), Mux(qk, depth + 4, cols << 2))),
                              dpitch.eq(Mux(f("dst_stride") != 0, f("dst_stride"), Mux(qk, cols << 2, depth << 2))),
@@ -345,7 +347,7 @@ class AttnSequencer(wiring.Component):
                              pf_row.eq(0), p_addr.eq(f("src_addr")),
                              wi.eq(0), wrow.eq(f("dst_addr")), wr_addr.eq(f("dst_addr")), hi.eq(0), written.eq(0),
                              lr.eq(0), lj.eq(0), lz.eq(1), l_row.eq(f("src_addr")),
-                             oe.eq(4 // ob), ebase.eq(0), olane.eq(4 % ob), od.eq(0), orow.eq(0)]
+                             oe.eq(0), ebase.eq(0), olane.eq(4 % ob), od.eq(0), orow.eq(0)]
                 m.next = "CHECK"
             with m.State("CHECK"):
                 empty = (rows == 0) | Mux(is_qk, cols == 0, depth == 0)

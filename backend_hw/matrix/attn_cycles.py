@@ -74,7 +74,7 @@ def attn_cycles(target: Target, inst) -> int:
     if not is_qk and cols == 0:
         if flags & CONTINUE:
             return ENTRY if flags & HOLD else _outputs(writer, 3, rows, depth)
-        zero_end = 2 + rows * nch                   # ZERO: an entry a cycle
+        zero_end = 2 + rows * (nch - 4 // ob)       # ZERO: an entry a cycle
         return zero_end + 1 if flags & HOLD else _outputs(writer, zero_end + 1, rows, depth)
 
     idle = _Reader(0, 0, ob, kwb, cap)

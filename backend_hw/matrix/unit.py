@@ -27,8 +27,9 @@ class MatrixUnit(wiring.Component):
 
     `formats`: the weight formats to run, each (weight_bits, N:M pattern or None, group), group
     being the effective group along K (g, or K for per-channel weights); one `MatrixEngine` each.
-    `hold`: int64 entries of ATTN's sums memory: ATTN_PV's held sums (rows * ceil((4 + depth) / ob)
-    * ob of one instruction, ob = `attn.chunk_bytes(chain_len)`), ATTN_QK's q row.
+    `hold`: int64 entries of ATTN's sums memory: ATTN_PV's held sums (rows * depth of one
+    instruction with chain_len <= 4 and depth a multiple of 4; rows * ceil((4 + depth) / ob) * ob
+    for ob = `attn.chunk_bytes(chain_len)` > 4), ATTN_QK's q rows.
     `out_sets`: MV / MM output register sets (`MatmulSequencer`: passes whose outputs may await writes).
 
     Ports:
