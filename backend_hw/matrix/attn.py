@@ -74,7 +74,7 @@ class AttnSequencer(wiring.Component):
     """Ports: `start` (in): take `ir` (an ATTN word); `done` (out): one-cycle pulse; `error` (out):
     a pulse with `done` when the sums memory is too small; `aport` (K/V rows), `oport` (q/p rows
     and the results) (out, `BufferPortSignature`)."""
-    # FSM states and latencies the cycle model (matrix/cycles.py) plays, by name
+    # FSM states, and the latencies the cycle model (matrix/attn_cycles.py) plays
     ENTRY_STATES = ("SETUP", "CHECK", "FINISH")
     QK_STATES = ("QKEYS", "QDRAIN")
     LOADER_STATES = ("LIDLE", "LLOAD")     # QK's q rows, a row ahead of the keys
@@ -84,6 +84,7 @@ class AttnSequencer(wiring.Component):
     PV_LATENCY = 7           # a chunk taken -> its sums written: w (4), then w * v (2), the read-modify-write
     OUT_LATENCY = 3          # PV output issued -> in the FIFO: the lane's read, the shift, the saturation
     FIFO_LATENCY = 2         # SyncFIFOBuffered: written -> readable when empty
+    W_STAGES = 4             # PV: the chunks wait for w: p * m_v (2), rshr (2)
 
     def __init__(self, chain_len: int, words: dict[BufferId, int], hold: int):
         self.chain_len, self.words, self.hold = chain_len, words, hold
@@ -133,7 +134,7 @@ class AttnSequencer(wiring.Component):
         sets = []
         for e in eq:
             rs = Mux(e > 62, 62, e)
-            q = Signal(64), Signal(6), Signal(6), Signal()         # the rounding bit, right, left, right?
+            q = Signal(64), Signal(6), Signal(6), Signal()     # rounding bit, right shift, left shift, right?
             m.d.sync += [q[0].eq(Const(1, 64) << (rs - 1)[:6]), q[1].eq(rs[:6]),
                          q[2].eq(Mux(-e > 62, 62, -e)[:6]), q[3].eq(e > 0)]
             sets.append(q)
@@ -180,8 +181,6 @@ class AttnSequencer(wiring.Component):
         busy = Signal(name="pv_busy")
         m.d.comb += busy.eq(Cat(*valid).any())
         return a7, valid[-1] & ~scale7, new, busy
-
-    W_STAGES = 4             # PV: the chunks wait for w: p * m_v (2), rshr (2)
 
     def elaborate(self, platform) -> Module:
         m = Module()
