@@ -25,10 +25,7 @@ FIFOs, not only on the steady-state rate:
   the next pass's reading only once the running pass's has issued all its words; and the lockstep
   engine firing when every chain has a beat and the window is there. In steady state a pass costs
   max(a chain's weight words, activation words, beats) + 3; the scalars and the writes are hidden.
-- ATTN_QK: per query row the q record, per key the K record, the dot product (two ByteReaders in
-  lockstep, chain_len bytes a cycle), `R1`..`R3` and the int32 write.
-- ATTN_PV: per row, per key the p value, the V record, `PV_W`, `PV_CMD` and one V byte per cycle;
-  then (without HOLD) per output element `PV_OUT`, the write and `PV_ONEXT`.
+- ATTN_QK / ATTN_PV: backend_hw/matrix/attn_cycles.py, played on the same `_Reader`.
 
 Assumptions: the unit's activation reader is as wide as this instruction's window (the RTL makes
 it as wide as the widest format the unit was built for: pass `act_bytes` for another unit);
@@ -37,7 +34,7 @@ No data dependence: the matrix unit's cycles do not depend on values.
 """
 from __future__ import annotations
 
-from llmfab.ir.isa import HOLD, BufferId, MiscFunc, Opcode
+from llmfab.ir.isa import BufferId, MiscFunc, Opcode
 from llmfab.ir.packing import MANT_FIELD_BITS
 from llmfab.ir.quant import NM
 from llmfab.ir.quant import kept as kept_of
@@ -46,7 +43,6 @@ from llmfab.ir.target import Target
 from ..engine.dsp48e2 import LATENCY as DSP_LATENCY
 from ..engine.requant import Requantizer
 from ..engine.weight_unpack import _Gearbox
-from .attn import AttnSequencer
 from .buffer_io import ByteReader
 from .mm import FIFO_DEPTH, OUT_SETS, STREAMS, MatmulSequencer
 
@@ -54,26 +50,12 @@ from .mm import FIFO_DEPTH, OUT_SETS, STREAMS, MatmulSequencer
 MM_ENTRY = len(MatmulSequencer.ENTRY_STATES)
 LOAD_FIRST = 1 + len(MatmulSequencer.FIRST_LOAD_STATES)   # the cycle of the first L_REC (accept = 0)
 SCALAR_BYTES = MatmulSequencer.SCALAR_BYTES
-SCALAR_FIXED = 3        # a scalar read: the command state, and in its _W state the word's read and
-                        # store cycles (the chunk leaves the cycle after its last word arrives)
-QK_ENTRY = len(AttnSequencer.QK_ENTRY_STATES)
-QK_ROW = len(AttnSequencer.QK_ROW_STATES)
-QK_KEY_FIXED = len(AttnSequencer.QK_KEY_STATES)          # (+ the write, 1 or 2)
-PV_ENTRY = len(AttnSequencer.PV_ENTRY_STATES)
-PV_ROW = len(AttnSequencer.PV_ROW_STATES)
-PV_KEY_FIXED = len(AttnSequencer.PV_KEY_STATES)
-PV_OUT_FIXED = len(AttnSequencer.PV_OUT_STATES)          # (+ the write, 1 or 2)
-PV_OUT_END = len(AttnSequencer.PV_OUT_END_STATES)
 GEARBOX_HOLD = _Gearbox.HOLD_BEATS
 _reader_cap = ByteReader.capacity
 
 
 def _words(addr: int, nbytes: int, wb: int) -> int:
     return (addr % wb + nbytes + wb - 1) // wb
-
-
-def _scalar(addr: int, nbytes: int, wb: int) -> int:
-    return SCALAR_FIXED + _words(addr, nbytes, wb)
 
 
 def _write(addr: int, wb: int) -> int:
@@ -326,20 +308,6 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
     return side                       # FINISH
 
 
-def _stream_pair(a, b) -> int:
-    """Cycles of the DOT state: two ByteReaders whose commands were taken the cycle before, a chunk
-    of each taken together; until the first reader's last chunk."""
-    t = 0
-    while True:
-        t += 1
-        both = a.valid() and b.valid()
-        done = both and a.last()
-        a.step(both)
-        b.step(both)
-        if done:
-            return t
-
-
 def _stream_one(a) -> int:
     t = 0
     while True:
@@ -349,53 +317,6 @@ def _stream_one(a) -> int:
         a.step(v)
         if done:
             return t
-
-
-def _attn(target: Target, inst) -> int:
-    cl = target.engine.chain_len
-    words = target.word_bytes
-    ob = max(4, cl)
-    is_qk = inst["func"] is MiscFunc.ATTN_QK
-    rows, cols, depth = inst["rows"], inst["cols"], inst["depth"]
-    sb, kb, db = BufferId(inst["src_buf"]), BufferId(inst["src2_buf"]), BufferId(inst["dst_buf"])
-    swb, kwb, dwb = words[sb], words[kb], words[db]
-    cap_s = cap_k = _reader_cap(ob, max(words.values()))
-    pitch2 = depth + 4 + inst["src2_pad"]
-    spitch = inst["src_stride"] or (depth + 4 if is_qk else cols * 4)
-    dpitch = inst["dst_stride"] or (cols * 4 if is_qk else depth * 4)
-    if is_qk:
-        if cols == 0:
-            return QK_ENTRY
-        total = QK_ENTRY
-        for r in range(rows):
-            s_row, d_row = inst["src_addr"] + r * spitch, inst["dst_addr"] + r * dpitch
-            total += QK_ROW + _scalar(s_row, 4, swb)
-            for t in range(cols):
-                k_row = inst["src2_addr"] + t * pitch2
-                total += _scalar(k_row, 4, kwb) + QK_KEY_FIXED + _write(d_row + 4 * t, dwb)
-                if depth:
-                    total += _stream_pair(_Reader(s_row + 4, depth, cl, swb, cap_s),
-                                          _Reader(k_row + 4, depth, cl, kwb, cap_k))
-        return total
-    if depth == 0:
-        return PV_ENTRY
-    total = PV_ENTRY
-    for r in range(rows):
-        s_row = inst["src_addr"] + r * spitch
-        total += PV_ROW
-        if cols == 0:
-            total += depth
-        for t in range(cols):
-            k_row = inst["src2_addr"] + t * pitch2
-            total += _scalar(s_row + 4 * t, 4, swb) + _scalar(k_row, 4, kwb) + PV_KEY_FIXED
-            total += _stream_one(_Reader(k_row + 4, depth, 1, kwb, cap_k))
-    if not inst["flags"] & HOLD:
-        total += PV_OUT_END
-        for r in range(rows):
-            d_row = inst["dst_addr"] + r * dpitch
-            for d in range(depth):
-                total += PV_OUT_FIXED + _write(d_row + 4 * d, dwb)
-    return total
 
 
 def matrix_cycles(target: Target, inst, *, act_bytes: int | None = None, out_sets: int = OUT_SETS) -> int:
@@ -409,5 +330,6 @@ def matrix_cycles(target: Target, inst, *, act_bytes: int | None = None, out_set
     if inst.op in (Opcode.MV, Opcode.MM):
         return _matmul(target, inst, act_bytes, out_sets)
     if inst.op is Opcode.ATTN and inst["func"] in (MiscFunc.ATTN_QK, MiscFunc.ATTN_PV):
-        return _attn(target, inst)
+        from .attn_cycles import attn_cycles    # (it plays cycles.py's _Reader)
+        return attn_cycles(target, inst)
     raise ValueError(f"the matrix unit runs MV, MM, ATTN_QK and ATTN_PV, not {inst.op.name}")

@@ -2,7 +2,7 @@
 
 MV and MM go to the `MatrixEngine` of their weight format (fields `bits`, `sparsity` and the
 effective group min(group or k, k)) through `MatmulSequencer` (backend_hw/matrix/mm.py);
-ATTN_QK / ATTN_PV run on `AttnSequencer`'s small datapath (backend_hw/matrix/attn.py). Both
+ATTN_QK / ATTN_PV run on `AttnSequencer`'s streaming datapath (backend_hw/matrix/attn.py). Both
 are bit-exact with simulator/functional.py (`_matrix`, `_misc`). One instruction at a time.
 """
 from amaranth import Module, Mux, Signal
@@ -27,14 +27,16 @@ class MatrixUnit(wiring.Component):
 
     `formats`: the weight formats to run, each (weight_bits, N:M pattern or None, group), group
     being the effective group along K (g, or K for per-channel weights); one `MatrixEngine` each.
-    `hold`: int64 entries of ATTN_PV's held sums (rows * depth of one instruction).
+    `hold`: int64 entries of ATTN's sums memory: ATTN_PV's held sums (rows * depth of one
+    instruction with chain_len <= 4 and depth a multiple of 4; rows * ceil((4 + depth) / ob) * ob
+    for ob = `attn.chunk_bytes(chain_len)` > 4), ATTN_QK's q rows.
     `out_sets`: MV / MM output register sets (`MatmulSequencer`: passes whose outputs may await writes).
 
     Ports:
     - `inst` (in, stream of 256-bit words): length-resolved MV, MM and ATTN words; taken when idle.
     - `done` (out): a one-cycle pulse per completed instruction, in order.
     - `error` (out): sticky; set by an instruction the unit cannot run (a format not in `formats`,
-      a function other than ATTN_QK / ATTN_PV, PV sums beyond `hold`); that instruction completes.
+      a function other than ATTN_QK / ATTN_PV, ATTN beyond `hold`); that instruction completes.
     - `wports[c]` (chain c's weight words), `aport` (activation rows, K / V rows), `oport` (outputs,
       old outputs, scalars, q / p rows) (out, `BufferPortSignature` of the widest buffer): `buf`
       selects the buffer. `wports` has one port per chain (`target.engine.n_chains`).

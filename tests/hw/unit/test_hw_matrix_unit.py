@@ -303,6 +303,20 @@ def test_attn_pv_beyond_hold_sets_error():
     assert err and len(cycles) == 1 and bufs == before
 
 
+@pytest.mark.sim
+def test_attn_pv_that_fills_hold_runs():
+    """rows * depth == hold (chunks of 4: the scale record's chunk takes no sums entry): bit-exact."""
+    rng = np.random.default_rng(6)
+    bufs = random_buffers(rng)
+    put_qrows(rng, bufs[BufferId.KV], 0, 3, 8)
+    inst = attn(MiscFunc.ATTN_PV, 2, 3, 8, src_buf=BufferId.SCRATCH, src2_buf=BufferId.KV, dst_buf=BufferId.ACT)
+    want = reference(bufs, [inst])
+    _, err = run_unit(MatrixUnit(T, [(8, None, 32)], hold=16), bufs, [inst])
+    assert not err
+    for b in BufferId:
+        assert bytes(bufs[b]) == bytes(want[b]), b.name
+
+
 def matrix_steps(m: Machine, program, length: int):
     """Run `program` on `m` as Machine.run does; per MV/MM/ATTN instruction: (instruction as
     executed, buffers before, buffers after, the held PV sums before)."""
