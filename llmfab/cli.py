@@ -15,7 +15,7 @@ import numpy as np
 from llmfab.cli_eval import check_eval, eval_set, execute_eval, with_perplexity
 from llmfab.cli_explore import add_explore_parser
 from llmfab.cli_hw import add_run_parser, buffers_arg, cmd_rtl, cmd_synth
-from llmfab.timing import TIMING_MODELS
+from llmfab.timing import DEFAULT_MODEL, TIMING_MODELS
 
 
 def _write_atomic(path: Path, write, inputs=()) -> None:
@@ -329,9 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--trace", metavar="FILE", help="write each instruction of the middle decode step with its "
                    "queue and begin/end cycle (CSV)")
-    s.add_argument("--model", choices=tuple(TIMING_MODELS), default="design",
-                   help="time the pipelined design the target describes (default), or the accelerator RTL "
-                   "`llmfab rtl` emits today")
+    s.add_argument("--model", choices=tuple(TIMING_MODELS), default=DEFAULT_MODEL,
+                   help="time the accelerator RTL `llmfab rtl` emits (default; the model Verilator validates "
+                   "on whole programs), or `design`: a what-if, the pipelined design the target describes, "
+                   "which the RTL does not implement yet")
     html_arg(s)
     s.set_defaults(func=cmd_simulate)
 

@@ -120,7 +120,7 @@ def decode_power(t, res: dict, program, context: int, units) -> dict:
             "decode_step_s": step.seconds, "dsp_activity": step.dsp_utilization(t)}
 
 
-def simulate_data(path, prefill: int, decode: int, model: str = "design", trace=None) -> dict:
+def simulate_data(path, prefill: int, decode: int, model: str = "rtl", trace=None) -> dict:
     """`llmfab simulate --json`: the timing report of the build at `path`, with the build's
     resources, roofs, instruction storage and weight formats (what `--html` draws beside it)."""
     from llmfab.passes.roofline import roofs

@@ -145,7 +145,8 @@ def simulate(build, prefill: int, decode: int, units: Units, trace: str | Path |
 
 
 def format_report(r: SimReport) -> str:
-    what = "the pipelined design" if r.model == "design" else "the accelerator RTL as emitted (backend_hw)"
+    what = ("a what-if: the pipelined design the target describes, which the RTL does not implement"
+            if r.model == "design" else "the accelerator RTL as emitted (backend_hw; validated in Verilator)")
     lines = [f"target       {r.target}: prefill {r.prefill} tokens, then {r.decode} decode steps; timing of {what}",
              f"TTFT         {r.ttft_s * 1e3:.2f} ms",
              f"decode       {r.decode_tokens_per_s:.1f} tokens/s (bandwidth roofline for the same build "
