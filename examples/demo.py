@@ -88,7 +88,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         write_build(c, Path(d) / "build")
         files = sorted(str(p.relative_to(Path(d) / "build")) for p in (Path(d) / "build").rglob("*.bin"))
-        sim = simulate(Path(d) / "build", len(PROMPT), 32)    # the timing model, every instruction
+        sim = simulate(Path(d) / "build", len(PROMPT), 32)    # the RTL's timing, every instruction
     m = c.manifest
     dec = [p for p in m["programs"] if p["stage"] == "decode"]
     print(f"   {len(m['programs'])} programs ({len(dec)} decode), {m['instruction_bytes_total'] / 1e3:.1f} kB of "
@@ -96,7 +96,7 @@ def main() -> int:
           f"{len(m['weights'])} HBM channel images; files: {files[0]} ... ({c.seconds:.1f} s)")
     lines.append(f"{'tiny llama -> u280':28s} {len(m['programs'])} programs, decode {dec[0]['instructions']} "
                  f"instructions, {m['instruction_bytes_total'] / 1e3:.0f} kB total")
-    print(f"   simulated on u280: time to first token {sim.ttft_s * 1e6:.1f} us, {sim.decode_tokens_per_s:,.0f} decode "
+    print(f"   simulated on the u280 RTL: time to first token {sim.ttft_s * 1e6:.1f} us, {sim.decode_tokens_per_s:,.0f} decode "
           f"tokens/s (HBM {sim.hbm_utilization:.0%} busy; `llmfab simulate BUILD` shows where the time goes)")
     lines.append(f"{'tiny llama, simulated':28s} TTFT {sim.ttft_s * 1e6:.1f} us, {sim.decode_tokens_per_s:,.0f} tokens/s on u280")
 
@@ -263,7 +263,7 @@ def _rtl_step(model: Path, prompt: list[int]) -> str | None:
     print(f"   {len(dec.instructions)} instructions in {run.cycles:,} cycles ({run.sim.cycles_per_second:,.0f} cycles/s "
           f"in Verilator); HBM after the step {'equals' if same else 'DIFFERS from'} the functional simulator")
     print(f"   the RTL's cycle model (llmfab simulate --model rtl) predicted {predicted:,.0f} cycles (it does not "
-          f"count the buffers' refused requests); the pipelined design (the default timing model) takes {timed:,.0f}")
+          f"count the buffers' refused requests); the pipelined design (the what-if timing model) takes {timed:,.0f}")
     return (f"{'decode step on the RTL':28s} {'bit-exact' if same else 'MISMATCH'}, {run.cycles:,} cycles "
             f"(RTL cycle model {predicted:,.0f}, pipelined design {timed:,.0f})")
 

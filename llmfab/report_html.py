@@ -239,7 +239,7 @@ def render_html(d: dict) -> str:
     if d["kind"] == "report":
         title = f"{Path(d['model']).name} on {d['target']}"
         sub = (f"llmfab report · policy {d['policy']} · prefill {d['prefill']} tokens · decode analysed at context "
-               f"{d['decode_context']} · timing: the pipelined design")
+               f"{d['decode_context']} · timing: the pipelined design (a what-if; `llmfab simulate` times the RTL)")
     else:
         title = f"{Path(str(d['model_source'])).name} on {d['target']}"
         sub = (f"llmfab simulate · policy {d['policy']} · max length {d['max_len']} · prefill {d['prefill']}, "
