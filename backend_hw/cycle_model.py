@@ -71,7 +71,8 @@ def timing_shape(target: Target, i):
     """The instruction as its cycles see it, so that a model's layers, which repeat their
     instructions at other addresses, are timed once: buffer addresses (`BUFFER_ADDRESSES`) modulo
     the widest word or DMA group; for LD/ST only an HBM address's position in the AXI page
-    (dma/cycles.py; the channels are alike), and for a slice longer than `LONG_ROW` bytes only its
+    (dma/cycles.py; the channels are alike but for channel 0, whose port also reads an
+    indirect instruction's row ids), and for a slice longer than `LONG_ROW` bytes only its
     beat alignment (a burst more or less at a page: a few cycles in thousands, the tests bound it)."""
     new = _shape_fields(target, i, _align(target))
     return i if all(i[k] == v for k, v in new.items()) else i.evolve(**new)
@@ -85,7 +86,9 @@ def _shape_fields(target: Target, i, align: int) -> dict:
     new = {name: i[name] % align for name in BUFFER_ADDRESSES.get(i.op, ())}
     if i.op in (Opcode.LD, Opcode.ST):
         mod = target.memory.beat_bytes if i["row_bytes"] > LONG_ROW else AXI_PAGE_BYTES
-        new.update(channel=0, hbm_addr=i["hbm_addr"] % mod)
+        new["hbm_addr"] = i["hbm_addr"] % mod
+        if not i["indirect"]:            # the row ids are read on channel 0's port: its data side waits
+            new["channel"] = 0
     return new
 
 
@@ -93,9 +96,8 @@ def dma_cycles_fast(target: Target, i) -> int:
     """`dma_cycles`, which steps the DMA cycle by cycle, on `timing_shape(i)`, with long transfers
     extrapolated from shorter copies of the instruction:
     - many channel slices from copies with fewer channels, their number one period of the
-      slices' buffer alignment apart (`periodic`: the data side takes the slices one after
-      another, each the same but for that alignment; slices longer than `LONG_ROW` bytes taken
-      as alike, the alignment being a cycle or two in thousands);
+      slices' buffer alignment apart (`periodic`: the channels move their slices side by side,
+      each the same but for that alignment and the generator handing them out a cycle apart);
     - a single row longer than `LONG_ROW` bytes from copies whole pages shorter (every further
       page costs what the last one did: the page positions and the buffer alignment repeat);
     - more than `MANY_ROWS` rows from copies of 32 and 64 rows (every further row costs the
@@ -105,7 +107,7 @@ def dma_cycles_fast(target: Target, i) -> int:
     rows, rb, nch = i["rows"], i["row_bytes"], i["channels"]
     bid = BufferId(int(i["buf"]))
     group = target.word_bytes[bid] * dma_lanes(target)[bid]
-    period = 1 if rb > LONG_ROW else group // math.gcd(rb % group, group)   # slice k at b + k * rb
+    period = group // math.gcd(rb % group, group)   # slice k at b + k * rb
     if nch > WARM + 2 * period:
         return periodic(lambda c: dma_cycles_fast(target, i.evolve(channels=c)), nch, period)
     if rows == 1 and rb > LONG_ROW:

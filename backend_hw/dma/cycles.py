@@ -1,28 +1,29 @@
 """The cycles of one LD or ST on the DMA (`backend_hw/dma/unit.py`) against `AxiRam`, the RTL memory of
 the whole-system simulation: from the cycle the DMA accepts the instruction to the cycle `done` pulses.
 
-The DMA is three machines coupled by handshakes, and its time is where they meet, so
-`dma_cycles` steps exactly those machines one cycle at a time (state for state as dma/unit.py and
-sim/axi_ram.py write them; no table of measurements):
+The DMA is a slice generator and, per channel, an address side and a data side, coupled by
+handshakes, and its time is where they meet, so `dma_cycles` steps exactly those machines one cycle
+at a time (state for state as dma/unit.py and sim/axi_ram.py write them; no table of measurements):
 
 - the slice generator: accept (1 cycle), then per row ROW (1) [+ ID (1) when indirect: the row id is
   read from the buffer, and that read takes the buffer port from the data side for one cycle], then one
-  EMIT cycle per channel slice, stalled while the descriptor FIFOs (depth `FIFO_DEPTH`) are full;
-- the address side: one cycle to take a slice, then one AR/AW per burst (<= `AXI_MAX_BEATS` beats, never
+  EMIT cycle per channel slice, stalled while that channel's descriptor FIFOs (depth `FIFO_DEPTH`)
+  are full; the channels then move their slices side by side:
+- a channel's address side: one cycle to take a slice, then one AR/AW per burst (<= `AXI_MAX_BEATS` beats, never
   across a `AXI_PAGE_BYTES` page), each waiting until that channel's AxiRam has no burst in flight
   (read: every beat of the previous burst fetched; write: its W beats and B done);
-- the data side, one slice at a time: one cycle to take it, then the byte gearbox of `gearbox_bytes`
+- a channel's data side, one slice at a time: one cycle to take it, then the byte gearbox of `gearbox_bytes`
   (dma/unit.py) bytes: LD takes an R beat when the beat fits (count after this cycle's pop + beat <= capacity) and
   writes a group of buffer words (`dma_lanes` words, one per bank) when the group's bytes are in; ST
   reads a group (data next cycle) when it will fit and sends a W beat when the beat's bytes are in
-  and W is ready. The buffer ports are always granted here (one DMA alone on the buffers). One cycle after the slice's
-  last word/beat it takes the next slice.
+  and W is ready. The buffer ports are always granted here (the `ports` buffers; with block RAM the
+  channels' ports may meet at a bank). One cycle after the slice's last word/beat it takes the next slice.
 
 AxiRam: the first R beat `read_latency` (2) cycles after AR, then one beat per cycle while R is taken
 (the next burst's AR is only accepted once the previous burst is fetched: a bubble between bursts
 when the DMA takes every beat); W is ready for the whole burst once AW is in, B `write_latency` (1)
-cycle after WLAST. `done` is the first FINISH cycle with both sides idle, both FIFOs empty and every
-write burst answered.
+cycle after WLAST. `done` is the first FINISH cycle with every channel's sides idle, its FIFOs empty
+and every write burst answered.
 
 In closed form for the common case (one channel, aligned, AXI beat wider than the buffer word, LD):
 one row costs 7 + groups cycles (accept, ROW, EMIT, FIFO, address side, AR -> first beat two cycles,
@@ -84,129 +85,35 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
     def row_hbm(r):
         return hbm + (ids[r] if ids is not None else r) * hstride if indirect else hbm + r * hstride
 
-    # state
+    # state: the generator, then per channel its FIFOs, address side, data side and AxiRam
     g_state, g_r, g_k = "ROW", 0, 0
-    fifo_a, fifo_d = [], []            # (visible from cycle, ch, h, b)
-    as_busy, as_a, as_end, as_ch, aw_count, b_count = False, 0, 0, 0, 0, 0
-    ds_busy, ds_ch = False, 0
-    src_left = dst_left = sskip = dskip = 0
-    w_a = w_beat = 0
-    cnt = 0
-    pend, pend_n = False, 0
-    # AxiRam per channel: read burst (beats left to fetch, cycle its first fetch may happen), R register
-    rleft = [0] * (ch0 + nch)
-    r_from = [0] * (ch0 + nch)
-    rvalid = [False] * (ch0 + nch)
-    wleft = [0] * (ch0 + nch)
-    b_at = [None] * (ch0 + nch)        # cycle B becomes valid (write burst answered after)
+    chans = range(ch0, ch0 + nch)
+    fifo_a = {c: [] for c in chans}     # (visible from cycle, h, b)
+    fifo_d = {c: [] for c in chans}
+    ch = {c: _Channel() for c in chans}
 
     cycle = 1                          # cycle 0 accepted the instruction
     while True:
         gen_read = indirect and g_state == "ROW"
         # ---- the generator (uses the FIFO levels at the start of the cycle)
         emit = None
-        if g_state == "EMIT" and len(fifo_a) < FIFO_DEPTH and len(fifo_d) < FIFO_DEPTH:
-            emit = (cycle + 1, ch0 + g_k, row_hbm(g_r), inst["buf_addr"] + g_r * bstride + g_k * P)
-        done = (g_state == "FINISH" and not as_busy and not ds_busy and not fifo_a and not fifo_d
-                and aw_count == b_count)
+        if g_state == "EMIT":
+            c = ch0 + g_k
+            if len(fifo_a[c]) < FIFO_DEPTH and len(fifo_d[c]) < FIFO_DEPTH:
+                emit = (c, (cycle + 1, row_hbm(g_r), inst["buf_addr"] + g_r * bstride + g_k * P))
+        done = g_state == "FINISH" and all(not x.as_busy and not x.ds_busy and not fifo_a[c] and not fifo_d[c]
+                                           and x.aw_count == x.b_count for c, x in ch.items())
         if done:
             return cycle
-        # ---- address side
-        take_a = None
-        if not as_busy and fifo_a and fifo_a[0][0] <= cycle:
-            take_a = fifo_a.pop(0)
-        a_hs = False
-        if as_busy:
-            to_page = (AXI_PAGE_BYTES - as_a % AXI_PAGE_BYTES) // Wa
-            to_end = (as_end - as_a + Wa - 1) // Wa
-            beats = min(to_page, AXI_MAX_BEATS, to_end)
-            if st:
-                a_hs = wleft[as_ch] == 0 and b_at[as_ch] is None
-            else:
-                a_hs = rleft[as_ch] == 0
-        # ---- data side
-        take_d = None
-        if not ds_busy and fifo_d and fifo_d[0][0] <= cycle:
-            take_d = fifo_d.pop(0)
-        sink = Wa if st else wbuf
-        m_out = min(sink - dskip, dst_left)
-        can_pop = ds_busy and dst_left != 0 and cnt >= m_out
-        if st:
-            pop = can_pop and wleft[ds_ch] != 0
-        else:
-            pop = can_pop and not gen_read
-        cnt_after = cnt - m_out if pop else cnt
-        # source into the gearbox
-        push_n = 0
-        issue = False
-        if st:
-            if pend:
-                push_n = pend_n
-            issue = ds_busy and src_left != 0 and not gen_read and cnt + (wbuf if pend else 0) + wbuf <= cap
-            n_issue = min(wbuf - sskip, src_left)
-        else:
-            ready = ds_busy and src_left != 0 and cnt_after + Wa <= cap
-            if ready and rvalid[ds_ch]:
-                push_n = min(Wa - sskip, src_left)
-        # ---- AxiRam, per channel (R register advances when empty or taken this cycle)
-        for c in range(ch0, ch0 + nch):
-            taken = (not st) and c == ds_ch and ds_busy and src_left != 0 and cnt_after + Wa <= cap
-            if not rvalid[c] or taken:
-                loads = rleft[c] != 0 and r_from[c] <= cycle
-                rvalid[c] = loads
-                if loads:
-                    rleft[c] -= 1
-            if b_at[c] is not None and b_at[c] <= cycle:
-                b_at[c] = None
-                b_count += 1
-        if st and pop:
-            wleft[ds_ch] -= 1
-            if wleft[ds_ch] == 0:
-                b_at[ds_ch] = cycle + write_latency
-        if a_hs:
-            if st:
-                wleft[as_ch] = beats
-                aw_count += 1
-            else:
-                rleft[as_ch] = beats
-                r_from[as_ch] = cycle + read_latency - 1
-            as_a += beats * Wa
-            if as_a >= as_end:
-                as_busy = False
-        if take_a is not None:
-            _, as_ch, h, _b = take_a
-            as_a, as_end, as_busy = h & ~(Wa - 1), h + P, True
-        # ---- data side registers
-        if pop:
-            if st:
-                w_last = w_beat == AXI_MAX_BEATS - 1 or (w_a + Wa) % AXI_PAGE_BYTES == 0 or dst_left == m_out
-                w_a += Wa
-                w_beat = 0 if w_last else w_beat + 1
-            if dst_left == m_out:
-                ds_busy = False
-            dst_left -= m_out
-            dskip = 0
-        cnt = cnt_after + push_n
-        if st:
-            if issue:
-                src_left -= n_issue
-                sskip = 0
-                pend_n = n_issue
-            pend = issue
-        elif push_n:
-            src_left -= push_n
-            sskip = 0
-        if take_d is not None:
-            _, ds_ch, h, b = take_d
-            ds_busy, src_left, dst_left = True, P, P
-            if st:
-                sskip, dskip, w_a, w_beat = b % wbuf, h % Wa, h & ~(Wa - 1), 0
-            else:
-                sskip, dskip = h % Wa, b % wbuf
+        for c, x in ch.items():
+            # the row ids are read on channel 0's first buffer port
+            x.step(cycle, fifo_a[c], fifo_d[c], gen_read and c == 0, st, P, Wa, wbuf, cap, read_latency,
+                   write_latency)
         # ---- generator registers
         if emit is not None:
-            fifo_a.append(emit)
-            fifo_d.append(emit)
+            c, e = emit
+            fifo_a[c].append(e)
+            fifo_d[c].append(e)
             g_k += 1
             if g_k == nch:
                 g_k, g_r = 0, g_r + 1
@@ -216,3 +123,106 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
         elif g_state == "ID":
             g_state = "EMIT"
         cycle += 1
+
+
+class _Channel:
+    """One channel's address side, data side and AxiRam (dma/unit.py `DMA._mover`), a cycle at a time."""
+
+    def __init__(self):
+        self.as_busy, self.as_a, self.as_end, self.aw_count, self.b_count = False, 0, 0, 0, 0
+        self.ds_busy = False
+        self.src_left = self.dst_left = self.sskip = self.dskip = 0
+        self.w_a = self.w_beat = 0
+        self.cnt = 0
+        self.pend, self.pend_n = False, 0
+        # AxiRam: read burst (beats left to fetch, cycle its first fetch may happen), R register
+        self.rleft, self.r_from, self.rvalid = 0, 0, False
+        self.wleft, self.b_at = 0, None      # cycle B becomes valid (write burst answered after)
+
+    def step(self, cycle, fifo_a, fifo_d, gen_read, st, P, Wa, wbuf, cap, read_latency, write_latency):
+        x = self
+        # ---- address side
+        take_a = None
+        if not x.as_busy and fifo_a and fifo_a[0][0] <= cycle:
+            take_a = fifo_a.pop(0)
+        a_hs = False
+        if x.as_busy:
+            to_page = (AXI_PAGE_BYTES - x.as_a % AXI_PAGE_BYTES) // Wa
+            to_end = (x.as_end - x.as_a + Wa - 1) // Wa
+            beats = min(to_page, AXI_MAX_BEATS, to_end)
+            a_hs = (x.wleft == 0 and x.b_at is None) if st else x.rleft == 0
+        # ---- data side
+        take_d = None
+        if not x.ds_busy and fifo_d and fifo_d[0][0] <= cycle:
+            take_d = fifo_d.pop(0)
+        sink = Wa if st else wbuf
+        m_out = min(sink - x.dskip, x.dst_left)
+        can_pop = x.ds_busy and x.dst_left != 0 and x.cnt >= m_out
+        pop = can_pop and (x.wleft != 0 if st else not gen_read)
+        cnt_after = x.cnt - m_out if pop else x.cnt
+        # source into the gearbox
+        push_n = 0
+        issue = False
+        if st:
+            if x.pend:
+                push_n = x.pend_n
+            issue = x.ds_busy and x.src_left != 0 and not gen_read and x.cnt + (wbuf if x.pend else 0) + wbuf <= cap
+            n_issue = min(wbuf - x.sskip, x.src_left)
+        else:
+            ready = x.ds_busy and x.src_left != 0 and cnt_after + Wa <= cap
+            if ready and x.rvalid:
+                push_n = min(Wa - x.sskip, x.src_left)
+        # ---- AxiRam (the R register advances when empty or taken this cycle)
+        taken = (not st) and x.ds_busy and x.src_left != 0 and cnt_after + Wa <= cap
+        if not x.rvalid or taken:
+            loads = x.rleft != 0 and x.r_from <= cycle
+            x.rvalid = loads
+            if loads:
+                x.rleft -= 1
+        if x.b_at is not None and x.b_at <= cycle:
+            x.b_at = None
+            x.b_count += 1
+        if st and pop:
+            x.wleft -= 1
+            if x.wleft == 0:
+                x.b_at = cycle + write_latency
+        if a_hs:
+            if st:
+                x.wleft = beats
+                x.aw_count += 1
+            else:
+                x.rleft = beats
+                x.r_from = cycle + read_latency - 1
+            x.as_a += beats * Wa
+            if x.as_a >= x.as_end:
+                x.as_busy = False
+        if take_a is not None:
+            _, h, _b = take_a
+            x.as_a, x.as_end, x.as_busy = h & ~(Wa - 1), h + P, True
+        # ---- data side registers
+        if pop:
+            if st:
+                w_last = x.w_beat == AXI_MAX_BEATS - 1 or (x.w_a + Wa) % AXI_PAGE_BYTES == 0 or x.dst_left == m_out
+                x.w_a += Wa
+                x.w_beat = 0 if w_last else x.w_beat + 1
+            if x.dst_left == m_out:
+                x.ds_busy = False
+            x.dst_left -= m_out
+            x.dskip = 0
+        x.cnt = cnt_after + push_n
+        if st:
+            if issue:
+                x.src_left -= n_issue
+                x.sskip = 0
+                x.pend_n = n_issue
+            x.pend = issue
+        elif push_n:
+            x.src_left -= push_n
+            x.sskip = 0
+        if take_d is not None:
+            _, h, b = take_d
+            x.ds_busy, x.src_left, x.dst_left = True, P, P
+            if st:
+                x.sskip, x.dskip, x.w_a, x.w_beat = b % wbuf, h % Wa, h & ~(Wa - 1), 0
+            else:
+                x.sskip, x.dskip = h % Wa, b % wbuf

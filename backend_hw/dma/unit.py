@@ -106,7 +106,7 @@ class DMA(wiring.Component):
         super().__init__({
             "inst": In(stream.Signature(INST_BITS)),
             "done": Out(1),
-            "buffers": Out(BufferPortSignature(8 * self.max_word)).array(self.lanes),
+            "buffers": Out(BufferPortSignature(8 * self.max_word)).array(self.ports * self.lanes),
             "axi": Out(AxiSignature(self.addr_width, mem.port_width_bits)).array(self.ports),
         })
 
@@ -121,12 +121,15 @@ class DMA(wiring.Component):
               "row_bytes", "indirect", "ids_buf", "ids_addr")}
         is_st = Signal()
 
-        desc = data.StructLayout({"ch": 7, "h": aw, "b": BUF_ADDR_BITS, "p": 20})
-        fifo_a = m.submodules.fifo_a = SyncFIFO(width=desc.size, depth=FIFO_DEPTH)
-        fifo_d = m.submodules.fifo_d = SyncFIFO(width=desc.size, depth=FIFO_DEPTH)
+        # the slices of each channel, queued for its address side and its data side
+        desc = data.StructLayout({"h": aw, "b": BUF_ADDR_BITS, "p": 20})
+        fifo_a, fifo_d = [], []
+        for c in range(self.ports):
+            fifo_a.append(SyncFIFO(width=desc.size, depth=FIFO_DEPTH))
+            fifo_d.append(SyncFIFO(width=desc.size, depth=FIFO_DEPTH))
+            m.submodules[f"fifo_a{c}"], m.submodules[f"fifo_d{c}"] = fifo_a[c], fifo_d[c]
         port = self.buffers[0]
         L = self.lanes
-        sizes = sorted(set(self.word_bytes.values()))
 
         # -- slice generator ----------------------------------------------------------------------
         r = Signal(17)
@@ -134,9 +137,8 @@ class DMA(wiring.Component):
         h_row, h_cur = Signal(aw), Signal(aw)
         b_row, b_k = Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS)
         id_lane = Signal(range(max(WB // 4, 2)))
-        gen_read = Signal()                      # the generator owns the buffer port this cycle
-        as_busy, ds_busy = Signal(), Signal()
-        aw_count, b_count = Signal(32), Signal(32)
+        gen_read = Signal()                      # the generator owns buffer port 0 this cycle
+        start = Signal()                         # an instruction is accepted
         # the instruction buffer's word and group sizes (log2) and the gearbox's sink width,
         # registered with the instruction: constants for its length, kept off the per-beat paths
         wlog = Signal(range(WB.bit_length()), reset_less=True)
@@ -144,9 +146,14 @@ class DMA(wiring.Component):
         blog = Signal(range(wide.bit_length()), reset_less=True)         # log2 of the group's bytes
         wbuf, sink_bytes = Signal(range(wide + 1), reset_less=True), Signal(range(wide + 1), reset_less=True)
 
+        # every channel moves its own slices: its bursts and its gearbox run beside the others'
+        x = dict(aw=aw, CAP=CAP, wide=wide, f=f, is_st=is_st, fifo_a=fifo_a, fifo_d=fifo_d, desc=desc, wlog=wlog,
+                 llog=llog, blog=blog, wbuf=wbuf, sink_bytes=sink_bytes, gen_read=gen_read, start=start)
+        idle, answered = zip(*(self._mover(m, c, x) for c in range(self.ports)))
+
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.inst.ready.eq(1)
+                m.d.comb += [self.inst.ready.eq(1), start.eq(self.inst.valid)]
                 p = self.inst.payload
                 with m.If(self.inst.valid):
                     st, lg = header(p, "op") == Opcode.ST, word_log(m, field(p, Opcode.LD, "buf"), self.word_bytes)
@@ -158,8 +165,7 @@ class DMA(wiring.Component):
                     m.d.sync += [wlog.eq(lg), llog.eq(ll), blog.eq(lg + ll), wbuf.eq(Const(1, 1) << (lg + ll)),
                                  sink_bytes.eq(Mux(st, Wa, Const(1, 1) << (lg + ll)))]
                     m.d.sync += [ir.eq(p), is_st.eq(st), r.eq(0), k.eq(0),
-                                 h_row.eq(field(p, Opcode.LD, "hbm_addr")), b_row.eq(field(p, Opcode.LD, "buf_addr")),
-                                 aw_count.eq(0), b_count.eq(0)]
+                                 h_row.eq(field(p, Opcode.LD, "hbm_addr")), b_row.eq(field(p, Opcode.LD, "buf_addr"))]
                     empty = ((field(p, Opcode.LD, "rows") == 0) | (field(p, Opcode.LD, "row_bytes") == 0) |
                              (field(p, Opcode.LD, "channels") == 0))
                     with m.If(empty):
@@ -183,11 +189,14 @@ class DMA(wiring.Component):
                 m.d.sync += [h_cur.eq(f["hbm_addr"] + (row_id[:aw] * f["hbm_stride"][:aw])[:aw]), b_k.eq(b_row)]
                 m.next = "EMIT"
             with m.State("EMIT"):
-                d = Signal(desc)
-                m.d.comb += [d.ch.eq(f["channel"] + k), d.h.eq(h_cur), d.b.eq(b_k), d.p.eq(f["row_bytes"]),
-                             fifo_a.w_data.eq(d), fifo_d.w_data.eq(d)]
-                with m.If(fifo_a.w_rdy & fifo_d.w_rdy):
-                    m.d.comb += [fifo_a.w_en.eq(1), fifo_d.w_en.eq(1)]
+                d, ch, room = Signal(desc), Signal(7), Signal()
+                m.d.comb += [d.h.eq(h_cur), d.b.eq(b_k), d.p.eq(f["row_bytes"]), ch.eq(f["channel"] + k)]
+                for c in range(self.ports):
+                    m.d.comb += [fifo_a[c].w_data.eq(d), fifo_d[c].w_data.eq(d)]
+                    with m.If(ch == c):
+                        m.d.comb += [room.eq(fifo_a[c].w_rdy & fifo_d[c].w_rdy),
+                                     fifo_a[c].w_en.eq(room), fifo_d[c].w_en.eq(room)]
+                with m.If(room):
                     m.d.sync += [k.eq(k + 1), b_k.eq(b_k + f["row_bytes"])]
                     with m.If(k + 1 == f["channels"]):
                         m.d.sync += [k.eq(0), r.eq(r + 1), h_row.eq(h_row + f["hbm_stride"]),
@@ -197,63 +206,72 @@ class DMA(wiring.Component):
                         with m.Else():
                             m.next = "ROW"
             with m.State("FINISH"):
-                with m.If(~as_busy & ~ds_busy & ~fifo_a.r_rdy & ~fifo_d.r_rdy & (aw_count == b_count)):
+                with m.If(Cat(*idle, *answered).all()):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
 
+        return m
+
+    def _mover(self, m: Module, c: int, x: dict) -> tuple[Value, Value]:
+        """Channel c's address side (bursts on `axi[c]`) and data side (its byte gearbox and
+        its `lanes` buffer ports), on the slices the generator queued for the channel. Returns
+        (idle, every write burst answered) for FINISH."""
+        aw, Wa, WB, CAP, wide, L = x["aw"], self.beat_bytes, self.max_word, x["CAP"], x["wide"], self.lanes
+        f, is_st, fifo_a, fifo_d, desc = x["f"], x["is_st"], x["fifo_a"][c], x["fifo_d"][c], x["desc"]
+        wlog, llog, blog, wbuf, sink_bytes = x["wlog"], x["llog"], x["blog"], x["wbuf"], x["sink_bytes"]
+        gen_read = x["gen_read"] if c == 0 else Const(0, 1)     # the row ids are read on channel 0's port 0
+        axi, ports = self.axi[c], self.buffers[c * L:(c + 1) * L]
+        sizes = sorted(set(self.word_bytes.values()))
+
+        def sig(shape, name):
+            return Signal(shape, name=f"{name}{c}")
+
         # -- address side: bursts ---------------------------------------------------------------
-        as_a = Signal(aw + 1)
-        as_end = Signal(aw + 21)
-        as_ch = Signal(7)
+        as_busy, ds_busy = sig(1, "as_busy"), sig(1, "ds_busy")
+        aw_count, b_count = sig(32, "aw_count"), sig(32, "b_count")
+        with m.If(x["start"]):
+            m.d.sync += [aw_count.eq(0), b_count.eq(0)]
+        as_a = sig(aw + 1, "as_a")
+        as_end = sig(aw + 21, "as_end")
         with m.If(~as_busy & fifo_a.r_rdy):
-            d = Signal(desc)
+            d = sig(desc, "as_take")
             m.d.comb += [d.eq(fifo_a.r_data), fifo_a.r_en.eq(1)]
-            m.d.sync += [as_a.eq(d.h & ~(Wa - 1)), as_end.eq(d.h + d.p), as_ch.eq(d.ch), as_busy.eq(1)]
-        beats = Signal(range(AXI_MAX_BEATS + 1))
-        to_page = Signal(range(AXI_PAGE_BYTES // Wa + 1))
-        to_end = Signal(aw + 21)
+            m.d.sync += [as_a.eq(d.h & ~(Wa - 1)), as_end.eq(d.h + d.p), as_busy.eq(1)]
+        beats = sig(range(AXI_MAX_BEATS + 1), "beats")
+        to_page = sig(range(AXI_PAGE_BYTES // Wa + 1), "to_page")
+        to_end = sig(aw + 21, "to_end")
         m.d.comb += [to_page.eq((AXI_PAGE_BYTES - as_a[:_log2(AXI_PAGE_BYTES)]) >> _log2(Wa)),
                      to_end.eq((as_end - as_a + Wa - 1) >> _log2(Wa)),
                      beats.eq(_min(_min(to_page, AXI_MAX_BEATS), to_end))]
-        a_hs = Signal()
-        for i, axi in enumerate(self.axi):
-            for ch in (axi.ar, axi.aw):
-                m.d.comb += [ch.payload.addr.eq(as_a[:aw]), ch.payload.len.eq(beats - 1),
-                             ch.payload.size.eq(_log2(Wa)), ch.payload.burst.eq(Burst.INCR)]
-            sel = as_busy & (as_ch == i)
-            m.d.comb += [axi.ar.valid.eq(sel & ~is_st), axi.aw.valid.eq(sel & is_st)]
-            with m.If(sel & Mux(is_st, axi.aw.ready, axi.ar.ready)):
-                m.d.comb += a_hs.eq(1)
-        with m.If(a_hs):
+        for ch in (axi.ar, axi.aw):
+            m.d.comb += [ch.payload.addr.eq(as_a[:aw]), ch.payload.len.eq(beats - 1),
+                         ch.payload.size.eq(_log2(Wa)), ch.payload.burst.eq(Burst.INCR)]
+        m.d.comb += [axi.ar.valid.eq(as_busy & ~is_st), axi.aw.valid.eq(as_busy & is_st)]
+        with m.If(as_busy & Mux(is_st, axi.aw.ready, axi.ar.ready)):
             m.d.sync += as_a.eq(as_a + (beats << _log2(Wa)))
             with m.If(as_a + (beats << _log2(Wa)) >= as_end):
                 m.d.sync += as_busy.eq(0)
             with m.If(is_st):
                 m.d.sync += aw_count.eq(aw_count + 1)
-
-        b_hs = Signal()
-        for axi in self.axi:
-            m.d.comb += axi.b.ready.eq(1)
-        m.d.comb += b_hs.eq(Cat(*(axi.b.valid for axi in self.axi)).any())
-        with m.If(b_hs):
+        m.d.comb += axi.b.ready.eq(1)
+        with m.If(axi.b.valid):
             m.d.sync += b_count.eq(b_count + 1)
 
         # -- data side: the byte gearbox ------------------------------------------------------------
-        ds_ch = Signal(7)
-        src_left, dst_left = Signal(20), Signal(20)
-        sskip = Signal(range(wide))
-        dskip = Signal(range(wide))
-        src_addr, dst_addr = Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS)
-        w_a = Signal(aw)                        # ST: address of the current W beat
-        w_beat = Signal(8)                      # ST: beats already sent in the current burst
-        acc = Signal(8 * CAP)
-        cnt = Signal(range(CAP + 1))
-        pend, pend_n, pend_skip = Signal(), Signal(range(wide + 1)), Signal(range(wide))
+        src_left, dst_left = sig(20, "src_left"), sig(20, "dst_left")
+        sskip = sig(range(wide), "sskip")
+        dskip = sig(range(wide), "dskip")
+        src_addr, dst_addr = sig(BUF_ADDR_BITS, "src_addr"), sig(BUF_ADDR_BITS, "dst_addr")
+        w_a = sig(aw, "w_a")                    # ST: address of the current W beat
+        w_beat = sig(8, "w_beat")               # ST: beats already sent in the current burst
+        acc = sig(8 * CAP, "acc")
+        cnt = sig(range(CAP + 1), "cnt")
+        pend, pend_n, pend_skip = sig(1, "pend"), sig(range(wide + 1), "pend_n"), sig(range(wide), "pend_skip")
 
         with m.If(~ds_busy & fifo_d.r_rdy):
-            d = Signal(desc)
+            d = sig(desc, "ds_take")
             m.d.comb += [d.eq(fifo_d.r_data), fifo_d.r_en.eq(1)]
-            m.d.sync += [ds_busy.eq(1), ds_ch.eq(d.ch), src_left.eq(d.p), dst_left.eq(d.p)]
+            m.d.sync += [ds_busy.eq(1), src_left.eq(d.p), dst_left.eq(d.p)]
             buf_lane = d.b & ((Const(1, 1) << blog) - 1)
             with m.If(is_st):
                 m.d.sync += [sskip.eq(buf_lane), src_addr.eq(d.b >> blog), dskip.eq(d.h[:_log2(Wa)]),
@@ -262,32 +280,29 @@ class DMA(wiring.Component):
                 m.d.sync += [sskip.eq(d.h[:_log2(Wa)]), dskip.eq(buf_lane), dst_addr.eq(d.b >> blog)]
 
         # sink: what can leave the gearbox this cycle
-        m_out = Signal(range(wide + 1))
+        m_out = sig(range(wide + 1), "m_out")
         m.d.comb += m_out.eq(_min(sink_bytes - dskip, dst_left))
         can_pop = ds_busy & (dst_left != 0) & (cnt >= m_out)
-        pop = Signal()
+        pop = sig(1, "pop")
         # (named signals, not nested expressions: the simulator evaluates each signal once)
-        lanes, head = Signal(wide), Signal(8 * CAP)
-        out_data = Signal(8 * wide)
+        lanes, head = sig(wide, "lanes"), sig(8 * CAP, "head")
+        out_data = sig(8 * wide, "out_data")
         m.d.comb += [lanes.eq(_bytes_mask(m_out, wide, dskip)),
                      head.eq(acc & _bits_mask(_bytes_mask(m_out, CAP))),
                      out_data.eq((head << (dskip * 8))[:8 * wide])]
         with m.If(is_st):
             w_last = (w_beat == AXI_MAX_BEATS - 1) | (((w_a + Wa) & (AXI_PAGE_BYTES - 1)) == 0) | (dst_left == m_out)
-            for i, axi in enumerate(self.axi):
-                sel = ds_ch == i
-                m.d.comb += [axi.w.valid.eq(sel & can_pop), axi.w.payload.data.eq(out_data[:8 * Wa]),
-                             axi.w.payload.strb.eq(lanes[:Wa]), axi.w.payload.last.eq(w_last)]
-                with m.If(sel & can_pop & axi.w.ready):
-                    m.d.comb += pop.eq(1)
+            m.d.comb += [axi.w.valid.eq(can_pop), axi.w.payload.data.eq(out_data[:8 * Wa]),
+                         axi.w.payload.strb.eq(lanes[:Wa]), axi.w.payload.last.eq(w_last),
+                         pop.eq(can_pop & axi.w.ready)]
             with m.If(pop):
                 m.d.sync += [w_a.eq(w_a + Wa), w_beat.eq(Mux(w_last, 0, w_beat + 1))]
         with m.Elif(~gen_read):
             # word p of the group on port p; the group pops once every port writing is granted
             # (a port granted in a cycle where another was not writes again: the same bytes)
             granted = []
-            for q, bp in enumerate(self.buffers):
-                be, wd = Signal(WB, name=f"be{q}"), Signal(8 * WB, name=f"wdata{q}")
+            for q, bp in enumerate(ports):
+                be, wd = Signal(WB, name=f"be{c}_{q}"), Signal(8 * WB, name=f"wdata{c}_{q}")
                 with m.Switch(wlog):
                     for wb in sizes:
                         if (q + 1) * wb <= wide:
@@ -304,23 +319,23 @@ class DMA(wiring.Component):
             with m.If(dst_left == m_out):
                 m.d.sync += ds_busy.eq(0)
 
-        cnt_after = Signal(range(CAP + 1))
-        acc_after = Signal(8 * CAP)
+        cnt_after = sig(range(CAP + 1), "cnt_after")
+        acc_after = sig(8 * CAP, "acc_after")
         m.d.comb += [cnt_after.eq(Mux(pop, cnt - m_out, cnt)), acc_after.eq(Mux(pop, acc >> (m_out * 8), acc))]
 
         # source: what enters the gearbox this cycle
-        push = Signal()
-        n_in = Signal(range(wide + 1))
-        new = Signal(8 * wide)
+        push = sig(1, "push")
+        n_in = sig(range(wide + 1), "n_in")
+        new = sig(8 * wide, "new")
         with m.If(is_st):
             # buffer reads, issued only when the word will fit when it arrives next cycle
             # (a whole group: word p on port p, taken once every port is granted)
-            n_issue = Signal(range(wide + 1))
+            n_issue = sig(range(wide + 1), "n_issue")
             m.d.comb += n_issue.eq(_min(wbuf - sskip, src_left))
             issue = ds_busy & (src_left != 0) & ~gen_read & (cnt + Mux(pend, wbuf, 0) + wbuf <= CAP)
-            taken = Signal()
+            taken = sig(1, "taken")
             granted = []
-            for q, bp in enumerate(self.buffers):
+            for q, bp in enumerate(ports):
                 with m.If(issue & ((Const(1, L.bit_length() + 1) << llog) > q)):
                     m.d.comb += [bp.buf.eq(f["buf"]), bp.addr.eq((src_addr << llog) | q), bp.re.eq(1)]
                 granted.append(bp.ready | ~bp.re)
@@ -329,27 +344,26 @@ class DMA(wiring.Component):
                 m.d.sync += [src_addr.eq(src_addr + 1), src_left.eq(src_left - n_issue), sskip.eq(0),
                              pend_n.eq(n_issue), pend_skip.eq(sskip)]
             m.d.sync += pend.eq(taken)
-            group = Signal(8 * wide)
+            group = sig(8 * wide, "group")
             with m.Switch(wlog):
                 for wb in sizes:
                     with m.Case(wb.bit_length() - 1):
-                        m.d.comb += group.eq(Cat(*(bp.rdata[:8 * wb] for bp in self.buffers[:max(1, wide // wb)])))
+                        m.d.comb += group.eq(Cat(*(bp.rdata[:8 * wb] for bp in ports[:max(1, wide // wb)])))
             m.d.comb += [push.eq(pend), n_in.eq(pend_n), new.eq(group >> (pend_skip * 8))]
         with m.Else():
             m.d.comb += n_in.eq(_min(Wa - sskip, src_left))
             ready = ds_busy & (src_left != 0) & (cnt_after + Wa <= CAP)
-            for i, axi in enumerate(self.axi):
-                with m.If(ds_ch == i):
-                    m.d.comb += [axi.r.ready.eq(ready), push.eq(ready & axi.r.valid),
-                                 new.eq(axi.r.payload.data >> (sskip * 8))]
+            m.d.comb += [axi.r.ready.eq(ready), push.eq(ready & axi.r.valid),
+                         new.eq(axi.r.payload.data >> (sskip * 8))]
             with m.If(push):
                 m.d.sync += [src_left.eq(src_left - n_in), sskip.eq(0)]
 
-        fresh, placed = Signal(8 * wide), Signal(8 * CAP)
+        fresh, placed = sig(8 * wide, "fresh"), sig(8 * CAP, "placed")
         m.d.comb += [fresh.eq(new & _bits_mask(_bytes_mask(n_in, wide))),
                      placed.eq((fresh << (cnt_after * 8))[:8 * CAP])]
         with m.If(push):
             m.d.sync += [acc.eq(acc_after | placed), cnt.eq(cnt_after + n_in)]
         with m.Else():
             m.d.sync += [acc.eq(acc_after), cnt.eq(cnt_after)]
-        return m
+        idle = ~as_busy & ~ds_busy & ~fifo_a.r_rdy & ~fifo_d.r_rdy
+        return idle, aw_count == b_count

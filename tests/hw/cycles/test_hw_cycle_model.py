@@ -36,8 +36,8 @@ def test_long_transfers_extrapolate_within_half_a_percent(target, op, shape):
 
 
 def test_many_channel_slices_extrapolate():
-    """32-channel slices (u280): short ones exact (copies a whole alignment period apart), long
-    ones (taken as alike) within half a percent."""
+    """32-channel slices (u280), moved side by side: short ones exact (copies a whole alignment
+    period apart), long ones (their pages extrapolated too) within half a percent."""
     t = load_target("u280")
     short = make(Opcode.LD, channel=3, channels=24, buf=BufferId.WEIGHT, hbm_addr=1000, hbm_stride=100, buf_addr=5,
                  buf_stride=2404, rows=2, row_bytes=100)

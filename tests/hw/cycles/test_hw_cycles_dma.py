@@ -30,7 +30,7 @@ class _Bench(Elaboratable):
 
     def __init__(self, t, hbm, buffers):
         self.dma = DMA(t)
-        self.bank = BufferBank(t, self.dma.lanes, init=buffers)
+        self.bank = BufferBank(t, len(self.dma.buffers), init=buffers, organisation="ports")   # no arbitration: what the model times
         self.rams = [AxiRam(len(h), t.memory.port_width_bits, self.dma.addr_width, init=bytes(h)) for h in hbm]
 
     def elaborate(self, platform):
