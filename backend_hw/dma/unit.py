@@ -2,20 +2,22 @@
 
 An instruction moves `rows` rows; row r's slice k (`row_bytes` bytes) lives in pseudo-channel
 `channel + k` at `hbm_addr + row * hbm_stride` (row = r, or ids[r] read from the buffer when
-`indirect`) and in the buffer at `buf_addr + r * buf_stride + k * row_bytes`. Three parts run
+`indirect`) and in the buffer at `buf_addr + r * buf_stride + k * row_bytes`. The parts run
 concurrently on slice descriptors:
 
 - the slice generator walks rows and channel slices (reading the row id first when indirect)
-  and hands each slice to the address side and the data side through small FIFOs;
-- the address side splits a slice into AXI INCR bursts (at most 256 beats, never across a 4 KB
-  page) on the AXI port of the slice's channel, several bursts outstanding;
-- the data side moves the slice's bytes through a byte gearbox between AXI beats and groups of
+  and hands each slice to its channel's address side and data side through small FIFOs; then
+  every channel moves its own slices beside the others (`_mover`):
+- the channel's address side splits a slice into AXI INCR bursts (at most 256 beats, never
+  across a 4 KB page) on its AXI port;
+- the channel's data side moves the slice's bytes through a byte gearbox between AXI beats and groups of
   buffer words (any byte alignment on either side), with byte enables / WSTRB on partial words.
   A group is `dma_lanes` consecutive words, one per bank, moved in one cycle through as many
   buffer ports: a beat of 16 B lands in a 32-bit buffer of four banks in one cycle, not four.
 
 Completion (`done`) is when every byte is in the buffer (LD) or every write burst is answered on
-B (ST). One instruction at a time; its slices overlap (address side runs ahead of the data).
+B (ST). One instruction at a time; its slices overlap (address sides run ahead of the data). Two
+channels' slices may share a buffer word (never a byte): the bank serializes their writes.
 """
 from __future__ import annotations
 
@@ -73,14 +75,15 @@ class DMA(wiring.Component):
     - `inst` (in, stream of 256-bit words): LD or ST instructions, length-resolved (the
       controller's `load` or `store` queue); the next is taken after `done`.
     - `done` (out): one-cycle pulse when the instruction has completed.
-    - `buffers` (out, array of `lanes` `BufferPortSignature` ports): the on-chip buffers, data
-      width = the widest buffer; port p moves word p of each group (the row id of an indirect
-      instruction is read on port 0).
+    - `buffers` (out, array of channels x `lanes` `BufferPortSignature` ports, channel-major): the
+      on-chip buffers, data width = the widest buffer; channel c's port p moves word p of each of
+      its groups (the row id of an indirect instruction is read on port 0).
     - `axi` (out, array of `Target.memory.channels` `AxiSignature` ports): data width
       `Target.memory.port_width_bits`, addresses of one channel's bytes.
 
-    Throughput per slice: min(AXI beat, group) bytes per cycle once the first beat is in;
-    a slice costs about two cycles of set-up plus the memory latency when it cannot be hidden.
+    Throughput per channel: min(AXI beat, group) bytes per cycle once the first beat is in; a
+    slice costs about two cycles of set-up plus the memory latency when it cannot be hidden, and
+    the generator hands out one slice a cycle.
     """
 
     def __init__(self, target: Target, *, outstanding: int = 4):
