@@ -1,4 +1,4 @@
-"""The matrix unit's cycles per instruction, from the RTL's structure (backend_hw/matrix_unit*.py).
+"""The matrix unit's cycles per instruction, from the RTL's structure (backend_hw/matrix/unit.py, mm.py, attn.py).
 
 `matrix_cycles(target, inst)` is what `MatrixUnit` takes from accepting a length-resolved MV, MM or
 ATTN word to its `done` pulse. Every fixed cost below counts FSM states of `MatmulSequencer` /
@@ -64,7 +64,7 @@ def _write(addr: int, wb: int) -> int:
 
 
 class _Reader:
-    """matrix_unit_io.ByteReader, cycle by cycle: `comb()` then `step(ready)`."""
+    """buffer_io.ByteReader, cycle by cycle: `comb()` then `step(ready)`."""
 
     def __init__(self, addr: int, nbytes: int, step: int, wb: int, cap: int):
         self.wb, self.cap, self.step_n = wb, cap, step
