@@ -217,7 +217,7 @@ def _html_reports() -> None:
         out = REPORTS / f"{name}.html"
         out.write_text(page)
         print(f"   wrote {out} ({len(page) / 1e3:.0f} kB, {time.perf_counter() - t0:.0f} s): {policy}, "
-              f"{d['simulate']['decode_tokens_per_s']:,.1f} decode tokens/s; open it in a browser")
+              f"{d['simulate']['decode_tokens_per_s']:,.1f} decode tokens/s in the design what-if (the RTL: `llmfab simulate`); open it in a browser")
 
 
 def _rtl_step(model: Path, prompt: list[int]) -> str | None:
