@@ -88,9 +88,7 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
     # state: the generator, then per channel its FIFOs, address side, data side and AxiRam
     g_state, g_r, g_k = "ROW", 0, 0
     chans = range(ch0, ch0 + nch)
-    fifo_a = {c: [] for c in chans}     # (visible from cycle, h, b)
-    fifo_d = {c: [] for c in chans}
-    ch = {c: _Channel() for c in chans}
+    ch = {c: _Channel(st, P, Wa, wbuf, cap, read_latency, write_latency) for c in chans}
 
     cycle = 1                          # cycle 0 accepted the instruction
     while True:
@@ -99,21 +97,19 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
         emit = None
         if g_state == "EMIT":
             c = ch0 + g_k
-            if len(fifo_a[c]) < FIFO_DEPTH and len(fifo_d[c]) < FIFO_DEPTH:
+            if len(ch[c].fifo_a) < FIFO_DEPTH and len(ch[c].fifo_d) < FIFO_DEPTH:
                 emit = (c, (cycle + 1, row_hbm(g_r), inst["buf_addr"] + g_r * bstride + g_k * P))
-        done = g_state == "FINISH" and all(not x.as_busy and not x.ds_busy and not fifo_a[c] and not fifo_d[c]
-                                           and x.aw_count == x.b_count for c, x in ch.items())
+        done = g_state == "FINISH" and all(x.idle() for x in ch.values())
         if done:
             return cycle
         for c, x in ch.items():
             # the row ids are read on channel 0's first buffer port
-            x.step(cycle, fifo_a[c], fifo_d[c], gen_read and c == 0, st, P, Wa, wbuf, cap, read_latency,
-                   write_latency)
+            x.step(cycle, gen_read and c == 0)
         # ---- generator registers
         if emit is not None:
             c, e = emit
-            fifo_a[c].append(e)
-            fifo_d[c].append(e)
+            ch[c].fifo_a.append(e)
+            ch[c].fifo_d.append(e)
             g_k += 1
             if g_k == nch:
                 g_k, g_r = 0, g_r + 1
@@ -128,7 +124,11 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
 class _Channel:
     """One channel's address side, data side and AxiRam (dma/unit.py `DMA._mover`), a cycle at a time."""
 
-    def __init__(self):
+    def __init__(self, st, P, Wa, wbuf, cap, read_latency, write_latency):
+        # the instruction's constants: ST or LD, slice bytes, beat, group, gearbox, AxiRam latencies
+        self.st, self.P, self.Wa, self.wbuf, self.cap = st, P, Wa, wbuf, cap
+        self.read_latency, self.write_latency = read_latency, write_latency
+        self.fifo_a, self.fifo_d = [], []      # the slices queued for it: (visible from cycle, h, b)
         self.as_busy, self.as_a, self.as_end, self.aw_count, self.b_count = False, 0, 0, 0, 0
         self.ds_busy = False
         self.src_left = self.dst_left = self.sskip = self.dskip = 0
@@ -139,8 +139,14 @@ class _Channel:
         self.rleft, self.r_from, self.rvalid = 0, 0, False
         self.wleft, self.b_at = 0, None      # cycle B becomes valid (write burst answered after)
 
-    def step(self, cycle, fifo_a, fifo_d, gen_read, st, P, Wa, wbuf, cap, read_latency, write_latency):
+    def idle(self) -> bool:
+        return (not self.as_busy and not self.ds_busy and not self.fifo_a and not self.fifo_d
+                and self.aw_count == self.b_count)
+
+    def step(self, cycle, gen_read):
         x = self
+        fifo_a, fifo_d, st, P, Wa, wbuf, cap = x.fifo_a, x.fifo_d, x.st, x.P, x.Wa, x.wbuf, x.cap
+        read_latency, write_latency = x.read_latency, x.write_latency
         # ---- address side
         take_a = None
         if not x.as_busy and fifo_a and fifo_a[0][0] <= cycle:
