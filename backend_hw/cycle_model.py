@@ -79,7 +79,7 @@ def timing_shape(target: Target, i):
 
 
 def _align(target: Target) -> int:
-    return max(b.word_bytes * n for b, n in zip(target.buffers, dma_lanes(target).values()))
+    return max(target.word_bytes[b] * n for b, n in dma_lanes(target).items())
 
 
 def _shape_fields(target: Target, i, align: int) -> dict:
