@@ -27,11 +27,13 @@ install: $(VENV)/.installed-base
 demo: $(VENV)/.installed-test
 	$(PY) examples/demo.py
 
+# The suite runs on TEST_JOBS processes (pytest-xdist): CI has 2 cores; `make test TEST_JOBS=1` runs it serially.
+TEST_JOBS ?= 2
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS)
 
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not sim and not synth"
+	$(PY) -m pytest -q -n $(TEST_JOBS) -m "not sim and not synth"
 
 # The fuzz suite (tests/fuzz) at length: `make test` runs it at 60 examples per strategy (~20 s);
 # this runs FUZZ_EXAMPLES per strategy from seed FUZZ_SEED (a failure prints the case to reproduce).

@@ -211,7 +211,7 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("path, value, message", ERRORS, ids=[f"{p}={v!r}"[:40] for p, v, _ in ERRORS])
+@pytest.mark.parametrize("path, value, message", ERRORS, ids=[f"{p}={'<deleted>' if v is _DELETE else repr(v)}"[:40] for p, v, _ in ERRORS])
 def test_error(path, value, message):
     data = raw()
     _set(path, value)(data)
