@@ -39,7 +39,7 @@ from llmfab.ir.target import Target
 from .accelerator import DEFAULT_FORMATS
 from .control.fetch import fetch_cycles
 from .dma.cycles import dma_cycles
-from .dma.unit import dma_lanes
+from .dma.unit import dma_lanes, merges_rows
 from .matrix.cycles import matrix_cycles
 from .sfu.cycles import sfu_cycles
 
@@ -85,11 +85,29 @@ def _align(target: Target) -> int:
 def _shape_fields(target: Target, i, align: int) -> dict:
     new = {name: i[name] % align for name in BUFFER_ADDRESSES.get(i.op, ())}
     if i.op in (Opcode.LD, Opcode.ST):
-        mod = target.memory.beat_bytes if i["row_bytes"] > LONG_ROW else AXI_PAGE_BYTES
+        mod = target.memory.beat_bytes if _slice_bytes(i) > LONG_ROW else AXI_PAGE_BYTES
         new["hbm_addr"] = i["hbm_addr"] % mod
         if not i["indirect"]:            # the row ids are read on channel 0's port: its data side waits
             new["channel"] = 0
     return new
+
+
+def _slice_bytes(i) -> int:
+    """The bytes of the DMA's longest slice of an LD/ST: a row's, or every row's when merged."""
+    return i["rows"] * i["row_bytes"] if merges_rows(i) else i["row_bytes"]
+
+
+def _one_slice(target: Target, i, n: int) -> int:
+    """`dma_cycles` of `i` as one slice of `n` bytes (a single row, or rows merged), longer than
+    `LONG_ROW` timed from copies whole pages shorter (every further page costs what the last one
+    did: the page positions and the buffer alignment repeat)."""
+    def one(b):
+        return dma_cycles(target, i.evolve(rows=1, row_bytes=b, hbm_stride=b, buf_stride=b))
+    if n <= LONG_ROW:
+        return one(n)
+    pages = (n - 2 * AXI_PAGE_BYTES) // AXI_PAGE_BYTES
+    a, b = one(n - pages * AXI_PAGE_BYTES), one(n - (pages - 1) * AXI_PAGE_BYTES)
+    return a + pages * (b - a)
 
 
 def dma_cycles_fast(target: Target, i) -> int:
@@ -98,8 +116,8 @@ def dma_cycles_fast(target: Target, i) -> int:
     - many channel slices from copies with fewer channels, their number one period of the
       slices' buffer alignment apart (`periodic`: the channels move their slices side by side,
       each the same but for that alignment and the generator handing them out a cycle apart);
-    - a single row longer than `LONG_ROW` bytes from copies whole pages shorter (every further
-      page costs what the last one did: the page positions and the buffer alignment repeat);
+    - a single row, or rows the generator merges into one slice (`merges_rows`), as one slice
+      (`_one_slice`: longer than `LONG_ROW` bytes from copies whole pages shorter);
     - more than `MANY_ROWS` rows from copies of 32 and 64 rows (every further row costs the
       average of rows 33..64; exact but for the rare page crossing of a short row, a few cycles).
     Short transfers (every compiled sim-small program) stay exact."""
@@ -110,11 +128,8 @@ def dma_cycles_fast(target: Target, i) -> int:
     period = group // math.gcd(rb % group, group)   # slice k at b + k * rb
     if nch > WARM + 2 * period:
         return periodic(lambda c: dma_cycles_fast(target, i.evolve(channels=c)), nch, period)
-    if rows == 1 and rb > LONG_ROW:
-        pages = (rb - 2 * AXI_PAGE_BYTES) // AXI_PAGE_BYTES
-        a = dma_cycles(target, i.evolve(row_bytes=rb - pages * AXI_PAGE_BYTES))
-        b = dma_cycles(target, i.evolve(row_bytes=rb - (pages - 1) * AXI_PAGE_BYTES))
-        return a + pages * (b - a)
+    if (rows == 1 and rb > LONG_ROW) or (rows > 1 and merges_rows(i)):
+        return _one_slice(target, i, rows * rb)
     if rows > MANY_ROWS and not i["indirect"]:
         a = dma_cycles(target, i.evolve(rows=32))
         b = dma_cycles(target, i.evolve(rows=64))

@@ -14,8 +14,9 @@ instructions move, over the channels they name:
 - parameters (norm weights, a norm's weight then bias, a row of them per head for a per-head norm,
   RoPE tables as per position `depth` cos then `depth` sin) are int32 Q.16 rows;
 - the KV cache is head-major: per layer K then V, per KV head `max_len` rows of `4 + head_dim`
-  bytes (a quantized row: scale record then codes), over a group of channels that divides the row;
-  different heads use different channel groups so their transfers run side by side;
+  bytes (a quantized row: scale record then codes), each K or V of a head in one channel, its rows
+  contiguous there, so that a KV tile is one burst stream (the DMA merges contiguous rows) and not
+  thousands of few-byte slices; consecutive heads, K and V, and layers take consecutive channels;
 - the output region holds the logits rows (Q.16).
 """
 from __future__ import annotations
@@ -84,6 +85,10 @@ class HbmLayout:
 
 
 MAX_ROW_PADDING = 1.25   # a row may grow this much to spread over more channels
+# KV rows striped over many channels (`kv_channels`, padded per channel: ATTN's src2_pad) instead
+# of each head's rows in one channel. Striped rows are a few bytes a channel, one DMA slice each:
+# a 7B decode step's KV loads took ~19,000 slices per head (issue 13); kept for the padded path.
+KV_STRIPED = False
 
 
 def kv_channels(row: int, channels: int, max_padding: float | None = None) -> int:
@@ -239,17 +244,25 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         elif n.op is OpKind.CONST and n.attrs.weight and n.name not in quantized | biases \
                 and not any(u.op in (OpKind.RMSNORM, OpKind.LAYERNORM) or const_operand(g, u) for u in g.users(n.name)):
             raise LayoutError(f"parameter {n.name!r} is read by no op the accelerator runs")
+    kv_group = 0                    # the next K or V object's channel (one channel each)
     for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
         kt = g.node(a.inputs[1]).type
         hkv, dh = kt.shape[1], kt.shape[3]
         row = quant_row_bytes(dh)
-        c = kv_channels(row, channels)
+        c = kv_channels(row, channels) if KV_STRIPED else 1
         if _over(lay, channel_capacity, 2 * hkv * row * padded, 1):   # as for the tiles: its bytes only
             lay.alloc(row, 2 * hkv * padded, per_position=True)
             continue
-        lay.kv[a.attrs.layer] = [KVHead(lay.alloc(row, padded, c, group=h, per_position=True),
-                                        lay.alloc(row, padded, c, group=h, per_position=True))
-                                 for h in range(hkv)]
+        heads = []
+        for h in range(hkv):
+            if KV_STRIPED:                          # head h's group of channels, K and V alike
+                k = v = h
+            else:
+                k, v = kv_group, kv_group + 1
+                kv_group += 2
+            heads.append(KVHead(lay.alloc(row, padded, c, group=k, per_position=True),
+                                lay.alloc(row, padded, c, group=v, per_position=True)))
+        lay.kv[a.attrs.layer] = heads
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
     lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels, 1.0), per_position=True)  # a row per prompt position, unpadded
     worst = max(lay.used)

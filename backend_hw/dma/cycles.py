@@ -8,7 +8,8 @@ at a time (state for state as dma/unit.py and sim/axi_ram.py write them; no tabl
 - the slice generator: accept (1 cycle), then per row ROW (1) [+ ID (1) when indirect: the row id is
   read from the buffer, and that read takes the buffer port from the data side for one cycle], then one
   EMIT cycle per channel slice, stalled while that channel's descriptor FIFOs (depth `FIFO_DEPTH`)
-  are full; the channels then move their slices side by side:
+  are full (one slice of every row's bytes when `merges_rows`); the channels then move their
+  slices side by side:
 - a channel's address side: one cycle to take a slice, then one AR/AW per burst (<= `AXI_MAX_BEATS` beats, never
   across a `AXI_PAGE_BYTES` page), each waiting until that channel's AxiRam has no burst in flight
   (read: every beat of the previous burst fetched; write: its W beats and B done);
@@ -43,7 +44,7 @@ from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
 from ..sim.axi_ram import AxiRam
-from .unit import FIFO_DEPTH, dma_lanes, gearbox_bytes
+from .unit import FIFO_DEPTH, dma_lanes, gearbox_bytes, merges_rows
 
 __all__ = ["AXI_RAM_READ_LATENCY", "AXI_RAM_WRITE_LATENCY", "FIFO_DEPTH", "dma_cycles"]
 
@@ -87,8 +88,9 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
 
     # state: the generator, then per channel its FIFOs, address side, data side and AxiRam
     g_state, g_r, g_k = "ROW", 0, 0
+    merge = merges_rows(inst)          # every row in one slice
     chans = range(ch0, ch0 + nch)
-    ch = {c: _Channel(st, P, Wa, wbuf, cap, read_latency, write_latency) for c in chans}
+    ch = {c: _Channel(st, Wa, wbuf, cap, read_latency, write_latency) for c in chans}
 
     cycle = 1                          # cycle 0 accepted the instruction
     while True:
@@ -98,7 +100,8 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
         if g_state == "EMIT":
             c = ch0 + g_k
             if len(ch[c].fifo_a) < FIFO_DEPTH and len(ch[c].fifo_d) < FIFO_DEPTH:
-                emit = (c, (cycle + 1, row_hbm(g_r), inst["buf_addr"] + g_r * bstride + g_k * P))
+                emit = (c, (cycle + 1, row_hbm(g_r), inst["buf_addr"] + g_r * bstride + g_k * P,
+                            rows * P if merge else P))
         done = g_state == "FINISH" and all(x.idle() for x in ch.values())
         if done:
             return cycle
@@ -113,7 +116,7 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
             g_k += 1
             if g_k == nch:
                 g_k, g_r = 0, g_r + 1
-                g_state = "FINISH" if g_r == rows else "ROW"
+                g_state = "FINISH" if g_r == rows or merge else "ROW"
         elif g_state == "ROW":
             g_state = "ID" if indirect else "EMIT"
         elif g_state == "ID":
@@ -124,11 +127,11 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
 class _Channel:
     """One channel's address side, data side and AxiRam (dma/unit.py `DMA._mover`), a cycle at a time."""
 
-    def __init__(self, st, P, Wa, wbuf, cap, read_latency, write_latency):
-        # the instruction's constants: ST or LD, slice bytes, beat, group, gearbox, AxiRam latencies
-        self.st, self.P, self.Wa, self.wbuf, self.cap = st, P, Wa, wbuf, cap
+    def __init__(self, st, Wa, wbuf, cap, read_latency, write_latency):
+        # the instruction's constants: ST or LD, beat, group, gearbox, AxiRam latencies
+        self.st, self.Wa, self.wbuf, self.cap = st, Wa, wbuf, cap
         self.read_latency, self.write_latency = read_latency, write_latency
-        self.fifo_a, self.fifo_d = [], []      # the slices queued for it: (visible from cycle, h, b)
+        self.fifo_a, self.fifo_d = [], []      # the slices queued for it: (visible from cycle, h, b, bytes)
         self.as_busy, self.as_a, self.as_end, self.aw_count, self.b_count = False, 0, 0, 0, 0
         self.ds_busy = False
         self.src_left = self.dst_left = self.sskip = self.dskip = 0
@@ -145,7 +148,7 @@ class _Channel:
 
     def step(self, cycle, gen_read):
         x = self
-        fifo_a, fifo_d, st, P, Wa, wbuf, cap = x.fifo_a, x.fifo_d, x.st, x.P, x.Wa, x.wbuf, x.cap
+        fifo_a, fifo_d, st, Wa, wbuf, cap = x.fifo_a, x.fifo_d, x.st, x.Wa, x.wbuf, x.cap
         read_latency, write_latency = x.read_latency, x.write_latency
         # ---- address side
         take_a = None
@@ -203,8 +206,8 @@ class _Channel:
             if x.as_a >= x.as_end:
                 x.as_busy = False
         if take_a is not None:
-            _, h, _b = take_a
-            x.as_a, x.as_end, x.as_busy = h & ~(Wa - 1), h + P, True
+            _, h, _b, p = take_a
+            x.as_a, x.as_end, x.as_busy = h & ~(Wa - 1), h + p, True
         # ---- data side registers
         if pop:
             if st:
@@ -226,8 +229,8 @@ class _Channel:
             x.src_left -= push_n
             x.sskip = 0
         if take_d is not None:
-            _, h, b = take_d
-            x.ds_busy, x.src_left, x.dst_left = True, P, P
+            _, h, b, p = take_d
+            x.ds_busy, x.src_left, x.dst_left = True, p, p
             if st:
                 x.sskip, x.dskip, x.w_a, x.w_beat = b % wbuf, h % Wa, h & ~(Wa - 1), 0
             else:

@@ -6,8 +6,10 @@ An instruction moves `rows` rows; row r's slice k (`row_bytes` bytes) lives in p
 concurrently on slice descriptors:
 
 - the slice generator walks rows and channel slices (reading the row id first when indirect)
-  and hands each slice to its channel's address side and data side through small FIFOs; then
-  every channel moves its own slices beside the others (`_mover`):
+  and hands each slice to its channel's address side and data side through small FIFOs, or all
+  the rows as one slice when they are back to back in one channel and in the buffer
+  (`merges_rows`: a KV tile, so its channel streams page-long bursts); then every channel moves
+  its own slices beside the others (`_mover`):
 - the channel's address side splits a slice into AXI INCR bursts (at most 256 beats, never
   across a 4 KB page) on its AXI port;
 - the channel's data side moves the slice's bytes through a byte gearbox between AXI beats and groups of
@@ -35,6 +37,16 @@ from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature, checked_w
 from ..protocol.isa_fields import field, header
 
 FIFO_DEPTH = 4     # slice descriptors queued between the generator and the address / data sides
+SLICE_BITS = 24    # a slice's byte count: a `row_bytes` slice, or the rows merged into one (< 16 MiB)
+
+
+def merges_rows(inst) -> bool:
+    """Whether the generator hands out all of a (length-resolved) LD/ST's rows as one slice: one
+    channel, not indirect, rows back to back in HBM and in the buffer (a KV tile), fewer than
+    2**SLICE_BITS bytes. Its channel then streams bursts of up to a page instead of a row each."""
+    p = inst["row_bytes"]
+    return (inst["channels"] == 1 and not inst["indirect"] and inst["hbm_stride"] == p
+            and inst["buf_stride"] == p and inst["rows"] * p < 1 << SLICE_BITS)
 
 
 def gearbox_bytes(beat: int, max_word: int) -> int:
@@ -125,7 +137,7 @@ class DMA(wiring.Component):
         is_st = Signal()
 
         # the slices of each channel, queued for its address side and its data side
-        desc = data.StructLayout({"h": aw, "b": BUF_ADDR_BITS, "p": 20})
+        desc = data.StructLayout({"h": aw, "b": BUF_ADDR_BITS, "p": SLICE_BITS})
         fifo_a, fifo_d = [], []
         for c in range(self.ports):
             fifo_a.append(SyncFIFO(width=desc.size, depth=FIFO_DEPTH))
@@ -141,6 +153,8 @@ class DMA(wiring.Component):
         b_row, b_k = Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS)
         id_lane = Signal(range(max(WB // 4, 2)))
         gen_read = Signal()                      # the generator owns buffer port 0 this cycle
+        merge = Signal()                         # every row in one slice of `merged` bytes (`merges_rows`)
+        merged = Signal(16 + 20)
         start = Signal()                         # an instruction is accepted
         # the instruction buffer's word and group sizes (log2) and the gearbox's sink width,
         # registered with the instruction: constants for its length, kept off the per-beat paths
@@ -187,13 +201,19 @@ class DMA(wiring.Component):
                 with m.Else():
                     m.d.sync += [h_cur.eq(h_row), b_k.eq(b_row)]
                     m.next = "EMIT"
+                # (from the registered instruction: the product and compares stay off the accept path)
+                m.d.sync += [merged.eq(f["rows"] * f["row_bytes"]),
+                             merge.eq((f["channels"] == 1) & ~f["indirect"] & (f["hbm_stride"] == f["row_bytes"]) &
+                                      (f["buf_stride"] == f["row_bytes"]) &
+                                      ((f["rows"] * f["row_bytes"]) >> SLICE_BITS == 0))]
             with m.State("ID"):
                 row_id = port.rdata.word_select(id_lane, 32)
                 m.d.sync += [h_cur.eq(f["hbm_addr"] + (row_id[:aw] * f["hbm_stride"][:aw])[:aw]), b_k.eq(b_row)]
                 m.next = "EMIT"
             with m.State("EMIT"):
                 d, ch, room = Signal(desc), Signal(7), Signal()
-                m.d.comb += [d.h.eq(h_cur), d.b.eq(b_k), d.p.eq(f["row_bytes"]), ch.eq(f["channel"] + k)]
+                m.d.comb += [d.h.eq(h_cur), d.b.eq(b_k), d.p.eq(Mux(merge, merged, f["row_bytes"])),
+                             ch.eq(f["channel"] + k)]
                 for c in range(self.ports):
                     m.d.comb += [fifo_a[c].w_data.eq(d), fifo_d[c].w_data.eq(d)]
                     with m.If(ch == c):
@@ -204,7 +224,7 @@ class DMA(wiring.Component):
                     with m.If(k + 1 == f["channels"]):
                         m.d.sync += [k.eq(0), r.eq(r + 1), h_row.eq(h_row + f["hbm_stride"]),
                                      b_row.eq(b_row + f["buf_stride"])]
-                        with m.If(r + 1 == f["rows"]):
+                        with m.If((r + 1 == f["rows"]) | merge):
                             m.next = "FINISH"
                         with m.Else():
                             m.next = "ROW"
@@ -235,14 +255,14 @@ class DMA(wiring.Component):
         with m.If(x["start"]):
             m.d.sync += [aw_count.eq(0), b_count.eq(0)]
         as_a = sig(aw + 1, "as_a")
-        as_end = sig(aw + 21, "as_end")
+        as_end = sig(aw + SLICE_BITS + 1, "as_end")
         with m.If(~as_busy & fifo_a.r_rdy):
             d = sig(desc, "as_take")
             m.d.comb += [d.eq(fifo_a.r_data), fifo_a.r_en.eq(1)]
             m.d.sync += [as_a.eq(d.h & ~(Wa - 1)), as_end.eq(d.h + d.p), as_busy.eq(1)]
         beats = sig(range(AXI_MAX_BEATS + 1), "beats")
         to_page = sig(range(AXI_PAGE_BYTES // Wa + 1), "to_page")
-        to_end = sig(aw + 21, "to_end")
+        to_end = sig(aw + SLICE_BITS + 1, "to_end")
         m.d.comb += [to_page.eq((AXI_PAGE_BYTES - as_a[:_log2(AXI_PAGE_BYTES)]) >> _log2(Wa)),
                      to_end.eq((as_end - as_a + Wa - 1) >> _log2(Wa)),
                      beats.eq(_min(_min(to_page, AXI_MAX_BEATS), to_end))]
@@ -261,7 +281,7 @@ class DMA(wiring.Component):
             m.d.sync += b_count.eq(b_count + 1)
 
         # -- data side: the byte gearbox ------------------------------------------------------------
-        src_left, dst_left = sig(20, "src_left"), sig(20, "dst_left")
+        src_left, dst_left = sig(SLICE_BITS, "src_left"), sig(SLICE_BITS, "dst_left")
         sskip = sig(range(wide), "sskip")
         dskip = sig(range(wide), "dskip")
         src_addr, dst_addr = sig(BUF_ADDR_BITS, "src_addr"), sig(BUF_ADDR_BITS, "dst_addr")

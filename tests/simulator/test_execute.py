@@ -145,6 +145,7 @@ def test_kv_rows_padded_over_many_channels(tmp_path, monkeypatch):
     spec = tmp_path / "eight-channels.yaml"
     spec.write_text(text.replace("name: sim-small", "name: eight-channels").replace("  channels: 1\n", "  channels: 8\n"))
     monkeypatch.setattr(hbm_layout, "MAX_ROW_PADDING", 1.5)
+    monkeypatch.setattr(hbm_layout, "KV_STRIPED", True)
     c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), str(spec), max_len=MAX_LEN, policy="int8")
     kv = c.layout.kv[0][0].k
     assert (kv.channels, kv.row_bytes) == (8, 16)

@@ -123,7 +123,10 @@ def test_bursts_split_at_pages_and_256_beats(case, op):
                   rows=1, row_bytes=p),
              make(op, channels=1, buf=BufferId.SCRATCH, hbm_addr=2 * 4096 - 3 * beat, hbm_stride=40, buf_addr=6,
                   buf_stride=45, rows=3, row_bytes=33),
-             make(op, channels=1, buf=BufferId.ACT, rows=0, row_bytes=16)]
+             make(op, channels=1, buf=BufferId.ACT, rows=0, row_bytes=16),
+             # rows back to back on both sides: one slice over two pages (a KV tile)
+             make(op, channels=1, buf=BufferId.KV, hbm_addr=4096 - 70, hbm_stride=33, buf_addr=5, buf_stride=33,
+                  rows=150, row_bytes=33)]
     check(t, insts, [bytes(HBM_BYTES)] * t.memory.channels, {})
 
 

@@ -68,6 +68,10 @@ def _draw(rng, t, machine, op):
     buf = rng.choice(BUFS)
     size = len(machine.buffers[buf])
     buf_stride = rng.randint(channels * p, channels * p + 50)
+    if rng.random() < 0.25:     # rows back to back on both sides, one channel: the DMA merges them
+        channels, rows = 1, rng.randint(2, 40)
+        hbm_stride = buf_stride = p
+        hbm_addr = rng.randrange(0, HBM_BYTES - rows * p + 1)
     buf_addr = rng.randrange(0, size - rows * buf_stride)
     kw = dict(channel=channel, channels=channels, buf=buf, hbm_addr=hbm_addr, hbm_stride=hbm_stride,
               buf_addr=buf_addr, buf_stride=buf_stride, rows=rows, row_bytes=p)
