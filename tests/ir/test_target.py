@@ -63,7 +63,7 @@ def test_u280_numbers():
 def test_port_bounds_the_channel():
     """A 256-bit port at 225 MHz carries 7.2 GB/s, half a U280 pseudo-channel: the port is the bound."""
     data = raw()
-    data["memory"]["port_clock_mhz"] = 225
+    data["memory"]["port_width_bits"], data["memory"]["port_clock_mhz"] = 256, 225
     m = parse(data).memory
     assert m.port_gbps == pytest.approx(7.2)
     assert m.port_gbps == pytest.approx(14.375 / 2, rel=0.01)

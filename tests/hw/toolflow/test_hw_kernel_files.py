@@ -143,7 +143,7 @@ def test_packaging_files_are_deterministic_and_follow_the_target():
     assert _kernel_xml(t) == _kernel_xml(load_target("u280")) and _link_cfg(t) == _link_cfg(t)
     _, xports, xargs = _xml_ports_args(_kernel_xml(t))
     assert len([p for p in xports.values() if p["mode"] == "master"]) == 32
-    assert {p["dataWidth"] for n, p in xports.items() if n != "s_axi_control"} == {"256"}
+    assert {p["dataWidth"] for n, p in xports.items() if n != "s_axi_control"} == {"512"}   # the kernel's ports
     assert len(xargs) == 7 + 32
     assert [a["name"] for a in xargs[5:7]] == ["status", "cycles"] and xargs[6]["type"] == "ulong"
     assert "-part xcu280-fsvh2892-2L-e" in _package_tcl(t)
