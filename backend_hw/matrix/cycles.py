@@ -63,6 +63,15 @@ def _write(addr: int, wb: int) -> int:
     return 1 + (addr % wb + 4 > wb)
 
 
+def _writes(base: int, live: int, owb: int, wbmax: int) -> int:
+    """A pass's writes from DISPATCH (which takes the set): a word a cycle (`WA`) when the int32
+    are 4-byte aligned in a buffer of the widest word, else an int32 at a time (`W0`/`W1`)."""
+    if owb == wbmax and base % 4 == 0:
+        lanes = wbmax // 4
+        return 1 + -(-(base % wbmax // 4 + live) // lanes)
+    return 1 + sum(_write(base + 4 * c, owb) for c in range(live))
+
+
 class _Reader:
     """buffer_io.ByteReader, cycle by cycle: `comb()` then `step(ready)`."""
 
@@ -286,15 +295,14 @@ def _matmul(target: Target, inst, act_bytes: int | None, out_sets: int) -> int:
             l_ready = side if nl == 0 else max(side, start[nl - 1] + 1)  # the loaded set is free
         if w_ready is not None and w_ready <= side:
             q, r = passes[nw]
-            o_row = inst["o_addr"] + r * pitch
-            side += sum(_write(o_row + 4 * (q + c), owb) for c in range(min(nc, n - q)))
+            side += _writes(o_row_of(r) + 4 * q, min(nc, n - q), owb, wbmax)
             nw += 1
         elif l_ready is not None and l_ready <= side:
             q, r = passes[nl]
             live = min(nc, n - q)
             t = side + _read(inst["a_addr"] + r * (k + 4), 4, 4, awb, scap)
             if r == 0:                        # later token rows keep the weight rows' shifts, biases
-                t += _read(shift_base + q, live, 1, wwb, scap)
+                t += _read(shift_base + q, live, SCALAR_BYTES, wwb, scap)
                 if inst["has_bias"]:
                     t += _read(inst["bias_addr"] + 4 * q, 4 * live, 4, wwb, scap)
             if inst["accumulate"]:

@@ -10,7 +10,7 @@ only its own bank.
 
 Passes overlap: three processes walk the same pass order, each with its own cursor.
 - The loader (on `oport`, through one byte reader) reads pass j's scalars into a second register
-  set: the token row's scale record, then the live chains' shifts (one command, a byte each) and
+  set: the token row's scale record, then the live chains' shifts (one command, four a chunk) and
   biases when `has_bias` (only for the first token row of the weight rows: MM's other rows keep
   them), and old outputs when `accumulate` (one command each, 4 bytes a chain).
   It starts once the runner has taken pass j - 1's set.
@@ -25,14 +25,19 @@ Passes overlap: three processes walk the same pass order, each with its own curs
   go in two cycles after its `START`. The engine is a pipeline: pass j + 1 streams in while pass j
   drains (`MatrixEngine.latency`).
 - The engine's outputs land in one of `out_sets` output register sets (in turn), and the writer
-  writes them on `oport`, one int32 at a time.
+  writes them on `oport`: a buffer word a cycle (the pass's int32 4-byte aligned in a buffer of the
+  widest word: 192 outputs in 24 writes on the U280, not 192), else one int32 at a time.
 The loader and the writer are one FSM taking turns on `oport` (`DISPATCH`): a pass's writes as soon
 as its outputs are in, else the next pass's loads; a pass is loaded only while fewer than
 `out_sets` passes await their writes, so its set is free when its outputs come (no stall on `o`).
 With the scalars and the writes hidden, a pass costs about max(beats, a chain's weight words,
 activation words) + 3 cycles (`START`, the unpacker's gearbox taking its first word, the beat).
+
+The module is over the ~450 lines: the loader, the runner and the writer share the pass cursors,
+the register sets and `oport` in one FSM; split into modules they would hand each other some
+twenty signals (matrix/cycles.py follows the same three processes).
 """
-from amaranth import Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -41,7 +46,7 @@ from llmfab.ir.isa import INST_BITS, BufferId, Opcode
 from llmfab.ir.packing import MANT_FIELD_BITS
 
 from ..engine.matrix_engine import MatrixEngine
-from ..protocol.buffer_port import BufferPortSignature
+from ..protocol.buffer_port import BufferPortSignature, word_log
 from ..protocol.isa_fields import field, header
 from .buffer_io import ByteReader, int32_write
 
@@ -306,7 +311,10 @@ class MatmulSequencer(wiring.Component):
 
         # -- the loader and the writer, taking turns on oport ----------------------------------------
         def load(state, buf, addr, nbytes, step, dests, then):
-            """A read of `nbytes` into `dests` (a chunk of `step` bytes each); then `then()`."""
+            """A read of `nbytes` into `dests` (`step` bytes a chunk, each chunk the next
+            step // size dests of `size` bytes); then `then()`."""
+            size = len(dests[0]) // 8
+            per = step // size
             li = Signal(range(nc + 1), name=f"li_{state}")
             with m.State(state):
                 m.d.comb += [sread.cmd.valid.eq(1), sread.cmd.payload.buf.eq(buf), sread.cmd.payload.addr.eq(addr),
@@ -318,9 +326,10 @@ class MatmulSequencer(wiring.Component):
                 m.d.comb += sread.o.ready.eq(1)
                 with m.If(sread.o.valid):
                     with m.Switch(li):
-                        for c, d in enumerate(dests):
+                        for c in range(-(-len(dests) // per)):
                             with m.Case(c):
-                                m.d.sync += d.eq(sread.o.payload.data[:len(d)])
+                                m.d.sync += [d.eq(sread.o.payload.data[8 * size * j:8 * size * (j + 1)])
+                                             for j, d in enumerate(dests[c * per:(c + 1) * per])]
                     m.d.sync += li.eq(li + 1)
                     with m.If(sread.o.payload.last):
                         then()
@@ -348,40 +357,64 @@ class MatmulSequencer(wiring.Component):
             with m.Else():
                 after_bias()
 
-        wc = Signal(range(nc))       # chain being written
+        # The writer: the pass's outputs move from their set into `wq` (DISPATCH), then leave it a
+        # buffer word at a time (`WA`: the pass's int32 4-byte aligned in the widest word's buffer;
+        # word j's lanes are chains j * L - off4 .. : the previous chunk's top lanes (`carry`) then
+        # this chunk's low ones), else an int32 at a time (`W0`/`W1` at any byte address).
+        wbmax = self.data_bits // 8
+        L = max(1, wbmax // 4)                               # int32 lanes of the widest word
+        lgmax = wbmax.bit_length() - 1
+        wq = Signal(32 * nc)
+        carry = Signal(32 * L)
+        off4 = Signal(range(max(L, 2)))                      # lanes before chain 0 in the first word
+        wleft = Signal(range(nc + L + 1))                    # lanes from this word's first to the pass's end
+        wfirst = Signal()
+        wword = Signal(24)
+        wc = Signal(range(nc))       # chain being written (W0/W1)
         wr_addr = Signal(24)
-        wr_val = Signal(32)
-        m.d.comb += wr_addr.eq(write_c.o_row + ((write_c.q + wc) << 2))
-        with m.Switch(set_w * nc + wc):
-            for b in range(S):
-                for c in range(nc):
-                    with m.Case(b * nc + c):
-                        m.d.comb += wr_val.eq(out[b][c])
-        wa, (d0, be0), (d1, be1), two = int32_write(m, f("obuf"), wr_addr, wr_val, self.words, self.data_bits)
+        obase = Signal(24)
+        m.d.comb += [obase.eq(write_c.o_row + (write_c.q << 2)), wr_addr.eq(obase + (wc << 2))]
+        wa, (d0, be0), (d1, be1), two = int32_write(m, f("obuf"), wr_addr, wq[:32], self.words, self.data_bits)
+        widest = Signal()
+        m.d.comb += widest.eq(word_log(m, f("obuf"), self.words) == lgmax)
+
+        def pass_written():
+            m.d.comb += wrote.eq(1)
+            m.d.sync += [wc.eq(0), set_w.eq(Mux(set_w == S - 1, 0, set_w + 1))]
+            write_c.advance()
+            m.next = "DISPATCH"
+            with m.If(write_c.last):
+                m.next = "FINISH"
 
         def written():
             """The int32 of chain wc is out: the next chain, or the pass is written."""
+            m.d.sync += wq.eq(wq >> 32)
             with m.If(wc + 1 < write_c.live):
                 m.d.sync += wc.eq(wc + 1)
                 m.next = "W0"
             with m.Else():
-                m.d.comb += wrote.eq(1)
-                m.d.sync += [wc.eq(0), set_w.eq(Mux(set_w == S - 1, 0, set_w + 1))]
-                write_c.advance()
-                m.next = "DISPATCH"
-                with m.If(write_c.last):
-                    m.next = "FINISH"
+                pass_written()
 
-        def write_word0():
-            """The first (or only) word of chain wc's int32."""
-            m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa), self.oport.we.eq(1),
-                         self.oport.wdata.eq(d0), self.oport.be.eq(be0)]
-            with m.If(self.oport.ready):
-                with m.If(two):
-                    m.next = "W1"
-                with m.Else():
-                    written()
+        def take_set():
+            """DISPATCH with the pass's outputs in: into wq, and the writer's way chosen."""
+            with m.Switch(set_w):
+                for b in range(S):
+                    with m.Case(b):
+                        m.d.sync += wq.eq(Cat(*out[b]))
+            m.d.sync += [off4.eq(obase[2:max(2, lgmax)]), wleft.eq(obase[2:max(2, lgmax)] + write_c.live),
+                         wfirst.eq(1), wword.eq(obase >> lgmax)]
+            with m.If(widest & (obase[:2] == 0)):
+                m.next = "WA"
+            with m.Else():
+                m.next = "W0"
 
+        chunk = wq[:32 * L]
+        word = Signal(32 * L)
+        with m.Switch(off4):
+            for o in range(L):
+                with m.Case(o):
+                    m.d.comb += word.eq(Cat(carry[32 * (L - o):], chunk[:32 * (L - o)]))
+        lane_be = Cat(*(((i < wleft) & (~wfirst | (i >= off4))).replicate(4) for i in range(L)))
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [ir.eq(self.ir), fmt.eq(self.fmt)]
@@ -405,7 +438,7 @@ class MatmulSequencer(wiring.Component):
             # before and a set is sure to be free when its outputs come.
             with m.State("DISPATCH"):
                 with m.If(full.bit_select(set_w, 1)):
-                    write_word0()
+                    take_set()
                 with m.Elif(~load_done & ~next_full & (held < S)):
                     m.d.comb += [sread.cmd.valid.eq(1), sread.cmd.payload.buf.eq(f("abuf")),
                                  sread.cmd.payload.addr.eq(load_c.a_row), sread.cmd.payload.nbytes.eq(4),
@@ -419,13 +452,28 @@ class MatmulSequencer(wiring.Component):
                         m.next = "L_SHIFT"
                     with m.Else():   # the same weight rows as the pass before: its shifts and biases
                         after_bias()
-            load("L_SHIFT", BufferId.WEIGHT, f("scale_addr") + load_c.q, load_c.live, 1, shift_n, after_shift)
+            load("L_SHIFT", BufferId.WEIGHT, f("scale_addr") + load_c.q, load_c.live, self.SCALAR_BYTES, shift_n,
+                 after_shift)
             load("L_BIAS", BufferId.WEIGHT, f("bias_addr") + (load_c.q << 2), load_c.live << 2, 4, bias_n,
                  after_bias)
             load("L_PREV", f("obuf"), load_c.o_row + (load_c.q << 2), load_c.live << 2, 4, prev_n, loaded)
-            # further chains' int32 (the pass's set is full); W1 when the int32 straddles two words
+            with m.State("WA"):
+                m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wword), self.oport.we.eq(1),
+                             self.oport.wdata.eq(word), self.oport.be.eq(lane_be)]
+                with m.If(self.oport.ready):
+                    m.d.sync += [wq.eq(wq >> (32 * L)), carry.eq(chunk), wleft.eq(wleft - L), wfirst.eq(0),
+                                 wword.eq(wword + 1)]
+                    with m.If(wleft <= L):
+                        pass_written()
+            # an int32 at a time; W1 when the int32 straddles two words
             with m.State("W0"):
-                write_word0()
+                m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa), self.oport.we.eq(1),
+                             self.oport.wdata.eq(d0), self.oport.be.eq(be0)]
+                with m.If(self.oport.ready):
+                    with m.If(two):
+                        m.next = "W1"
+                    with m.Else():
+                        written()
             with m.State("W1"):
                 m.d.comb += [self.oport.buf.eq(f("obuf")), self.oport.addr.eq(wa + 1), self.oport.we.eq(1),
                              self.oport.wdata.eq(d1), self.oport.be.eq(be1)]
