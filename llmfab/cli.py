@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model for a target: programs, weight images, manifest")
     c.add_argument("model", help="an .onnx file, a Hugging Face config.json, or a preset name")
-    c.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small) or a YAML file")
+    c.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small, sim-medium) or a YAML file")
     c.add_argument("--policy", default="int8", help="quantization policy (default int8)")
     c.add_argument("--max-len", type=int, default=None,
                    help="longest prompt + generation (default 2048, or the model's positions if fewer)")
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_interpret)
 
     hr = sub.add_parser("rtl", help="write the accelerator's Verilog, Vivado script and FuseSoC core (no model)")
-    hr.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small) or a YAML file")
+    hr.add_argument("--target", required=True, help="a bundled target (u280, vhk158, ecp5-85k, sim-small, sim-medium) or a YAML file")
     hr.add_argument("-o", "--out", required=True, help="the folder to write (replaced only if it holds an earlier output)")
     hr.add_argument("--part", choices=PARTS, default="accelerator",
                     help="the whole accelerator (default) or the matrix engine alone behind a serial shell "

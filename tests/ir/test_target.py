@@ -8,7 +8,7 @@ import yaml
 from llmfab.ir.target import (BufferKind, BufferName, DeviceFamily, DSPPrimitive, EngineMode, MemoryKind,
                               TargetError, bundled_targets, format_targets, load_target, parse_target)
 
-BUNDLED = ["ecp5-85k", "sim-small", "u280", "vhk158"]
+BUNDLED = ["ecp5-85k", "sim-medium", "sim-small", "u280", "vhk158"]
 
 
 def raw(name: str = "u280") -> dict:
@@ -271,7 +271,7 @@ def test_not_a_mapping():
 
 def test_unknown_target():
     with pytest.raises(TargetError, match=r"^nope: not a target file nor a bundled target "
-                                          r"\(bundled: ecp5-85k, sim-small, u280, vhk158\)$"):
+                                          r"\(bundled: ecp5-85k, sim-medium, sim-small, u280, vhk158\)$"):
         load_target("nope")
 
 
@@ -315,7 +315,7 @@ def test_deterministic():
 def test_format_targets():
     text = format_targets([load_target(n) for n in bundled_targets()])
     lines = text.splitlines()
-    assert len(lines) == 5
+    assert len(lines) == len(BUNDLED) + 1
     assert lines[0].split() == ["target", "device", "clock", "chains", "x", "len", "DSPs", "used/avail", "memory",
                                 "GB/s", "eff", "(peak)", "capacity", "weights;", "N:M"]
     assert [line.split()[0] for line in lines[1:]] == BUNDLED

@@ -46,10 +46,16 @@ def model():
     return _system(tiny_compiled())
 
 
-def _system(c):
+@pytest.fixture(scope="module")
+def medium():
+    """The mid-size target: 4 channels, 8 chains of 8, 8-byte buffer words (w4-2of4)."""
+    return _system(tiny_compiled("w4-2of4", "sim-medium"), "sim-medium")
+
+
+def _system(c, target: str = "sim-small"):
     if shutil.which("verilator") is None:
         pytest.skip("needs Verilator: apt-get install verilator")
-    t = load_target("sim-small")
+    t = load_target(target)
     progs = [_program(c, "prefill", _chunk(c)), _program(c, "decode", len(PROMPT) + 1)]
     t0 = time.perf_counter()
     assert max(c.layout.used) <= RAM_BYTES
@@ -131,6 +137,18 @@ def test_prefill_equals_the_functional_simulator(model):
     m = _machine(t, c)
     m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
     _check(t, vs, formats, m, _program(c, "prefill", _chunk(c)), _chunk(c), "prefill")
+
+
+def test_mid_size_target_runs_prefill_then_decode(medium):
+    """sim-medium: the prompt's prefill, then a decode step on the KV cache it left in HBM, each
+    bit-exact with the functional simulator and within 2% of RtlUnits (issue 13: scale effects in CI)."""
+    t, c, vs, formats = medium
+    assert t.memory.channels > 1 and max(t.word_bytes.values()) > 4 and t.engine.n_chains > 2
+    m = _machine(t, c)
+    m.write(BufferId.ACT, 0, np.array(PROMPT, "<i4").tobytes())
+    _check(t, vs, formats, m, _program(c, "prefill", _chunk(c)), _chunk(c), "sim-medium prefill")
+    m.write(BufferId.ACT, 0, np.array([7], "<i4").tobytes())
+    _check(t, vs, formats, m, _program(c, "decode", len(PROMPT) + 1), len(PROMPT) + 1, "sim-medium decode")
 
 
 def test_block_ram_buffers_run_the_same_programs(model):
