@@ -130,7 +130,8 @@ def dma_cycles_fast(target: Target, i) -> int:
         return periodic(lambda c: dma_cycles_fast(target, i.evolve(channels=c)), nch, period)
     if (rows == 1 and rb > LONG_ROW) or (rows > 1 and merges_rows(i)):
         return _one_slice(target, i, rows * rb)
-    if rows > MANY_ROWS and not i["indirect"]:
+    if rows > MANY_ROWS and not i["indirect"] and not merges_rows(i.evolve(rows=32)):
+        # (copies that the generator would merge while `i` is too long to merge: stepped exactly)
         a = dma_cycles(target, i.evolve(rows=32))
         b = dma_cycles(target, i.evolve(rows=64))
         return a + round((rows - 32) * (b - a) / 32)

@@ -175,7 +175,7 @@ class Memory:
     efficiency: float       # sustained fraction of min(channel, port), in (0, 1]
     capacity_gb: float      # total, GB
     port_width_bits: int    # AXI data width of each port
-    port_clock_mhz: float   # memory-side clock of each port
+    port_clock_mhz: float   # clock of each port's data (u280: the kernel clock of its 512-bit ports)
     burst_setup_ns: float = 20.0   # per AXI burst: address phase and turnaround (design model)
     dma_issue_cycles: int = 4      # a DMA descriptor's issue time, kernel cycles (design model)
 

@@ -16,7 +16,7 @@ instructions move, over the channels they name:
 - the KV cache is head-major: per layer K then V, per KV head `max_len` rows of `4 + head_dim`
   bytes (a quantized row: scale record then codes), each K or V of a head in one channel, its rows
   contiguous there, so that a KV tile is one burst stream (the DMA merges contiguous rows) and not
-  thousands of few-byte slices; consecutive heads, K and V, and layers take consecutive channels;
+  thousands of few-byte slices; each object goes to the channel that holds least so far;
 - the output region holds the logits rows (Q.16).
 """
 from __future__ import annotations
@@ -78,6 +78,10 @@ class HbmLayout:
         for ch in range(first, first + c):
             self.used[ch] = addr + pitch * rows
         return Region(addr, first, c, pitch * c, rows)
+
+    def emptiest(self) -> int:
+        """The channel that holds the fewest bytes (the first of them)."""
+        return min(range(self.channels), key=lambda ch: (self.used[ch], ch))
 
     @property
     def bytes_used(self) -> int:
@@ -244,7 +248,6 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         elif n.op is OpKind.CONST and n.attrs.weight and n.name not in quantized | biases \
                 and not any(u.op in (OpKind.RMSNORM, OpKind.LAYERNORM) or const_operand(g, u) for u in g.users(n.name)):
             raise LayoutError(f"parameter {n.name!r} is read by no op the accelerator runs")
-    kv_group = 0                    # the next K or V object's channel (one channel each)
     for a in (n for n in g.nodes() if n.op is OpKind.ATTENTION):
         kt = g.node(a.inputs[1]).type
         hkv, dh = kt.shape[1], kt.shape[3]
@@ -253,16 +256,11 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         if _over(lay, channel_capacity, 2 * hkv * row * padded, 1):   # as for the tiles: its bytes only
             lay.alloc(row, 2 * hkv * padded, per_position=True)
             continue
-        heads = []
-        for h in range(hkv):
-            if KV_STRIPED:                          # head h's group of channels, K and V alike
-                k = v = h
-            else:
-                k, v = kv_group, kv_group + 1
-                kv_group += 2
-            heads.append(KVHead(lay.alloc(row, padded, c, group=k, per_position=True),
-                                lay.alloc(row, padded, c, group=v, per_position=True)))
-        lay.kv[a.attrs.layer] = heads
+        # striped: head h's group of channels, K and V alike; else each object in one channel,
+        # the one that holds least so far
+        lay.kv[a.attrs.layer] = [KVHead(*(lay.alloc(row, padded, c, group=h if KV_STRIPED else lay.emptiest(),
+                                                    per_position=True) for _ in "kv"))
+                                 for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
     lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels, 1.0), per_position=True)  # a row per prompt position, unpadded
     worst = max(lay.used)

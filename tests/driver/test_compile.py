@@ -191,6 +191,22 @@ def test_checker_catches_weight_streams_off_a_word_and_past_the_buffer():
         check_program(mv(4098), _limits("sim-small"), ())
 
 
+def test_kv_objects_each_in_one_channel_balanced_and_merged():
+    """On sim-medium (4 channels): every K and V object of the tiny LLaMA (2 layers, 4 KV heads: 16
+    objects) is one channel's back-to-back rows, the channels hold KV evenly, and the decode
+    step's KV LDs are the transfers the DMA merges into one slice."""
+    from llmfab.backend_hw.dma.unit import merges_rows
+    c = compile_model(str(FIXTURES / "llama_ts_op14.onnx"), "sim-medium", max_len=32)
+    objs = [o for heads in c.layout.kv.values() for kv in heads for o in (kv.k, kv.v)]
+    assert len(objs) >= 8 and all(o.channels == 1 and o.pitch == o.row_bytes for o in objs)
+    per = [sum(o.rows * o.row_bytes for o in objs if o.channel == ch) for ch in range(4)]
+    assert max(per) - min(per) <= max(o.rows * o.row_bytes for o in objs), per
+    e = next(e for e in c.manifest["programs"] if e["stage"] == "decode")
+    lds = [resolve_length(i, e["bucket"][1]) for i in Program.from_bytes(dict(c.programs)[e["file"]]).instructions
+           if i.op is Opcode.LD and i["buf"] == BufferId.KV]
+    assert lds and all(merges_rows(i) and i["rows"] > 1 for i in lds)
+
+
 def _stores_inside_objects(c):
     """Every ST of every program, at its bucket's shortest and longest LEN, writes inside one KV
     object (or the output region) of its channels."""

@@ -106,3 +106,13 @@ def test_fetch_bound_and_token_chains():
     (_, _, _, s0, e0), (_, _, _, s1, e1) = r.spans
     assert round(s1 * hz) == round(e0 * hz) + 1
     assert round(r.seconds * hz) == round(e1 * hz) + 2
+
+
+def test_rows_too_many_to_merge_are_timed_a_slice_a_row():
+    """Back-to-back rows of one channel past the merge limit (rows x row_bytes >= 2**24): the
+    generator hands out a slice a row, so the model may not time them from copies it would merge."""
+    from llmfab.backend_hw.dma.unit import merges_rows
+    t = load_target("sim-medium")
+    i = make(Opcode.LD, channels=1, buf=BufferId.ACT, hbm_stride=300, buf_stride=300, rows=56000, row_bytes=300)
+    assert not merges_rows(i) and merges_rows(i.evolve(rows=32))
+    assert dma_cycles_fast(t, i) == dma_cycles(t, i)
