@@ -76,8 +76,12 @@ def _min(a, b) -> Value:
     return Mux(a < b, a, b)
 
 
-def _bits_mask(byte_mask: Value) -> Value:
-    return Cat(*(b.replicate(8) for b in byte_mask))
+def _bits_mask(m: Module, byte_mask: Value, name: str) -> Value:
+    """Each bit of `byte_mask` eight times, from a named signal: slicing the expression itself
+    would copy it into every bit (U280's 192-byte gearbox: minutes of elaboration a channel)."""
+    s = Signal(len(byte_mask), name=name)
+    m.d.comb += s.eq(byte_mask)
+    return Cat(*(b.replicate(8) for b in s))
 
 
 class DMA(wiring.Component):
@@ -311,7 +315,7 @@ class DMA(wiring.Component):
         lanes, head = sig(wide, "lanes"), sig(8 * CAP, "head")
         out_data = sig(8 * wide, "out_data")
         m.d.comb += [lanes.eq(_bytes_mask(m_out, wide, dskip)),
-                     head.eq(acc & _bits_mask(_bytes_mask(m_out, CAP))),
+                     head.eq(acc & _bits_mask(m, _bytes_mask(m_out, CAP), f"head_mask{c}")),
                      out_data.eq((head << (dskip * 8))[:8 * wide])]
         with m.If(is_st):
             w_last = (w_beat == AXI_MAX_BEATS - 1) | (((w_a + Wa) & (AXI_PAGE_BYTES - 1)) == 0) | (dst_left == m_out)
@@ -382,7 +386,7 @@ class DMA(wiring.Component):
                 m.d.sync += [src_left.eq(src_left - n_in), sskip.eq(0)]
 
         fresh, placed = sig(8 * wide, "fresh"), sig(8 * CAP, "placed")
-        m.d.comb += [fresh.eq(new & _bits_mask(_bytes_mask(n_in, wide))),
+        m.d.comb += [fresh.eq(new & _bits_mask(m, _bytes_mask(n_in, wide), f"fresh_mask{c}")),
                      placed.eq((fresh << (cnt_after * 8))[:8 * CAP])]
         with m.If(push):
             m.d.sync += [acc.eq(acc_after | placed), cnt.eq(cnt_after + n_in)]
