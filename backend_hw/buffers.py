@@ -141,18 +141,14 @@ class BufferBank(wiring.Component):
                 w = mem.shape.width
                 tag = f"{bid.name.lower()}{j}"
                 rp, wp = mem.read_port(), mem.write_port(granularity=8)
-                # priority: the first client asking wins, the lowest set bit of the requests
-                # (req & -req: a carry chain, and one expression per memory, not one per client
-                # that grows with the clients before it: U280's ~460 clients elaborate in seconds)
-                here = [hit[i] & (bank[i] == j) for i in range(len(clients))]
-                rq, wq = Signal(len(clients), name=f"rq_{tag}"), Signal(len(clients), name=f"wq_{tag}")
-                rg, wg = Signal(len(clients), name=f"rg_{tag}"), Signal(len(clients), name=f"wg_{tag}")
-                m.d.comb += [rq.eq(Cat(c.re & h for c, h in zip(clients, here))),
-                             wq.eq(Cat(c.we & h for c, h in zip(clients, here))),
-                             rg.eq(rq & (~rq + 1)), wg.eq(wq & (~wq + 1))]
-                rgrant, wgrant = list(rg), list(wg)
-                rbusy = rq.any()
-                for i in range(len(clients)):
+                rgrant = [Signal(name=f"rg_{tag}_c{i}") for i in range(len(clients))]
+                wgrant = [Signal(name=f"wg_{tag}_c{i}") for i in range(len(clients))]
+                rbusy, wbusy = Const(0, 1), Const(0, 1)
+                for i, c in enumerate(clients):          # priority: the first client asking wins
+                    here = hit[i] & (bank[i] == j)
+                    rq, wq = c.re & here, c.we & here
+                    m.d.comb += [rgrant[i].eq(rq & ~rbusy), wgrant[i].eq(wq & ~wbusy)]
+                    rbusy, wbusy = rbusy | rq, wbusy | wq
                     taken_r[i] = taken_r[i] | rgrant[i]
                     taken_w[i] = taken_w[i] | wgrant[i]
                 with m.If(rbusy):
