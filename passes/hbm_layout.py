@@ -256,11 +256,11 @@ def place(g: Graph, *, channels: int, channel_capacity: int, weights: ChainLayou
         if _over(lay, channel_capacity, 2 * hkv * row * padded, 1):   # as for the tiles: its bytes only
             lay.alloc(row, 2 * hkv * padded, per_position=True)
             continue
-        # striped: head h's group of channels, K and V alike; else each object in one channel,
-        # the one that holds least so far
-        lay.kv[a.attrs.layer] = [KVHead(*(lay.alloc(row, padded, c, group=h if KV_STRIPED else lay.emptiest(),
-                                                    per_position=True) for _ in "kv"))
-                                 for h in range(hkv)]
+
+        def kv_object(h: int) -> Region:
+            """Striped: head h's group of channels (K and V alike); else one channel, the emptiest."""
+            return lay.alloc(row, padded, c, group=h if KV_STRIPED else lay.emptiest(), per_position=True)
+        lay.kv[a.attrs.layer] = [KVHead(kv_object(h), kv_object(h)) for h in range(hkv)]
     vocab = max((n.type.shape[-1] for n in g.nodes() if n.op is OpKind.LMHEAD), default=1)
     lay.output = lay.alloc(4 * vocab, padded, kv_channels(4 * vocab, channels, 1.0), per_position=True)  # a row per prompt position, unpadded
     worst = max(lay.used)

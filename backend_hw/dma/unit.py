@@ -158,7 +158,7 @@ class DMA(wiring.Component):
         id_lane = Signal(range(max(WB // 4, 2)))
         gen_read = Signal()                      # the generator owns buffer port 0 this cycle
         merge = Signal()                         # every row in one slice of `merged` bytes (`merges_rows`)
-        merged = Signal(16 + 20)
+        merged = Signal(len(f["rows"]) + len(f["row_bytes"]))
         start = Signal()                         # an instruction is accepted
         # the instruction buffer's word and group sizes (log2) and the gearbox's sink width,
         # registered with the instruction: constants for its length, kept off the per-beat paths

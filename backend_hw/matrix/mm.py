@@ -401,8 +401,8 @@ class MatmulSequencer(wiring.Component):
                 for b in range(S):
                     with m.Case(b):
                         m.d.sync += wq.eq(Cat(*out[b]))
-            m.d.sync += [off4.eq(obase[2:max(2, lgmax)]), wleft.eq(obase[2:max(2, lgmax)] + write_c.live),
-                         wfirst.eq(1), wword.eq(obase >> lgmax)]
+            lane = obase[2:max(2, lgmax)]                   # chain 0's int32 lane in its word
+            m.d.sync += [off4.eq(lane), wleft.eq(lane + write_c.live), wfirst.eq(1), wword.eq(obase >> lgmax)]
             with m.If(widest & (obase[:2] == 0)):
                 m.next = "WA"
             with m.Else():
