@@ -67,7 +67,7 @@ class Accelerator(wiring.Component):
         # the bank's clients in priority order (the host first: it is never refused); the matrix
         # unit's activation and scalar loads before its weight fetches, which run ahead into FIFOs
         self.clients = [self.fetch.port, *self.dma_load.buffers, *self.dma_store.buffers,
-                        self.matrix.aport, self.matrix.oport, *self.matrix.wports,
+                        *self.matrix.aports, self.matrix.oport, *self.matrix.wports,
                         self.sfu.src, self.sfu.src2, self.sfu.dst]
         self.bank = BufferBank(target, len(self.clients) + 1, init=init, organisation=buffers)
         axi = AxiSignature(self.dma_load.addr_width, target.memory.port_width_bits)

@@ -40,6 +40,7 @@ from .accelerator import DEFAULT_FORMATS
 from .control.fetch import fetch_cycles
 from .dma.cycles import dma_cycles
 from .dma.unit import dma_lanes, merges_rows
+from .matrix.attn import attn_lanes
 from .matrix.cycles import matrix_cycles
 from .sfu.cycles import sfu_cycles
 
@@ -70,7 +71,7 @@ BUFFER_ADDRESSES = {Opcode.LD: ("buf_addr", "ids_addr"), Opcode.ST: ("buf_addr",
 def timing_shape(target: Target, i):
     """The instruction as its cycles see it, so that a model's layers, which repeat their
     instructions at other addresses, are timed once: buffer addresses (`BUFFER_ADDRESSES`) modulo
-    the widest word or DMA group; for LD/ST only an HBM address's position in the AXI page
+    the widest read group (`_align`); for LD/ST only an HBM address's position in the AXI page
     (dma/cycles.py; the channels are alike but for channel 0, whose port also reads an
     indirect instruction's row ids), and for a slice longer than `LONG_ROW` bytes only its
     beat alignment (a burst more or less at a page: a few cycles in thousands, the tests bound it)."""
@@ -79,7 +80,8 @@ def timing_shape(target: Target, i):
 
 
 def _align(target: Target) -> int:
-    return max(target.word_bytes[b] * n for b, n in dma_lanes(target).items())
+    """The widest read group, the DMA's or ATTN's K / V readers': addresses repeat their timing modulo it."""
+    return max(target.word_bytes[b] * n for lanes in (dma_lanes(target), attn_lanes(target)) for b, n in lanes.items())
 
 
 def _shape_fields(target: Target, i, align: int) -> dict:

@@ -42,7 +42,7 @@ from llmfab.backend_hw.control.fetch import FetchUnit
 from llmfab.backend_hw.dma.unit import DMA
 from llmfab.backend_hw.engine.matrix_engine import MatrixEngine
 from llmfab.backend_hw.engine.requant import Requantizer
-from llmfab.backend_hw.matrix.attn import AttnSequencer
+from llmfab.backend_hw.matrix.attn import AttnSequencer, attn_lanes
 from llmfab.backend_hw.matrix.unit import MatrixUnit
 from llmfab.backend_hw.sfu.unit import SfuUnit
 from llmfab.backend_hw.toolflow import synth
@@ -108,7 +108,7 @@ def _bank(t):
     """The bank with the Accelerator's clients; read-only clients without write signals, the
     write-only one without `re` (what the Accelerator leaves constant)."""
     acc = Accelerator(t)
-    read_only = [acc.fetch.port, acc.matrix.aport, *acc.matrix.wports, acc.sfu.src, acc.sfu.src2]
+    read_only = [acc.fetch.port, *acc.matrix.aports, *acc.matrix.wports, acc.sfu.src, acc.sfu.src2]
     write_only = [acc.sfu.dst]
     roles = ["both"] + ["read" if any(c is r for r in read_only) else "write" if any(c is w for w in write_only)
                         else "both" for c in acc.clients]
@@ -123,7 +123,8 @@ UNITS = {
                                        group=DEFAULT_FORMATS[0][2]), None),
                ["chains", "stages", "chain_word_bits"], [base, half_chain_len, half_weight_word]),
     "requant": (lambda t: (Requantizer(), None), ["one"], [base]),   # one of them (one per chain)
-    "attn": (lambda t: (AttnSequencer(t.engine.chain_len, t.word_bytes, 1024), None), ["one", "chain_len"],
+    "attn": (lambda t: (AttnSequencer(t.engine.attn_bytes, t.word_bytes, 1024, attn_lanes(t)), None),
+             ["one", "chain_len"],
              [base, half_chain_len]),
     "matrix_unit": (lambda t: (MatrixUnit(t, DEFAULT_FORMATS), None), ["one", "chains"], [base, half_chains]),
     "sfu": (lambda t: (SfuUnit(t), None), ["one", "lanes"], [base, half_lanes]),

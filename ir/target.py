@@ -120,6 +120,11 @@ class Engine:
     pipeline_depth: int                     # cycles from operands in to a chain's result out
     dsp_per_mac: int                        # DSPs per chain stage
     dsp_primitive: DSPPrimitive
+    attn_bytes: int = 0                     # K/V record bytes ATTN takes a cycle (0: from chain_len)
+
+    def __post_init__(self):
+        if not self.attn_bytes:             # chain_len rounded up to a power of two, at least 4
+            object.__setattr__(self, "attn_bytes", max(4, 1 << (self.chain_len - 1).bit_length()))
 
     @property
     def macs(self) -> int:

@@ -51,6 +51,7 @@ ENGINE_FIELDS = {
     "pipeline_depth": "a positive int (cycles)",
     "dsp_per_mac": "a positive int",
     "dsp_primitive": f"one of {', '.join(p.value for p in DSPPrimitive)}",
+    "attn_bytes": "a power of two >= 4 (K/V bytes ATTN takes a cycle; optional, chain_len rounded up)",
 }
 SFU_FIELDS = {
     "lanes": "a positive int (elements per cycle)",
@@ -130,7 +131,8 @@ def _engine(s: _Section, device: Device) -> Engine:
                           f"cycles, one per cascaded stage, not {depth}")
     return Engine(n_chains=s.int("n_chains"), chain_len=chain_len, mac_bits=mac_bits,
                   weight_bits=tuple(sorted(bits)), sparsity=tuple(patterns), operand_packing=packing,
-                  pipeline_depth=depth, dsp_per_mac=s.int("dsp_per_mac"), dsp_primitive=primitive)
+                  pipeline_depth=depth, dsp_per_mac=s.int("dsp_per_mac"), dsp_primitive=primitive,
+                  attn_bytes=s.int("attn_bytes", ok=lambda v: v >= 4 and v & (v - 1) == 0, default=None) or 0)
 
 
 def _buffers(top: _Section) -> tuple[Buffer, ...]:

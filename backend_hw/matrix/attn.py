@@ -1,12 +1,12 @@
 """ATTN on its own streaming datapath, bit-exact with simulator/functional.py `_misc`.
 
-Both functions stream the K / V records (a 4-byte scale record, then `depth` int8 codes) on `aport`
-at the port's rate: each record is one `ByteReader` command of 4 + depth bytes in chunks of `ob`
-bytes (chain_len rounded up to a power of two, at least 4), and two readers take the records in
-turn, the second reading its words as soon as the first has issued its last (as MatmulSequencer's
-activation readers do), so the port reads a word every cycle across records. A chunk is taken
-every cycle it is there; its lanes line up with the record's bytes (lane l of chunk j is byte
-j * ob + l; the scale record sits in lanes 0..3 of chunk 0).
+Both functions stream the K / V records (a 4-byte scale record, then `depth` int8 codes) on `aports`
+at the ports' rate: one `ByteReader` command reads every query row's keys' records (4 + depth
+bytes each, `depth + 4 + src2_pad` apart, from the first key again for each row) in chunks of `ob` bytes (the Target's
+`engine.attn_bytes`), as groups of `attn_lanes` words a cycle (consecutive words, one per bank, on
+as many ports), a record's groups right after the previous record's. A chunk is taken every cycle
+it is there; its lanes line up with the record's bytes (lane l of chunk j is byte j * ob + l; the
+scale record sits in lanes 0..3 of chunk 0).
 
 ATTN_QK, per query row: the q record is read on `oport` into the sums memory (area r % 2, chunk j
 in its entry j, the scale lanes zeroed; a row ahead of the keys, once row r - 2's scores are
@@ -44,9 +44,11 @@ CAP = 16                 # keys (QK) / outputs (PV) admitted and not yet written
 SUM_LEVELS = 2           # adder levels between the dot product's registers
 
 
-def chunk_bytes(chain_len: int) -> int:
-    """`ob`: the bytes of a record chunk, chain_len rounded up to a power of two, at least 4."""
-    return max(4, 1 << (chain_len - 1).bit_length())
+def attn_lanes(target) -> dict[BufferId, int]:
+    """Words of each buffer the K / V readers take a cycle (a power of two): as many as a chunk
+    of `engine.attn_bytes` holds and the buffer has banks, so a group's words never meet at a bank."""
+    ob = target.engine.attn_bytes
+    return {b.id: 1 << (max(1, min(ob // b.word_bytes, b.banks)).bit_length() - 1) for b in target.buffers}
 
 
 def _rshr64(m: Module, x, s, name: str) -> Signal:
@@ -72,8 +74,8 @@ def _delay(m: Module, v, n: int, name: str):
 
 class AttnSequencer(wiring.Component):
     """Ports: `start` (in): take `ir` (an ATTN word); `done` (out): one-cycle pulse; `error` (out):
-    a pulse with `done` when the sums memory is too small; `aport` (K/V rows), `oport` (q/p rows
-    and the results) (out, `BufferPortSignature`)."""
+    a pulse with `done` when the sums memory is too small; `aports` (K/V rows, word q of a group on
+    aports[q]), `oport` (q/p rows and the results) (out, `BufferPortSignature`)."""
     # FSM states, and the latencies the cycle model (matrix/attn_cycles.py) plays
     ENTRY_STATES = ("SETUP", "CHECK", "FINISH")
     QK_STATES = ("QKEYS", "QDRAIN")
@@ -86,14 +88,17 @@ class AttnSequencer(wiring.Component):
     FIFO_LATENCY = 2         # SyncFIFOBuffered: written -> readable when empty
     W_STAGES = 4             # PV: the chunks wait for w: p * m_v (2), rshr (2)
 
-    def __init__(self, chain_len: int, words: dict[BufferId, int], hold: int):
-        self.chain_len, self.words, self.hold = chain_len, words, hold
-        self.ob = chunk_bytes(chain_len)
+    def __init__(self, ob: int, words: dict[BufferId, int], hold: int, lanes: dict[BufferId, int] | None = None):
+        if ob < 4 or ob & (ob - 1):
+            raise ValueError(f"ob must be a power of two of at least 4, not {ob!r}")
+        self.ob, self.words, self.hold = ob, words, hold
+        self.lanes = {b: (lanes or {}).get(b, 1) for b in words}
         self.entries = max(1, hold // self.ob)
         self.data_bits = 8 * max(words.values())
+        port = BufferPortSignature(self.data_bits)
         super().__init__({
             "start": In(1), "ir": In(INST_BITS), "done": Out(1), "error": Out(1),
-            "aport": Out(BufferPortSignature(self.data_bits)), "oport": Out(BufferPortSignature(self.data_bits)),
+            "aports": Out(port).array(max(self.lanes.values())), "oport": Out(port),
         })
 
     @staticmethod
@@ -186,8 +191,7 @@ class AttnSequencer(wiring.Component):
         m = Module()
         ob, lg_ob, E = self.ob, self.ob.bit_length() - 1, self.entries
         sread = m.submodules.sread = ByteReader(self.words, ob)
-        kreads = [ByteReader(self.words, ob) for _ in range(2)]
-        m.submodules.kread0, m.submodules.kread1 = kreads
+        kread = m.submodules.kread = ByteReader(self.words, ob, self.lanes)
         mem = m.submodules.sums = memory.Memory(shape=64 * ob, depth=E, init=[])
         rp, wp = mem.read_port(domain="comb"), mem.write_port()
         fifo = m.submodules.fifo = SyncFIFOBuffered(width=32, depth=CAP)
@@ -203,35 +207,28 @@ class AttnSequencer(wiring.Component):
         nrow = Signal(15)                         # PV: sums entries a row (nch, less a scale-only chunk)
         need, n_out = Signal(32), Signal(16)
 
-        # -- K / V records: two readers in turn on aport; the older one issues first -------------
-        nf, cur = Signal(), Signal()              # the reader of the next command; the one streaming
-        m.d.comb += [kreads[0].hold.eq(nf & kreads[1].busy), kreads[1].hold.eq(~nf & kreads[0].busy)]
-        for rd in kreads:
-            m.d.comb += [rd.port.rdata.eq(self.aport.rdata), rd.port.ready.eq(self.aport.ready)]
-            with m.If(rd.port.re):
-                m.d.comb += [getattr(self.aport, n).eq(getattr(rd.port, n)) for n in ("buf", "addr", "re")]
-        fetching, ft, fr, k_addr = Signal(), Signal(16), Signal(16), Signal(24)
-        for i, rd in enumerate(kreads):
-            m.d.comb += [rd.cmd.valid.eq(fetching & (nf == i)), rd.cmd.payload.buf.eq(f("src2_buf")),
-                         rd.cmd.payload.addr.eq(k_addr), rd.cmd.payload.nbytes.eq(rec), rd.cmd.payload.step.eq(ob)]
-        with m.If(fetching & Mux(nf, kreads[1].cmd.ready, kreads[0].cmd.ready)):
-            m.d.sync += [nf.eq(~nf), ft.eq(ft + 1), k_addr.eq(k_addr + pitch2)]
-            with m.If(ft + 1 == cols):
-                m.d.sync += [ft.eq(0), k_addr.eq(f("src2_addr")), fr.eq(fr + 1)]
-                with m.If(fr + 1 == rows):
-                    m.d.sync += fetching.eq(0)
+        # -- K / V records: one reader, one command of every row's keys' records on aports --------
+        for ap, port in zip(self.aports, kread.ports):
+            m.d.comb += [port.rdata.eq(ap.rdata), port.ready.eq(ap.ready),
+                         ap.buf.eq(port.buf), ap.addr.eq(port.addr), ap.re.eq(port.re)]
+        fetching, n_keys = Signal(), Signal(32)
+        m.d.comb += [kread.cmd.valid.eq(fetching), kread.cmd.payload.buf.eq(f("src2_buf")),
+                     kread.cmd.payload.addr.eq(f("src2_addr")), kread.cmd.payload.nbytes.eq(rec),
+                     kread.cmd.payload.step.eq(ob), kread.cmd.payload.more.eq(n_keys - 1),
+                     kread.cmd.payload.pitch.eq(pitch2), kread.cmd.payload.wrap.eq(cols)]
+        with m.If(fetching & kread.cmd.ready):
+            m.d.sync += fetching.eq(0)
         k_valid, k_last, kdata, take = Signal(), Signal(), Signal(8 * ob), Signal()
-        m.d.comb += [k_valid.eq(Mux(cur, kreads[1].o.valid, kreads[0].o.valid)),
-                     k_last.eq(Mux(cur, kreads[1].o.payload.last, kreads[0].o.payload.last)),
-                     kdata.eq(Mux(cur, kreads[1].o.payload.data, kreads[0].o.payload.data)),
-                     kreads[0].o.ready.eq(~cur & take), kreads[1].o.ready.eq(cur & take)]
+        m.d.comb += [k_valid.eq(kread.o.valid), k_last.eq(kread.o.payload.last), kdata.eq(kread.o.payload.data),
+                     kread.o.ready.eq(take)]
 
         # -- oport: the writer's writes first, else sread's reads --------------------------------
         wr_addr, wrow, wi, hi, written = Signal(24), Signal(24), Signal(16), Signal(), Signal(16)
         wa, (d0, be0), (d1, be1), two = int32_write(m, f("dst_buf"), wr_addr, fifo.r_data, self.words,
                                                     self.data_bits)
         pop = Signal()
-        m.d.comb += [sread.port.rdata.eq(self.oport.rdata), sread.port.ready.eq(self.oport.ready & ~fifo.r_rdy),
+        sport = sread.ports[0]
+        m.d.comb += [sport.rdata.eq(self.oport.rdata), sport.ready.eq(self.oport.ready & ~fifo.r_rdy),
                      sread.hold.eq(fifo.r_rdy)]
         with m.If(fifo.r_rdy):
             m.d.comb += [self.oport.buf.eq(f("dst_buf")), self.oport.we.eq(1),
@@ -241,8 +238,7 @@ class AttnSequencer(wiring.Component):
                 m.d.sync += hi.eq(~hi & two)
                 m.d.comb += pop.eq(hi | ~two)
         with m.Else():
-            m.d.comb += [self.oport.buf.eq(sread.port.buf), self.oport.addr.eq(sread.port.addr),
-                         self.oport.re.eq(sread.port.re)]
+            m.d.comb += [self.oport.buf.eq(sport.buf), self.oport.addr.eq(sport.addr), self.oport.re.eq(sport.re)]
         m.d.comb += fifo.r_en.eq(pop)
         with m.If(pop):
             m.d.sync += [wi.eq(wi + 1), wr_addr.eq(wr_addr + 4)]
@@ -264,7 +260,7 @@ class AttnSequencer(wiring.Component):
         with m.If(take):
             m.d.sync += [j.eq(j + 1), jz.eq(0)]
             with m.If(k_last):
-                m.d.sync += [j.eq(0), jz.eq(1), cur.eq(~cur), t.eq(t + 1)]
+                m.d.sync += [j.eq(0), jz.eq(1), t.eq(t + 1)]
                 with m.If(t + 1 == cols):
                     m.d.sync += [t.eq(0), r.eq(r + 1), base.eq(base + nrow)]
         mq, eq = [Signal(16, name=f"mq{p}") for p in (0, 1)], [Signal(signed(8), name=f"eq{p}") for p in (0, 1)]
@@ -342,7 +338,7 @@ class AttnSequencer(wiring.Component):
                              dpitch.eq(Mux(f("dst_stride") != 0, f("dst_stride"), Mux(qk, cols << 2, depth << 2))),
                              n_out.eq(Mux(qk, cols, depth)),
                              r.eq(0), t.eq(0), j.eq(0), jz.eq(1), base.eq(0),
-                             ft.eq(0), fr.eq(0), k_addr.eq(f("src2_addr")), nf.eq(0), cur.eq(0),
+                             n_keys.eq(rows * cols),
                              pf_row.eq(0), p_addr.eq(f("src_addr")),
                              wi.eq(0), wrow.eq(f("dst_addr")), wr_addr.eq(f("dst_addr")), hi.eq(0), written.eq(0),
                              lr.eq(0), lj.eq(0), lz.eq(1), l_row.eq(f("src_addr")),

@@ -1,6 +1,6 @@
 """`AttnSequencer`'s cycles for one ATTN_QK / ATTN_PV, played cycle by cycle on a model of its
-processes (backend_hw/matrix/attn.py): the two K / V readers taking the records in turn on `aport`
-(`_Reader`, the command to the idle one, the newer one holding while the older issues), the
+processes (backend_hw/matrix/attn.py): the K / V reader on `aports` (`_Reader` of the buffer's
+read groups, `attn_lanes` words each; one command of every row's keys' records), the
 consumer taking a chunk a cycle, the datapath's fixed latencies (`AttnSequencer.*_LATENCY`), the
 score / output FIFO and the writer on `oport` (W0, and W1 when the int32 straddles two words), and
 `sread` (q records, p rows) holding while the writer writes. The cycle of the `FINISH` state,
@@ -15,7 +15,7 @@ from collections import deque
 from llmfab.ir.isa import CONTINUE, HOLD, BufferId, MiscFunc
 from llmfab.ir.target import Target
 
-from .attn import CAP, AttnSequencer, chunk_bytes
+from .attn import CAP, AttnSequencer, attn_lanes
 
 A = AttnSequencer
 ENTRY = len(A.ENTRY_STATES)          # SETUP, CHECK, FINISH
@@ -58,12 +58,14 @@ class _Writer:
 
 def attn_cycles(target: Target, inst) -> int:
     from .cycles import _Reader, _reader_cap
-    ob = chunk_bytes(target.engine.chain_len)
-    words = target.word_bytes
+    ob = target.engine.attn_bytes
+    words, lanes = target.word_bytes, attn_lanes(target)
     is_qk = inst["func"] is MiscFunc.ATTN_QK
     rows, cols, depth, flags = inst["rows"], inst["cols"], inst["depth"], inst["flags"]
-    swb, kwb, dwb = (words[BufferId(inst[b])] for b in ("src_buf", "src2_buf", "dst_buf"))
+    swb, dwb = (words[BufferId(inst[b])] for b in ("src_buf", "dst_buf"))
+    kgb = words[BufferId(inst["src2_buf"])] * lanes[BufferId(inst["src2_buf"])]     # a K / V read group
     cap = _reader_cap(ob, max(words.values()))
+    kcap = _reader_cap(ob, max(words[b] * n for b, n in lanes.items()))
     rec, pitch2 = depth + 4, depth + 4 + inst["src2_pad"]
     nch = -(-rec // ob)
     spitch = inst["src_stride"] or (rec if is_qk else cols * 4)
@@ -77,9 +79,8 @@ def attn_cycles(target: Target, inst) -> int:
         zero_end = 2 + rows * (nch - 4 // ob)       # ZERO: an entry a cycle
         return zero_end + 1 if flags & HOLD else _outputs(writer, zero_end + 1, rows, depth)
 
-    idle = _Reader(0, 0, ob, kwb, cap)
-    kr, nf, cur = [idle, idle], 0, 0
-    fi, n_keys = 0, rows * cols                    # the next K / V command
+    kr = _Reader(0, 0, ob, kgb, kcap)
+    fetching = True                                # the K / V command not yet taken
     sread = _Reader(0, 0, ob, swb, cap)
     pr = 0                                         # PV: the next p row's command
     r = t = j = 0
@@ -94,9 +95,7 @@ def attn_cycles(target: Target, inst) -> int:
             raise RuntimeError("ATTN cycle model did not finish")
         wbusy = writer.busy(c)
         count = admitted - writer.popped
-        issue = fi < n_keys and kr[nf].idle()
-        hold = [False, False]
-        hold[1 - nf] = kr[nf].words != 0
+        issue = fetching and kr.idle()
         take = stake = False
         s_cmd = None
         nxt = state
@@ -108,13 +107,13 @@ def attn_cycles(target: Target, inst) -> int:
             elif lr < rows and lr <= r + 1 and writer.rows + 1 >= lr and sread.idle():
                 s_cmd, loading = (inst["src_addr"] + lr * spitch, rec, ob), True
         if state == "QKEYS":
-            take = kr[cur].valid() and lr > r and (j != 0 or count < CAP)
+            take = kr.valid() and lr > r and (j != 0 or count < CAP)
             admitted += take and j == 0
         elif state == "QDRAIN":
             if count == 0:
                 nxt = "FINISH"
         elif state == "PKEYS":
-            take = kr[cur].valid() and (j != 0 or sread.valid())
+            take = kr.valid() and (j != 0 or sread.valid())
             stake = take and j == 0
         elif state == "PDRAIN":
             if c > last_take + A.PV_LATENCY:
@@ -126,22 +125,21 @@ def attn_cycles(target: Target, inst) -> int:
         if not is_qk and pr < rows and sread.idle():
             s_cmd = (inst["src_addr"] + pr * spitch, 4 * cols, 4)
             pr += 1
-        last = take and kr[cur].last()
+        last = take and kr.last()
         if stake and is_qk and sread.last():
             lr += 1
         writer.step(c)
-        for i in (0, 1):
-            kr[i].step(take and i == cur, hold[i])
+        kr.step(take)
         sread.step(stake, wbusy)
         if s_cmd is not None:
             sread = _Reader(*s_cmd[:2], s_cmd[2], swb, cap)
         if issue:
-            kr[nf] = _Reader(inst["src2_addr"] + fi % cols * pitch2, rec, ob, kwb, cap)
-            nf, fi = 1 - nf, fi + 1
+            kr = _Reader(inst["src2_addr"], rec, ob, kgb, kcap, rows * cols - 1, pitch2, cols)
+            fetching = False
         if take:
             j += 1
             if last:
-                j, cur, t = 0, 1 - cur, t + 1
+                j, t = 0, t + 1
                 if is_qk:
                     writer.push(c + A.DOT_LATENCY + A.dot_registers(ob) + A.QK_LATENCY)
                 if t == cols:

@@ -16,62 +16,84 @@ LEN_BITS = 21        # bytes of one read command
 
 
 class ByteReader(wiring.Component):
-    """Reads `nbytes` bytes at byte address `addr` of buffer `buf` and hands them out in chunks of
-    `step` (<= `out_bytes`) bytes, the last one shorter and zero-padded, with `last` on it.
+    """Reads `more + 1` records of `nbytes` bytes, the first at byte address `addr` of buffer `buf`
+    and each next `pitch` bytes on (back at `addr` after every `wrap` records, when `wrap` is not 0),
+    and hands each record out in chunks of `step` (<= `out_bytes`) bytes, its last chunk shorter and
+    zero-padded, with `last` on it.
 
-    Ports: `cmd` (in, stream; taken only when idle), `port` (out, `BufferPortSignature`),
-    `o` (out, stream of `data` 8 * out_bytes bits and `last`); for readers sharing a port, `hold`
-    (in: no word read this cycle; 0 when unconnected) and `busy` (out: words of the command are
-    still to be read, a register). One word read per cycle while the
-    byte store has room; a chunk leaves the cycle after the word that completes it arrives.
+    A read is a group of `lanes[buf]` consecutive words (a power of two, 1 by default), aligned to
+    the group, word q of the group on `ports[q]`: word `a` lives in bank `a % banks`, so with no more
+    lanes than banks a group's words never meet at a bank. The group is taken once every port is
+    granted (a port granted while another was not reads again: the same word). A record's groups
+    follow the previous record's at once (the bytes past a record's end are dropped), so records
+    stream at the groups' rate.
+
+    Ports: `cmd` (in, stream; taken only when idle), `ports` (out, array of max(lanes) ports,
+    `BufferPortSignature`), `o` (out, stream of `data` 8 * out_bytes bits and `last`); for readers
+    sharing ports, `hold` (in: no group read this cycle; 0 when unconnected) and `busy` (out: groups
+    of the command are still to be read, a register). One group read per cycle while the byte
+    store has room; a chunk leaves the cycle after the group that completes it arrives.
     """
 
     @staticmethod
-    def capacity(out_bytes: int, word_bytes: int) -> int:
-        """The byte store: two chunks and two words (a word is read only while the store keeps
+    def capacity(out_bytes: int, group_bytes: int) -> int:
+        """The byte store: two chunks and two groups (a group is read only while the store keeps
         room for it and the one in flight)."""
-        return 2 * out_bytes + 2 * word_bytes
+        return 2 * out_bytes + 2 * group_bytes
 
-    def __init__(self, words: dict[BufferId, int], out_bytes: int):
+    @staticmethod
+    def group_bytes(words: dict[BufferId, int], lanes: dict[BufferId, int] | None) -> dict[BufferId, int]:
+        """Bytes of a read group per buffer."""
+        return {b: wb * (lanes or {}).get(b, 1) for b, wb in words.items()}
+
+    def __init__(self, words: dict[BufferId, int], out_bytes: int, lanes: dict[BufferId, int] | None = None):
         self.words, self.out_bytes = dict(words), out_bytes
-        self.wb = max(self.words.values())
-        self.cap = self.capacity(out_bytes, self.wb)
+        self.lanes = {b: (lanes or {}).get(b, 1) for b in self.words}
+        for b, n in self.lanes.items():
+            if n < 1 or n & (n - 1):
+                raise ValueError(f"lanes of {b.name} must be a power of two, not {n}")
+        self.groups = self.group_bytes(self.words, self.lanes)
+        self.wb, self.gb = max(self.words.values()), max(self.groups.values())
+        self.cap = self.capacity(out_bytes, self.gb)
         super().__init__({
             "cmd": In(stream.Signature(data.StructLayout({
-                "buf": 3, "addr": BUF_ADDR_BITS, "nbytes": LEN_BITS, "step": range(out_bytes + 1)}))),
-            "port": Out(BufferPortSignature(8 * self.wb)),
+                "buf": 3, "addr": BUF_ADDR_BITS, "nbytes": LEN_BITS, "step": range(out_bytes + 1),
+                "more": 32, "pitch": BUF_ADDR_BITS, "wrap": 16}))),
+            "ports": Out(BufferPortSignature(8 * self.wb)).array(max(self.lanes.values())),
             "o": Out(stream.Signature(data.StructLayout({"data": 8 * out_bytes, "last": 1}))),
             "hold": In(1), "busy": Out(1),
         })
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        ob, cap = self.out_bytes, self.cap
-        buf = Signal(3)
-        waddr = Signal(BUF_ADDR_BITS)
-        words_left = Signal(LEN_BITS + 1)
-        out_left = Signal(LEN_BITS)
-        step = Signal(range(ob + 1))
-        skip = Signal(range(self.wb))
+        ob, cap, GB = self.out_bytes, self.cap, self.gb
+        buf, step = Signal(3), Signal(range(ob + 1))
+        nbytes, pitch, base, wrap = Signal(LEN_BITS), Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS), Signal(16)
+        # the read side: the record being read (its start, the bytes not yet asked for, the records
+        # after it) and its next group (address, the bytes of it before the record)
+        raddr, rd_left, rd_more, rd_k = Signal(BUF_ADDR_BITS), Signal(LEN_BITS), Signal(32), Signal(16)
+        gaddr, skip = Signal(BUF_ADDR_BITS), Signal(range(GB))
+        pend, pend_skip, pend_n = Signal(), Signal(range(GB)), Signal(range(GB + 1))     # the group in flight
+        # the out side: the record being handed out, the records after it
+        out_left, out_more = Signal(LEN_BITS), Signal(32)
         n = Signal(range(cap + 1))
-        pend = Signal()
         store = Signal(8 * cap)
 
-        lg = word_log(m, buf, self.words)
-        wb = Signal(range(self.wb + 1))
-        m.d.comb += wb.eq(Const(1, 1) << lg)
+        lg = word_log(m, buf, self.groups)         # log2 of the group's bytes
+        gb = Signal(range(GB + 1))
+        m.d.comb += gb.eq(Const(1, 1) << lg)
 
         cmd = self.cmd.payload
-        clg = word_log(m, cmd.buf, self.words)
-        cskip = Signal(range(self.wb))
-        m.d.comb += [cskip.eq(cmd.addr & ((Const(1, 1) << clg) - 1)),
-                     self.cmd.ready.eq((words_left == 0) & ~pend & (out_left == 0))]
+        clg = word_log(m, cmd.buf, self.groups)
+        m.d.comb += self.cmd.ready.eq((rd_left == 0) & ~pend & (out_left == 0))
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [buf.eq(cmd.buf), waddr.eq(cmd.addr >> clg), skip.eq(cskip), out_left.eq(cmd.nbytes),
-                         step.eq(cmd.step), n.eq(0), store.eq(0),
-                         words_left.eq((cskip + cmd.nbytes + (Const(1, 1) << clg) - 1) >> clg)]
+            more = Mux(cmd.nbytes == 0, 0, cmd.more)
+            m.d.sync += [buf.eq(cmd.buf), step.eq(cmd.step), nbytes.eq(cmd.nbytes), pitch.eq(cmd.pitch),
+                         base.eq(cmd.addr), wrap.eq(cmd.wrap), rd_k.eq(1), raddr.eq(cmd.addr), gaddr.eq(cmd.addr >> clg), skip.eq(cmd.addr & ((Const(1, 1) << clg) - 1)),
+                         rd_left.eq(cmd.nbytes), rd_more.eq(more), out_left.eq(cmd.nbytes), out_more.eq(more),
+                         n.eq(0), store.eq(0)]
 
-        # Chunks out: `step` bytes, or what is left.
+        # Chunks out: `step` bytes, or what is left of the record.
         take_n = Signal(range(ob + 1))
         m.d.comb += take_n.eq(Mux(out_left < step, out_left, step))
         mask = Signal(8 * ob)
@@ -85,21 +107,45 @@ class ByteReader(wiring.Component):
         m.d.comb += [n1.eq(Mux(take, n - take_n, n)), store1.eq(Mux(take, store >> (take_n * 8), store))]
         with m.If(take):
             m.d.sync += out_left.eq(out_left - take_n)
+            with m.If((out_left <= step) & (out_more != 0)):
+                m.d.sync += [out_left.eq(nbytes), out_more.eq(out_more - 1)]
 
-        # Word reads: at most one in flight; issue only while the store keeps room for it.
+        # Group reads: at most one in flight; issue only while the store keeps room for it.
         issue = Signal()
-        m.d.comb += [issue.eq((words_left != 0) & (n + (pend + 1) * self.wb <= cap) & ~self.hold),
-                     self.port.buf.eq(buf), self.port.addr.eq(waddr), self.port.re.eq(issue)]
-        taken = issue & self.port.ready
+        m.d.comb += [issue.eq((rd_left != 0) & (n + Mux(pend, gb << 1, gb) <= cap) & ~self.hold),
+                     self.busy.eq(rd_left != 0)]
+        L = len(self.ports)
+        llog = Signal(range(L.bit_length()))       # log2 of the buffer's lanes
+        group = Signal(8 * GB)
+        with m.Switch(buf):
+            for b, nl in self.lanes.items():
+                with m.Case(b):
+                    m.d.comb += [llog.eq(nl.bit_length() - 1),
+                                 group.eq(Cat(*(self.ports[q].rdata[:8 * self.words[b]] for q in range(nl))))]
+        granted = []
+        for q, port in enumerate(self.ports):
+            m.d.comb += [port.buf.eq(buf), port.addr.eq((gaddr << llog) | q),
+                         port.re.eq(issue & ((Const(1, L.bit_length()) << llog) > q))]
+            granted.append(port.ready | ~port.re)
+        taken = issue & Cat(*granted).all()
         m.d.sync += pend.eq(taken)
-        m.d.comb += self.busy.eq(words_left != 0)
+        room = Signal(range(GB + 1))               # the group's bytes from `skip` on
+        m.d.comb += room.eq(gb - skip)
         with m.If(taken):
-            m.d.sync += [waddr.eq(waddr + 1), words_left.eq(words_left - 1)]
-        wmask = Signal(8 * self.wb)
-        m.d.comb += wmask.eq(Cat(*((j < wb).replicate(8) for j in range(self.wb))))
-        word = (self.port.rdata & wmask) >> (skip * 8)
+            m.d.sync += [pend_skip.eq(skip), pend_n.eq(Mux(rd_left < room, rd_left, room))]
+            with m.If(rd_left > room):
+                m.d.sync += [gaddr.eq(gaddr + 1), skip.eq(0), rd_left.eq(rd_left - room)]
+            with m.Elif(rd_more != 0):             # the next record's first group
+                nxt, again = Signal(BUF_ADDR_BITS), Signal()
+                m.d.comb += [again.eq((wrap != 0) & (rd_k == wrap)), nxt.eq(Mux(again, base, raddr + pitch))]
+                m.d.sync += [raddr.eq(nxt), gaddr.eq(nxt >> lg), skip.eq(nxt & (gb - 1)), rd_left.eq(nbytes),
+                             rd_more.eq(rd_more - 1), rd_k.eq(Mux(again, 1, rd_k + 1))]
+            with m.Else():
+                m.d.sync += rd_left.eq(0)
+        fresh = Signal(8 * GB)
+        m.d.comb += fresh.eq((group >> (pend_skip * 8)) & Cat(*((j < pend_n).replicate(8) for j in range(GB))))
         with m.If(pend):
-            m.d.sync += [store.eq(store1 | (word << (n1 * 8))[:8 * cap]), n.eq(n1 + wb - skip), skip.eq(0)]
+            m.d.sync += [store.eq(store1 | (fresh << (n1 * 8))[:8 * cap]), n.eq(n1 + pend_n)]
         with m.Elif(~(self.cmd.valid & self.cmd.ready)):
             m.d.sync += [store.eq(store1), n.eq(n1)]
         return m

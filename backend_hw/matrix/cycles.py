@@ -73,13 +73,23 @@ def _writes(base: int, live: int, owb: int, wbmax: int) -> int:
 
 
 class _Reader:
-    """buffer_io.ByteReader, cycle by cycle: `comb()` then `step(ready)`."""
+    """buffer_io.ByteReader, cycle by cycle: `valid()` / `last()` / `idle()`, then `step(take, hold)`.
+    `wb`: the bytes of the buffer's read group; `more` records after the first, `pitch` bytes apart,
+    back at `addr` after every `wrap` (when not 0)."""
 
-    def __init__(self, addr: int, nbytes: int, step: int, wb: int, cap: int):
-        self.wb, self.cap, self.step_n = wb, cap, step
-        self.skip = addr % wb
-        self.words = (self.skip + nbytes + wb - 1) // wb
-        self.out_left, self.n, self.pend = nbytes, 0, 0
+    def __init__(self, addr: int, nbytes: int, step: int, wb: int, cap: int, more: int = 0, pitch: int = 0,
+                 wrap: int = 0):
+        self.wb, self.cap, self.step_n, self.nbytes, self.pitch = wb, cap, step, nbytes, pitch
+        self.base, self.wrap, self.k = addr, wrap, 1
+        self.raddr, self.skip = addr, addr % wb
+        self.rd_left, self.rd_more = nbytes, more if nbytes else 0
+        self.out_left, self.out_more = nbytes, self.rd_more
+        self.n, self.pend, self.pend_n = 0, 0, 0
+
+    @property
+    def words(self) -> int:
+        """Nonzero while groups of the command are still to be read (`busy`)."""
+        return self.rd_left
 
     def valid(self) -> bool:
         return self.out_left != 0 and self.n >= min(self.out_left, self.step_n)
@@ -89,20 +99,29 @@ class _Reader:
 
     def idle(self) -> bool:
         """Ready for a command."""
-        return self.words == 0 and not self.pend and self.out_left == 0
+        return self.rd_left == 0 and not self.pend and self.out_left == 0
 
     def step(self, take: bool, hold: bool = False):
         take_n = min(self.out_left, self.step_n)
         n1 = self.n - take_n if take else self.n
-        issue = self.words != 0 and self.n + (self.pend + 1) * self.wb <= self.cap and not hold
+        issue = self.rd_left != 0 and self.n + (self.pend + 1) * self.wb <= self.cap and not hold
         if take:
-            self.out_left -= take_n
-        if self.pend:
-            self.n, self.skip = n1 + self.wb - self.skip, 0
-        else:
-            self.n = n1
+            if self.out_left <= self.step_n and self.out_more:
+                self.out_left, self.out_more = self.nbytes, self.out_more - 1
+            else:
+                self.out_left -= take_n
+        self.n = n1 + self.pend_n if self.pend else n1
         if issue:
-            self.words -= 1
+            room = self.wb - self.skip
+            self.pend_n = min(room, self.rd_left)
+            if self.rd_left > room:
+                self.skip, self.rd_left = 0, self.rd_left - room
+            elif self.rd_more:
+                again = self.k == self.wrap
+                self.raddr, self.k = (self.base, 1) if again else (self.raddr + self.pitch, self.k + 1)
+                self.skip, self.rd_left, self.rd_more = self.raddr % self.wb, self.nbytes, self.rd_more - 1
+            else:
+                self.rd_left = 0
         self.pend = int(issue)
 
 

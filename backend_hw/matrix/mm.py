@@ -100,14 +100,14 @@ class MatmulSequencer(wiring.Component):
         sread = m.submodules.sread = ByteReader(self.words, self.SCALAR_BYTES)
         for name in ("buf", "addr", "re"):
             # the output writes take oport in their own states
-            m.d.comb += getattr(self.oport, name).eq(getattr(sread.port, name))
-        m.d.comb += [sread.port.rdata.eq(self.oport.rdata), sread.port.ready.eq(self.oport.ready)]
+            m.d.comb += getattr(self.oport, name).eq(getattr(sread.ports[0], name))
+        m.d.comb += [sread.ports[0].rdata.eq(self.oport.rdata), sread.ports[0].ready.eq(self.oport.ready)]
         # the running pass's reader first: the other reads once the first has issued all its words
         m.d.comb += [areads[0].hold.eq(~nxt & areads[1].busy), areads[1].hold.eq(nxt & areads[0].busy)]
         for i, rd in enumerate(areads):
-            m.d.comb += [rd.port.rdata.eq(self.aport.rdata), rd.port.ready.eq(self.aport.ready)]
-            with m.If(rd.port.re):
-                m.d.comb += [getattr(self.aport, name).eq(getattr(rd.port, name)) for name in ("buf", "addr", "re")]
+            m.d.comb += [rd.ports[0].rdata.eq(self.aport.rdata), rd.ports[0].ready.eq(self.aport.ready)]
+            with m.If(rd.ports[0].re):
+                m.d.comb += [getattr(self.aport, name).eq(getattr(rd.ports[0], name)) for name in ("buf", "addr", "re")]
         # the running pass's reader, as one (its outputs; its `o.ready`)
         aread_o_valid, aread_o_data, aread_o_ready = Signal(), Signal.like(areads[0].o.payload.data), Signal()
         m.d.comb += [aread_o_valid.eq(Mux(nxt, areads[0].o.valid, areads[1].o.valid)),

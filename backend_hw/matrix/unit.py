@@ -15,7 +15,7 @@ from llmfab.ir.target import Target
 from ..engine.matrix_engine import MatrixEngine
 from ..protocol.buffer_port import BufferPortSignature
 from ..protocol.isa_fields import field, header
-from .attn import AttnSequencer
+from .attn import AttnSequencer, attn_lanes
 from .mm import OUT_SETS, MatmulSequencer
 
 PORT_OUTS = ("buf", "addr", "re", "we", "be", "wdata")
@@ -28,8 +28,8 @@ class MatrixUnit(wiring.Component):
     `formats`: the weight formats to run, each (weight_bits, N:M pattern or None, group), group
     being the effective group along K (g, or K for per-channel weights); one `MatrixEngine` each.
     `hold`: int64 entries of ATTN's sums memory: ATTN_PV's held sums (rows * depth of one
-    instruction with chain_len <= 4 and depth a multiple of 4; rows * ceil((4 + depth) / ob) * ob
-    for ob = `attn.chunk_bytes(chain_len)` > 4), ATTN_QK's q rows.
+    instruction with ob = 4 and depth a multiple of 4; rows * ceil((4 + depth) / ob) * ob for
+    ob = `engine.attn_bytes` > 4), ATTN_QK's q rows.
     `out_sets`: MV / MM output register sets (`MatmulSequencer`: passes whose outputs may await writes).
 
     Ports:
@@ -37,9 +37,10 @@ class MatrixUnit(wiring.Component):
     - `done` (out): a one-cycle pulse per completed instruction, in order.
     - `error` (out): sticky; set by an instruction the unit cannot run (a format not in `formats`,
       a function other than ATTN_QK / ATTN_PV, ATTN beyond `hold`); that instruction completes.
-    - `wports[c]` (chain c's weight words), `aport` (activation rows, K / V rows), `oport` (outputs,
-      old outputs, scalars, q / p rows) (out, `BufferPortSignature` of the widest buffer): `buf`
-      selects the buffer. `wports` has one port per chain (`target.engine.n_chains`).
+    - `wports[c]` (chain c's weight words), `aports` (activation rows on aports[0]; K / V rows, a
+      group of `attn.attn_lanes` words a cycle, word q on aports[q]), `oport` (outputs, old outputs,
+      scalars, q / p rows) (out, `BufferPortSignature` of the widest buffer): `buf` selects the
+      buffer. `wports` has one port per chain (`target.engine.n_chains`).
     """
 
     def __init__(self, target: Target, formats, *, hold: int = 1024, out_sets: int = OUT_SETS):
@@ -61,14 +62,16 @@ class MatrixUnit(wiring.Component):
         self.words = target.word_bytes
         self.data_bits = 8 * max(self.words.values())
         port = BufferPortSignature(self.data_bits)
+        self.attn_lanes = attn_lanes(target)
         super().__init__({"inst": In(stream.Signature(INST_BITS)), "done": Out(1), "error": Out(1),
-                          "wports": Out(port).array(target.engine.n_chains), "aport": Out(port),
-                          "oport": Out(port)})
+                          "wports": Out(port).array(target.engine.n_chains),
+                          "aports": Out(port).array(max(self.attn_lanes.values())), "oport": Out(port)})
 
     def elaborate(self, platform) -> Module:
         m = Module()
         mm = m.submodules.mm = MatmulSequencer(self.target, self.engines, self.words, out_sets=self.out_sets)
-        attn = m.submodules.attn = AttnSequencer(self.target.engine.chain_len, self.words, self.hold)
+        attn = m.submodules.attn = AttnSequencer(self.target.engine.attn_bytes, self.words, self.hold,
+                                                 self.attn_lanes)
 
         word = self.inst.payload
         op = header(word, "op")
@@ -116,15 +119,19 @@ class MatrixUnit(wiring.Component):
         with m.If(attn.error):
             m.d.sync += self.error.eq(1)
 
+        # aports[0] and oport are shared (the running instruction's); aports[1:] are ATTN's alone
+        shared = [(self.aports[0], mm.aport, attn.aports[0]), (self.oport, mm.oport, attn.oport)]
         for name in PORT_OUTS:
             for c, wp in enumerate(self.wports):
                 m.d.comb += getattr(wp, name).eq(getattr(mm.wports[c], name))
-            for p in ("aport", "oport"):
-                m.d.comb += getattr(getattr(self, p), name).eq(
-                    Mux(in_attn, getattr(getattr(attn, p), name), getattr(getattr(mm, p), name)))
+            for port, a, b in shared:
+                m.d.comb += getattr(port, name).eq(Mux(in_attn, getattr(b, name), getattr(a, name)))
+            for port, b in zip(self.aports[1:], attn.aports[1:]):
+                m.d.comb += getattr(port, name).eq(getattr(b, name))
         for name in PORT_INS:
             m.d.comb += [getattr(mm.wports[c], name).eq(getattr(wp, name)) for c, wp in enumerate(self.wports)]
-            for p in ("aport", "oport"):
-                m.d.comb += [getattr(getattr(mm, p), name).eq(getattr(getattr(self, p), name)),
-                             getattr(getattr(attn, p), name).eq(getattr(getattr(self, p), name))]
+            for port, a, b in shared:
+                m.d.comb += [getattr(a, name).eq(getattr(port, name)), getattr(b, name).eq(getattr(port, name))]
+            for port, b in zip(self.aports[1:], attn.aports[1:]):
+                m.d.comb += getattr(b, name).eq(getattr(port, name))
         return m

@@ -155,13 +155,15 @@ ERRORS = [
     ("engine.n_chains", "192", r"engine\.n_chains must be a positive int, not '192'"),
     ("engine.n_chains", True, r"engine\.n_chains must be a positive int, not True"),
     ("engine.n_chains", 192.0, r"engine\.n_chains must be a positive int, not 192\.0"),
+    ("engine.attn_bytes", 48, r"engine\.attn_bytes must be a power of two >= 4 \(K/V bytes ATTN takes a cycle; "
+                              r"optional, chain_len rounded up\), not 48"),
     ("clock_mhz", "fast", r"clock_mhz must be a positive number \(kernel clock, MHz\), not 'fast'"),
     ("name", "U280 board", r"name must be a name of lowercase letters, digits, '-' and '_', not 'U280 board'"),
     ("engine", [1, 2], (r"engine must be a mapping with n_chains, chain_len, mac_bits, weight_bits, sparsity, "
-                        r"operand_packing, pipeline_depth, dsp_per_mac, dsp_primitive, not \[1, 2\]")),
+                        r"operand_packing, pipeline_depth, dsp_per_mac, dsp_primitive, attn_bytes, not \[1, 2\]")),
     ("engine.chian_len", 32, (r"engine\.chian_len is not a field of engine; expected one of n_chains, chain_len, "
                               r"mac_bits, weight_bits, sparsity, operand_packing, pipeline_depth, dsp_per_mac, "
-                              r"dsp_primitive")),
+                              r"dsp_primitive, attn_bytes")),
     ("clocks", 1, (r"clocks is not a field of a target; expected one of name, description, clock_mhz, device, "
                    r"engine, sfu, buffers, memory, power, controller")),
     ("engine.mac_bits", 16, r"engine\.mac_bits must be 8 \(int8 activations\), not 16"),
@@ -335,3 +337,12 @@ def test_controller_and_burst_fields_are_optional_and_read():
     data["memory"]["burst_setup_ns"] = 12.5
     t = parse_target(data, "u280.yaml")
     assert (t.controller.queue_depth, t.controller.token_counter_max, t.memory.burst_setup_ns) == (8, 63, 12.5)
+
+
+def test_attn_bytes_defaults_to_chain_len_rounded_up():
+    """`engine.attn_bytes` (ATTN's K/V bytes a cycle): chain_len rounded up to a power of two, at
+    least 4, unless the target says; the bundled u280 takes a 128-dim head's codes a cycle."""
+    assert load_target("sim-small").engine.attn_bytes == 4          # chain_len 4
+    assert load_target("ecp5-85k").engine.attn_bytes == max(4, load_target("ecp5-85k").engine.chain_len)
+    assert load_target("sim-medium").engine.attn_bytes == 16
+    assert load_target("u280").engine.attn_bytes == 128

@@ -36,7 +36,7 @@ def run_unit(unit: MatrixUnit, buffers: dict, insts, max_cycles: int = 200_000, 
     instruction, error flag); `buffers` is updated in place. With `starts`, the buffers are loaded
     from starts[j] before instruction j, and after[j] gets a copy afterwards."""
     cycles, err = [], []
-    ports = [*unit.wports, unit.aport, unit.oport]
+    ports = [*unit.wports, *unit.aports, unit.oport]
     sigs = [s for p in ports for s in (p.buf, p.addr, p.re, p.we, p.be, p.wdata, p.ready)]
     rng = random.Random(seed)
 
