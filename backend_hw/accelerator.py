@@ -25,7 +25,7 @@ from . import PARTS
 from .buffers import BufferBank, data_width
 from .control.controller import Controller
 from .control.fetch import FetchUnit
-from .dma.unit import DMA
+from .dma.unit import DMA, INFLIGHT
 from .engine.matrix_engine import MatrixEngine
 from .matrix.unit import MatrixUnit
 from .protocol.axi import AxiSignature
@@ -58,7 +58,8 @@ class Accelerator(wiring.Component):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         self.target = target
-        self.controller = Controller(target)
+        # (the controller keeps a release mask per instruction a unit holds: as many as the DMA takes)
+        self.controller = Controller(target, in_flight=INFLIGHT)
         self.fetch = FetchUnit(target)
         self.dma_load = DMA(target)
         self.dma_store = DMA(target)

@@ -38,7 +38,7 @@ from llmfab.ir.target import Target
 
 from .accelerator import DEFAULT_FORMATS
 from .control.fetch import fetch_cycles
-from .dma.cycles import dma_cycles
+from .dma.cycles import DmaIssue, dma_cycles
 from .dma.unit import dma_lanes, merges_rows
 from .matrix.attn import attn_lanes
 from .matrix.cycles import matrix_cycles
@@ -181,9 +181,12 @@ class RtlUnits:
 
     def reset(self) -> None:
         self.idle = dict.fromkeys(Queue, 0)     # first cycle each unit can take an instruction
+        self.dma = {Queue.LOAD: DmaIssue(), Queue.STORE: DmaIssue()}
 
     def serve(self, queue: int, i, ready: int) -> tuple[int, int]:
-        begin = max(ready, self.idle[queue])    # every unit takes one instruction at a time
+        if queue in self.dma:                   # the DMAs: single slices on distinct channels overlap
+            return self.dma[queue].serve(i, ready, self.cycles(i))
+        begin = max(ready, self.idle[queue])    # every other unit takes one instruction at a time
         end = begin + self.cycles(i)
         self.idle[queue] = end + 1
         return begin, end

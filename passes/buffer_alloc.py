@@ -42,6 +42,11 @@ class Allocator:
         raise LayoutError(f"{self.name} buffer ({self.base + self.size} bytes) is too small: {what} needs {n} "
                           f"bytes, {used} are in use and the largest free block is {largest} ({n - largest} short)")
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether `alloc` of `nbytes` would succeed now."""
+        n = -(-max(nbytes, 1) // self.align) * self.align
+        return any(sz >= n for _, sz in self.free_list)
+
     def free(self, key) -> None:
         a, n = self.live.pop(key)
         blocks = sorted(self.free_list + [(a, n)])

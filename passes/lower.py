@@ -96,10 +96,11 @@ class Lowerer:
         self.tokens.add(QUEUE_INDEX[op], reads, writes)
         self.ops.append((op, fields, len_field))
 
-    def next_half(self, buf: str) -> tuple[int, tuple]:
-        h = self.ping[buf]
-        self.ping[buf] ^= 1
-        return h * self.half[buf], (buf, h)
+    def next_half(self, buf: str, slots: int = 2) -> tuple[int, tuple]:
+        """The next of `slots` equal parts of `buf` in turn (two: ping-pong halves): (address, token key)."""
+        h = self.ping[buf] % slots
+        self.ping[buf] = h + 1
+        return h * (2 * self.half[buf] // slots), (buf, h)
 
     def dma(self, op: Opcode, obj: Region, row0: int, rows: int, buf: BufferId, buf_addr: int, reads=(), writes=(),
             len_field=None, **extra) -> None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .lower import Lowerer
 
 ACT, SCRATCH, KV = BufferId.ACT, BufferId.SCRATCH, BufferId.KV
+KV_SLOTS = 8     # KV tiles the KV buffer holds at once, at most: a head's K and V, and the next heads'
 
 
 def quant_rows(lw: Lowerer, src: str, key, rows: int, cols: int, offset: int = 0, pitch: int = 0) -> int:
@@ -42,6 +43,9 @@ def attention(lw: Lowerer, node) -> None:
         raise LayoutError(f"a KV tile of {step} keys of {qrow} bytes does not fit half the KV buffer "
                           f"({lw.half['kv']} bytes)")
     tiles = lw.bucket.kv_tiles
+    # KV tiles rotate over up to KV_SLOTS parts of the KV buffer, so the next head's K and V load
+    # (side by side, from their channels) while this head's are read
+    slots = max(2, min(KV_SLOTS, 2 * lw.half["kv"] // (step * qrow)))
     # the new rows join the cache at positions [LEN - s, LEN): quantized per (head, token) row, one
     # ST per KV head; attention then reads the cache up to LEN, these rows included
     for name, src in (("k", k), ("v", v)):
@@ -60,16 +64,17 @@ def attention(lw: Lowerer, node) -> None:
     scale = int(np.floor(a.scale * 2 ** 16 + 0.5))
 
     def kv_tiles(obj, name: str, h: int):
-        """LD each KV tile of head h into the next KV half; yields (j, keys, last, address, half)."""
+        """LD each KV tile of head h into the next KV slot; yields (j, keys, last, address, slot)."""
         for j in range(tiles):
             last = j == tiles - 1   # its extent comes from the length register
             n_keys = min(step, lw.p_keys - j * step)
-            at, half = lw.next_half("kv")
+            at, half = lw.next_half("kv", slots)
             lw.dma(Opcode.LD, obj, j * step, n_keys, KV, at, writes=[("kv", half)], len_field="rows" if last else None,
                    reads=[("hbm", a.layer, name, h)])
             yield j, n_keys, last, at, half
 
-    for h, kvh in enumerate(heads_kv):                 # one KV head and its `rep` query heads at a time
+    def scores(h, kvh):
+        """Head h's QK over its K tiles, then its softcap and softmax (SFU); returns the scores' key and address."""
         g_rows = rep * s
         skey = (node.name, "scores", h)
         sat = lw.scratch.alloc(skey, g_rows * width, f"attention scores of {node.name!r}")
@@ -91,6 +96,11 @@ def attention(lw: Lowerer, node) -> None:
                 func=MiscFunc.SOFTMAX, rows=g_rows, cols=lw.p_keys, period=s, imm=lw.p_first if causal else 0,
                 flags=CAUSAL if causal else 0, src_buf=SCRATCH, src_addr=sat, src_stride=width,
                 dst_buf=SCRATCH, dst_addr=sat, dst_stride=width)
+        return skey, sat
+
+    def values(h, kvh, skey, sat):
+        """Head h's PV over its V tiles, from its scores."""
+        g_rows = rep * s
         for j, n_keys, last, at, half in kv_tiles(kvh.v, "v", h):
             flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)
             lw.emit(Opcode.ATTN, [("kv", half), ("scratch", skey)], [("act", node.name)],
@@ -99,4 +109,19 @@ def attention(lw: Lowerer, node) -> None:
                     src_buf=SCRATCH, src_addr=sat + 4 * j * step, src_stride=width, src2_buf=KV, src2_addr=at,
                     dst_buf=ACT, dst_addr=dst + 4 * h * g_rows * dh)
         lw.scratch.free(skey)
+
+    # one KV head and its `rep` query heads at a time, software-pipelined while the scratch buffer
+    # holds two heads' scores (a decode row's are small, a prefill chunk's may not fit twice): head
+    # h + 1's QK runs on the matrix unit while head h's softmax runs on the SFU, then head h's PV
+    pending = None
+    for h, kvh in enumerate(heads_kv):
+        if pending is not None and not lw.scratch.fits(rep * s * width):
+            values(*pending)
+            pending = None
+        got = scores(h, kvh)
+        if pending is not None:
+            values(*pending)
+        pending = (h, kvh, *got)
+    if pending is not None:
+        values(*pending)
     lw.scratch.free(qkey)

@@ -44,9 +44,9 @@ from llmfab.ir.memory import AXI_MAX_BEATS, AXI_PAGE_BYTES
 from llmfab.ir.target import Target
 
 from ..sim.axi_ram import AxiRam
-from .unit import FIFO_DEPTH, dma_lanes, gearbox_bytes, merges_rows
+from .unit import FIFO_DEPTH, INFLIGHT, SINGLE_ISSUE, dma_lanes, gearbox_bytes, merges_rows
 
-__all__ = ["AXI_RAM_READ_LATENCY", "AXI_RAM_WRITE_LATENCY", "FIFO_DEPTH", "dma_cycles"]
+__all__ = ["AXI_RAM_READ_LATENCY", "AXI_RAM_WRITE_LATENCY", "FIFO_DEPTH", "DmaIssue", "dma_cycles"]
 
 AXI_RAM_READ_LATENCY = AxiRam.READ_LATENCY      # the memories the RTL is checked against
 AXI_RAM_WRITE_LATENCY = AxiRam.WRITE_LATENCY
@@ -122,6 +122,43 @@ def dma_cycles(target: Target, inst: Instruction, *, read_latency: int = AXI_RAM
         elif g_state == "ID":
             g_state = "EMIT"
         cycle += 1
+
+
+class DmaIssue:
+    """When the DMA takes each instruction of its queue and when it pulses its `done`, given when
+    each is offered and what it costs alone (`dma_cycles`), as dma/unit.py decides: an instruction
+    is taken while others are in flight only if every one in flight is a single slice of its
+    direction on channels it does not use, it is not indirect, and fewer than `inflight` are in
+    flight (a slot frees the cycle after its `done`); a single slice leaves the generator free
+    `SINGLE_ISSUE` cycles after it was taken. The `done` pulses come in order, a cycle apart at least.
+    Each instruction in flight then runs as it would alone (its channels are its own)."""
+
+    def __init__(self, inflight: int = INFLIGHT):
+        self.inflight = inflight
+        self.reset()
+
+    def reset(self) -> None:
+        self.slots: list[tuple[int, frozenset, bool, bool]] = []    # (done, channels, single, ST)
+        self.gen_free, self.last_done = 0, -1
+
+    def serve(self, inst: Instruction, ready: int, cycles: int) -> tuple[int, int]:
+        """(accept, done) of length-resolved `inst`, offered from cycle `ready`, `cycles` long alone."""
+        st, indirect = inst.op is Opcode.ST, bool(inst["indirect"])
+        chans = frozenset(range(inst["channel"], inst["channel"] + inst["channels"]))
+        empty = inst["rows"] == 0 or inst["row_bytes"] == 0 or inst["channels"] == 0
+        single = empty or (not indirect and (merges_rows(inst) or (inst["rows"] == 1 and inst["channels"] == 1)))
+        t = max(ready, self.gen_free)
+        while True:
+            flight = [s for s in self.slots if s[0] >= t]
+            if (not flight or (len(flight) < self.inflight and not indirect
+                               and all(sg and s_st == st and not (c & chans) for _, c, sg, s_st in flight))):
+                break
+            t = min(s[0] for s in flight) + 1
+        done = max(t + cycles, self.last_done + 1)
+        self.slots = [s for s in self.slots if s[0] >= t] + [(done, chans, single, st)]
+        self.gen_free = t + (1 if empty else SINGLE_ISSUE if single else 1)
+        self.last_done = done
+        return t, done
 
 
 class _Channel:

@@ -18,8 +18,14 @@ concurrently on slice descriptors:
   buffer ports: a beat of 16 B lands in a 32-bit buffer of four banks in one cycle, not four.
 
 Completion (`done`) is when every byte is in the buffer (LD) or every write burst is answered on
-B (ST). One instruction at a time; its slices overlap (address sides run ahead of the data). Two
-channels' slices may share a buffer word (never a byte): the bank serializes their writes.
+B (ST), pulsed in the order the instructions came. An instruction's slices overlap (address sides
+run ahead of the data). Instructions overlap only when each is a single slice (one row in one
+channel, or rows merged: a KV tile), of one direction, not indirect, and no two use a channel:
+up to `INFLIGHT` of them then stream from their channels at once, each as it would alone, the next
+taken `SINGLE_ISSUE` cycles after the last (accept, ROW, EMIT). Any other instruction is taken once
+nothing is in flight, and nothing is taken beside it. Instructions in flight together must not
+write the same bytes (compiled programs order such pairs with tokens). Two channels' slices may
+share a buffer word (never a byte): the bank serializes their writes.
 """
 from __future__ import annotations
 
@@ -35,9 +41,12 @@ from llmfab.ir.target import Target
 from ..protocol.axi import AxiSignature, Burst
 from ..protocol.buffer_port import BUF_ADDR_BITS, BufferPortSignature, checked_word_bytes, word_log
 from ..protocol.isa_fields import field, header
+from .inflight import InFlight
 
 FIFO_DEPTH = 4     # slice descriptors queued between the generator and the address / data sides
 SLICE_BITS = 24    # a slice's byte count: a `row_bytes` slice, or the rows merged into one (< 16 MiB)
+INFLIGHT = 8       # instructions in flight at once (single-slice ones on distinct channels: KV tiles)
+SINGLE_ISSUE = 3   # a single-slice instruction's cycles in the generator: accept, ROW, EMIT
 
 
 def merges_rows(inst) -> bool:
@@ -89,7 +98,8 @@ class DMA(wiring.Component):
 
     Ports:
     - `inst` (in, stream of 256-bit words): LD or ST instructions, length-resolved (the
-      controller's `load` or `store` queue); the next is taken after `done`.
+      controller's `load` or `store` queue); the next is taken after `done`, or earlier when both
+      are single slices on distinct channels (module docstring).
     - `done` (out): one-cycle pulse when the instruction has completed.
     - `buffers` (out, array of channels x `lanes` `BufferPortSignature` ports, channel-major): the
       on-chip buffers, data width = the widest buffer; channel c's port p moves word p of each of
@@ -102,11 +112,11 @@ class DMA(wiring.Component):
     the generator hands out one slice a cycle.
     """
 
-    def __init__(self, target: Target, *, outstanding: int = 4):
+    def __init__(self, target: Target, *, inflight: int = INFLIGHT):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
-        if not isinstance(outstanding, int) or outstanding < 1:
-            raise ValueError(f"outstanding must be a positive integer, not {outstanding!r}")
+        if not isinstance(inflight, int) or isinstance(inflight, bool) or inflight < 1:
+            raise ValueError(f"inflight must be a positive integer, not {inflight!r}")
         mem = target.memory
         self.target = target
         self.ports = mem.channels
@@ -121,7 +131,7 @@ class DMA(wiring.Component):
         self.addr_width = max(12, (channel_bytes - 1).bit_length())
         if [(f.name, f.offset) for f in FIELDS[Opcode.LD]] != [(f.name, f.offset) for f in FIELDS[Opcode.ST]]:
             raise ValueError("LD and ST must share one field table")
-        self.outstanding = outstanding
+        self.inflight = inflight
         super().__init__({
             "inst": In(stream.Signature(INST_BITS)),
             "done": Out(1),
@@ -138,7 +148,6 @@ class DMA(wiring.Component):
         f = {name: field(ir, Opcode.LD, name) for name in
              ("channel", "channels", "buf", "hbm_addr", "hbm_stride", "buf_addr", "buf_stride", "rows",
               "row_bytes", "indirect", "ids_buf", "ids_addr")}
-        is_st = Signal()
 
         # the slices of each channel, queued for its address side and its data side
         desc = data.StructLayout({"h": aw, "b": BUF_ADDR_BITS, "p": SLICE_BITS})
@@ -160,38 +169,37 @@ class DMA(wiring.Component):
         merge = Signal()                         # every row in one slice of `merged` bytes (`merges_rows`)
         merged = Signal(len(f["rows"]) + len(f["row_bytes"]))
         start = Signal()                         # an instruction is accepted
-        # the instruction buffer's word and group sizes (log2) and the gearbox's sink width,
-        # registered with the instruction: constants for its length, kept off the per-beat paths
-        wlog = Signal(range(WB.bit_length()), reset_less=True)
-        llog = Signal(range(L.bit_length()), reset_less=True)            # log2 of the group's words
-        blog = Signal(range(wide.bit_length()), reset_less=True)         # log2 of the group's bytes
-        wbuf, sink_bytes = Signal(range(wide + 1), reset_less=True), Signal(range(wide + 1), reset_less=True)
+
+        # -- the instructions in flight (inflight.py): which may start beside the others ------------
+        C = self.ports
+        fl = m.submodules.inflight = InFlight(C, self.inflight)
+        p = self.inst.payload
+        nx = {"buf": field(p, Opcode.LD, "buf"), "st": header(p, "op") == Opcode.ST,
+              "lg": word_log(m, field(p, Opcode.LD, "buf"), self.word_bytes), "ll": Signal(range(L.bit_length()))}
+        with m.Switch(nx["buf"]):
+            for b, n in self.group_lanes.items():
+                with m.Case(b):
+                    m.d.comb += nx["ll"].eq(n.bit_length() - 1)
+        ch0, nch = field(p, Opcode.LD, "channel"), field(p, Opcode.LD, "channels")
+        empty = (field(p, Opcode.LD, "rows") == 0) | (field(p, Opcode.LD, "row_bytes") == 0) | (nch == 0)
+        m.d.comb += [fl.mask.eq(Cat(*((ch0 <= c) & (c < ch0 + nch) for c in range(C)))), fl.st.eq(nx["st"]),
+                     fl.indirect.eq(field(p, Opcode.LD, "indirect")), fl.empty.eq(empty), fl.take.eq(start)]
+        load = [Signal(name=f"load{c}") for c in range(C)]      # the channel's registers take the new one's
+        m.d.comb += [load[c].eq(start & fl.mask[c]) for c in range(C)]
 
         # every channel moves its own slices: its bursts and its gearbox run beside the others'
-        x = dict(aw=aw, CAP=CAP, wide=wide, f=f, is_st=is_st, fifo_a=fifo_a, fifo_d=fifo_d, desc=desc, wlog=wlog,
-                 llog=llog, blog=blog, wbuf=wbuf, sink_bytes=sink_bytes, gen_read=gen_read, start=start)
+        x = dict(aw=aw, CAP=CAP, wide=wide, fifo_a=fifo_a, fifo_d=fifo_d, desc=desc, gen_read=gen_read,
+                 load=load, new=nx)
         idle, answered = zip(*(self._mover(m, c, x) for c in range(self.ports)))
+        m.d.comb += [fl.free.eq(Cat(*(i & a for i, a in zip(idle, answered)))), self.done.eq(fl.done)]
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.inst.ready.eq(1), start.eq(self.inst.valid)]
-                p = self.inst.payload
-                with m.If(self.inst.valid):
-                    st, lg = header(p, "op") == Opcode.ST, word_log(m, field(p, Opcode.LD, "buf"), self.word_bytes)
-                    ll = Signal.like(llog)
-                    with m.Switch(field(p, Opcode.LD, "buf")):
-                        for b, n in self.group_lanes.items():
-                            with m.Case(b):
-                                m.d.comb += ll.eq(n.bit_length() - 1)
-                    m.d.sync += [wlog.eq(lg), llog.eq(ll), blog.eq(lg + ll), wbuf.eq(Const(1, 1) << (lg + ll)),
-                                 sink_bytes.eq(Mux(st, Wa, Const(1, 1) << (lg + ll)))]
-                    m.d.sync += [ir.eq(p), is_st.eq(st), r.eq(0), k.eq(0),
+                m.d.comb += [self.inst.ready.eq(fl.accept), start.eq(self.inst.valid & fl.accept)]
+                with m.If(start):
+                    m.d.sync += [ir.eq(p), r.eq(0), k.eq(0),
                                  h_row.eq(field(p, Opcode.LD, "hbm_addr")), b_row.eq(field(p, Opcode.LD, "buf_addr"))]
-                    empty = ((field(p, Opcode.LD, "rows") == 0) | (field(p, Opcode.LD, "row_bytes") == 0) |
-                             (field(p, Opcode.LD, "channels") == 0))
-                    with m.If(empty):
-                        m.next = "FINISH"
-                    with m.Else():
+                    with m.If(~empty):
                         m.next = "ROW"
             with m.State("ROW"):
                 with m.If(f["indirect"]):
@@ -229,13 +237,11 @@ class DMA(wiring.Component):
                         m.d.sync += [k.eq(0), r.eq(r + 1), h_row.eq(h_row + f["hbm_stride"]),
                                      b_row.eq(b_row + f["buf_stride"])]
                         with m.If((r + 1 == f["rows"]) | merge):
-                            m.next = "FINISH"
+                            m.d.comb += [fl.finished.eq(1), fl.single.eq(
+                                ~f["indirect"] & (merge | ((f["rows"] == 1) & (f["channels"] == 1))))]
+                            m.next = "IDLE"
                         with m.Else():
                             m.next = "ROW"
-            with m.State("FINISH"):
-                with m.If(Cat(*idle, *answered).all()):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
 
         return m
 
@@ -244,8 +250,7 @@ class DMA(wiring.Component):
         its `lanes` buffer ports), on the slices the generator queued for the channel. Returns
         (idle, every write burst answered) for FINISH."""
         aw, Wa, WB, CAP, wide, L = x["aw"], self.beat_bytes, self.max_word, x["CAP"], x["wide"], self.lanes
-        f, is_st, fifo_a, fifo_d, desc = x["f"], x["is_st"], x["fifo_a"][c], x["fifo_d"][c], x["desc"]
-        wlog, llog, blog, wbuf, sink_bytes = x["wlog"], x["llog"], x["blog"], x["wbuf"], x["sink_bytes"]
+        fifo_a, fifo_d, desc = x["fifo_a"][c], x["fifo_d"][c], x["desc"]
         gen_read = x["gen_read"] if c == 0 else Const(0, 1)     # the row ids are read on channel 0's port 0
         axi, ports = self.axi[c], self.buffers[c * L:(c + 1) * L]
         sizes = sorted(set(self.word_bytes.values()))
@@ -253,10 +258,25 @@ class DMA(wiring.Component):
         def sig(shape, name):
             return Signal(shape, name=f"{name}{c}")
 
+        # the instruction's buffer, direction, word and group sizes (log2) and the gearbox's sink
+        # width, the channel's own copy: loaded when an instruction using the channel is accepted
+        # (other instructions may still be in flight on other channels), off the per-beat paths
+        buf, is_st = Signal(3, name=f"buf{c}", reset_less=True), Signal(name=f"is_st{c}", reset_less=True)
+        wlog = Signal(range(WB.bit_length()), name=f"wlog{c}", reset_less=True)
+        llog = Signal(range(L.bit_length()), name=f"llog{c}", reset_less=True)      # log2 of the group's words
+        blog = Signal(range(wide.bit_length()), name=f"blog{c}", reset_less=True)   # log2 of the group's bytes
+        wbuf = Signal(range(wide + 1), name=f"wbuf{c}", reset_less=True)
+        sink_bytes = Signal(range(wide + 1), name=f"sink_bytes{c}", reset_less=True)
+        nx = x["new"]
+        with m.If(x["load"][c]):
+            m.d.sync += [buf.eq(nx["buf"]), is_st.eq(nx["st"]), wlog.eq(nx["lg"]), llog.eq(nx["ll"]),
+                         blog.eq(nx["lg"] + nx["ll"]), wbuf.eq(Const(1, 1) << (nx["lg"] + nx["ll"])),
+                         sink_bytes.eq(Mux(nx["st"], Wa, Const(1, 1) << (nx["lg"] + nx["ll"])))]
+
         # -- address side: bursts ---------------------------------------------------------------
         as_busy, ds_busy = sig(1, "as_busy"), sig(1, "ds_busy")
         aw_count, b_count = sig(32, "aw_count"), sig(32, "b_count")
-        with m.If(x["start"]):
+        with m.If(x["load"][c]):
             m.d.sync += [aw_count.eq(0), b_count.eq(0)]
         as_a = sig(aw + 1, "as_a")
         as_end = sig(aw + SLICE_BITS + 1, "as_end")
@@ -335,7 +355,7 @@ class DMA(wiring.Component):
                         if (q + 1) * wb <= wide:
                             with m.Case(wb.bit_length() - 1):
                                 m.d.comb += [be.eq(lanes[q * wb:(q + 1) * wb]), wd.eq(out_data[8 * q * wb:8 * (q + 1) * wb])]
-                m.d.comb += [bp.buf.eq(f["buf"]), bp.addr.eq((dst_addr << llog) | q), bp.we.eq(can_pop & be.any()),
+                m.d.comb += [bp.buf.eq(buf), bp.addr.eq((dst_addr << llog) | q), bp.we.eq(can_pop & be.any()),
                              bp.be.eq(be), bp.wdata.eq(wd)]
                 granted.append(bp.ready | ~bp.we)
             m.d.comb += pop.eq(can_pop & Cat(*granted).all())
@@ -353,7 +373,7 @@ class DMA(wiring.Component):
         # source: what enters the gearbox this cycle
         push = sig(1, "push")
         n_in = sig(range(wide + 1), "n_in")
-        new = sig(8 * wide, "new")
+        new = sig(8 * wide, "new_bytes")
         with m.If(is_st):
             # buffer reads, issued only when the word will fit when it arrives next cycle
             # (a whole group: word p on port p, taken once every port is granted)
@@ -364,7 +384,7 @@ class DMA(wiring.Component):
             granted = []
             for q, bp in enumerate(ports):
                 with m.If(issue & ((Const(1, L.bit_length() + 1) << llog) > q)):
-                    m.d.comb += [bp.buf.eq(f["buf"]), bp.addr.eq((src_addr << llog) | q), bp.re.eq(1)]
+                    m.d.comb += [bp.buf.eq(buf), bp.addr.eq((src_addr << llog) | q), bp.re.eq(1)]
                 granted.append(bp.ready | ~bp.re)
             m.d.comb += taken.eq(issue & Cat(*granted).all())
             with m.If(taken):

@@ -2,7 +2,8 @@
 
 Both functions stream the K / V records (a 4-byte scale record, then `depth` int8 codes) on `aports`
 at the ports' rate: one `ByteReader` command reads every query row's keys' records (4 + depth
-bytes each, `depth + 4 + src2_pad` apart, from the first key again for each row) in chunks of `ob` bytes (the Target's
+bytes each, `depth + 4 + src2_pad` apart, from the first key again for each row; with no pad a
+row's records are one run of bytes, no group read twice) in chunks of `ob` bytes (the Target's
 `engine.attn_bytes`), as groups of `attn_lanes` words a cycle (consecutive words, one per bank, on
 as many ports), a record's groups right after the previous record's. A chunk is taken every cycle
 it is there; its lanes line up with the record's bytes (lane l of chunk j is byte j * ob + l; the
@@ -40,7 +41,8 @@ from ..protocol.isa_fields import field
 from ..sfu.arith import limb_mul, sat, tree, tree_registers
 from .buffer_io import ByteReader, int32_write, wrap64
 
-CAP = 16                 # keys (QK) / outputs (PV) admitted and not yet written: the FIFO's depth
+CAP = 32                 # keys (QK) / outputs (PV) admitted and not yet written: the FIFO's depth, more
+                         # than a key's latency from its chunk to its score (21 cycles), so a key a cycle streams
 SUM_LEVELS = 2           # adder levels between the dot product's registers
 
 
@@ -211,11 +213,14 @@ class AttnSequencer(wiring.Component):
         for ap, port in zip(self.aports, kread.ports):
             m.d.comb += [port.rdata.eq(ap.rdata), port.ready.eq(ap.ready),
                          ap.buf.eq(port.buf), ap.addr.eq(port.addr), ap.re.eq(port.re)]
-        fetching, n_keys = Signal(), Signal(32)
+        # (records back to back, no pad: each row's keys are one run of cols x rec bytes)
+        fetching, n_keys, run = Signal(), Signal(32), Signal(24)
+        packed = f("src2_pad") == 0
         m.d.comb += [kread.cmd.valid.eq(fetching), kread.cmd.payload.buf.eq(f("src2_buf")),
                      kread.cmd.payload.addr.eq(f("src2_addr")), kread.cmd.payload.nbytes.eq(rec),
                      kread.cmd.payload.step.eq(ob), kread.cmd.payload.more.eq(n_keys - 1),
-                     kread.cmd.payload.pitch.eq(pitch2), kread.cmd.payload.wrap.eq(cols)]
+                     kread.cmd.payload.pitch.eq(pitch2), kread.cmd.payload.wrap.eq(Mux(packed, 1, cols)),
+                     kread.cmd.payload.run.eq(Mux(packed, run, 0)), kread.cmd.payload.rmore.eq(rows - 1)]
         with m.If(fetching & kread.cmd.ready):
             m.d.sync += fetching.eq(0)
         k_valid, k_last, kdata, take = Signal(), Signal(), Signal(8 * ob), Signal()
@@ -338,7 +343,7 @@ class AttnSequencer(wiring.Component):
                              dpitch.eq(Mux(f("dst_stride") != 0, f("dst_stride"), Mux(qk, cols << 2, depth << 2))),
                              n_out.eq(Mux(qk, cols, depth)),
                              r.eq(0), t.eq(0), j.eq(0), jz.eq(1), base.eq(0),
-                             n_keys.eq(rows * cols),
+                             n_keys.eq(rows * cols), run.eq(cols * (depth + 4)),
                              pf_row.eq(0), p_addr.eq(f("src_addr")),
                              wi.eq(0), wrow.eq(f("dst_addr")), wr_addr.eq(f("dst_addr")), hi.eq(0), written.eq(0),
                              lr.eq(0), lj.eq(0), lz.eq(1), l_row.eq(f("src_addr")),

@@ -134,7 +134,8 @@ def attn_cycles(target: Target, inst) -> int:
         if s_cmd is not None:
             sread = _Reader(*s_cmd[:2], s_cmd[2], swb, cap)
         if issue:
-            kr = _Reader(inst["src2_addr"], rec, ob, kgb, kcap, rows * cols - 1, pitch2, cols)
+            kr = (_Reader(inst["src2_addr"], rec, ob, kgb, kcap, rows * cols - 1, pitch2, 1, cols * rec, rows - 1)
+                  if inst["src2_pad"] == 0 else _Reader(inst["src2_addr"], rec, ob, kgb, kcap, rows * cols - 1, pitch2, cols))
             fetching = False
         if take:
             j += 1

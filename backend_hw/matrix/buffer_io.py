@@ -19,7 +19,9 @@ class ByteReader(wiring.Component):
     """Reads `more + 1` records of `nbytes` bytes, the first at byte address `addr` of buffer `buf`
     and each next `pitch` bytes on (back at `addr` after every `wrap` records, when `wrap` is not 0),
     and hands each record out in chunks of `step` (<= `out_bytes`) bytes, its last chunk shorter and
-    zero-padded, with `last` on it.
+    zero-padded, with `last` on it. With `run` not 0 the records lie back to back and are read as
+    `rmore + 1` runs of `run` bytes instead (each from `addr` again when `wrap` is 1, else `pitch` on):
+    no group is read twice where one record ends and the next begins.
 
     A read is a group of `lanes[buf]` consecutive words (a power of two, 1 by default), aligned to
     the group, word q of the group on `ports[q]`: word `a` lives in bank `a % banks`, so with no more
@@ -58,7 +60,7 @@ class ByteReader(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(data.StructLayout({
                 "buf": 3, "addr": BUF_ADDR_BITS, "nbytes": LEN_BITS, "step": range(out_bytes + 1),
-                "more": 32, "pitch": BUF_ADDR_BITS, "wrap": 16}))),
+                "more": 32, "pitch": BUF_ADDR_BITS, "wrap": 16, "run": BUF_ADDR_BITS, "rmore": 16}))),
             "ports": Out(BufferPortSignature(8 * self.wb)).array(max(self.lanes.values())),
             "o": Out(stream.Signature(data.StructLayout({"data": 8 * out_bytes, "last": 1}))),
             "hold": In(1), "busy": Out(1),
@@ -69,9 +71,10 @@ class ByteReader(wiring.Component):
         ob, cap, GB = self.out_bytes, self.cap, self.gb
         buf, step = Signal(3), Signal(range(ob + 1))
         nbytes, pitch, base, wrap = Signal(LEN_BITS), Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS), Signal(16)
-        # the read side: the record being read (its start, the bytes not yet asked for, the records
-        # after it) and its next group (address, the bytes of it before the record)
-        raddr, rd_left, rd_more, rd_k = Signal(BUF_ADDR_BITS), Signal(LEN_BITS), Signal(32), Signal(16)
+        # the read side: the run being read (a record, or `run` bytes; its start, the bytes not yet
+        # asked for, the runs after it) and its next group (address, the bytes of it before the run)
+        rlen = Signal(BUF_ADDR_BITS)
+        raddr, rd_left, rd_more, rd_k = Signal(BUF_ADDR_BITS), Signal(BUF_ADDR_BITS), Signal(32), Signal(16)
         gaddr, skip = Signal(BUF_ADDR_BITS), Signal(range(GB))
         pend, pend_skip, pend_n = Signal(), Signal(range(GB)), Signal(range(GB + 1))     # the group in flight
         # the out side: the record being handed out, the records after it
@@ -87,11 +90,14 @@ class ByteReader(wiring.Component):
         clg = word_log(m, cmd.buf, self.groups)
         m.d.comb += self.cmd.ready.eq((rd_left == 0) & ~pend & (out_left == 0))
         with m.If(self.cmd.valid & self.cmd.ready):
-            more = Mux(cmd.nbytes == 0, 0, cmd.more)
+            none, runs = cmd.nbytes == 0, cmd.run != 0
+            more = Mux(none, 0, cmd.more)
             m.d.sync += [buf.eq(cmd.buf), step.eq(cmd.step), nbytes.eq(cmd.nbytes), pitch.eq(cmd.pitch),
-                         base.eq(cmd.addr), wrap.eq(cmd.wrap), rd_k.eq(1), raddr.eq(cmd.addr), gaddr.eq(cmd.addr >> clg), skip.eq(cmd.addr & ((Const(1, 1) << clg) - 1)),
-                         rd_left.eq(cmd.nbytes), rd_more.eq(more), out_left.eq(cmd.nbytes), out_more.eq(more),
-                         n.eq(0), store.eq(0)]
+                         base.eq(cmd.addr), wrap.eq(cmd.wrap), rd_k.eq(1), raddr.eq(cmd.addr),
+                         gaddr.eq(cmd.addr >> clg), skip.eq(cmd.addr & ((Const(1, 1) << clg) - 1)),
+                         rlen.eq(Mux(runs, cmd.run, cmd.nbytes)), rd_left.eq(Mux(none, 0, Mux(runs, cmd.run, cmd.nbytes))),
+                         rd_more.eq(Mux(none, 0, Mux(runs, cmd.rmore, cmd.more))),
+                         out_left.eq(cmd.nbytes), out_more.eq(more), n.eq(0), store.eq(0)]
 
         # Chunks out: `step` bytes, or what is left of the record.
         take_n = Signal(range(ob + 1))
@@ -135,10 +141,10 @@ class ByteReader(wiring.Component):
             m.d.sync += [pend_skip.eq(skip), pend_n.eq(Mux(rd_left < room, rd_left, room))]
             with m.If(rd_left > room):
                 m.d.sync += [gaddr.eq(gaddr + 1), skip.eq(0), rd_left.eq(rd_left - room)]
-            with m.Elif(rd_more != 0):             # the next record's first group
+            with m.Elif(rd_more != 0):             # the next run's first group
                 nxt, again = Signal(BUF_ADDR_BITS), Signal()
                 m.d.comb += [again.eq((wrap != 0) & (rd_k == wrap)), nxt.eq(Mux(again, base, raddr + pitch))]
-                m.d.sync += [raddr.eq(nxt), gaddr.eq(nxt >> lg), skip.eq(nxt & (gb - 1)), rd_left.eq(nbytes),
+                m.d.sync += [raddr.eq(nxt), gaddr.eq(nxt >> lg), skip.eq(nxt & (gb - 1)), rd_left.eq(rlen),
                              rd_more.eq(rd_more - 1), rd_k.eq(Mux(again, 1, rd_k + 1))]
             with m.Else():
                 m.d.sync += rd_left.eq(0)

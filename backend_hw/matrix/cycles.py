@@ -75,15 +75,16 @@ def _writes(base: int, live: int, owb: int, wbmax: int) -> int:
 class _Reader:
     """buffer_io.ByteReader, cycle by cycle: `valid()` / `last()` / `idle()`, then `step(take, hold)`.
     `wb`: the bytes of the buffer's read group; `more` records after the first, `pitch` bytes apart,
-    back at `addr` after every `wrap` (when not 0)."""
+    back at `addr` after every `wrap` (when not 0); `run` (not 0): read as `rmore + 1` runs of `run`."""
 
     def __init__(self, addr: int, nbytes: int, step: int, wb: int, cap: int, more: int = 0, pitch: int = 0,
-                 wrap: int = 0):
+                 wrap: int = 0, run: int = 0, rmore: int = 0):
         self.wb, self.cap, self.step_n, self.nbytes, self.pitch = wb, cap, step, nbytes, pitch
         self.base, self.wrap, self.k = addr, wrap, 1
         self.raddr, self.skip = addr, addr % wb
-        self.rd_left, self.rd_more = nbytes, more if nbytes else 0
-        self.out_left, self.out_more = nbytes, self.rd_more
+        self.rlen = run or nbytes
+        self.rd_left, self.rd_more = (self.rlen, rmore if run else more) if nbytes else (0, 0)
+        self.out_left, self.out_more = nbytes, more if nbytes else 0
         self.n, self.pend, self.pend_n = 0, 0, 0
 
     @property
@@ -119,7 +120,7 @@ class _Reader:
             elif self.rd_more:
                 again = self.k == self.wrap
                 self.raddr, self.k = (self.base, 1) if again else (self.raddr + self.pitch, self.k + 1)
-                self.skip, self.rd_left, self.rd_more = self.raddr % self.wb, self.nbytes, self.rd_more - 1
+                self.skip, self.rd_left, self.rd_more = self.raddr % self.wb, self.rlen, self.rd_more - 1
             else:
                 self.rd_left = 0
         self.pend = int(issue)

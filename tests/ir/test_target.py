@@ -341,8 +341,8 @@ def test_controller_and_burst_fields_are_optional_and_read():
 
 def test_attn_bytes_defaults_to_chain_len_rounded_up():
     """`engine.attn_bytes` (ATTN's K/V bytes a cycle): chain_len rounded up to a power of two, at
-    least 4, unless the target says; the bundled u280 takes a 128-dim head's codes a cycle."""
+    least 4, unless the target says; the bundled u280 takes a 128-dim head's K/V record a cycle."""
     assert load_target("sim-small").engine.attn_bytes == 4          # chain_len 4
     assert load_target("ecp5-85k").engine.attn_bytes == max(4, load_target("ecp5-85k").engine.chain_len)
     assert load_target("sim-medium").engine.attn_bytes == 16
-    assert load_target("u280").engine.attn_bytes == 128
+    assert load_target("u280").engine.attn_bytes == 256

@@ -17,10 +17,10 @@ from conftest import tiny_compiled
 from llmfab.backend_hw.sim.axi_ram import AxiRam
 from llmfab.backend_hw.buffers import BufferBank
 from llmfab.backend_hw.dma.unit import DMA
-from llmfab.backend_hw.dma.cycles import AXI_RAM_READ_LATENCY, AXI_RAM_WRITE_LATENCY, dma_cycles
+from llmfab.backend_hw.dma.cycles import AXI_RAM_READ_LATENCY, AXI_RAM_WRITE_LATENCY, DmaIssue, dma_cycles
 from llmfab.ir.isa import BufferId, Opcode, Program, encode, make, resolve_length
 from llmfab.ir.target import load_target
-from llmfab.simulator.functional import Machine
+from llmfab.simulator.functional import Machine, _dma
 
 from test_hw_dma import BUFS, CASES, HBM_BYTES, random_inst, seed_of, target
 
@@ -171,6 +171,86 @@ def test_compiled_fixture_instructions():
                 raw[a:a + 4] = rng.randrange(16).to_bytes(4, "little")
             buffers[BufferId(int(i["ids_buf"]))] = bytes(raw)
     check(t, insts, [bytes(hbm_bytes)], buffers)
+
+
+def stream(t, insts, hbm, buffers):
+    """Offer `insts` back to back (the next from the cycle after the last was taken, as the
+    controller's queue does); returns (offered, accepted, done) cycles and the buffers' and the
+    channels' bytes after."""
+    bench = _Bench(t, hbm, buffers)
+    dut = bench.dma
+    offered, accepted, done, after = [], [], [], {}
+
+    async def bench_tb(ctx):
+        now, k = 0, 0
+        while len(done) < len(insts):
+            if k < len(insts):
+                ctx.set(dut.inst.payload, int.from_bytes(encode(insts[k]), "little"))
+                ctx.set(dut.inst.valid, 1)
+                if len(offered) == k:
+                    offered.append(now)
+                if ctx.get(dut.inst.ready):
+                    accepted.append(now)
+                    k += 1
+            else:
+                ctx.set(dut.inst.valid, 0)
+            if ctx.get(dut.done):
+                done.append(now)
+            assert not any(ctx.get(ram.error) for ram in bench.rams), "a burst AxiRam does not serve"
+            await ctx.tick()
+            now += 1
+            assert now < 50000, "the DMA did not finish"
+        after.update({b: bench.bank.peek(ctx, b) for b in BUFS})
+        wb = t.memory.beat_bytes
+        after["hbm"] = [b"".join(ctx.get(ram.memory.data[a]).to_bytes(wb, "little") for a in range(ram.depth))
+                        for ram in bench.rams]
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench_tb)
+    sim.run()
+    return offered, accepted, done, after
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("op", [Opcode.LD, Opcode.ST])
+def test_single_slices_on_distinct_channels_overlap(op):
+    """KV-tile-like transfers (rows back to back in one channel: one slice) on distinct channels
+    run side by side, up to `INFLIGHT` at once, `done` in order; a striped transfer, a gather and
+    one on a busy channel wait for what is in flight. Accept and `done` cycles equal `DmaIssue`'s
+    exactly (each instruction costing its `dma_cycles`); the bytes equal the functional simulator's."""
+    t = target(**CASES["4ch-wide-buffers"])
+    rng = random.Random(int(op))
+    sizes = {b: t.buffer(b.name.lower()).bytes for b in BUFS}
+    images = [bytes(rng.randrange(256) for _ in range(HBM_BYTES)) for _ in range(4)]
+    ref = Machine.create(images, HBM_BYTES, sizes)
+    for b in BUFS:
+        ref.buffers[b][:] = bytes(rng.randrange(256) for _ in range(sizes[b]))
+    start = {b: bytes(v) for b, v in ref.buffers.items()}
+
+    def tile(ch, buf, at, rows, p):     # one slice: rows back to back on both sides
+        return make(op, channel=ch, channels=1, buf=buf, hbm_addr=rng.randrange(0, HBM_BYTES - rows * p),
+                    hbm_stride=p, buf_addr=at, buf_stride=p, rows=rows, row_bytes=p)
+    insts = [tile(0, BufferId.KV, 3, 20, 13), tile(1, BufferId.KV, 300, 9, 33), tile(2, BufferId.ACT, 5, 40, 9),
+             tile(3, BufferId.KV, 700, 4, 20), tile(1, BufferId.SCRATCH, 11, 7, 16),   # channel 1 again: waits
+             make(op, channel=0, channels=1, buf=BufferId.ACT, hbm_addr=64, hbm_stride=16, buf_addr=900,
+                  buf_stride=16, rows=1, row_bytes=45),                                # one row: a single slice
+             make(op, channel=1, channels=3, buf=BufferId.WEIGHT, hbm_addr=100, hbm_stride=40, buf_addr=40,
+                  buf_stride=3 * 9 + 2, rows=3, row_bytes=9),                          # striped: waits, and holds
+             tile(0, BufferId.SCRATCH, 600, 5, 12),
+             make(op, channel=2, channels=1, buf=BufferId.ACT, rows=0, row_bytes=8),    # empty
+             tile(2, BufferId.KV, 1500, 6, 25)]
+    offered, accepted, done, after = stream(t, insts, [bytes(h) for h in images], start)
+    model = DmaIssue()
+    want = [model.serve(i, ready, dma_cycles(t, i)) for i, ready in zip(insts, offered)]
+    assert list(zip(accepted, done)) == want
+    assert sum(a < d for a, d in zip(accepted[1:], done)) >= 3        # taken before the previous was done
+    assert all(b > a for a, b in zip(done, done[1:]))                  # in order
+    for i in insts:
+        _dma(ref, i)
+    for b in BUFS:
+        assert after[b] == bytes(ref.buffers[b]), b.name
+    assert [h[:HBM_BYTES] for h in after["hbm"]] == [bytes(h) for h in ref.hbm]
 
 
 def test_latencies_are_axi_ram_defaults_and_change_the_count():
