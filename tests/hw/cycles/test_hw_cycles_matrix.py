@@ -93,7 +93,8 @@ def test_mm_rows_and_o_stride():
 
 
 @pytest.mark.sim
-def test_wide_words_write_a_word_a_cycle(monkeypatch):
+@pytest.mark.parametrize("bits", [128, 512])
+def test_wide_words_write_a_word_a_cycle(monkeypatch, bits):
     """8 chains and 128-bit act / kv / scratch words: a pass's outputs leave four int32 a write
     (`WA`, any lane offset, the carry across words), unaligned ones an int32 at a time; buffers
     equal the functional simulator's and cycles the model's, on MV and MM."""
@@ -101,7 +102,7 @@ def test_wide_words_write_a_word_a_cycle(monkeypatch):
     from dataclasses import replace
     wide = replace(T, engine=replace(T.engine, n_chains=8), buffers=tuple(
         replace(b, banks=8) if b.name.value == "weight" else
-        replace(b, width_bits=128) if b.name.value in ("act", "kv", "scratch") else b for b in T.buffers))
+        replace(b, width_bits=bits) if b.name.value in ("act", "kv", "scratch") else b for b in T.buffers))
     for name, v in (("T", wide), ("WORDS", wide.word_bytes)):
         monkeypatch.setattr(u, name, v)
     rng = np.random.default_rng(5)
@@ -118,7 +119,7 @@ def test_wide_words_write_a_word_a_cycle(monkeypatch):
         want = u.reference(start, [inst])
         assert all(got[b] == bytes(want[b]) for b in BufferId), str(inst)[:100]
     assert cycles == [matrix_cycles(wide, i) for _, i in cases]
-    assert {i["o_addr"] % 16 // 4 for _, i in cases[:3]} != {0}     # a first word not at lane 0
+    assert {i["o_addr"] % (bits // 8) // 4 for _, i in cases[:3]} != {0}     # a first word not at lane 0
 
 
 def _attn_case(rng, func):
@@ -157,19 +158,22 @@ def _real_attn_case(rng, func, flags=0):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("attn_bytes,kv_banks", [(8, 1), (8, 2), (16, 4)])
-def test_attn_reads_word_groups(monkeypatch, attn_bytes, kv_banks):
+@pytest.mark.parametrize("attn_bytes,kv_banks,act_bits", [(8, 1, 32), (8, 2, 32), (16, 4, 32), (16, 4, 512)])
+def test_attn_reads_word_groups(monkeypatch, attn_bytes, kv_banks, act_bits):
     """`engine.attn_bytes` wider than a kv word: the K / V readers take a group of words a cycle
-    (1, 2 or 4 lanes, one per bank) and ATTN chunks of 8 / 16 bytes. Random ATTN_QK / ATTN_PV stay
+    (1, 2 or 4 lanes, one per bank) and ATTN chunks of 8 / 16 bytes (q, p and the results in 32-bit
+    or u280's 512-bit ACT / SCRATCH words). Random ATTN_QK / ATTN_PV stay
     bit-exact with the functional simulator (also when the bank refuses lanes at random, so a group
     is read again), and their cycles are the model's when every request is granted."""
     import test_hw_matrix_unit as u
     from dataclasses import replace
     from llmfab.backend_hw.matrix.attn import attn_lanes
     t = replace(T, engine=replace(T.engine, attn_bytes=attn_bytes), buffers=tuple(
-        replace(b, banks=kv_banks) if b.name.value == "kv" else b for b in T.buffers))
+        replace(b, banks=kv_banks) if b.name.value == "kv" else
+        replace(b, width_bits=act_bits) if b.name.value in ("act", "scratch") else b for b in T.buffers))
     assert attn_lanes(t)[BufferId.KV] == min(attn_bytes // 4, kv_banks)
-    monkeypatch.setattr(u, "T", t)
+    for name, v in (("T", t), ("WORDS", t.word_bytes)):
+        monkeypatch.setattr(u, name, v)
     rng = np.random.default_rng(attn_bytes + kv_banks)
     cases = [_real_attn_case(rng, f) for f in (MiscFunc.ATTN_QK, MiscFunc.ATTN_PV) * 4]
     # key tiles on one buffer state: HOLD, CONTINUE | HOLD, CONTINUE (the sums carried across)

@@ -98,9 +98,11 @@ def test_long_rows():
 
 @pytest.mark.sim
 @pytest.mark.parametrize("name", ["COPY", "QUANT_ROWS", "EMBED", "ADD/MUL", "ROPE"])
-def test_64_bit_words(name):
-    """64-bit ACT and KV words next to 32-bit ones: words per piece on each buffer's own width."""
-    wide = replace(T, buffers=tuple(replace(b, width_bits=64) if b.name.value in ("act", "kv") else b
+@pytest.mark.parametrize("bits", [64, 512])
+def test_wide_words(name, bits):
+    """64-bit (or u280's 512-bit) ACT and KV words next to 32-bit ones: words per piece on each
+    buffer's own width."""
+    wide = replace(T, buffers=tuple(replace(b, width_bits=bits) if b.name.value in ("act", "kv") else b
                                     for b in T.buffers))
     insts, bufs = GENERATORS[name](np.random.default_rng(300 + len(name)), n=3)
     assert_exact(insts, bufs, wide)

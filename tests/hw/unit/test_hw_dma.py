@@ -168,13 +168,15 @@ CASES = {
     "narrow-port": dict(channels=1, port_bits=32, buf_bits=(64, 64, 64, 64, 32)),
     # 4 words a cycle into ACT and SCRATCH, 2 into WEIGHT and KV (64-bit words), 1 into INST
     "4-lanes": dict(channels=2, port_bits=128, buf_bits=(32, 32, 64, 32, 32), banks=(2, 4, 8, 8, 1)),
+    # u280's words: 512-bit beats, 512-bit ACT / SCRATCH words (one a beat), 256-bit KV words (two)
+    "u280-words": dict(channels=2, port_bits=512, buf_bits=(128, 512, 256, 512, 32), banks=(8, 16, 8, 8, 1)),
 }
 
 
 @pytest.mark.sim
 @pytest.mark.parametrize("case,stall,buffer_stall", [("sim-small", 0.0, 0.0), ("2ch-64bit", 0.3, 0.3),
                                                      ("4ch-wide-buffers", 0.0, 0.5), ("narrow-port", 0.3, 0.0),
-                                                     ("4-lanes", 0.2, 0.4)])
+                                                     ("4-lanes", 0.2, 0.4), ("u280-words", 0.2, 0.2)])
 def test_random_transfers_match_the_functional_simulator(case, stall, buffer_stall):
     t = target(**CASES[case])
     rng = random.Random(seed_of(case, stall))
