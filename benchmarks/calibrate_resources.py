@@ -10,7 +10,7 @@ formulas the resource analysis uses, and write them to passes/resource_costs.yam
 Per flow (xilinx: synth_xilinx -family xcup on the sim-small units; ecp5: synth_ecp5 alone on the
 ecp5-85k units, no place-and-route) every unit is built by the class the Accelerator uses, at the
 flow's base target and at variants with one Target number halved (chain_len, weight word bits,
-n_chains, SFU lanes, memory port width). Each unit's LUT, FF and DSP counts are then solved for the coefficients of its features (passes/resource_model.py
+n_chains, SFU lanes, memory port width) or doubled (ATTN's attn_bytes). Each unit's LUT, FF and DSP counts are then solved for the coefficients of its features (passes/resource_model.py
 FEATURES: cost = sum(coefficient * feature)), one sample per feature, so the formula goes through
 every run. A unit is synthesized on the signals that are live in the Accelerator (`ports`): the
 load DMA's read channels, the store DMA's write channels, the bank's read-only clients without
@@ -63,6 +63,10 @@ def half_chain_len(t):
     return _engine(t, chain_len=t.engine.chain_len // 2)
 
 
+def double_attn_bytes(t):
+    return _engine(t, attn_bytes=t.engine.attn_bytes * 2)
+
+
 def half_chains(t):
     return _engine(t, n_chains=t.engine.n_chains // 2)
 
@@ -84,7 +88,8 @@ def base(t):
     return t
 
 
-SIZES = {f.__name__: f for f in (base, half_chain_len, half_chains, half_weight_word, half_lanes, half_port_width)}
+SIZES = {f.__name__: f for f in (base, half_chain_len, double_attn_bytes, half_chains, half_weight_word, half_lanes,
+                                  half_port_width)}
 
 
 # ---- The units: (build(target) -> (design, ports or None), features, variants) -------------------
@@ -124,8 +129,7 @@ UNITS = {
                ["chains", "stages", "chain_word_bits"], [base, half_chain_len, half_weight_word]),
     "requant": (lambda t: (Requantizer(), None), ["one"], [base]),   # one of them (one per chain)
     "attn": (lambda t: (AttnSequencer(t.engine.attn_bytes, t.word_bytes, 1024, attn_lanes(t)), None),
-             ["one", "chain_len"],
-             [base, half_chain_len]),
+             ["one", "attn_bytes"], [base, double_attn_bytes]),
     "matrix_unit": (lambda t: (MatrixUnit(t, DEFAULT_FORMATS), None), ["one", "chains"], [base, half_chains]),
     "sfu": (lambda t: (SfuUnit(t), None), ["one", "lanes"], [base, half_lanes]),
     # the DMA's size follows its gearbox (port and buffer word bits) far more than its channel count

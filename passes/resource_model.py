@@ -41,6 +41,7 @@ FEATURES = {
     "chains": lambda t, c: t.engine.n_chains,
     "stages": lambda t, c: t.engine.n_chains * t.engine.chain_len,
     "chain_len": lambda t, c: t.engine.chain_len,
+    "attn_bytes": lambda t, c: t.engine.attn_bytes,
     "chain_word_bits": lambda t, c: t.engine.n_chains * t.buffer("weight").width_bits,
     "lanes": lambda t, c: t.sfu.lanes,
     "channels": lambda t, c: t.memory.channels,
