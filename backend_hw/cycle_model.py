@@ -182,6 +182,7 @@ class RtlUnits:
     def reset(self) -> None:
         self.idle = dict.fromkeys(Queue, 0)     # first cycle each unit can take an instruction
         self.dma = {Queue.LOAD: DmaIssue(), Queue.STORE: DmaIssue()}
+        self.busy_end: dict[int, int] = {}
 
     def serve(self, queue: int, i, ready: int) -> tuple[int, int]:
         if queue in self.dma:                   # the DMAs: single slices on distinct channels overlap
@@ -192,4 +193,9 @@ class RtlUnits:
         return begin, end
 
     def busy(self, queue: int, begin: int, end: int) -> int:
-        return end - begin
+        """The DMAs' instructions overlap: only the part of [begin, end) after the last counted end."""
+        if queue not in self.dma:
+            return end - begin
+        counted = max(begin, self.busy_end.get(queue, begin))
+        self.busy_end[queue] = max(end, self.busy_end.get(queue, end))
+        return max(0, end - counted)

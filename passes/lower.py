@@ -2,7 +2,8 @@
 
 Each instruction is emitted with the on-chip regions it reads and writes; `TokenTracker` turns the
 hazards into dependency tokens, so loads overlap compute exactly as far as the buffers allow
-(weight tiles and KV tiles ping-pong between the two halves of their buffers).
+(weight tiles ping-pong between the two halves of their buffer; KV tiles rotate over up to
+`lower_attention.KV_SLOTS` parts of theirs).
 
 A program runs `rows` tokens through every layer at the positions the length register gives: a
 decode program one token at position LEN - 1, a prefill program a chunk of `prefill_step` tokens
@@ -96,11 +97,12 @@ class Lowerer:
         self.tokens.add(QUEUE_INDEX[op], reads, writes)
         self.ops.append((op, fields, len_field))
 
-    def next_half(self, buf: str, slots: int = 2) -> tuple[int, tuple]:
-        """The next of `slots` equal parts of `buf` in turn (two: ping-pong halves): (address, token key)."""
+    def next_half(self, buf: str, slots: int = 2, align: int = 1) -> tuple[int, tuple]:
+        """The next of `slots` equal parts of `buf` in turn (two: ping-pong halves), each starting
+        on a multiple of `align` bytes: (address, token key)."""
         h = self.ping[buf] % slots
         self.ping[buf] = h + 1
-        return h * (2 * self.half[buf] // slots), (buf, h)
+        return h * (2 * self.half[buf] // slots // align * align), (buf, h)
 
     def dma(self, op: Opcode, obj: Region, row0: int, rows: int, buf: BufferId, buf_addr: int, reads=(), writes=(),
             len_field=None, **extra) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 ACT, SCRATCH, KV = BufferId.ACT, BufferId.SCRATCH, BufferId.KV
 KV_SLOTS = 8     # KV tiles the KV buffer holds at once, at most: a head's K and V, and the next heads'
+KV_ALIGN = 256   # bytes a KV slot's start is a multiple of
 
 
 def quant_rows(lw: Lowerer, src: str, key, rows: int, cols: int, offset: int = 0, pitch: int = 0) -> int:
@@ -44,8 +45,10 @@ def attention(lw: Lowerer, node) -> None:
                           f"({lw.half['kv']} bytes)")
     tiles = lw.bucket.kv_tiles
     # KV tiles rotate over up to KV_SLOTS parts of the KV buffer, so the next head's K and V load
-    # (side by side, from their channels) while this head's are read
-    slots = max(2, min(KV_SLOTS, 2 * lw.half["kv"] // (step * qrow)))
+    # (side by side, from their channels) while this head's are read; each part starts on a
+    # multiple of KV_ALIGN bytes (a whole read group of the widest target: no partial first group)
+    slots = max(2, min(KV_SLOTS, 2 * lw.half["kv"] // (-(-step * qrow // KV_ALIGN) * KV_ALIGN)))
+    align = KV_ALIGN if 2 * lw.half["kv"] // slots // KV_ALIGN * KV_ALIGN >= step * qrow else 1
     # the new rows join the cache at positions [LEN - s, LEN): quantized per (head, token) row, one
     # ST per KV head; attention then reads the cache up to LEN, these rows included
     for name, src in (("k", k), ("v", v)):
@@ -68,7 +71,7 @@ def attention(lw: Lowerer, node) -> None:
         for j in range(tiles):
             last = j == tiles - 1   # its extent comes from the length register
             n_keys = min(step, lw.p_keys - j * step)
-            at, half = lw.next_half("kv", slots)
+            at, half = lw.next_half("kv", slots, align)
             lw.dma(Opcode.LD, obj, j * step, n_keys, KV, at, writes=[("kv", half)], len_field="rows" if last else None,
                    reads=[("hbm", a.layer, name, h)])
             yield j, n_keys, last, at, half

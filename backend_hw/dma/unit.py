@@ -19,13 +19,15 @@ concurrently on slice descriptors:
 
 Completion (`done`) is when every byte is in the buffer (LD) or every write burst is answered on
 B (ST), pulsed in the order the instructions came. An instruction's slices overlap (address sides
-run ahead of the data). Instructions overlap only when each is a single slice (one row in one
-channel, or rows merged: a KV tile), of one direction, not indirect, and no two use a channel:
-up to `INFLIGHT` of them then stream from their channels at once, each as it would alone, the next
-taken `SINGLE_ISSUE` cycles after the last (accept, ROW, EMIT). Any other instruction is taken once
-nothing is in flight, and nothing is taken beside it. Instructions in flight together must not
-write the same bytes (compiled programs order such pairs with tokens). Two channels' slices may
-share a buffer word (never a byte): the bank serializes their writes.
+run ahead of the data). An instruction is taken while others are in flight only when every one
+in flight is a single slice (one row in one channel, or rows merged: a KV tile) of its direction
+on channels it does not use, and it is not indirect (dma/inflight.py): up to `INFLIGHT` then
+stream from their channels at once, each as it would alone, a single slice leaving the generator
+`SINGLE_ISSUE` cycles after it was taken (accept, ROW, EMIT); while any other instruction is in
+flight nothing is taken beside it. Instructions in flight together must not write the same bytes
+(compiled programs order such pairs with tokens). Two channels' slices may share a buffer word
+(never a byte), and channels writing one buffer at once may meet at a bank: the bank serializes
+them (the cycle model does not count that, as for every unit).
 """
 from __future__ import annotations
 
@@ -248,7 +250,7 @@ class DMA(wiring.Component):
     def _mover(self, m: Module, c: int, x: dict) -> tuple[Value, Value]:
         """Channel c's address side (bursts on `axi[c]`) and data side (its byte gearbox and
         its `lanes` buffer ports), on the slices the generator queued for the channel. Returns
-        (idle, every write burst answered) for FINISH."""
+        (idle, every write burst answered) for the in-flight tracker's `done`."""
         aw, Wa, WB, CAP, wide, L = x["aw"], self.beat_bytes, self.max_word, x["CAP"], x["wide"], self.lanes
         fifo_a, fifo_d, desc = x["fifo_a"][c], x["fifo_d"][c], x["desc"]
         gen_read = x["gen_read"] if c == 0 else Const(0, 1)     # the row ids are read on channel 0's port 0

@@ -121,7 +121,7 @@ class ByteReader(wiring.Component):
         m.d.comb += [issue.eq((rd_left != 0) & (n + Mux(pend, gb << 1, gb) <= cap) & ~self.hold),
                      self.busy.eq(rd_left != 0)]
         L = len(self.ports)
-        llog = Signal(range(L.bit_length()))       # log2 of the buffer's lanes
+        llog = Signal(range(max(2, L.bit_length())))      # log2 of the buffer's lanes
         group = Signal(8 * GB)
         with m.Switch(buf):
             for b, nl in self.lanes.items():

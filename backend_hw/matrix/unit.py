@@ -27,7 +27,8 @@ class MatrixUnit(wiring.Component):
 
     `formats`: the weight formats to run, each (weight_bits, N:M pattern or None, group), group
     being the effective group along K (g, or K for per-channel weights); one `MatrixEngine` each.
-    `hold`: int64 entries of ATTN's sums memory: ATTN_PV's held sums (rows * depth of one
+    `hold`: int64 entries of ATTN's sums memory (default max(1024, 128 x attn_bytes): 128 rows of
+    one chunk each; 32,768 on u280): ATTN_PV's held sums (rows * depth of one
     instruction with ob = 4 and depth a multiple of 4; rows * ceil((4 + depth) / ob) * ob for
     ob = `engine.attn_bytes` > 4), ATTN_QK's q rows.
     `out_sets`: MV / MM output register sets (`MatmulSequencer`: passes whose outputs may await writes).
@@ -43,7 +44,7 @@ class MatrixUnit(wiring.Component):
       buffer. `wports` has one port per chain (`target.engine.n_chains`).
     """
 
-    def __init__(self, target: Target, formats, *, hold: int = 1024, out_sets: int = OUT_SETS):
+    def __init__(self, target: Target, formats, *, hold: int | None = None, out_sets: int = OUT_SETS):
         if not isinstance(target, Target):
             raise TypeError(f"target must be a Target, not {target!r}")
         formats = tuple(formats)
@@ -52,6 +53,8 @@ class MatrixUnit(wiring.Component):
         for fm in formats:
             if not (isinstance(fm, tuple) and len(fm) == 3):
                 raise TypeError(f"a format must be a tuple (weight_bits, pattern or None, group), not {fm!r}")
+        if hold is None:        # 128 rows of held sums of chunks of attn_bytes (a prefill chunk's, one head)
+            hold = max(1024, 128 * target.engine.attn_bytes)
         if not isinstance(hold, int) or isinstance(hold, bool) or hold < 1:
             raise ValueError(f"hold must be a positive integer, not {hold!r}")
         if not isinstance(out_sets, int) or isinstance(out_sets, bool) or out_sets < 1:
