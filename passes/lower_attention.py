@@ -76,9 +76,10 @@ def attention(lw: Lowerer, node) -> None:
                    reads=[("hbm", a.layer, name, h)])
             yield j, n_keys, last, at, half
 
+    g_rows = rep * s                                    # a KV head's query rows
+
     def scores(h, kvh):
         """Head h's QK over its K tiles, then its softcap and softmax (SFU); returns the scores' key and address."""
-        g_rows = rep * s
         skey = (node.name, "scores", h)
         sat = lw.scratch.alloc(skey, g_rows * width, f"attention scores of {node.name!r}")
         q_at = qat + h * g_rows * q_row
@@ -103,7 +104,6 @@ def attention(lw: Lowerer, node) -> None:
 
     def values(h, kvh, skey, sat):
         """Head h's PV over its V tiles, from its scores."""
-        g_rows = rep * s
         for j, n_keys, last, at, half in kv_tiles(kvh.v, "v", h):
             flags = (CONTINUE if j else 0) | (HOLD if j < tiles - 1 else 0)
             lw.emit(Opcode.ATTN, [("kv", half), ("scratch", skey)], [("act", node.name)],
@@ -118,7 +118,7 @@ def attention(lw: Lowerer, node) -> None:
     # h + 1's QK runs on the matrix unit while head h's softmax runs on the SFU, then head h's PV
     pending = None
     for h, kvh in enumerate(heads_kv):
-        if pending is not None and not lw.scratch.fits(rep * s * width):
+        if pending is not None and not lw.scratch.fits(g_rows * width):
             values(*pending)
             pending = None
         got = scores(h, kvh)

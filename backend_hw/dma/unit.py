@@ -176,12 +176,19 @@ class DMA(wiring.Component):
         C = self.ports
         fl = m.submodules.inflight = InFlight(C, self.inflight)
         p = self.inst.payload
-        nx = {"buf": field(p, Opcode.LD, "buf"), "st": header(p, "op") == Opcode.ST,
-              "lg": word_log(m, field(p, Opcode.LD, "buf"), self.word_bytes), "ll": Signal(range(L.bit_length()))}
+        # the offered instruction's buffer, direction, word and group sizes (log2: `wlog`, `llog`,
+        # `blog`), group bytes and the gearbox's sink width, once for every channel's copy
+        nx = {"buf": field(p, Opcode.LD, "buf"), "st": Signal(name="new_st"),
+              "wlog": word_log(m, field(p, Opcode.LD, "buf"), self.word_bytes),
+              "llog": Signal(range(L.bit_length()), name="new_llog"),
+              "blog": Signal(range(wide.bit_length()), name="new_blog"),
+              "wbuf": Signal(range(wide + 1), name="new_wbuf"), "sink_bytes": Signal(range(wide + 1), name="new_sink")}
         with m.Switch(nx["buf"]):
             for b, n in self.group_lanes.items():
                 with m.Case(b):
-                    m.d.comb += nx["ll"].eq(n.bit_length() - 1)
+                    m.d.comb += nx["llog"].eq(n.bit_length() - 1)
+        m.d.comb += [nx["st"].eq(header(p, "op") == Opcode.ST), nx["blog"].eq(nx["wlog"] + nx["llog"]),
+                     nx["wbuf"].eq(Const(1, 1) << nx["blog"]), nx["sink_bytes"].eq(Mux(nx["st"], Wa, nx["wbuf"]))]
         ch0, nch = field(p, Opcode.LD, "channel"), field(p, Opcode.LD, "channels")
         empty = (field(p, Opcode.LD, "rows") == 0) | (field(p, Opcode.LD, "row_bytes") == 0) | (nch == 0)
         m.d.comb += [fl.mask.eq(Cat(*((ch0 <= c) & (c < ch0 + nch) for c in range(C)))), fl.st.eq(nx["st"]),
@@ -271,9 +278,8 @@ class DMA(wiring.Component):
         sink_bytes = Signal(range(wide + 1), name=f"sink_bytes{c}", reset_less=True)
         nx = x["new"]
         with m.If(x["load"][c]):
-            m.d.sync += [buf.eq(nx["buf"]), is_st.eq(nx["st"]), wlog.eq(nx["lg"]), llog.eq(nx["ll"]),
-                         blog.eq(nx["lg"] + nx["ll"]), wbuf.eq(Const(1, 1) << (nx["lg"] + nx["ll"])),
-                         sink_bytes.eq(Mux(nx["st"], Wa, Const(1, 1) << (nx["lg"] + nx["ll"])))]
+            m.d.sync += [buf.eq(nx["buf"]), is_st.eq(nx["st"]), wlog.eq(nx["wlog"]), llog.eq(nx["llog"]),
+                         blog.eq(nx["blog"]), wbuf.eq(nx["wbuf"]), sink_bytes.eq(nx["sink_bytes"])]
 
         # -- address side: bursts ---------------------------------------------------------------
         as_busy, ds_busy = sig(1, "as_busy"), sig(1, "ds_busy")

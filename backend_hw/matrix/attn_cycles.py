@@ -134,8 +134,9 @@ def attn_cycles(target: Target, inst) -> int:
         if s_cmd is not None:
             sread = _Reader(*s_cmd[:2], s_cmd[2], swb, cap)
         if issue:
-            kr = (_Reader(inst["src2_addr"], rec, ob, kgb, kcap, rows * cols - 1, pitch2, 1, cols * rec, rows - 1)
-                  if inst["src2_pad"] == 0 else _Reader(inst["src2_addr"], rec, ob, kgb, kcap, rows * cols - 1, pitch2, cols))
+            packed = inst["src2_pad"] == 0           # records back to back: a row's keys are one run
+            kr = _Reader(inst["src2_addr"], rec, ob, kgb, kcap, rows * cols - 1, pitch2,
+                         1 if packed else cols, cols * rec if packed else 0, rows - 1)
             fetching = False
         if take:
             j += 1

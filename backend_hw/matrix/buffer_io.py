@@ -91,13 +91,13 @@ class ByteReader(wiring.Component):
         m.d.comb += self.cmd.ready.eq((rd_left == 0) & ~pend & (out_left == 0))
         with m.If(self.cmd.valid & self.cmd.ready):
             none, runs = cmd.nbytes == 0, cmd.run != 0
-            more = Mux(none, 0, cmd.more)
+            run_len = Mux(runs, cmd.run, cmd.nbytes)
             m.d.sync += [buf.eq(cmd.buf), step.eq(cmd.step), nbytes.eq(cmd.nbytes), pitch.eq(cmd.pitch),
                          base.eq(cmd.addr), wrap.eq(cmd.wrap), rd_k.eq(1), raddr.eq(cmd.addr),
                          gaddr.eq(cmd.addr >> clg), skip.eq(cmd.addr & ((Const(1, 1) << clg) - 1)),
-                         rlen.eq(Mux(runs, cmd.run, cmd.nbytes)), rd_left.eq(Mux(none, 0, Mux(runs, cmd.run, cmd.nbytes))),
+                         rlen.eq(run_len), rd_left.eq(Mux(none, 0, run_len)),
                          rd_more.eq(Mux(none, 0, Mux(runs, cmd.rmore, cmd.more))),
-                         out_left.eq(cmd.nbytes), out_more.eq(more), n.eq(0), store.eq(0)]
+                         out_left.eq(cmd.nbytes), out_more.eq(Mux(none, 0, cmd.more)), n.eq(0), store.eq(0)]
 
         # Chunks out: `step` bytes, or what is left of the record.
         take_n = Signal(range(ob + 1))

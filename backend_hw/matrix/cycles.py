@@ -87,11 +87,6 @@ class _Reader:
         self.out_left, self.out_more = nbytes, more if nbytes else 0
         self.n, self.pend, self.pend_n = 0, 0, 0
 
-    @property
-    def words(self) -> int:
-        """Nonzero while groups of the command are still to be read (`busy`)."""
-        return self.rd_left
-
     def valid(self) -> bool:
         return self.out_left != 0 and self.n >= min(self.out_left, self.step_n)
 
@@ -184,7 +179,7 @@ class _Runner:
             else:
                 self.g_n[j] = n1
             self.lvl[j] += (self.pend[j // ns] == j) - take
-        busy = [r.words != 0 for r in self.rd]
+        busy = [r.rd_left != 0 for r in self.rd]          # ByteReader's `busy`
         cur.step(fire)
         other = self.rd[self.nxt]
         other.step(False, hold=busy[1 - self.nxt])
